@@ -1,0 +1,199 @@
+package session
+
+import (
+	"errors"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+)
+
+// MaxShards is the most event loops a hub serves: a channel's loops are kept
+// as a 64-bit mask.
+const MaxShards = 64
+
+// ErrTooManyShards is returned by NewShard past MaxShards.
+var ErrTooManyShards = errors.New("session: more than 64 event loops")
+
+// Hub is the node's view of channels and sessions across event loops. Its
+// methods are goroutine-safe.
+type Hub struct {
+	broker     Broker
+	liveAtOnce bool // the broker has no other nodes to confirm with
+
+	mu       sync.RWMutex
+	channels map[string]*channelState
+	shards   []*Shard
+
+	sessions atomic.Int64
+	stats    HubStats
+}
+
+// channelState is a channel's subscribed loops and whether the broker
+// confirmed it.
+type channelState struct {
+	mask uint64
+	live bool
+}
+
+// HubStats counts the hub's work; read it with Stats.
+type HubStats struct {
+	Publishes      atomic.Uint64 // publishes accepted, local or from the broker
+	LoopTasks      atomic.Uint64 // deliveries handed to loops (one per loop per publish)
+	BrokerRefusals atomic.Uint64 // publishes refused because the broker was busy
+}
+
+// NewHub returns a hub whose publishes also go through b. A nil b means a
+// Standalone broker.
+func NewHub(b Broker) *Hub {
+	if b == nil {
+		b = &Standalone{}
+	}
+	_, alone := b.(*Standalone)
+	return &Hub{broker: b, liveAtOnce: alone, channels: make(map[string]*channelState)}
+}
+
+// Start starts the broker.
+func (h *Hub) Start() error { return h.broker.Start(brokerHandler{h}) }
+
+// Close stops the broker.
+func (h *Hub) Close() error { return h.broker.Close() }
+
+// NewShard adds the shard of one event loop. Call it once per loop, before
+// the loop's first session.
+func (h *Hub) NewShard(loop Loop) (*Shard, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.shards) == MaxShards {
+		return nil, ErrTooManyShards
+	}
+	sh := &Shard{hub: h, loop: loop, bit: 1 << len(h.shards), topics: make(map[string]*topic)}
+	sh.deliverTask, sh.liveTask = sh.deliver, sh.markLive
+	h.shards = append(h.shards, sh)
+	return sh, nil
+}
+
+// Sessions returns the number of sessions on the node.
+func (h *Hub) Sessions() int { return int(h.sessions.Load()) }
+
+// Channels returns the number of channels with subscribers on the node.
+func (h *Hub) Channels() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.channels)
+}
+
+// Stats returns the hub's counters.
+func (h *Hub) Stats() *HubStats { return &h.stats }
+
+// Publish delivers payload on channel to every subscriber on every node.
+// origin is the publishing session's id (zero for none). payload is copied.
+// It returns ErrBrokerBusy, and delivers nothing, when the broker cannot
+// take the publish.
+func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
+	if err := h.broker.Publish(channel, payload); err != nil {
+		h.stats.BrokerRefusals.Add(1)
+		return err
+	}
+	h.deliverLocal(&Message{Channel: channel, Payload: append([]byte(nil), payload...), Origin: origin})
+	return nil
+}
+
+// deliverLocal hands m to each loop that has subscribers of its channel.
+func (h *Hub) deliverLocal(m *Message) {
+	h.stats.Publishes.Add(1)
+	h.mu.RLock()
+	var mask uint64
+	if cs := h.channels[m.Channel]; cs != nil {
+		mask = cs.mask
+	}
+	h.mu.RUnlock()
+	h.forShards(mask, func(sh *Shard) {
+		h.stats.LoopTasks.Add(1)
+		sh.loop.Run(sh.deliverTask, m)
+	})
+}
+
+// EachShard runs fn(shard) on every shard's own loop: the way to act on
+// sessions from another goroutine (revocation, shutdown).
+func (h *Hub) EachShard(fn func(*Shard)) {
+	h.forShards(^uint64(0), func(sh *Shard) {
+		sh.loop.Run(func(any) { fn(sh) }, nil)
+	})
+}
+
+func (h *Hub) forShards(mask uint64, fn func(*Shard)) {
+	if mask == 0 {
+		return
+	}
+	h.mu.RLock()
+	shards := h.shards
+	h.mu.RUnlock()
+	for mask != 0 {
+		i := bits.TrailingZeros64(mask)
+		mask &^= 1 << i
+		if i < len(shards) {
+			fn(shards[i])
+		}
+	}
+}
+
+// join records that a shard has subscribers of channel and reports whether
+// the channel is already live. The node's first subscriber subscribes the
+// broker; the call is made under the lock so that subscribe and unsubscribe
+// reach the broker in the order they happened.
+func (h *Hub) join(channel string, bit uint64) (live bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cs := h.channels[channel]
+	if cs == nil {
+		cs = &channelState{live: h.liveAtOnce}
+		h.channels[channel] = cs
+		if !h.liveAtOnce {
+			h.broker.Subscribe(channel)
+		}
+	}
+	cs.mask |= bit
+	return cs.live
+}
+
+// leave records that a shard has no more subscribers of channel.
+func (h *Hub) leave(channel string, bit uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cs := h.channels[channel]
+	if cs == nil {
+		return
+	}
+	cs.mask &^= bit
+	if cs.mask == 0 {
+		delete(h.channels, channel)
+		if !h.liveAtOnce {
+			h.broker.Unsubscribe(channel)
+		}
+	}
+}
+
+// brokerHandler keeps the BrokerHandler methods off Hub's public API.
+type brokerHandler struct{ h *Hub }
+
+func (b brokerHandler) Deliver(channel string, payload []byte) {
+	b.h.deliverLocal(&Message{Channel: channel, Payload: payload})
+}
+
+func (b brokerHandler) Live(channel string) {
+	h := b.h
+	h.mu.Lock()
+	cs := h.channels[channel]
+	var mask uint64
+	if cs != nil && !cs.live {
+		cs.live = true
+		mask = cs.mask
+	}
+	h.mu.Unlock()
+	h.forShards(mask, func(sh *Shard) { sh.loop.Run(sh.liveTask, &channel) })
+}
+
+// Reconnected is a no-op for channels: go-redis resubscribes by itself, and
+// publishes lost meanwhile are lost (PROTOCOL.md says so). Revocations have
+// their own resync in package token.
+func (brokerHandler) Reconnected() {}

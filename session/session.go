@@ -1,0 +1,91 @@
+package session
+
+import (
+	"sync/atomic"
+
+	"github.com/wsgateway/gateway/token"
+)
+
+// Loop runs work on one event loop. The gateway implements it over gnet.
+type Loop interface {
+	// Run queues fn(arg) to run on the loop, after every task queued before
+	// it. Goroutine-safe; never blocks. Pass a method value stored once (not
+	// a fresh closure) and a pointer arg, and Run allocates nothing.
+	Run(fn func(arg any), arg any)
+}
+
+// Sink is the connection side of a session, implemented by each protocol.
+// Every method runs on the session's loop. A Sink must not call
+// Shard.Remove, Subscribe or Unsubscribe from inside these methods (the shard
+// may be iterating); a closing session is removed when its connection ends,
+// and must ignore deliveries until then.
+type Sink interface {
+	// Deliver hands over a publish on a channel the session subscribed to.
+	// m is shared with other sessions and loops: read it, never keep or
+	// change it. enc encodes m once per loop and protocol.
+	Deliver(m *Message, enc *EncodeCache)
+	// Subscribed reports that a subscription asked for with Shard.Subscribe
+	// is live: publishes from every node reach the session from now on.
+	Subscribed(channel string)
+	// Close ends the session from the server side with a close code and a
+	// human-readable reason (revocation, shutdown).
+	Close(code uint16, reason string)
+}
+
+// Message is one publish on a channel. It is immutable once published.
+type Message struct {
+	Channel string
+	Payload []byte
+	// Origin is the id of the publishing session when it lives on this
+	// node, zero otherwise; protocols use it to suppress echoes.
+	Origin uint64
+}
+
+// Session is one authenticated connection. It runs on its shard's loop.
+type Session struct {
+	// ID is unique within the node's lifetime; never zero.
+	ID uint64
+	// Claims is what authenticated the session.
+	Claims token.Claims
+	// Sink is the session's connection.
+	Sink Sink
+
+	shard *Shard
+	index int            // position in shard.sessions; -1 when not added
+	subs  []subscription // channels subscribed or waiting to be live
+}
+
+// subscription records where the session stands in a shard topic so that it
+// can leave in O(1).
+type subscription struct {
+	channel string
+	index   int // in topic.live or topic.pending
+	live    bool
+}
+
+var lastSessionID atomic.Uint64
+
+// New returns a session for claims, not yet in any shard.
+func New(claims token.Claims, sink Sink) *Session {
+	return &Session{ID: lastSessionID.Add(1), Claims: claims, Sink: sink, index: -1}
+}
+
+// Shard returns the shard the session was added to, or nil.
+func (s *Session) Shard() *Shard { return s.shard }
+
+// Subscriptions returns how many channels the session subscribed to,
+// live or pending.
+func (s *Session) Subscriptions() int { return len(s.subs) }
+
+// IsSubscribed reports whether the session subscribed to channel, live or
+// pending.
+func (s *Session) IsSubscribed(channel string) bool { return s.find(channel) >= 0 }
+
+func (s *Session) find(channel string) int {
+	for i := range s.subs {
+		if s.subs[i].channel == channel {
+			return i
+		}
+	}
+	return -1
+}

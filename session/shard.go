@@ -1,0 +1,158 @@
+package session
+
+// Shard is one event loop's part of the hub: its sessions and its topics.
+// Every method runs on that loop.
+type Shard struct {
+	hub      *Hub
+	loop     Loop
+	bit      uint64 // 1 << index in the hub
+	sessions []*Session
+	topics   map[string]*topic
+	enc      EncodeCache
+
+	// Stored method values: Loop.Run takes them without allocating.
+	deliverTask, liveTask func(any)
+}
+
+// topic is a channel's subscribers on one shard. Sessions wait in pending
+// until the channel is live across the cluster, then move to live.
+type topic struct {
+	live    []*Session
+	pending []*Session
+	isLive  bool
+}
+
+// Add registers an authenticated session with the shard.
+func (sh *Shard) Add(s *Session) {
+	s.shard = sh
+	s.index = len(sh.sessions)
+	sh.sessions = append(sh.sessions, s)
+	sh.hub.sessions.Add(1)
+}
+
+// Remove unsubscribes s from everything and forgets it. Safe to call for a
+// session that was never added.
+func (sh *Shard) Remove(s *Session) {
+	if s.shard != sh || s.index < 0 {
+		return
+	}
+	for len(s.subs) > 0 {
+		sh.Unsubscribe(s, s.subs[len(s.subs)-1].channel)
+	}
+	last := len(sh.sessions) - 1
+	moved := sh.sessions[last]
+	sh.sessions[s.index] = moved
+	moved.index = s.index
+	sh.sessions[last] = nil
+	sh.sessions = sh.sessions[:last]
+	s.index = -1
+	sh.hub.sessions.Add(-1)
+}
+
+// Len returns the number of sessions on the shard.
+func (sh *Shard) Len() int { return len(sh.sessions) }
+
+// Each calls fn for every session of the shard. fn may close sessions but
+// must not add or remove them itself.
+func (sh *Shard) Each(fn func(*Session)) {
+	for i := 0; i < len(sh.sessions); i++ {
+		fn(sh.sessions[i])
+	}
+}
+
+// Subscribe subscribes s to channel. If the channel is already live the
+// sink's Subscribed runs before Subscribe returns; otherwise it runs once the
+// broker confirms. Subscribing twice is a no-op apart from a fresh
+// Subscribed when the subscription is live.
+func (sh *Shard) Subscribe(s *Session, channel string) {
+	if i := s.find(channel); i >= 0 {
+		if s.subs[i].live {
+			s.Sink.Subscribed(channel)
+		}
+		return
+	}
+	t := sh.topics[channel]
+	if t == nil {
+		t = &topic{}
+		sh.topics[channel] = t
+		t.isLive = sh.hub.join(channel, sh.bit)
+	}
+	if t.isLive {
+		s.subs = append(s.subs, subscription{channel: channel, index: len(t.live), live: true})
+		t.live = append(t.live, s)
+		s.Sink.Subscribed(channel)
+		return
+	}
+	s.subs = append(s.subs, subscription{channel: channel, index: len(t.pending)})
+	t.pending = append(t.pending, s)
+}
+
+// Unsubscribe removes s from channel; a channel not subscribed is a no-op.
+func (sh *Shard) Unsubscribe(s *Session, channel string) {
+	i := s.find(channel)
+	if i < 0 {
+		return
+	}
+	sub := s.subs[i]
+	last := len(s.subs) - 1
+	s.subs[i] = s.subs[last]
+	s.subs[last] = subscription{}
+	s.subs = s.subs[:last]
+
+	t := sh.topics[channel]
+	if sub.live {
+		t.live = removeAt(t.live, sub.index, channel)
+	} else {
+		t.pending = removeAt(t.pending, sub.index, channel)
+	}
+	if len(t.live) == 0 && len(t.pending) == 0 {
+		delete(sh.topics, channel)
+		sh.hub.leave(channel, sh.bit)
+	}
+}
+
+// removeAt swap-removes list[i] and fixes the index the moved session keeps
+// for channel.
+func removeAt(list []*Session, i int, channel string) []*Session {
+	last := len(list) - 1
+	moved := list[last]
+	list[i] = moved
+	list[last] = nil
+	if moved != nil && i != last {
+		moved.subs[moved.find(channel)].index = i
+	}
+	return list[:last]
+}
+
+// deliver runs a publish on the loop: every live subscriber gets it.
+func (sh *Shard) deliver(arg any) {
+	m := arg.(*Message)
+	t := sh.topics[m.Channel]
+	if t == nil {
+		return
+	}
+	sh.enc.reset(m)
+	for i := 0; i < len(t.live); i++ {
+		t.live[i].Sink.Deliver(m, &sh.enc)
+	}
+	sh.enc.reset(nil)
+}
+
+// markLive runs on the loop when the broker confirmed a channel: waiting
+// sessions become live and learn it.
+func (sh *Shard) markLive(arg any) {
+	channel := *arg.(*string)
+	t := sh.topics[channel]
+	if t == nil || t.isLive {
+		return
+	}
+	t.isLive = true
+	t.live, t.pending = t.pending, nil // nobody is live before the topic is
+	for i, s := range t.live {
+		sub := &s.subs[s.find(channel)]
+		sub.live, sub.index = true, i
+	}
+	for _, s := range t.live {
+		s.Sink.Subscribed(channel)
+	}
+}
