@@ -95,3 +95,13 @@ func (w *Wheel[T]) Advance(now uint32, fire func(*T)) {
 		fire(t.owner)
 	}
 }
+
+// Each calls fn for every armed timer's owner. fn must not arm or stop
+// timers of this wheel; collect the owners first when it needs to.
+func (w *Wheel[T]) Each(fn func(*T)) {
+	for _, t := range w.slots {
+		for ; t != nil; t = t.next {
+			fn(t.owner)
+		}
+	}
+}

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/native"
+	"github.com/wsgateway/gateway/node"
+)
+
+// serverFlags declares the flags that locate the secret; serve and key
+// share them so `gateway key issue` signs with the server's secret.
+func secretFlags(fs *flag.FlagSet, cfg *node.Config) {
+	fs.StringVar(&cfg.DataDir, "data-dir", node.DefaultDataDir, "data directory (generated secret; revocations without Redis)")
+	fs.StringVar(&cfg.SecretFile, "secret-file", "", "file of secrets, one per line, the first signs (default: GATEWAY_SECRET, else a secret generated in --data-dir)")
+}
+
+func serve(args []string) error {
+	var cfg node.Config
+	var logLevel string
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "main listener: WebSocket and HTTP")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", gateway.DefaultAdminListen, "admin listener: metrics, health, admin API")
+	secretFlags(fs, &cfg)
+	fs.StringVar(&cfg.RedisURL, "redis", "", "redis:// URL for revocations and fan-out across nodes (empty: run alone)")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "gateway:", "prefix of every Redis key and channel")
+	fs.DurationVar(&cfg.PingTimeout, "ping-timeout", native.DefaultPingTimeout, "close native clients silent this long (3003)")
+	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", gateway.DefaultHandshakeTimeout, "TCP accept to authenticated")
+	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", gateway.DefaultMaxMessageSize, "largest inbound message in bytes (1009 past it)")
+	fs.IntVar(&cfg.MaxOutbound, "max-outbound", gateway.DefaultMaxOutbound, "unsent bytes per connection before it is closed as a slow consumer (1008)")
+	fs.IntVar(&cfg.EventLoops, "event-loops", 0, "event loops (0: one per CPU)")
+	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "SO_REUSEPORT: let several gateway processes share --listen")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", gateway.DefaultShutdownTimeout, "on SIGTERM, how long sessions get to close before exit")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Secret = os.Getenv("GATEWAY_SECRET")
+
+	n, err := node.Start(cfg)
+	if err != nil {
+		return err
+	}
+	cfg.Logger.Info("gateway listening", "ws", fmt.Sprintf("ws://%s%s", n.Addr(), native.Path),
+		"admin", "http://"+n.AdminAddr().String(), "redis", cfg.RedisURL != "")
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	cfg.Logger.Info("shutting down", "signal", s.String())
+	signal.Stop(sig) // a second signal kills at once
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout+5*time.Second)
+	defer cancel()
+	return n.Shutdown(ctx)
+}

@@ -1,0 +1,214 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wsgateway/gateway/session"
+	"github.com/wsgateway/gateway/token"
+)
+
+// DefaultAdminListen keeps the admin listener on loopback: it can publish
+// and revoke, so it is never exposed by default.
+const DefaultAdminListen = "127.0.0.1:8081"
+
+// maxAdminBody caps JSON bodies of the admin API that are not publishes.
+const maxAdminBody = 16 << 10
+
+// AdminOptions configure the admin listener. Zero values mean defaults.
+type AdminOptions struct {
+	// Listen: zero means DefaultAdminListen.
+	Listen string
+	// Secrets parse keys given to the revoke endpoint; required.
+	Secrets *token.Secrets
+	// Revoker revokes; required.
+	Revoker *token.Revoker
+	// Logger: zero means slog.Default().
+	Logger *slog.Logger
+}
+
+// Admin is the operators' listener: /metrics, /healthz, /readyz and the
+// JSON API (publish, revoke). It runs on net/http, off the event loops.
+type Admin struct {
+	srv  *Server
+	opts AdminOptions
+	http *http.Server
+	ln   net.Listener
+}
+
+// NewAdmin returns the admin listener of srv.
+func NewAdmin(srv *Server, o AdminOptions) *Admin {
+	o.Listen = cmpOr(o.Listen, DefaultAdminListen)
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	a := &Admin{srv: srv, opts: o}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.Registry(), promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", a.healthz)
+	mux.HandleFunc("GET /readyz", a.readyz)
+	mux.HandleFunc("POST /api/publish", a.publish)
+	mux.HandleFunc("POST /api/revoke", a.revoke)
+	mux.HandleFunc("POST /api/revoke/subject", a.revokeSubject)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint")
+	})
+	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn)}
+	return a
+}
+
+// Start binds the listener and serves in the background.
+func (a *Admin) Start() error {
+	ln, err := net.Listen("tcp", a.opts.Listen)
+	if err != nil {
+		return err
+	}
+	a.ln = ln
+	go func() { _ = a.http.Serve(ln) }()
+	return nil
+}
+
+// Addr returns the bound address.
+func (a *Admin) Addr() net.Addr { return a.ln.Addr() }
+
+// Close stops the admin listener.
+func (a *Admin) Close(ctx context.Context) error { return a.http.Shutdown(ctx) }
+
+func (a *Admin) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz is 503 while the server drains, so balancers stop sending.
+func (a *Admin) readyz(w http.ResponseWriter, _ *http.Request) {
+	if a.srv.Draining() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// publish delivers the raw body on ?channel= to every subscriber of every
+// node, bypassing the client channel policy (the server may publish on
+// server: and user: channels).
+func (a *Admin) publish(w http.ResponseWriter, r *http.Request) {
+	channel := r.URL.Query().Get("channel")
+	if channel == "" || len(channel) > 255 {
+		writeError(w, http.StatusBadRequest, "query parameter channel is required (1 to 255 bytes)")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(a.srv.opts.MaxMessageSize)))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "body larger than the maximum message size")
+		return
+	}
+	if err := a.srv.hub.Publish(channel, body, 0); err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"channel": channel, "bytes": len(body)})
+}
+
+// revoke revokes one key, given whole ({"key": text}) or by id ({"id": hex}).
+func (a *Admin) revoke(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Key string `json:"key"`
+		ID  string `json:"id"`
+	}
+	if !readJSON(w, r, &req) {
+		return
+	}
+	ctx := r.Context()
+	switch {
+	case req.Key != "" && req.ID == "":
+		raw, err := token.DecodeText(req.Key)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "key is not base64")
+			return
+		}
+		claims, err := a.opts.Secrets.Verify(raw, time.Now())
+		if err != nil && !errors.Is(err, token.ErrExpired) {
+			writeError(w, http.StatusBadRequest, "not a key of this server")
+			return
+		}
+		a.finishRevoke(w, a.opts.Revoker.RevokeKey(ctx, claims), map[string]any{"id": claims.ID.String(), "subject": claims.Subject})
+	case req.ID != "" && req.Key == "":
+		id, err := token.ParseKeyID(req.ID)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "id must be 16 hex digits")
+			return
+		}
+		a.finishRevoke(w, a.opts.Revoker.RevokeID(ctx, id), map[string]any{"id": id.String()})
+	default:
+		writeError(w, http.StatusBadRequest, `give exactly one of "key" or "id"`)
+	}
+}
+
+// revokeSubject revokes every key of a subject issued until now.
+func (a *Admin) revokeSubject(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Subject string `json:"subject"`
+	}
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if err := token.ValidSubject(req.Subject); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	at := time.Now()
+	a.finishRevoke(w, a.opts.Revoker.RevokeSubject(r.Context(), req.Subject, at),
+		map[string]any{"subject": req.Subject, "issued_before": at.UnixMilli()})
+}
+
+// finishRevoke answers a revocation: 200 once it is durable (the store
+// acknowledged it), 503 when the store failed and nothing was revoked.
+func (a *Admin) finishRevoke(w http.ResponseWriter, err error, body map[string]any) {
+	if err != nil {
+		a.opts.Logger.Error("revocation failed", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "revocation store unavailable; nothing was revoked")
+		return
+	}
+	body["revoked"] = true
+	writeJSON(w, http.StatusOK, body)
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "body must be a JSON object: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// RevokeSessions closes, on their loops, the live sessions rv matches, with
+// code and reason. Wire it as the Revoker's callback.
+func RevokeSessions(hub *session.Hub, rv token.Revocation, code uint16, reason string) {
+	hub.EachShard(func(sh *session.Shard) {
+		sh.Each(func(s *session.Session) {
+			if rv.Matches(s.Claims) {
+				s.Sink.Close(code, reason)
+			}
+		})
+	})
+}

@@ -1,0 +1,362 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/wsgateway/gateway/session"
+)
+
+// connState is where a connection stands; it only moves forward.
+type connState uint8
+
+const (
+	// stateHandshake: reading the HTTP request head.
+	stateHandshake connState = iota
+	// stateOpen: upgraded; the protocol handler owns the messages.
+	stateOpen
+	// stateClosing: our close frame is out; waiting for the peer's close
+	// frame or the close grace, reading and dropping everything else.
+	stateClosing
+	// stateClosed: the TCP connection is gone.
+	stateClosed
+)
+
+// Conn is one client connection. It is not goroutine-safe: every method
+// runs on the connection's event loop (in a Handler or session.Sink method,
+// or a task queued with Loop.Run).
+type Conn struct {
+	gc      gnet.Conn
+	loop    *Loop
+	handler Handler
+	route   *Route
+	timer   session.Timer[Conn]
+	remote  netip.AddrPort
+	accept  int64 // unix nanoseconds of the TCP accept
+
+	frag    []byte // a fragmented message being joined; nil otherwise
+	fragOp  ws.OpCode
+	state   connState
+	discard bool   // a framing error: no more frames can be parsed
+	shutWR  bool   // half-close our side once the close frame is flushed
+	scanned uint16 // how far the request head was searched for its end
+
+	closeCode uint16 // the code sent or received, for metrics
+	byPeer    bool   // the peer started the close
+}
+
+// Loop returns the connection's event loop.
+func (c *Conn) Loop() *Loop { return c.loop }
+
+// Remote returns the peer's address.
+func (c *Conn) Remote() netip.AddrPort { return c.remote }
+
+// Open reports whether the connection is upgraded and not closing: whether
+// sending still makes sense.
+func (c *Conn) Open() bool { return c.state == stateOpen }
+
+// Protocol returns the connection's protocol, or nil before the upgrade.
+func (c *Conn) Protocol() Protocol {
+	if c.route == nil {
+		return nil
+	}
+	return c.route.Protocol
+}
+
+// SetDeadline arms the connection's one timer: at t the handler's
+// OnDeadline runs. Resolution is one second, never early.
+func (c *Conn) SetDeadline(t time.Time) {
+	if c.state == stateOpen {
+		c.loop.wheel.Set(&c.timer, c.loop.srv.seconds(t))
+	}
+}
+
+// Send writes one unfragmented message. Nothing is sent once the connection
+// is closing.
+func (c *Conn) Send(op ws.OpCode, payload []byte) {
+	if c.state != stateOpen {
+		return
+	}
+	l := c.loop
+	l.stats.countSent(c, len(payload))
+	if l.cur == c {
+		l.out = AppendFrame(l.out, op, payload)
+		return
+	}
+	l.scratch = AppendFrame(l.scratch[:0], op, payload)
+	c.write(l.scratch)
+}
+
+// SendFrames writes bytes that are already whole server frames, such as a
+// publish encoded once for every subscriber of a loop.
+func (c *Conn) SendFrames(frames []byte) {
+	if c.state != stateOpen {
+		return
+	}
+	l := c.loop
+	l.stats.countSent(c, len(frames))
+	if l.cur == c {
+		l.out = append(l.out, frames...)
+		return
+	}
+	c.write(frames)
+}
+
+// write sends b now, or closes a consumer whose queued bytes would pass the
+// outbound budget: a broadcast never waits for one slow reader.
+func (c *Conn) write(b []byte) {
+	if c.gc.OutboundBuffered()+len(b) > c.loop.srv.opts.MaxOutbound {
+		c.slowConsumer()
+		return
+	}
+	_, _ = c.gc.Write(b) // an error means gnet is closing it: OnClose follows
+}
+
+func (c *Conn) slowConsumer() {
+	c.loop.srv.metrics.slowConsumers.Inc()
+	c.Close(CloseSlowConsumer, "slow consumer: outbound buffer full")
+}
+
+// Close starts closing with a close frame carrying code and reason (cut to
+// 123 bytes). The TCP connection ends when the peer answers with its close
+// frame or after the close grace, so the peer reads the code instead of
+// seeing a reset. Closing twice is a no-op.
+func (c *Conn) Close(code uint16, reason string) {
+	if c.state >= stateClosing {
+		return
+	}
+	if c.state == stateHandshake {
+		c.closeNow()
+		return
+	}
+	c.closeCode = code
+	l := c.loop
+	if l.cur == c {
+		l.out = AppendCloseFrame(l.out, code, reason)
+	} else {
+		l.scratch = AppendCloseFrame(l.scratch[:0], code, reason)
+		_, _ = c.gc.Write(l.scratch)
+	}
+	c.state = stateClosing
+	c.shutWR = true
+	l.wheel.Set(&c.timer, l.srv.clock()+closeGraceSeconds)
+	if l.cur != c {
+		c.halfClose()
+	}
+}
+
+// halfClose sends FIN after our close frame once nothing is left to write,
+// which tells the peer we are done even if it never answers.
+func (c *Conn) halfClose() {
+	if c.shutWR && c.gc.OutboundBuffered() == 0 {
+		c.shutWR = false
+		_ = unix.Shutdown(c.gc.Fd(), unix.SHUT_WR)
+	}
+}
+
+// fail closes after a framing error, after which the byte stream cannot be
+// parsed: everything more the peer sends is dropped.
+func (c *Conn) fail(code uint16, reason string) {
+	c.Close(code, reason)
+	c.discard = true
+	c.frag = nil
+}
+
+// closeNow drops the TCP connection at once (on the loop).
+func (c *Conn) closeNow() {
+	if c.state != stateClosed {
+		_ = c.loop.el.Close(c.gc)
+	}
+}
+
+// shutdown closes the connection because the server is stopping.
+func (c *Conn) shutdown() {
+	switch c.state {
+	case stateHandshake:
+		c.closeNow()
+	case stateOpen:
+		c.Close(CloseGoingAway, "server shutting down")
+	}
+}
+
+// deadlinePassed runs on the loop when the connection's timer fires.
+func (c *Conn) deadlinePassed() {
+	switch c.state {
+	case stateHandshake:
+		c.loop.srv.metrics.handshake(nil, resultTimeout)
+		_, _ = c.gc.Write(response408)
+		c.closeNow()
+	case stateOpen:
+		c.handler.OnDeadline(c)
+	case stateClosing:
+		c.closeNow()
+	}
+}
+
+// closed runs from gnet's OnClose: the connection is gone.
+func (c *Conn) closed() {
+	if c.state == stateClosed {
+		return
+	}
+	upgraded := c.route != nil
+	c.state = stateClosed
+	c.loop.wheel.Stop(&c.timer)
+	c.frag = nil
+	if upgraded {
+		c.handler.OnClose(c)
+		c.loop.srv.metrics.disconnect(c.route.Protocol, c.closeCode, c.byPeer)
+	}
+}
+
+// traffic handles whatever the peer sent: the request head, then frames.
+// It returns how many bytes are consumed.
+func (c *Conn) traffic(buf []byte) (int, gnet.Action) {
+	consumed := 0
+	if c.state == stateHandshake {
+		n, action := c.handshake(buf)
+		if n == 0 || action != gnet.None {
+			return n, action
+		}
+		consumed = n
+	}
+	n, action := c.frames(buf[consumed:])
+	return consumed + n, action
+}
+
+// frames parses, validates, unmasks and dispatches every complete frame at
+// the front of buf. A partial frame stays for the next OnTraffic.
+func (c *Conn) frames(buf []byte) (int, gnet.Action) {
+	max := c.loop.srv.opts.MaxMessageSize
+	off := 0
+	for off < len(buf) {
+		if c.discard {
+			return len(buf), gnet.None
+		}
+		h, hl, err := parseHeader(buf[off:])
+		if err != nil {
+			c.fail(CloseProtocolError, err.Error())
+			continue
+		}
+		if hl == 0 {
+			break
+		}
+		state := ws.StateServerSide
+		if c.fragOp != 0 {
+			state |= ws.StateFragmented
+		}
+		if err := ws.CheckHeader(h, state); err != nil {
+			c.fail(CloseProtocolError, err.Error())
+			continue
+		}
+		if !h.OpCode.IsControl() && h.Length > int64(max-len(c.frag)) {
+			c.fail(CloseMessageTooBig, "message too big")
+			continue
+		}
+		end := off + hl + int(h.Length)
+		if end > len(buf) {
+			break
+		}
+		payload := buf[off+hl : end]
+		ws.Cipher(payload, h.Mask, 0)
+		off = end
+		if action := c.frame(h, payload); action != gnet.None {
+			return off, action
+		}
+	}
+	return off, gnet.None
+}
+
+// frame handles one validated, unmasked frame.
+func (c *Conn) frame(h ws.Header, payload []byte) gnet.Action {
+	switch h.OpCode {
+	case ws.OpClose:
+		return c.closeFrame(payload)
+	case ws.OpPing:
+		c.Send(ws.OpPong, payload)
+		return gnet.None
+	case ws.OpPong:
+		return gnet.None
+	}
+	if c.state != stateOpen {
+		return gnet.None // data after our close frame is dropped
+	}
+	if h.OpCode == ws.OpText && !c.route.Text {
+		c.fail(CloseUnsupportedData, "text messages are not accepted; send binary")
+		return gnet.None
+	}
+	if h.Fin && c.fragOp == 0 {
+		c.message(h.OpCode, payload)
+		return gnet.None
+	}
+	if h.OpCode != ws.OpContinuation {
+		c.fragOp = h.OpCode
+	}
+	c.frag = append(c.frag, payload...)
+	if h.Fin {
+		op, msg := c.fragOp, c.frag
+		c.fragOp, c.frag = 0, nil
+		c.message(op, msg)
+	}
+	return gnet.None
+}
+
+// message hands a whole message to the protocol.
+func (c *Conn) message(op ws.OpCode, payload []byte) {
+	if op == ws.OpText && !utf8.Valid(payload) {
+		c.fail(CloseInvalidPayload, "text message is not valid utf-8")
+		return
+	}
+	c.loop.stats.countReceived(c, len(payload))
+	c.handler.OnMessage(c, op, payload)
+}
+
+// closeFrame answers the peer's close frame: echo its code, then end the
+// TCP connection (RFC 6455 5.5.1: the server closes TCP first).
+func (c *Conn) closeFrame(payload []byte) gnet.Action {
+	if c.state == stateClosing {
+		return gnet.Close
+	}
+	code, ok := peerCloseCode(payload)
+	if !ok {
+		c.fail(CloseProtocolError, "invalid close frame")
+		return gnet.None
+	}
+	c.byPeer = true
+	c.closeCode = code
+	c.loop.out = AppendCloseFrame(c.loop.out, code, "")
+	c.state = stateClosing
+	return gnet.Close
+}
+
+// peerCloseCode validates a close frame's payload: empty (no code: 1005, we
+// echo an empty close) or a code RFC 6455 allows on the wire with a UTF-8
+// reason.
+func peerCloseCode(payload []byte) (uint16, bool) {
+	switch len(payload) {
+	case 0:
+		return 0, true
+	case 1:
+		return 0, false
+	}
+	code := binary.BigEndian.Uint16(payload)
+	if !utf8.Valid(payload[2:]) {
+		return 0, false
+	}
+	switch {
+	case code < 1000, code >= 5000:
+		return 0, false
+	case code >= 3000:
+		return code, true
+	case code == 1004, code == 1005, code == 1006, code == 1015:
+		return 0, false
+	case code <= 1014:
+		return code, true
+	}
+	return 0, false
+}

@@ -1,0 +1,139 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/wsgateway/gateway/session"
+)
+
+// Loop is the gateway's state for one gnet event loop: its shard of the
+// session hub, its timing wheel, its handshake parser and its scratch
+// buffers. Everything but Run runs on the loop.
+type Loop struct {
+	srv   *Server
+	el    gnet.EventLoop
+	index int
+	shard *session.Shard
+	wheel session.Wheel[Conn]
+	stats loopStats
+
+	// out collects what the connection in OnTraffic sends, written with one
+	// c.Write when OnTraffic ends. cur is that connection.
+	out []byte
+	cur *Conn
+	// scratch builds a frame written outside OnTraffic.
+	scratch []byte
+
+	// The handshake parser: one Upgrader whose hooks fill hs.
+	upgrader   ws.Upgrader
+	hs         handshakeState
+	headReader bytes.Reader
+
+	// The task queue: the one path by which other goroutines reach the loop.
+	mu        sync.Mutex
+	tasks     []task
+	running   []task
+	scheduled bool
+	drainFn   gnet.RunnableFunc
+
+	later laterQueue
+
+	tickFn, shutdownFn, runLaterFn func(any)
+}
+
+type task struct {
+	fn  func(any)
+	arg any
+}
+
+func newLoop(srv *Server, el gnet.EventLoop, index int) *Loop {
+	l := &Loop{srv: srv, el: el, index: index}
+	l.drainFn = l.drain
+	l.tickFn = l.tick
+	l.shutdownFn = l.shutdown
+	l.runLaterFn = l.runLater
+	l.initUpgrader()
+	return l
+}
+
+// Run queues fn(arg) to run on the loop after everything queued before it.
+// It is goroutine-safe and never blocks. gnet's own Execute may reorder
+// tasks under load (its low-priority overflow queue), so the gateway keeps
+// its own FIFO and asks gnet only to wake the loop, once per batch.
+func (l *Loop) Run(fn func(any), arg any) {
+	l.mu.Lock()
+	l.tasks = append(l.tasks, task{fn, arg})
+	wake := !l.scheduled
+	l.scheduled = true
+	l.mu.Unlock()
+	if wake {
+		if err := l.el.Execute(context.Background(), l.drainFn); err != nil {
+			// The engine is stopping: nothing will run any more.
+			l.mu.Lock()
+			l.scheduled = false
+			clear(l.tasks)
+			l.tasks = l.tasks[:0]
+			l.mu.Unlock()
+		}
+	}
+}
+
+// drain runs every queued task on the loop.
+func (l *Loop) drain(context.Context) error {
+	l.mu.Lock()
+	l.tasks, l.running = l.running[:0], l.tasks
+	l.scheduled = false
+	l.mu.Unlock()
+	for i := range l.running {
+		t := &l.running[i]
+		t.fn(t.arg)
+		*t = task{}
+	}
+	return nil
+}
+
+// Shard returns the loop's shard of the session hub.
+func (l *Loop) Shard() *session.Shard { return l.shard }
+
+// Server returns the server the loop belongs to.
+func (l *Loop) Server() *Server { return l.srv }
+
+// tick advances the timing wheel; the server's ticker queues it every
+// second.
+func (l *Loop) tick(any) {
+	l.wheel.Advance(l.srv.clock(), fireDeadline)
+}
+
+func fireDeadline(c *Conn) { c.deadlinePassed() }
+
+// shutdown starts closing every connection of the loop with 1001.
+func (l *Loop) shutdown(any) {
+	var all []*Conn
+	l.wheel.Each(func(c *Conn) { all = append(all, c) })
+	for _, c := range all {
+		c.shutdown()
+	}
+}
+
+// seconds converts a wall-clock time to the wheel's seconds, rounding up so
+// a deadline never fires early.
+func (s *Server) seconds(t time.Time) uint32 {
+	d := t.Sub(s.epoch)
+	if d <= 0 {
+		return 1
+	}
+	sec := uint64((d + time.Second - 1) / time.Second)
+	if sec > 1<<32-1 {
+		sec = 1<<32 - 1
+	}
+	return uint32(sec)
+}
+
+// clock returns the current second on the wheels' scale.
+func (s *Server) clock() uint32 { return uint32(time.Since(s.epoch) / time.Second) }

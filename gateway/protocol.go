@@ -1,0 +1,73 @@
+package gateway
+
+import (
+	"net/netip"
+
+	"github.com/gobwas/ws"
+)
+
+// Protocol is one wire format spoken over WebSocket. The server picks it by
+// listener and path when a request upgrades; from then on the connection's
+// Handler speaks it. Implementations must be goroutine-safe: every loop
+// calls Accept.
+type Protocol interface {
+	// Name labels the protocol in metrics and logs ("native", "kosync", ...).
+	Name() string
+	// Accept runs on the loop once the upgrade request is parsed and valid,
+	// before the 101 answer. It returns the connection's handler, or an
+	// error to refuse the upgrade: a *HTTPError chooses the status, any
+	// other error answers 500. It must not block.
+	Accept(r *Request) (Handler, error)
+}
+
+// Handler is one connection's protocol state. Every method runs on the
+// connection's event loop.
+type Handler interface {
+	// OnOpen runs right after the upgrade. What it sends goes out in the
+	// same write as the 101 answer (the native hello, the KOsync hello).
+	OnOpen(c *Conn)
+	// OnMessage gets one whole message: fragments joined, unmasked, text
+	// checked for UTF-8 when the route says so. payload is valid only during
+	// the call: copy what must outlive it.
+	OnMessage(c *Conn, op ws.OpCode, payload []byte)
+	// OnDeadline runs when the deadline set with Conn.SetDeadline passes.
+	// The handler closes the connection with its protocol's code or moves
+	// the deadline.
+	OnDeadline(c *Conn)
+	// OnClose runs once when the connection is gone, whatever ended it.
+	OnClose(c *Conn)
+}
+
+// Route binds a path on a listener to a protocol.
+type Route struct {
+	// Path is matched exactly, or as a prefix when it ends in "/".
+	Path     string
+	Protocol Protocol
+	// Text allows text messages, checked for valid UTF-8 (close 1007).
+	// Without it a text message closes the connection with 1003.
+	Text bool
+
+	index int // the protocol's slot in per-loop counters
+}
+
+// Request is an upgrade request as a Protocol sees it. It and every slice in
+// it are valid only during Accept: the loop reuses them.
+type Request struct {
+	// URI is the request target: path and query, as sent.
+	URI []byte
+	// Path is URI up to the query.
+	Path []byte
+	Host []byte
+	// Origin, Authorization, ForwardedFor and ForwardedProto are the values
+	// of those headers, or nil.
+	Origin, Authorization, ForwardedFor, ForwardedProto []byte
+	Remote                                              netip.AddrPort
+}
+
+// HTTPError refuses an upgrade with an HTTP status and a short text.
+type HTTPError struct {
+	Status int
+	Text   string
+}
+
+func (e *HTTPError) Error() string { return e.Text }

@@ -1,0 +1,407 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/wsgateway/gateway/session"
+)
+
+// Defaults of Options; a zero field means its default.
+const (
+	// DefaultListen is the main listener: WebSocket upgrades and plain HTTP.
+	DefaultListen = ":8080"
+	// DefaultHandshakeTimeout bounds TCP accept to authenticated: it closes
+	// clients that dribble their request head or never authenticate.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxMessageSize caps a whole inbound message, fragments summed
+	// (larger: close 1009).
+	DefaultMaxMessageSize = 64 << 10
+	// DefaultMaxOutbound is the byte budget of a connection's unsent
+	// output; a consumer past it is closed with CloseSlowConsumer.
+	DefaultMaxOutbound = 1 << 20
+	// DefaultShutdownTimeout bounds Shutdown: sessions get their 1001 close
+	// and this long to go before the engine stops.
+	DefaultShutdownTimeout = 10 * time.Second
+)
+
+// Close codes the gateway itself uses, whatever the protocol (RFC 6455
+// 7.4.1).
+const (
+	// CloseProtocolError (1002): a frame broke RFC 6455, or a protocol's
+	// message could not be parsed.
+	CloseProtocolError uint16 = 1002
+	// CloseUnsupportedData (1003): a text message where only binary is
+	// spoken.
+	CloseUnsupportedData uint16 = 1003
+	// CloseInvalidPayload (1007): text that is not UTF-8.
+	CloseInvalidPayload uint16 = 1007
+	// CloseMessageTooBig (1009): a message over MaxMessageSize.
+	CloseMessageTooBig uint16 = 1009
+	// CloseInternalError (1011): the server failed.
+	CloseInternalError uint16 = 1011
+	// CloseGoingAway (1001): the server is shutting down; reconnect.
+	CloseGoingAway uint16 = 1001
+	// CloseSlowConsumer (1008, policy violation): the connection's unsent
+	// output passed its budget because the client reads too slowly.
+	CloseSlowConsumer uint16 = 1008
+)
+
+// closeGraceSeconds is how long a connection that was sent a close frame
+// may take to answer before its TCP connection is dropped (1 to 2 s on the
+// one-second wheel).
+const closeGraceSeconds = 2
+
+// Options configure a Server. Every zero value means the documented default.
+type Options struct {
+	// Listen is the main listener's address; zero means DefaultListen.
+	Listen string
+	// EventLoops is the number of gnet event loops; zero means one per CPU.
+	EventLoops int
+	// ReusePort sets SO_REUSEPORT so several gateway processes can share
+	// the listen port; zero (false) means an exclusive bind.
+	ReusePort bool
+	// HandshakeTimeout: zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// MaxMessageSize: zero means DefaultMaxMessageSize.
+	MaxMessageSize int
+	// MaxOutbound: zero means DefaultMaxOutbound.
+	MaxOutbound int
+	// ShutdownTimeout: zero means DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// Logger: zero means slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	o.Listen = cmpOr(o.Listen, DefaultListen)
+	o.EventLoops = cmpOr(o.EventLoops, runtime.NumCPU())
+	o.HandshakeTimeout = cmpOr(o.HandshakeTimeout, DefaultHandshakeTimeout)
+	o.MaxMessageSize = cmpOr(o.MaxMessageSize, DefaultMaxMessageSize)
+	o.MaxOutbound = cmpOr(o.MaxOutbound, DefaultMaxOutbound)
+	o.ShutdownTimeout = cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout)
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Server is the gateway's main listener: gnet event loops that upgrade
+// WebSocket requests on the loop and hand plain HTTP to net/http.
+type Server struct {
+	opts    Options
+	logger  *slog.Logger
+	hub     *session.Hub
+	routes  []*Route
+	mux     *http.ServeMux
+	metrics *metrics
+	epoch   time.Time
+
+	eng      gnet.Engine
+	addr     net.Addr
+	httpLn   *handoffListener
+	httpSrv  *http.Server
+	booted   chan struct{}
+	stopped  chan error
+	draining atomic.Bool
+	conns    atomic.Int64
+
+	loopsMu sync.Mutex
+	loops   []*Loop
+}
+
+// New returns a server that delivers publishes through hub. Add routes and
+// HTTP handlers before Start.
+func New(opts Options, hub *session.Hub) *Server {
+	opts.setDefaults()
+	s := &Server{
+		opts: opts, logger: opts.Logger, hub: hub, mux: http.NewServeMux(),
+		epoch: time.Now(), booted: make(chan struct{}), stopped: make(chan error, 1),
+	}
+	s.metrics = newMetrics(s)
+	s.mux.HandleFunc("/", s.fallbackHTTP)
+	return s
+}
+
+// Hub returns the session hub the server delivers through.
+func (s *Server) Hub() *session.Hub { return s.hub }
+
+// Handle adds a WebSocket route. Call before Start.
+func (s *Server) Handle(r Route) {
+	idx := -1
+	for _, old := range s.routes {
+		if old.Protocol == r.Protocol {
+			idx = old.index
+		}
+	}
+	if idx < 0 {
+		idx = len(s.protocols())
+	}
+	if idx >= maxProtocols {
+		panic("gateway: too many protocols")
+	}
+	r.index = idx
+	s.routes = append(s.routes, &r)
+}
+
+// HandleHTTP adds a net/http handler on the main listener for requests that
+// do not upgrade. Call before Start.
+func (s *Server) HandleHTTP(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// match returns the route of a request path, or nil.
+func (s *Server) match(path []byte) *Route {
+	for _, r := range s.routes {
+		if string(path) == r.Path || (r.Path[len(r.Path)-1] == '/' && bytes.HasPrefix(path, []byte(r.Path))) {
+			return r
+		}
+	}
+	return nil
+}
+
+// protocols returns the distinct protocols in index order.
+func (s *Server) protocols() []Protocol {
+	var ps []Protocol
+	for _, r := range s.routes {
+		if r.index == len(ps) {
+			ps = append(ps, r.Protocol)
+		}
+	}
+	return ps
+}
+
+// fallbackHTTP answers plain requests no handler took: 426 on WebSocket
+// paths, 404 elsewhere, both as JSON.
+func (s *Server) fallbackHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	if s.match([]byte(r.URL.Path)) != nil {
+		w.Header().Set("Upgrade", "websocket")
+		w.Header().Set("Connection", "Upgrade")
+		w.WriteHeader(http.StatusUpgradeRequired)
+		fmt.Fprintln(w, `{"error":"this path speaks WebSocket: send an Upgrade request"}`)
+		return
+	}
+	w.WriteHeader(http.StatusNotFound)
+	fmt.Fprintln(w, `{"error":"not found"}`)
+}
+
+// Start binds the listener and runs the event loops; it returns once the
+// server accepts connections.
+func (s *Server) Start() error {
+	if err := s.hub.Start(); err != nil {
+		return fmt.Errorf("start broker: %w", err)
+	}
+	opts := []gnet.Option{
+		gnet.WithNumEventLoop(s.opts.EventLoops),
+		gnet.WithReusePort(s.opts.ReusePort),
+		gnet.WithTicker(true),
+		gnet.WithTCPKeepAlive(time.Minute),
+		gnet.WithLogger(gnetLogger{s.logger}),
+	}
+	go func() { s.stopped <- gnet.Run(s, "tcp://"+s.opts.Listen, opts...) }()
+	select {
+	case <-s.booted:
+		return nil
+	case err := <-s.stopped:
+		if err == nil {
+			err = errors.New("gnet stopped during start")
+		}
+		return fmt.Errorf("listen %s: %w", s.opts.Listen, err)
+	}
+}
+
+// Addr returns the main listener's address (useful with port 0).
+func (s *Server) Addr() net.Addr { return s.addr }
+
+// Draining reports whether Shutdown has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Shutdown refuses new connections, closes every session with 1001 and a
+// reason, waits for them to go (at most ShutdownTimeout, or ctx), then stops
+// the loops and the HTTP side.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.draining.Swap(true) {
+		return errors.New("gateway: already shut down")
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.ShutdownTimeout)
+	defer cancel()
+	for _, l := range s.allLoops() {
+		l.Run(l.shutdownFn, nil)
+	}
+	for s.conns.Load() > 0 && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer stopCancel()
+	err := s.eng.Stop(stopCtx)
+	<-s.stopped
+	s.httpLn.Close()
+	_ = s.httpSrv.Shutdown(stopCtx)
+	_ = s.hub.Close()
+	return err
+}
+
+func (s *Server) allLoops() []*Loop {
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	return s.loops
+}
+
+// loopFor returns the gateway state of a gnet loop, creating it the first
+// time the loop opens a connection (gnet has no API that lists its loops).
+func (s *Server) loopFor(el gnet.EventLoop) (*Loop, error) {
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	for _, l := range s.loops {
+		if l.el == el {
+			return l, nil
+		}
+	}
+	l := newLoop(s, el, len(s.loops))
+	shard, err := s.hub.NewShard(l)
+	if err != nil {
+		return nil, err
+	}
+	l.shard = shard
+	l.wheel.Advance(s.clock(), fireDeadline)
+	s.loops = append(append([]*Loop(nil), s.loops...), l) // copy: allLoops readers keep theirs
+	return l, nil
+}
+
+// OnBoot learns the bound address and starts the HTTP side.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	addr, err := boundAddr(eng)
+	if err != nil {
+		s.logger.Error("cannot read the bound address", "err", err)
+		return gnet.Shutdown
+	}
+	s.addr = addr
+	s.httpLn = newHandoffListener(addr)
+	s.httpSrv = &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: s.opts.HandshakeTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    MaxHeadSize,
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+	}
+	go func() { _ = s.httpSrv.Serve(s.httpLn) }()
+	close(s.booted)
+	return gnet.None
+}
+
+// boundAddr reads the listener's address from a duplicate of its socket.
+func boundAddr(eng gnet.Engine) (net.Addr, error) {
+	fd, err := eng.Dup()
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, err
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, nil
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, nil
+	}
+	return nil, fmt.Errorf("unexpected socket address %T", sa)
+}
+
+// OnShutdown implements gnet.EventHandler.
+func (s *Server) OnShutdown(gnet.Engine) {}
+
+// OnOpen registers a new TCP connection and arms its handshake deadline.
+func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	if s.draining.Load() {
+		return nil, gnet.Close
+	}
+	l, err := s.loopFor(gc.EventLoop())
+	if err != nil {
+		s.logger.Error("event loop", "err", err)
+		return nil, gnet.Close
+	}
+	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: time.Now().UnixNano()}
+	c.timer.Init(c)
+	l.wheel.Set(&c.timer, s.clock()+uint32((s.opts.HandshakeTimeout+time.Second-1)/time.Second))
+	gc.SetContext(c)
+	s.conns.Add(1)
+	s.metrics.accepted.Inc()
+	return nil, gnet.None
+}
+
+// OnClose tells the connection's protocol it is gone.
+func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
+	if c, ok := gc.Context().(*Conn); ok {
+		c.closed()
+		gc.SetContext(nil)
+		s.conns.Add(-1)
+	}
+	return gnet.None
+}
+
+// OnTraffic consumes every complete unit the peer sent (gnet does not call
+// again for bytes left behind) and writes the replies once.
+func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
+	c, ok := gc.Context().(*Conn)
+	if !ok {
+		return gnet.Close
+	}
+	buf, _ := gc.Peek(-1)
+	l := c.loop
+	l.cur = c
+	n, action := c.traffic(buf)
+	l.cur = nil
+	if n > 0 {
+		_, _ = gc.Discard(n)
+	}
+	if len(l.out) > 0 {
+		_, _ = gc.Write(l.out)
+		l.out = l.out[:0]
+		if c.state == stateOpen && gc.OutboundBuffered() > s.opts.MaxOutbound {
+			c.slowConsumer()
+		}
+	}
+	if action == gnet.None {
+		c.halfClose()
+	}
+	return action
+}
+
+// OnTick advances every loop's timing wheel once a second. It runs on its
+// own goroutine, so it only queues tasks.
+func (s *Server) OnTick() (time.Duration, gnet.Action) {
+	for _, l := range s.allLoops() {
+		l.Run(l.tickFn, nil)
+	}
+	return time.Second, gnet.None
+}
+
+// gnetLogger sends gnet's own log lines to slog.
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug(fmt.Sprintf(f, a...), "from", "gnet") }
+func (g gnetLogger) Infof(f string, a ...any)  { g.l.Debug(fmt.Sprintf(f, a...), "from", "gnet") }
+func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn(fmt.Sprintf(f, a...), "from", "gnet") }
+func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "from", "gnet") }
+func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "from", "gnet") }

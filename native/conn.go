@@ -1,0 +1,273 @@
+package native
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/packet"
+	"github.com/wsgateway/gateway/session"
+	"github.com/wsgateway/gateway/token"
+)
+
+// conn is one native connection: its gateway.Handler and, once
+// authenticated, its session.Sink. It runs on the connection's loop.
+type conn struct {
+	p    *Protocol
+	c    *gateway.Conn
+	sess *session.Session // nil until authenticated
+
+	// Settings.
+	echo  bool
+	batch time.Duration
+	name  string
+
+	// pending holds Message packets of the open batch window.
+	pending []byte
+	flushFn func(any)
+}
+
+// OnOpen sends the hello; it leaves in the same write as the 101.
+func (h *conn) OnOpen(c *gateway.Conn) {
+	h.c = c
+	c.Send(ws.OpBinary, packet.Hello)
+}
+
+// OnMessage authenticates the first message and runs the packets of every
+// later one.
+func (h *conn) OnMessage(c *gateway.Conn, _ ws.OpCode, msg []byte) {
+	if h.sess == nil {
+		h.authenticate(msg)
+		return
+	}
+	if err := packet.Validate(msg); err != nil {
+		h.closeMalformed(msg, err)
+		return
+	}
+	d := packet.NewDecoder(msg)
+	var pk packet.Packet
+	for c.Open() {
+		if ok, _ := d.Next(&pk); !ok {
+			return
+		}
+		h.run(&pk)
+	}
+}
+
+// closeMalformed closes for a message that does not parse: nothing of it
+// runs (PROTOCOL.md "Malformed messages").
+func (h *conn) closeMalformed(msg []byte, err error) {
+	d := packet.NewDecoder(msg)
+	var pk packet.Packet
+	for ok, e := d.Next(&pk); ok && e == nil; ok, e = d.Next(&pk) {
+	}
+	code := gateway.CloseProtocolError
+	if errors.Is(err, packet.ErrInvalidUTF8) {
+		code = gateway.CloseInvalidPayload
+	}
+	h.c.Close(code, fmt.Sprintf("%v at byte %d", err, d.Offset()))
+}
+
+// authenticate checks the auth message; success opens the session and
+// answers with a Pong.
+func (h *conn) authenticate(msg []byte) {
+	key, err := packet.ParseAuth(msg)
+	switch {
+	case errors.Is(err, packet.ErrAuthVersion):
+		h.refuse(reasonVersion, packet.CloseVersionMismatch,
+			fmt.Sprintf("unsupported protocol version %d; this server speaks %d", msg[2], packet.Version))
+		return
+	case err != nil:
+		h.refuse(reasonMalformed, packet.CloseUnauthorized, "malformed auth message: "+err.Error())
+		return
+	}
+	now := time.Now()
+	claims, err := h.p.opts.Secrets.Verify(key, now)
+	switch {
+	case errors.Is(err, token.ErrExpired):
+		h.refuse(reasonExpired, packet.CloseUnauthorized, "access key expired")
+		return
+	case err != nil:
+		h.refuse(reasonInvalid, packet.CloseUnauthorized, "invalid access key")
+		return
+	case h.p.opts.Revoked.Check(claims):
+		h.refuse(reasonRevoked, packet.CloseUnauthorized, "access key revoked")
+		return
+	}
+	h.p.metrics.authOK.Inc()
+	h.sess = session.New(claims, h)
+	h.c.Loop().Shard().Add(h.sess)
+	h.pong(now)
+}
+
+func (h *conn) refuse(reason string, code uint16, text string) {
+	h.p.metrics.authFailures[reason].Inc()
+	h.c.Close(code, text)
+}
+
+// pong answers a Ping (and a successful auth) and moves the deadline.
+func (h *conn) pong(now time.Time) {
+	var b [9]byte
+	h.c.Send(ws.OpBinary, packet.AppendPong(b[:0], now.UnixMilli()))
+	deadline := now.Add(h.p.opts.PingTimeout)
+	if exp := h.sess.Claims.Expires; exp.Before(deadline) {
+		deadline = exp
+	}
+	h.c.SetDeadline(deadline)
+}
+
+// run executes one decoded packet. Refusals answer with an Error packet and
+// the connection goes on.
+func (h *conn) run(pk *packet.Packet) {
+	switch pk.ID {
+	case packet.PacketPing:
+		h.pong(time.Now())
+	case packet.PacketSettings:
+		h.settings(pk.Settings)
+	case packet.PacketSubscribe:
+		h.subscribe(pk.Channel)
+	case packet.PacketUnsubscribe:
+		h.c.Loop().Shard().Unsubscribe(h.sess, string(pk.Channel))
+	case packet.PacketPublish:
+		h.publish(pk.Channel, pk.Payload)
+	}
+}
+
+// settings applies a Settings packet all or nothing.
+func (h *conn) settings(raw []byte) {
+	echo, batch, name := h.echo, h.batch, h.name
+	r := packet.NewSettingsReader(raw)
+	var s packet.Setting
+	for r.Next(&s) {
+		switch s.ID {
+		case packet.SettingEcho:
+			if s.Byte != 0 && s.Byte != 1 {
+				h.sendError(packet.ErrorBadRequest, fmt.Sprintf("setting echo: value %d is not 0 or 1", s.Byte))
+				return
+			}
+			echo = s.Byte == 1
+		case packet.SettingClientName:
+			if len(s.String) > MaxClientName {
+				h.sendError(packet.ErrorBadRequest, fmt.Sprintf("setting client name: longer than %d bytes", MaxClientName))
+				return
+			}
+			name = string(s.String)
+		case packet.SettingBatchWindow:
+			d := time.Duration(s.Short) * time.Millisecond
+			if d < 0 || d > MaxBatchWindow {
+				h.sendError(packet.ErrorBadRequest, fmt.Sprintf("setting batch window: %d ms is outside 0..1000", s.Short))
+				return
+			}
+			batch = d
+		}
+	}
+	h.echo, h.batch, h.name = echo, batch, name
+	if h.batch == 0 {
+		h.flush(nil) // a window closed by the setting sends what it held
+	}
+}
+
+func (h *conn) subscribe(channel []byte) {
+	if code, why := checkChannel(channel, h.sess.Claims.Subject, opSubscribe); code != 0 {
+		h.sendError(code, fmt.Sprintf("subscribe %q: %s", channel, why))
+		return
+	}
+	name := string(channel)
+	if !h.sess.IsSubscribed(name) && h.sess.Subscriptions() >= h.p.opts.MaxSubscriptions {
+		h.sendError(packet.ErrorTooMany, fmt.Sprintf("subscribe %q: more than %d subscriptions", channel, h.p.opts.MaxSubscriptions))
+		return
+	}
+	h.c.Loop().Shard().Subscribe(h.sess, name)
+}
+
+func (h *conn) publish(channel, payload []byte) {
+	if code, why := checkChannel(channel, h.sess.Claims.Subject, opPublish); code != 0 {
+		h.sendError(code, fmt.Sprintf("publish %q: %s", channel, why))
+		return
+	}
+	hub := h.c.Loop().Server().Hub()
+	if err := hub.Publish(string(channel), payload, h.sess.ID); err != nil {
+		h.sendError(packet.ErrorUnavailable, fmt.Sprintf("publish %q: %v; try again", channel, err))
+	}
+}
+
+func (h *conn) sendError(code int16, text string) {
+	h.p.metrics.refusals.Inc()
+	h.c.Send(ws.OpBinary, packet.AppendError(nil, code, text))
+}
+
+// OnDeadline closes for the deadline that passed: authentication, key
+// expiry or ping.
+func (h *conn) OnDeadline(c *gateway.Conn) {
+	switch {
+	case h.sess == nil:
+		h.p.metrics.authFailures[reasonTimeout].Inc()
+		c.Close(packet.CloseTimeout, fmt.Sprintf("authentication timeout: no auth message within %v", h.p.opts.HandshakeTimeout))
+	case !time.Now().Before(h.sess.Claims.Expires):
+		c.Close(packet.CloseUnauthorized, "access key expired")
+	default:
+		c.Close(packet.CloseTimeout, fmt.Sprintf("ping timeout: no ping within %v", h.p.opts.PingTimeout))
+	}
+}
+
+// OnClose leaves the hub.
+func (h *conn) OnClose(c *gateway.Conn) {
+	if h.sess != nil {
+		c.Loop().Shard().Remove(h.sess)
+	}
+	h.pending = nil
+}
+
+// Subscribed implements session.Sink.
+func (h *conn) Subscribed(channel string) {
+	var b [3 + MaxChannelLen]byte
+	h.c.Send(ws.OpBinary, packet.AppendSubscribed(b[:0], channel))
+}
+
+// Close implements session.Sink.
+func (h *conn) Close(code uint16, reason string) { h.c.Close(code, reason) }
+
+// Deliver implements session.Sink: the frame is encoded once per loop; a
+// batch window gathers Message packets into one WebSocket message.
+func (h *conn) Deliver(m *session.Message, enc *session.EncodeCache) {
+	if !h.c.Open() || (m.Origin == h.sess.ID && !h.echo) {
+		return
+	}
+	frame := enc.Get(encoding, encodeMessage)
+	if h.batch == 0 {
+		h.c.SendFrames(frame)
+		return
+	}
+	n := packet.MessageLen(len(m.Channel), len(m.Payload))
+	if len(h.pending) == 0 {
+		if h.flushFn == nil {
+			h.flushFn = h.flush
+		}
+		h.c.Loop().After(h.batch, h.flushFn, nil)
+	}
+	h.pending = append(h.pending, frame[len(frame)-n:]...)
+	if len(h.pending) >= batchFlushBytes {
+		h.flush(nil)
+	}
+}
+
+// flush sends the batch window's packets as one message. A timer armed for
+// a window already flushed finds nothing to send.
+func (h *conn) flush(any) {
+	if len(h.pending) == 0 {
+		return
+	}
+	h.c.Send(ws.OpBinary, h.pending)
+	h.pending = h.pending[:0]
+}
+
+// encodeMessage encodes a publish as a whole native frame: the WebSocket
+// header, then the Message packet.
+func encodeMessage(dst []byte, m *session.Message) []byte {
+	n := packet.MessageLen(len(m.Channel), len(m.Payload))
+	dst = gateway.AppendFrameHeader(dst, ws.OpBinary, n)
+	return packet.AppendMessage(dst, m.Channel, m.Payload)
+}

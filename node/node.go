@@ -1,0 +1,223 @@
+// Package node wires a whole gateway node: secrets, the revocation store,
+// the session hub and its broker, the gnet server with its protocols, and
+// the admin listener. cmd/gateway parses flags into a Config; tests start
+// nodes in-process with it on port 0.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/native"
+	"github.com/wsgateway/gateway/packet"
+	"github.com/wsgateway/gateway/session"
+	"github.com/wsgateway/gateway/token"
+)
+
+// DefaultDataDir holds the generated secret and, without Redis, the
+// revocation log.
+const DefaultDataDir = "./data"
+
+// Config is a node's configuration; every zero value means the default of
+// the part it configures (see each field).
+type Config struct {
+	// Listen: zero means gateway.DefaultListen (":8080").
+	Listen string
+	// AdminListen: zero means gateway.DefaultAdminListen ("127.0.0.1:8081").
+	AdminListen string
+	// DataDir: zero means DefaultDataDir.
+	DataDir string
+	// RedisURL ("redis://host:port/db"): zero means no Redis: the node runs
+	// alone, revocations persist in DataDir.
+	RedisURL string
+	// RedisPrefix starts every Redis key and channel: zero means
+	// session.DefaultRedisPrefix ("gateway:").
+	RedisPrefix string
+	// Secret is the content of GATEWAY_SECRET (secrets separated by
+	// newlines or commas, the first signs). Zero means SecretFile, then a
+	// secret generated once in DataDir.
+	Secret string
+	// SecretFile: see Secret.
+	SecretFile string
+	// PingTimeout: zero means native.DefaultPingTimeout (30 s).
+	PingTimeout time.Duration
+	// HandshakeTimeout: zero means gateway.DefaultHandshakeTimeout (10 s).
+	HandshakeTimeout time.Duration
+	// MaxMessageSize: zero means gateway.DefaultMaxMessageSize (64 KiB).
+	MaxMessageSize int
+	// MaxOutbound: zero means gateway.DefaultMaxOutbound (1 MiB).
+	MaxOutbound int
+	// EventLoops: zero means one per CPU.
+	EventLoops int
+	// ReusePort lets several processes share Listen (SO_REUSEPORT).
+	ReusePort bool
+	// ShutdownTimeout: zero means gateway.DefaultShutdownTimeout (10 s).
+	ShutdownTimeout time.Duration
+	// Logger: zero means slog.Default().
+	Logger *slog.Logger
+}
+
+// Node is a running gateway node.
+type Node struct {
+	Server  *gateway.Server
+	Admin   *gateway.Admin
+	Hub     *session.Hub
+	Secrets *token.Secrets
+	Revoker *token.Revoker
+
+	cfg    Config
+	log    *slog.Logger
+	redis  *redis.Client
+	store  token.Store
+	cancel context.CancelFunc
+	sweep  chan struct{}
+	done   chan struct{}
+	// sweeping: the sweep goroutine runs and stopParts must end it.
+	sweeping bool
+}
+
+// Start builds and starts a node. On error nothing is left running.
+func Start(cfg Config) (n *Node, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = DefaultDataDir
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n = &Node{cfg: cfg, log: cfg.Logger, cancel: cancel, sweep: make(chan struct{}, 1), done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			n.stopParts()
+		}
+	}()
+	secrets, source, err := token.LoadSecrets(cfg.Secret, cfg.SecretFile, cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("secret: %w", err)
+	}
+	n.Secrets = secrets
+	n.log.Info("secret loaded", "source", source, "secrets", secrets.Len())
+
+	broker, err := n.openStores(cfg)
+	if err != nil {
+		return nil, err
+	}
+	n.Hub = session.NewHub(broker)
+	n.Revoker = token.NewRevoker(n.store, token.NewRevoked(), n.revoked, n.log)
+	if err := n.Revoker.Start(ctx); err != nil {
+		return nil, fmt.Errorf("revocations: %w", err)
+	}
+	n.sweeping = true
+	go n.sweepRevoked()
+
+	n.Server = gateway.New(gateway.Options{
+		Listen: cfg.Listen, EventLoops: cfg.EventLoops, ReusePort: cfg.ReusePort,
+		HandshakeTimeout: cfg.HandshakeTimeout, MaxMessageSize: cfg.MaxMessageSize,
+		MaxOutbound: cfg.MaxOutbound, ShutdownTimeout: cfg.ShutdownTimeout, Logger: n.log,
+	}, n.Hub)
+	nat := native.New(native.Options{
+		Secrets: secrets, Revoked: n.Revoker.Set(), PingTimeout: cfg.PingTimeout,
+		HandshakeTimeout: cfg.HandshakeTimeout, Registerer: n.Server.Registry(), Logger: n.log,
+	})
+	n.Server.Handle(nat.Route())
+	if err := n.Server.Start(); err != nil {
+		return nil, err
+	}
+	n.Admin = gateway.NewAdmin(n.Server, gateway.AdminOptions{
+		Listen: cfg.AdminListen, Secrets: secrets, Revoker: n.Revoker, Logger: n.log,
+	})
+	if err := n.Admin.Start(); err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	return n, nil
+}
+
+// openStores picks where revocations live and how publishes cross nodes:
+// Redis when configured, else the data dir and a standalone broker.
+func (n *Node) openStores(cfg Config) (session.Broker, error) {
+	if cfg.RedisURL == "" {
+		fs, err := token.OpenFileStore(cfg.DataDir)
+		if err != nil {
+			return nil, fmt.Errorf("revocation log: %w", err)
+		}
+		n.store = fs
+		return &session.Standalone{}, nil
+	}
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("--redis: %w", err)
+	}
+	n.redis = redis.NewClient(opt)
+	prefix := cfg.RedisPrefix
+	if prefix == "" {
+		prefix = session.DefaultRedisPrefix
+	}
+	n.store = token.NewRedisStore(n.redis, prefix)
+	return session.NewRedisBroker(session.RedisBrokerOptions{Client: n.redis, Prefix: prefix, Logger: n.log}), nil
+}
+
+// revoked is the Revoker's callback, from any goroutine: it asks for a
+// sweep. Bursts (a reload calls it once per record) coalesce into one pass.
+func (n *Node) revoked(token.Revocation) {
+	select {
+	case n.sweep <- struct{}{}:
+	default:
+	}
+}
+
+// sweepRevoked closes, on each loop, every session whose key the revoked
+// set now covers: 3004 for the native protocol.
+func (n *Node) sweepRevoked() {
+	defer close(n.done)
+	set := n.Revoker.Set()
+	for range n.sweep {
+		n.Hub.EachShard(func(sh *session.Shard) {
+			sh.Each(func(s *session.Session) {
+				if set.Check(s.Claims) {
+					s.Sink.Close(packet.CloseRevoked, "access key revoked")
+				}
+			})
+		})
+	}
+}
+
+// Addr is the main listener's address.
+func (n *Node) Addr() net.Addr { return n.Server.Addr() }
+
+// AdminAddr is the admin listener's address.
+func (n *Node) AdminAddr() net.Addr { return n.Admin.Addr() }
+
+// Shutdown drains the node (sessions closed with 1001) and stops it.
+func (n *Node) Shutdown(ctx context.Context) error {
+	err := n.Server.Shutdown(ctx)
+	if n.Admin != nil {
+		err = errors.Join(err, n.Admin.Close(ctx))
+	}
+	n.stopParts()
+	return err
+}
+
+func (n *Node) stopParts() {
+	n.cancel()
+	if n.Revoker != nil {
+		n.Revoker.Wait()
+	}
+	if n.sweeping { // nothing calls revoked any more
+		close(n.sweep)
+		<-n.done
+		n.sweeping = false
+	}
+	if n.store != nil {
+		_ = n.store.Close()
+	}
+	if n.redis != nil {
+		_ = n.redis.Close()
+	}
+}

@@ -1,0 +1,815 @@
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis broker protocol
+//
+// This is the wire contract between the nodes of a cluster and any outside
+// tool; changing it breaks mixed-version clusters.
+//
+// Channels. The gateway channel C travels on the Redis channel
+//
+//	<prefix>ch:<C>
+//
+// where <prefix> is RedisBrokerOptions.Prefix (DefaultRedisPrefix, "gateway:",
+// unless configured). An outside publisher reaches the subscribers of the
+// gateway channel "news" on every node with
+//
+//	redis-cli PUBLISH gateway:ch:news '{"x":1}'
+//
+// The broker also sends UNSUBSCRIBE <prefix>sync:<n> (n a decimal number) on
+// its own subscription connection as an ordering barrier (see Live below).
+// Nothing is ever published on <prefix>sync:*; those names are reserved.
+//
+// Envelope. Every message a node publishes is
+//
+//	offset 0   0x00 'G'    magic
+//	offset 2   0x01        envelope version
+//	offset 3   nodeID      8 bytes, the publishing node
+//	offset 11  sent at     int64 Unix nanoseconds, big-endian, taken when
+//	                       Publish was called (so lag includes queueing)
+//	offset 19  payload     the bytes given to Publish, as is
+//
+// A node skips incoming envelopes carrying its own nodeID: its hub has
+// delivered them locally already. An incoming message that does not start
+// with 0x00 'G' is an outside publisher's raw payload and is delivered
+// unchanged. A message that starts with 0x00 'G' but is shorter than the
+// header or has another version is dropped and counted as Malformed: it
+// comes from a node speaking another envelope version.
+
+const (
+	// DefaultRedisPrefix is the key and channel prefix used when
+	// RedisBrokerOptions.Prefix is empty.
+	DefaultRedisPrefix = "gateway:"
+	// DefaultBrokerQueue is the outbound publish queue length used when
+	// RedisBrokerOptions.QueueSize is zero.
+	DefaultBrokerQueue = 65536
+
+	envelopeVersion   = 0x01
+	envelopeHeaderLen = 19
+
+	// redisPublishBatch bounds the publishes sent in one pipeline round trip.
+	redisPublishBatch = 512
+	// redisSubscribeChunk bounds the channels named in one (UN)SUBSCRIBE.
+	redisSubscribeChunk = 1024
+	// redisChannelSize is the buffer of go-redis's message channel. The
+	// reader drains it at once; go-redis drops a message only when it stays
+	// full for a minute.
+	redisChannelSize = 4096
+	// redisBarrierRetry is how long a barrier may stay unanswered before it
+	// is sent again (its command or its reply may be lost with a connection).
+	redisBarrierRetry = 500 * time.Millisecond
+	// redisCloseGrace is how long Close lets the goroutines flush queued
+	// publishes before it cancels their Redis calls.
+	redisCloseGrace = time.Second
+	// redisDownPause is how long the publisher drops publishes without
+	// trying Redis after a batch failed.
+	redisDownPause = time.Second
+	// redisLogEvery rate-limits each kind of error log line.
+	redisLogEvery = time.Second
+	// redisNameCache bounds the publisher's cache of Redis channel names.
+	redisNameCache = 4096
+)
+
+// errRedisBrokerClosed is returned by Publish after Close. It wraps
+// ErrBrokerBusy so callers that refuse busy publishes refuse it too.
+var errRedisBrokerClosed = fmt.Errorf("redis broker closed: %w", ErrBrokerBusy)
+
+// RedisBrokerOptions configures a RedisBroker.
+type RedisBrokerOptions struct {
+	// Client is the Redis client; required. The broker uses one pub/sub
+	// connection of it for all channels plus its pool for publishes. A
+	// *redis.Client or *redis.ClusterClient works; a *redis.Ring does not
+	// (Start fails), since Ring shards pub/sub by channel. The broker does
+	// not close it.
+	Client redis.UniversalClient
+	// Prefix starts every Redis name the broker uses (see the protocol
+	// comment above); zero means DefaultRedisPrefix, "gateway:".
+	Prefix string
+	// NodeID identifies this node in envelopes; zero means random. Nodes
+	// sharing a Redis and a Prefix must have distinct NodeIDs, or they drop
+	// each other's publishes as their own.
+	NodeID [8]byte
+	// QueueSize is the length of the outbound publish queue; zero means
+	// DefaultBrokerQueue. When it is full Publish returns ErrBrokerBusy.
+	QueueSize int
+	// Logger receives the broker's warnings; zero means slog.Default().
+	Logger *slog.Logger
+	// OnLag, if not nil, is called with the lag in seconds (receive time
+	// minus the envelope's sent-at, clamped at zero) of every envelope
+	// delivered from another node. It is called from the broker's single
+	// reader goroutine and must be quick (e.g. a Prometheus Observe); zero
+	// means lag is only kept in BrokerStats.Lag.
+	OnLag func(seconds float64)
+}
+
+// BrokerStats are counters of a broker since it was made.
+type BrokerStats struct {
+	Published     uint64        // publishes Redis accepted
+	PublishErrors uint64        // publishes lost to Redis errors (sent to no other node)
+	Dropped       uint64        // publishes refused with ErrBrokerBusy (queue full or closed)
+	Received      uint64        // publishes from other nodes or outside delivered to the handler
+	Malformed     uint64        // incoming envelopes of an unknown version or truncated, dropped
+	Reconnects    uint64        // reconnects reported with BrokerHandler.Reconnected
+	QueueLen      int           // publishes waiting in the queue now
+	Lag           time.Duration // lag of the most recently delivered envelope
+}
+
+// RedisBroker is a Broker over Redis pub/sub. See the protocol comment at
+// the top of this file for what goes over the wire.
+//
+// Goroutines: Start runs three. The publisher drains the publish queue and
+// sends up to 512 PUBLISH commands per pipeline round trip. The subscriber
+// turns queued Subscribe/Unsubscribe calls into SUBSCRIBE/UNSUBSCRIBE
+// commands on the single *redis.PubSub. The reader reads that PubSub and
+// calls the handler; being one goroutine, it keeps the order of every Redis
+// channel.
+//
+// Redis down: Start succeeds anyway and go-redis keeps redialling (its
+// receive loop retries about every 100 ms, its pool at least once a second).
+// A publish accepted while Redis is down reaches the local subscribers (the
+// hub delivers those) but no other node: its batch fails, is logged (at most
+// one line per second) and counted in PublishErrors, and the publisher goes
+// on. After a failed batch (go-redis has retried it already) the publisher
+// drops what it takes from the queue, counting it in PublishErrors, for one
+// second before it tries Redis again: the queue keeps draining during an
+// outage instead of filling while each batch waits out go-redis's dial
+// retries; it fills (and Publish returns ErrBrokerBusy) only while a batch
+// is actually waiting on Redis. Subscriptions asked for meanwhile are made when
+// the connection comes back (a failed SUBSCRIBE is redone every 500 ms),
+// and Live is called then.
+//
+// Live: after each round of (UN)SUBSCRIBE commands the subscriber sends the
+// barrier UNSUBSCRIBE <prefix>sync:<n>. Redis answers on the one connection
+// in order, so when the reader sees the barrier's reply every command sent
+// before it has taken effect, and the reader calls Live for each channel
+// subscribed in rounds up to n that is still wanted by the same Subscribe
+// call (an Unsubscribe, or an Unsubscribe and a new Subscribe, since then
+// cancels it; the new Subscribe gets its own Live). This is safer than
+// calling Live on the channel's "subscribe" reply, after which an already
+// sent UNSUBSCRIBE of the same channel could still open a gap. go-redis keeps
+// the set of subscribed channels and resubscribes all of them on every new
+// connection, so a barrier answered on a newer connection proves the
+// channel is subscribed there too. A barrier lost with a connection is sent
+// again after 500 ms while channels wait for Live. Live is called with the
+// broker's subscription lock held, so that no Unsubscribe slips in between
+// the check and the call: the handler must not call Subscribe or
+// Unsubscribe from Live (nor Close from any handler method).
+//
+// Reconnects: the reader keeps the set of channels whose "subscribe" reply
+// arrived on the current connection and the reply's count of subscriptions.
+// A "subscribe" reply for a channel already in the set, or whose count is
+// not the set's size plus one, can only come from a new connection (go-redis
+// resubscribing), so the reader calls Reconnected once, then starts the set
+// afresh with that channel; the other resubscribe replies then fit the new
+// set and report nothing. Limits: a reconnect is seen only when a channel was
+// subscribed on the old connection and is resubscribed on the new one (a
+// node with no channels reports none, which the Broker contract allows); it
+// is reported when the first resubscribe reply arrives, that is when
+// publishes flow again, not when the connection broke; several connection
+// losses before Redis answers again are reported once; and it relies on the
+// broker never subscribing a channel twice without unsubscribing between,
+// which it ensures.
+type RedisBroker struct {
+	client     redis.UniversalClient
+	chPrefix   string // prefix + "ch:"
+	syncPrefix string // prefix + "sync:"
+	nodeID     [8]byte
+	log        *slog.Logger
+	onLag      func(float64)
+
+	queue chan pubItem
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   chan struct{}
+	wg     sync.WaitGroup
+
+	startMu   sync.Mutex
+	started   bool
+	closeOnce sync.Once
+	closed    atomic.Bool
+	ps        *redis.PubSub
+	psCh      <-chan any
+	h         BrokerHandler
+
+	// mu guards the subscription state shared by Subscribe/Unsubscribe,
+	// the subscriber and the reader.
+	mu        sync.Mutex
+	subs      map[string]*redisSub // wanted channels: latest call was Subscribe
+	ops       []subOp              // calls not yet taken by the subscriber
+	awaiting  []awaitLive          // FIFO by round, for Live
+	awaitHead int
+	round     uint64 // last subscriber round taken
+	wake      chan struct{}
+
+	confirmed atomic.Uint64 // highest barrier answered
+
+	published     atomic.Uint64
+	publishErrors atomic.Uint64
+	dropped       atomic.Uint64
+	received      atomic.Uint64
+	malformed     atomic.Uint64
+	reconnects    atomic.Uint64
+	lag           atomic.Int64
+
+	pubLog, subLog, readLog logLimiter
+}
+
+type pubItem struct {
+	channel string
+	data    []byte // whole envelope
+}
+
+// redisSub is one Subscribe call's subscription; its identity tells a
+// Subscribe from a later one of the same channel.
+type redisSub struct{ live bool }
+
+type subOp struct {
+	channel string
+	sub     bool
+}
+
+type awaitLive struct {
+	channel string
+	sub     *redisSub
+	round   uint64
+}
+
+// NewRedisBroker returns a broker over o.Client; Start starts it. It panics
+// if o.Client is nil.
+func NewRedisBroker(o RedisBrokerOptions) *RedisBroker {
+	if o.Client == nil {
+		panic("session: RedisBrokerOptions.Client is nil")
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultRedisPrefix
+	}
+	if o.NodeID == ([8]byte{}) {
+		_, _ = rand.Read(o.NodeID[:])
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = DefaultBrokerQueue
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &RedisBroker{
+		client:     o.Client,
+		chPrefix:   o.Prefix + "ch:",
+		syncPrefix: o.Prefix + "sync:",
+		nodeID:     o.NodeID,
+		log:        o.Logger.With("component", "redis-broker", "node", hex.EncodeToString(o.NodeID[:])),
+		onLag:      o.OnLag,
+		queue:      make(chan pubItem, o.QueueSize),
+		ctx:        ctx,
+		cancel:     cancel,
+		stop:       make(chan struct{}),
+		subs:       make(map[string]*redisSub),
+		wake:       make(chan struct{}, 1),
+	}
+}
+
+// NodeID returns the node's identity in envelopes.
+func (b *RedisBroker) NodeID() [8]byte { return b.nodeID }
+
+// Start implements Broker. It does not wait for Redis: it returns nil even
+// when Redis is down, and the broker connects in the background. It fails
+// if h is nil, if the broker was started or closed before, or if the client
+// is a *redis.Ring.
+func (b *RedisBroker) Start(h BrokerHandler) error {
+	if h == nil {
+		return errors.New("session: RedisBroker.Start: nil handler")
+	}
+	if _, ok := b.client.(*redis.Ring); ok {
+		return errors.New("session: RedisBroker does not support *redis.Ring clients")
+	}
+	b.startMu.Lock()
+	defer b.startMu.Unlock()
+	if b.closed.Load() {
+		return errors.New("session: RedisBroker.Start after Close")
+	}
+	if b.started {
+		return errors.New("session: RedisBroker started twice")
+	}
+	b.started = true
+	b.h = h
+	// With no channels this makes no connection yet; go-redis's receive
+	// loop, started by ChannelWithSubscriptions, dials and redials.
+	b.ps = b.client.Subscribe(b.ctx)
+	b.psCh = b.ps.ChannelWithSubscriptions(redis.WithChannelSize(redisChannelSize))
+	b.wg.Add(3)
+	go b.runPublisher()
+	go b.runSubscriber()
+	go b.runReader()
+	return nil
+}
+
+// Publish implements Broker: it copies payload into an envelope and queues
+// it. It returns ErrBrokerBusy, and counts a drop, when the queue is full,
+// and an error wrapping ErrBrokerBusy after Close.
+func (b *RedisBroker) Publish(channel string, payload []byte) error {
+	if b.closed.Load() {
+		b.dropped.Add(1)
+		return errRedisBrokerClosed
+	}
+	if len(b.queue) == cap(b.queue) { // cheap refusal: no envelope to throw away
+		b.dropped.Add(1)
+		return ErrBrokerBusy
+	}
+	buf := make([]byte, envelopeHeaderLen+len(payload))
+	buf[0], buf[1], buf[2] = 0x00, 'G', envelopeVersion
+	copy(buf[3:11], b.nodeID[:])
+	binary.BigEndian.PutUint64(buf[11:19], uint64(time.Now().UnixNano()))
+	copy(buf[envelopeHeaderLen:], payload)
+	select {
+	case b.queue <- pubItem{channel: channel, data: buf}:
+		return nil
+	default:
+		b.dropped.Add(1)
+		return ErrBrokerBusy
+	}
+}
+
+// Subscribe implements Broker. It queues the subscription; Live follows
+// once Redis has made it.
+func (b *RedisBroker) Subscribe(channel string) {
+	if b.closed.Load() {
+		return
+	}
+	b.mu.Lock()
+	b.subs[channel] = &redisSub{}
+	b.ops = append(b.ops, subOp{channel: channel, sub: true})
+	b.mu.Unlock()
+	b.poke()
+}
+
+// Unsubscribe implements Broker. Publishes of the channel that arrive after
+// it returns are not delivered, even before Redis has dropped the
+// subscription (one whose Deliver was already under way may still finish).
+func (b *RedisBroker) Unsubscribe(channel string) {
+	if b.closed.Load() {
+		return
+	}
+	b.mu.Lock()
+	delete(b.subs, channel)
+	b.ops = append(b.ops, subOp{channel: channel, sub: false})
+	b.mu.Unlock()
+	b.poke()
+}
+
+func (b *RedisBroker) poke() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close implements Broker. It stops taking publishes, gives the publisher
+// up to a second to send what is queued, stops the goroutines and closes the
+// pub/sub connection. It does not close the client. It is idempotent. It
+// must not be called from a BrokerHandler method (it waits for the
+// goroutine calling them).
+func (b *RedisBroker) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		b.startMu.Lock()
+		b.closed.Store(true)
+		started := b.started
+		b.startMu.Unlock()
+		close(b.stop)
+		if !started {
+			b.cancel()
+			return
+		}
+		grace := time.AfterFunc(redisCloseGrace, b.cancel)
+		b.wg.Wait()
+		grace.Stop()
+		b.cancel()
+		if e := b.ps.Close(); e != nil {
+			err = e
+		}
+		// go-redis closes its channel once its receive loop sees the close;
+		// drain it so that loop is not left blocked on a full channel.
+		timeout := time.NewTimer(2 * time.Second)
+		defer timeout.Stop()
+		for {
+			select {
+			case _, ok := <-b.psCh:
+				if ok {
+					continue
+				}
+			case <-timeout.C:
+			}
+			break
+		}
+	})
+	return err
+}
+
+// Stats returns the broker's counters.
+func (b *RedisBroker) Stats() BrokerStats {
+	return BrokerStats{
+		Published:     b.published.Load(),
+		PublishErrors: b.publishErrors.Load(),
+		Dropped:       b.dropped.Load(),
+		Received:      b.received.Load(),
+		Malformed:     b.malformed.Load(),
+		Reconnects:    b.reconnects.Load(),
+		QueueLen:      len(b.queue),
+		Lag:           time.Duration(b.lag.Load()),
+	}
+}
+
+// ---- publisher ----
+
+// publisher is the publisher goroutine's state.
+type publisher struct {
+	b         *RedisBroker
+	pipe      redis.Pipeliner
+	batch     []pubItem
+	names     map[string]string // gateway channel -> Redis channel
+	downUntil time.Time         // after a failed batch: drop without sending until then
+}
+
+func (b *RedisBroker) runPublisher() {
+	defer b.wg.Done()
+	p := &publisher{
+		b:     b,
+		pipe:  b.client.Pipeline(),
+		batch: make([]pubItem, 0, redisPublishBatch),
+		names: make(map[string]string),
+	}
+	for {
+		select {
+		case it := <-b.queue:
+			p.batch = append(p.batch, it)
+			p.fill()
+			p.send()
+		case <-b.stop:
+			// Flush what is queued; Close cancels b.ctx after its grace.
+			for {
+				p.fill()
+				if len(p.batch) == 0 {
+					return
+				}
+				p.send()
+			}
+		}
+	}
+}
+
+// fill takes queued publishes without waiting, up to a batch.
+func (p *publisher) fill() {
+	for len(p.batch) < redisPublishBatch {
+		select {
+		case it := <-p.b.queue:
+			p.batch = append(p.batch, it)
+		default:
+			return
+		}
+	}
+}
+
+// send publishes the batch in one pipeline round trip and empties it.
+func (p *publisher) send() {
+	b, n := p.b, uint64(len(p.batch))
+	defer func() {
+		clear(p.batch) // let the envelopes go
+		p.batch = p.batch[:0]
+	}()
+	if b.ctx.Err() != nil || time.Now().Before(p.downUntil) {
+		b.publishErrors.Add(n)
+		return
+	}
+	for _, it := range p.batch {
+		name, ok := p.names[it.channel]
+		if !ok {
+			if len(p.names) >= redisNameCache {
+				clear(p.names)
+			}
+			name = b.chPrefix + it.channel
+			p.names[it.channel] = name
+		}
+		p.pipe.Publish(b.ctx, name, it.data)
+	}
+	cmds, err := p.pipe.Exec(b.ctx)
+	if err == nil {
+		b.published.Add(n)
+		return
+	}
+	failed := n
+	if len(cmds) == int(n) {
+		failed = 0
+		for _, c := range cmds {
+			if c.Err() != nil {
+				failed++
+			}
+		}
+	}
+	b.published.Add(n - failed)
+	b.publishErrors.Add(failed)
+	if b.ctx.Err() != nil {
+		return
+	}
+	// go-redis has retried already; an error means Redis is unreachable or
+	// failing. Drop instead of sending for a while, so the queue keeps
+	// moving (and Publish keeps accepting) rather than waiting out a dial
+	// timeout per batch.
+	p.downUntil = time.Now().Add(redisDownPause)
+	b.pubLog.warn(b.log, "redis broker: publish failed; dropping publishes to other nodes for a second",
+		"err", err, "dropped", failed)
+}
+
+// ---- subscriber ----
+
+func (b *RedisBroker) runSubscriber() {
+	defer b.wg.Done()
+	issued := make(map[string]bool) // what go-redis was last told, by gateway channel
+	final := make(map[string]bool)
+	var spare []subOp
+	var failed []string // gateway channels whose SUBSCRIBE must be redone
+	var sent uint64     // last round whose barrier is due
+	retry := time.NewTimer(redisBarrierRetry)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-retry.C:
+			if len(failed) > 0 {
+				// Redo only what is still wanted, as UNSUBSCRIBE then
+				// SUBSCRIBE: the failed SUBSCRIBE may have reached Redis
+				// after all, and subscribing twice would look like a
+				// reconnect to the reader.
+				keep := failed[:0]
+				for _, ch := range failed {
+					if issued[ch] {
+						keep = append(keep, ch)
+					}
+				}
+				clear(failed[len(keep):])
+				failed = nil
+				if len(keep) > 0 {
+					names := make([]string, len(keep))
+					for i, ch := range keep {
+						names[i] = b.chPrefix + ch
+					}
+					b.unsubscribe(names, 0, false)
+					failed = b.subscribe(names)
+				}
+			}
+			if len(failed) == 0 && b.confirmed.Load() < sent {
+				b.mu.Lock()
+				waiting := b.awaitHead < len(b.awaiting)
+				b.mu.Unlock()
+				if waiting {
+					b.unsubscribe(nil, sent, true)
+				}
+			}
+			if len(failed) > 0 || b.confirmed.Load() < sent {
+				retry.Reset(redisBarrierRetry)
+			}
+		case <-b.wake:
+			b.mu.Lock()
+			ops := b.ops
+			b.ops = spare[:0]
+			if len(ops) == 0 {
+				b.mu.Unlock()
+				spare = ops
+				continue
+			}
+			b.round++
+			round := b.round
+			// Net effect of the round per channel: the last call wins. A
+			// channel unsubscribed and subscribed again within the round
+			// stays subscribed in Redis; the new Subscribe still gets its
+			// Live through the barrier.
+			clear(final)
+			for _, op := range ops {
+				final[op.channel] = op.sub
+			}
+			var toSub, toUnsub []string
+			for ch, sub := range final {
+				if sub {
+					if s := b.subs[ch]; s != nil {
+						b.awaiting = append(b.awaiting, awaitLive{channel: ch, sub: s, round: round})
+					}
+				}
+				if sub == issued[ch] {
+					continue
+				}
+				if sub {
+					issued[ch] = true
+					toSub = append(toSub, b.chPrefix+ch)
+				} else {
+					delete(issued, ch)
+					toUnsub = append(toUnsub, b.chPrefix+ch)
+				}
+			}
+			b.mu.Unlock()
+			clear(ops)
+			spare = ops[:0]
+			failed = append(failed, b.subscribe(toSub)...)
+			// While a SUBSCRIBE is to be redone no barrier is sent: its
+			// reply would declare the failed channels live.
+			b.unsubscribe(toUnsub, round, len(failed) == 0)
+			sent = round
+			retry.Reset(redisBarrierRetry)
+		}
+	}
+}
+
+// subscribe sends SUBSCRIBE for the Redis names and returns the gateway
+// channels of those that failed. go-redis records a name even when its
+// SUBSCRIBE fails and subscribes it on its next connection, but not when
+// the failure itself made go-redis reconnect at once (it resubscribes
+// before recording the new name), so failed names are redone.
+func (b *RedisBroker) subscribe(names []string) (failed []string) {
+	for len(names) > 0 {
+		n := min(len(names), redisSubscribeChunk)
+		if err := b.ps.Subscribe(b.ctx, names[:n]...); err != nil && b.ctx.Err() == nil {
+			b.subLog.warn(b.log, "redis broker: subscribe failed; will retry", "err", err)
+			for _, name := range names[:n] {
+				failed = append(failed, name[len(b.chPrefix):])
+			}
+		}
+		names = names[n:]
+	}
+	return failed
+}
+
+// unsubscribe sends UNSUBSCRIBE for the Redis names, followed by the
+// barrier of round if barrier is set. go-redis forgets the names even when
+// the command fails, and a new connection does not have them, so failures
+// need no retry; a lost barrier is sent again by the retry timer.
+func (b *RedisBroker) unsubscribe(names []string, round uint64, barrier bool) {
+	if barrier {
+		names = append(names, b.syncPrefix+strconv.FormatUint(round, 10))
+	}
+	for len(names) > 0 {
+		n := min(len(names), redisSubscribeChunk)
+		if err := b.ps.Unsubscribe(b.ctx, names[:n]...); err != nil && b.ctx.Err() == nil {
+			b.subLog.warn(b.log, "redis broker: unsubscribe failed", "err", err)
+		}
+		names = names[n:]
+	}
+}
+
+// ---- reader ----
+
+func (b *RedisBroker) runReader() {
+	defer b.wg.Done()
+	onConn := make(map[string]struct{}) // Redis channels subscribed on the current connection
+	for {
+		var m any
+		var ok bool
+		select {
+		case <-b.stop:
+			return
+		case m, ok = <-b.psCh:
+			if !ok {
+				return
+			}
+		}
+		switch m := m.(type) {
+		case *redis.Message:
+			b.deliver(m)
+		case *redis.Subscription:
+			switch m.Kind {
+			case "subscribe":
+				_, dup := onConn[m.Channel]
+				if dup || m.Count != len(onConn)+1 {
+					if len(onConn) > 0 {
+						b.reconnects.Add(1)
+						b.readLog.warn(b.log, "redis broker: reconnected; publishes from other nodes may have been lost")
+						b.h.Reconnected()
+					}
+					clear(onConn)
+				}
+				onConn[m.Channel] = struct{}{}
+			case "unsubscribe":
+				if rest, ok := strings.CutPrefix(m.Channel, b.syncPrefix); ok {
+					if round, err := strconv.ParseUint(rest, 10, 64); err == nil {
+						b.barrier(round)
+					}
+					continue
+				}
+				delete(onConn, m.Channel)
+			}
+		}
+	}
+}
+
+// barrier handles the reply to the barrier of round: every channel
+// subscribed in rounds up to it is live unless unsubscribed since.
+func (b *RedisBroker) barrier(round uint64) {
+	if round > b.confirmed.Load() {
+		b.confirmed.Store(round) // only the reader stores
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.awaitHead < len(b.awaiting) && b.awaiting[b.awaitHead].round <= round {
+		a := b.awaiting[b.awaitHead]
+		b.awaiting[b.awaitHead] = awaitLive{}
+		b.awaitHead++
+		if s := b.subs[a.channel]; s == a.sub && !s.live {
+			s.live = true
+			// Under mu, so no Unsubscribe slips in between the check and
+			// the call. The handler must not call Subscribe or Unsubscribe
+			// from Live.
+			b.h.Live(a.channel)
+		}
+	}
+	if b.awaitHead == len(b.awaiting) {
+		b.awaiting = b.awaiting[:0]
+		b.awaitHead = 0
+	} else if b.awaitHead > 1024 && b.awaitHead*2 > len(b.awaiting) {
+		n := copy(b.awaiting, b.awaiting[b.awaitHead:])
+		clear(b.awaiting[n:])
+		b.awaiting = b.awaiting[:n]
+		b.awaitHead = 0
+	}
+}
+
+func (b *RedisBroker) deliver(m *redis.Message) {
+	channel, ok := strings.CutPrefix(m.Channel, b.chPrefix)
+	if !ok {
+		return
+	}
+	p := m.Payload
+	var payload []byte
+	if len(p) >= 2 && p[0] == 0x00 && p[1] == 'G' {
+		if len(p) < envelopeHeaderLen || p[2] != envelopeVersion {
+			b.malformed.Add(1)
+			b.readLog.warn(b.log, "redis broker: dropped message with unknown envelope",
+				"channel", channel, "len", len(p))
+			return
+		}
+		if p[3:11] == string(b.nodeID[:]) {
+			return // ours: the hub delivered it locally
+		}
+		var sent int64
+		for i := 11; i < 19; i++ {
+			sent = sent<<8 | int64(p[i])
+		}
+		lag := max(time.Now().UnixNano()-sent, 0)
+		b.lag.Store(lag)
+		if b.onLag != nil {
+			b.onLag(float64(lag) / 1e9)
+		}
+		p = p[envelopeHeaderLen:]
+	}
+	b.mu.Lock()
+	_, wanted := b.subs[channel]
+	b.mu.Unlock()
+	if !wanted {
+		return
+	}
+	payload = []byte(p)
+	b.received.Add(1)
+	b.h.Deliver(channel, payload)
+}
+
+// logLimiter lets through at most one line per redisLogEvery and counts
+// the lines it held back.
+type logLimiter struct {
+	mu         sync.Mutex
+	next       time.Time
+	suppressed int
+}
+
+func (l *logLimiter) warn(log *slog.Logger, msg string, args ...any) {
+	now := time.Now()
+	l.mu.Lock()
+	if now.Before(l.next) {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	n := l.suppressed
+	l.suppressed = 0
+	l.next = now.Add(redisLogEvery)
+	l.mu.Unlock()
+	if n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	log.Warn(msg, args...)
+}

@@ -1,0 +1,59 @@
+package token
+
+import (
+	"bytes"
+	"encoding/base64"
+	"testing"
+	"time"
+)
+
+func FuzzVerify(f *testing.F) {
+	s := mustSecrets(f, secretA)
+	raw, _ := mustIssue(f, s, "alice", time.Hour, t0)
+	long, _ := mustIssue(f, s, string(bytes.Repeat([]byte("é"), 32)), MaxKeyTTL, t0)
+	f.Add(raw)
+	f.Add(long)
+	f.Add(raw[:len(raw)-1])
+	f.Add([]byte{})
+	f.Add([]byte{FormatVersion})
+	f.Add(make([]byte, MinKeyLen))
+	f.Add(bytes.Repeat([]byte{0xff}, MaxKeyLen))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := s.Verify(b, t0)
+		if err != nil {
+			return
+		}
+		// Whatever verifies must be a well-formed, unexpired key.
+		if ValidSubject(c.Subject) != nil {
+			t.Fatalf("verified key with invalid subject %q", c.Subject)
+		}
+		if !c.Expires.After(t0) {
+			t.Fatal("verified an expired key")
+		}
+	})
+}
+
+func FuzzDecodeText(f *testing.F) {
+	s := mustSecrets(f, secretA)
+	raw, _ := mustIssue(f, s, "alice", time.Hour, t0)
+	f.Add(EncodeText(raw))
+	f.Add(base64.StdEncoding.EncodeToString(raw))
+	f.Add(" " + base64.URLEncoding.EncodeToString(raw) + "\n")
+	f.Add("")
+	f.Add("=")
+	f.Add("A===")
+	f.Add("ab+_")
+	f.Fuzz(func(t *testing.T, text string) {
+		b, err := DecodeText(text)
+		if err != nil {
+			return
+		}
+		again, err := DecodeText(EncodeText(b))
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("re-decode of %q: %x, %v", text, again, err)
+		}
+		if _, err := s.Verify(b, t0); err != nil && bytes.Equal(b, raw) {
+			t.Fatal("the seed key stopped verifying")
+		}
+	})
+}
