@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/binary"
 	"net/netip"
+	"runtime/debug"
 	"time"
 	"unicode/utf8"
 
@@ -313,7 +314,20 @@ func (c *Conn) message(op ws.OpCode, payload []byte) {
 		return
 	}
 	c.loop.stats.countReceived(c, len(payload))
+	defer c.recoverHandler()
 	c.handler.OnMessage(c, op, payload)
+}
+
+// recoverHandler turns a panic in a protocol handler into a close with the
+// route's internal-error code: one connection fails, the loop goes on.
+func (c *Conn) recoverHandler() {
+	if v := recover(); v != nil {
+		srv := c.loop.srv
+		srv.metrics.panics.Inc()
+		srv.logger.Error("protocol handler panicked", "protocol", c.route.Protocol.Name(),
+			"remote", c.remote, "panic", v, "stack", string(debug.Stack()))
+		c.fail(cmpOr(c.route.InternalError, CloseInternalError), "internal server error")
+	}
 }
 
 // closeFrame answers the peer's close frame: echo its code, then end the

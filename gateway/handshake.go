@@ -24,12 +24,12 @@ var (
 // handshakeState is what the Upgrader hooks learn about the request being
 // upgraded; one per loop, reused.
 type handshakeState struct {
-	conn    *Conn
-	route   *Route
-	handler Handler
-	req     Request
+	conn                              *Conn
+	route                             *Route
+	handler                           Handler
+	req                               Request
 	uri, host, origin, auth, xff, xfp []byte
-	result  string // the metrics label when the upgrade fails
+	result                            string // the metrics label when the upgrade fails
 }
 
 // appendWriter is the io.Writer the Upgrader answers into: it appends to the

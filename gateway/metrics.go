@@ -39,6 +39,7 @@ type metrics struct {
 	accepted      prometheus.Counter
 	httpHandOffs  prometheus.Counter
 	slowConsumers prometheus.Counter
+	panics        prometheus.Counter
 	handshakes    *prometheus.CounterVec
 	handshakeDur  *prometheus.HistogramVec
 	connections   *prometheus.GaugeVec
@@ -64,6 +65,9 @@ func newMetrics(s *Server) *metrics {
 	m.slowConsumers = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gateway_slow_consumer_disconnects_total", Help: "Connections closed because their outbound buffer passed its budget.",
 	})
+	m.panics = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gateway_handler_panics_total", Help: "Protocol handler panics recovered (each closed its connection).",
+	})
 	m.handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_handshakes_total", Help: "WebSocket handshakes by protocol and result.",
 	}, []string{"protocol", "result"})
@@ -77,7 +81,7 @@ func newMetrics(s *Server) *metrics {
 	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_disconnects_total", Help: "Closed WebSocket connections by close code (known codes, else other) and who closed.",
 	}, []string{"protocol", "code", "initiator"})
-	for _, c := range []prometheus.Collector{m.accepted, m.httpHandOffs, m.slowConsumers, m.handshakes,
+	for _, c := range []prometheus.Collector{m.accepted, m.httpHandOffs, m.slowConsumers, m.panics, m.handshakes,
 		m.handshakeDur, m.connections, m.disconnects, &loopCollector{s}} {
 		f(c)
 	}

@@ -46,6 +46,10 @@ type Route struct {
 	// Text allows text messages, checked for valid UTF-8 (close 1007).
 	// Without it a text message closes the connection with 1003.
 	Text bool
+	// InternalError is the close code sent when the protocol's handler
+	// panics (the panic is logged and the server goes on); zero means
+	// CloseInternalError (1011).
+	InternalError uint16
 
 	index int // the protocol's slot in per-loop counters
 }

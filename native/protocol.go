@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/packet"
 	"github.com/wsgateway/gateway/session"
 	"github.com/wsgateway/gateway/token"
 )
@@ -83,7 +84,7 @@ func New(o Options) *Protocol {
 
 // Route returns the gateway route of the protocol: binary only, on Path.
 func (p *Protocol) Route() gateway.Route {
-	return gateway.Route{Path: Path, Protocol: p}
+	return gateway.Route{Path: Path, Protocol: p, InternalError: packet.CloseServerError}
 }
 
 // Name implements gateway.Protocol.

@@ -166,10 +166,13 @@ type BrokerStats struct {
 // the set of subscribed channels and resubscribes all of them on every new
 // connection, so a barrier answered on a newer connection proves the
 // channel is subscribed there too. A barrier lost with a connection is sent
-// again after 500 ms while channels wait for Live. Live is called with the
-// broker's subscription lock held, so that no Unsubscribe slips in between
-// the check and the call: the handler must not call Subscribe or
-// Unsubscribe from Live (nor Close from any handler method).
+// again after 500 ms while channels wait for Live. No broker lock that
+// Subscribe or Unsubscribe take is held while a handler method runs, so
+// the hub may hold its own lock around those calls and take it in Live;
+// handler methods may even call Subscribe and Unsubscribe (but not Close).
+// The price: the wanted-check and the Live call are not atomic, so a Live
+// may, rarely, follow an Unsubscribe of its channel that returned in
+// between; the handler ignores a Live for a channel it no longer has.
 //
 // Reconnects: the reader keeps the set of channels whose "subscribe" reply
 // arrived on the current connection and the reply's count of subscriptions.
@@ -208,8 +211,14 @@ type RedisBroker struct {
 	psCh      <-chan any
 	h         BrokerHandler
 
+	// liveMu is held by the reader while it picks and calls Live, and by
+	// the subscriber while it takes queued calls (see barrier). It is
+	// taken before mu, never under it.
+	liveMu  sync.Mutex
+	liveBuf []string // reader's scratch, under liveMu
+
 	// mu guards the subscription state shared by Subscribe/Unsubscribe,
-	// the subscriber and the reader.
+	// the subscriber and the reader. No handler method is called under it.
 	mu        sync.Mutex
 	subs      map[string]*redisSub // wanted channels: latest call was Subscribe
 	ops       []subOp              // calls not yet taken by the subscriber
@@ -588,11 +597,13 @@ func (b *RedisBroker) runSubscriber() {
 				retry.Reset(redisBarrierRetry)
 			}
 		case <-b.wake:
+			b.liveMu.Lock() // see barrier
 			b.mu.Lock()
 			ops := b.ops
 			b.ops = spare[:0]
 			if len(ops) == 0 {
 				b.mu.Unlock()
+				b.liveMu.Unlock()
 				spare = ops
 				continue
 			}
@@ -625,6 +636,7 @@ func (b *RedisBroker) runSubscriber() {
 				}
 			}
 			b.mu.Unlock()
+			b.liveMu.Unlock()
 			clear(ops)
 			spare = ops[:0]
 			failed = append(failed, b.subscribe(toSub)...)
@@ -724,18 +736,23 @@ func (b *RedisBroker) barrier(round uint64) {
 	if round > b.confirmed.Load() {
 		b.confirmed.Store(round) // only the reader stores
 	}
+	// liveMu, not mu, is held across the Live calls: the hub calls
+	// Subscribe under its own lock and Live takes that lock. Holding liveMu
+	// keeps the subscriber from taking new calls meanwhile, so should an
+	// Unsubscribe and a new Subscribe of a channel come between the check
+	// and its Live, both land in the same round, which leaves the Redis
+	// subscription untouched: the early Live is then still true.
+	b.liveMu.Lock()
+	defer b.liveMu.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	live := b.liveBuf[:0]
 	for b.awaitHead < len(b.awaiting) && b.awaiting[b.awaitHead].round <= round {
 		a := b.awaiting[b.awaitHead]
 		b.awaiting[b.awaitHead] = awaitLive{}
 		b.awaitHead++
 		if s := b.subs[a.channel]; s == a.sub && !s.live {
 			s.live = true
-			// Under mu, so no Unsubscribe slips in between the check and
-			// the call. The handler must not call Subscribe or Unsubscribe
-			// from Live.
-			b.h.Live(a.channel)
+			live = append(live, a.channel)
 		}
 	}
 	if b.awaitHead == len(b.awaiting) {
@@ -747,6 +764,12 @@ func (b *RedisBroker) barrier(round uint64) {
 		b.awaiting = b.awaiting[:n]
 		b.awaitHead = 0
 	}
+	b.mu.Unlock()
+	for _, ch := range live {
+		b.h.Live(ch)
+	}
+	clear(live)
+	b.liveBuf = live[:0]
 }
 
 func (b *RedisBroker) deliver(m *redis.Message) {
@@ -754,8 +777,13 @@ func (b *RedisBroker) deliver(m *redis.Message) {
 	if !ok {
 		return
 	}
+	b.mu.Lock()
+	_, wanted := b.subs[channel]
+	b.mu.Unlock()
+	if !wanted {
+		return // unsubscribed; Redis has not caught up yet
+	}
 	p := m.Payload
-	var payload []byte
 	if len(p) >= 2 && p[0] == 0x00 && p[1] == 'G' {
 		if len(p) < envelopeHeaderLen || p[2] != envelopeVersion {
 			b.malformed.Add(1)
@@ -767,7 +795,7 @@ func (b *RedisBroker) deliver(m *redis.Message) {
 			return // ours: the hub delivered it locally
 		}
 		var sent int64
-		for i := 11; i < 19; i++ {
+		for i := 11; i < envelopeHeaderLen; i++ {
 			sent = sent<<8 | int64(p[i])
 		}
 		lag := max(time.Now().UnixNano()-sent, 0)
@@ -777,15 +805,8 @@ func (b *RedisBroker) deliver(m *redis.Message) {
 		}
 		p = p[envelopeHeaderLen:]
 	}
-	b.mu.Lock()
-	_, wanted := b.subs[channel]
-	b.mu.Unlock()
-	if !wanted {
-		return
-	}
-	payload = []byte(p)
 	b.received.Add(1)
-	b.h.Deliver(channel, payload)
+	b.h.Deliver(channel, []byte(p))
 }
 
 // logLimiter lets through at most one line per redisLogEvery and counts

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -130,7 +131,8 @@ func testLogger(t testing.TB) *slog.Logger {
 }
 
 // testPrefix gives a test names of its own, for when tests share a Redis
-// (REDIS_URL). TestRedisBrokerOutsidePublisherAndLag alone uses the default.
+// (REDIS_URL). TestRedisBrokerOutsidePublisherAndLag alone among the tests
+// uses the default prefix.
 func testPrefix(t testing.TB) string { return "test:" + t.Name() + ":" }
 
 func newRedisClient(t testing.TB, addr string) *redis.Client {
@@ -387,6 +389,75 @@ func TestRedisBrokerSubscribeUnsubscribeSubscribe(t *testing.T) {
 	}
 }
 
+// lockingHandler takes, in Live and Deliver, the lock its owner holds
+// around Subscribe and Unsubscribe, as the hub does.
+type lockingHandler struct {
+	fakeBrokerHandler
+	hubMu *sync.Mutex
+}
+
+func (l *lockingHandler) Live(channel string) {
+	l.hubMu.Lock()
+	defer l.hubMu.Unlock()
+	l.fakeBrokerHandler.Live(channel)
+}
+
+func (l *lockingHandler) Deliver(channel string, payload []byte) {
+	l.hubMu.Lock()
+	defer l.hubMu.Unlock()
+	l.fakeBrokerHandler.Deliver(channel, payload)
+}
+
+func TestRedisBrokerHubLockOrder(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	pfx := testPrefix(t)
+	var hubMu sync.Mutex
+	h := &lockingHandler{hubMu: &hubMu}
+	a := startBroker(t, srv.Addr, RedisBrokerOptions{Prefix: pfx}, &fakeBrokerHandler{})
+	b := startBroker(t, srv.Addr, RedisBrokerOptions{Prefix: pfx}, h)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 2000 {
+			ch := fmt.Sprint("c", i%20)
+			hubMu.Lock()
+			if i/20%2 == 0 {
+				b.Subscribe(ch)
+			} else {
+				b.Unsubscribe(ch)
+			}
+			hubMu.Unlock()
+			a.Publish(ch, []byte("x"))
+			if i%50 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("deadlock between the broker and a hub-like handler")
+	}
+	// 2000 = 50 passes over 20 channels, ending with an Unsubscribe pass:
+	// subscribe them all once more and wait for every Live.
+	hubMu.Lock()
+	for i := range 20 {
+		b.Subscribe(fmt.Sprint("c", i))
+	}
+	h.mark("final") // before any Live of these: Live needs hubMu
+	hubMu.Unlock()
+	waitFor(t, 5*time.Second, "final Lives", func() bool {
+		n := 0
+		for _, e := range h.eventsAfter("final") {
+			if strings.HasPrefix(e, "live:") {
+				n++
+			}
+		}
+		return n == 20
+	})
+}
+
 // blockingDialer dials addr only once release is closed.
 func blockingDialer(addr string, release <-chan struct{}) func(context.Context, string, string) (net.Conn, error) {
 	return func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -406,7 +477,7 @@ func TestRedisBrokerQueueFull(t *testing.T) {
 	release := make(chan struct{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr, Dialer: blockingDialer(srv.Addr, release)})
 	t.Cleanup(func() { _ = client.Close() })
-	b := NewRedisBroker(RedisBrokerOptions{Client: client, QueueSize: 4, Logger: testLogger(t)})
+	b := NewRedisBroker(RedisBrokerOptions{Client: client, Prefix: testPrefix(t), QueueSize: 4, Logger: testLogger(t)})
 	if err := b.Start(&fakeBrokerHandler{}); err != nil {
 		t.Fatal(err)
 	}
@@ -445,12 +516,15 @@ func TestRedisBrokerQueueFull(t *testing.T) {
 
 func TestRedisBrokerPublishWhileDown(t *testing.T) {
 	t.Parallel()
+	if os.Getenv("REDIS_URL") != "" {
+		t.Skip("needs a port with no Redis")
+	}
 	srv := redistest.Start(t) // for a free port only
 	srv.Stop()
 	// Fail fast: no command retries, one dial attempt.
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialerRetries: 1})
 	t.Cleanup(func() { _ = client.Close() })
-	b := startBroker(t, srv.Addr, RedisBrokerOptions{Client: client, QueueSize: 16}, &fakeBrokerHandler{})
+	b := startBroker(t, srv.Addr, RedisBrokerOptions{Client: client, Prefix: testPrefix(t), QueueSize: 16}, &fakeBrokerHandler{})
 	if err := b.Publish("room", []byte("p")); err != nil {
 		t.Fatal(err)
 	}

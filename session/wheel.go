@@ -34,8 +34,8 @@ func (w *Wheel[T]) Now() uint32 { return w.now }
 // Now fire at the next Advance). Re-arming to a deadline in the same slot
 // only updates the deadline.
 func (w *Wheel[T]) Set(t *Timer[T], deadline uint32) {
-	if deadline == 0 {
-		deadline = 1
+	if deadline <= w.now { // already due: the next Advance fires it
+		deadline = w.now + 1
 	}
 	if t.deadline != 0 && t.deadline%WheelSlots == deadline%WheelSlots {
 		t.deadline = deadline

@@ -1,0 +1,45 @@
+# The two set-up commands are `make run` and `make test` (README.md).
+GO        ?= go
+BIN       := bin/gateway
+DATA_DIR  ?= ./data
+FUZZTIME  ?= 30s
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X github.com/wsgateway/gateway/gateway.Version=$(VERSION)
+
+.PHONY: build run test vet race bench fuzz clean
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gateway
+
+# run: start one node on embedded defaults (no Redis) and say how to get in.
+run: build
+	@mkdir -p $(DATA_DIR)
+	@echo "gateway: ws://127.0.0.1:8080/api/ws   admin: http://127.0.0.1:8081/metrics"
+	@echo "a key:   $(BIN) key issue --subject alice --data-dir $(DATA_DIR)"
+	@echo "a client: $(BIN) client --key KEY --sub room"
+	$(BIN) serve --data-dir $(DATA_DIR)
+
+# test: vet, then every test with the race detector. Redis tests start their
+# own redis-server on a free port (REDIS_URL overrides); fuzz targets run
+# their seed corpora.
+test: vet
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1)
+	$(GO) vet ./...
+
+# bench: the hot-path micro-benchmarks with allocations.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./packet ./gateway ./session ./native ./token
+
+# fuzz: each fuzz target for FUZZTIME.
+fuzz:
+	@for pkg in ./packet ./gateway ./token; do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin

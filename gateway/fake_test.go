@@ -1,0 +1,101 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net"
+
+	"github.com/panjf2000/gnet/v2"
+)
+
+// fakeConn is a gnet.Conn without a socket, for unit tests and benchmarks
+// of the loop-side code: Peek returns in, Write appends to out (or only
+// counts, with discardOutput). Methods the gateway does not call panic
+// through the embedded nil interface.
+type fakeConn struct {
+	gnet.Conn
+	el            *fakeLoop
+	ctx           any
+	in            []byte
+	inBuf         []byte // in's storage, reused once in is consumed
+	out           []byte
+	written       int
+	discardOutput bool
+	closed        bool
+}
+
+func newFakeConn(el *fakeLoop) *fakeConn { return &fakeConn{el: el} }
+
+func (f *fakeConn) Context() any              { return f.ctx }
+func (f *fakeConn) SetContext(v any)          { f.ctx = v }
+func (f *fakeConn) EventLoop() gnet.EventLoop { return f.el }
+func (f *fakeConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
+}
+func (f *fakeConn) OutboundBuffered() int      { return 0 }
+func (f *fakeConn) Fd() int                    { return -1 }
+func (f *fakeConn) Dup() (int, error)          { return -1, errors.New("fake connection") }
+func (f *fakeConn) Peek(int) ([]byte, error)   { return f.in, nil }
+func (f *fakeConn) Discard(n int) (int, error) { f.in = f.in[n:]; return n, nil }
+func (f *fakeConn) Write(p []byte) (int, error) {
+	f.written += len(p)
+	if !f.discardOutput {
+		f.out = append(f.out, p...)
+	}
+	return len(p), nil
+}
+
+// fakeLoop is a gnet.EventLoop that queues tasks until run is called, as a
+// real loop runs them after the current callback.
+type fakeLoop struct {
+	gnet.EventLoop
+	tasks []gnet.Runnable
+	srv   *Server
+}
+
+func (l *fakeLoop) Execute(_ context.Context, r gnet.Runnable) error {
+	l.tasks = append(l.tasks, r)
+	return nil
+}
+
+func (l *fakeLoop) Close(c gnet.Conn) error {
+	f := c.(*fakeConn)
+	if !f.closed {
+		f.closed = true
+		l.srv.OnClose(c, nil)
+	}
+	return nil
+}
+
+// run runs queued tasks until none are left.
+func (l *fakeLoop) run() {
+	for len(l.tasks) > 0 {
+		t := l.tasks[0]
+		l.tasks = l.tasks[1:]
+		_ = t.Run(context.Background())
+	}
+}
+
+// open opens a fake connection on the loop, as gnet's OnOpen does.
+func (l *fakeLoop) open() *fakeConn {
+	f := newFakeConn(l)
+	if _, action := l.srv.OnOpen(f); action != gnet.None {
+		panic("OnOpen refused the connection")
+	}
+	return f
+}
+
+// feed delivers bytes as gnet's OnTraffic does and runs queued tasks.
+func (l *fakeLoop) feed(f *fakeConn, b []byte) gnet.Action {
+	if len(f.in) == 0 {
+		f.in = f.inBuf[:0]
+	}
+	f.in = append(f.in, b...)
+	f.inBuf = f.in
+	action := l.srv.OnTraffic(f)
+	if action == gnet.Close {
+		_ = l.Close(f)
+	}
+	l.run()
+	return action
+}
