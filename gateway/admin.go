@@ -51,14 +51,30 @@ func NewAdmin(srv *Server, o AdminOptions) *Admin {
 		o.Logger = slog.Default()
 	}
 	a := &Admin{srv: srv, opts: o}
+	routes := []struct {
+		method, path string
+		h        http.Handler
+	}{
+		{"GET", "/metrics", promhttp.HandlerFor(srv.Registry(), promhttp.HandlerOpts{})},
+		{"GET", "/healthz", http.HandlerFunc(a.healthz)},
+		{"GET", "/readyz", http.HandlerFunc(a.readyz)},
+		{"POST", "/api/publish", http.HandlerFunc(a.publish)},
+		{"POST", "/api/revoke", http.HandlerFunc(a.revoke)},
+		{"POST", "/api/revoke/subject", http.HandlerFunc(a.revokeSubject)},
+	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.Registry(), promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", a.healthz)
-	mux.HandleFunc("GET /readyz", a.readyz)
-	mux.HandleFunc("POST /api/publish", a.publish)
-	mux.HandleFunc("POST /api/revoke", a.revoke)
-	mux.HandleFunc("POST /api/revoke/subject", a.revokeSubject)
+	allowed := map[string]string{}
+	for _, r := range routes {
+		mux.Handle(r.method+" "+r.path, r.h)
+		allowed[r.path] = r.method
+	}
+	// The catch-all answers JSON: 405 with Allow on a known path, else 404.
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := allowed[r.URL.Path]; ok {
+			w.Header().Set("Allow", m)
+			writeError(w, http.StatusMethodNotAllowed, "use "+m)
+			return
+		}
 		writeError(w, http.StatusNotFound, "no such endpoint")
 	})
 	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,

@@ -343,7 +343,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: time.Now().UnixNano()}
 	c.timer.Init(c)
-	l.wheel.Set(&c.timer, s.clock()+uint32((s.opts.HandshakeTimeout+time.Second-1)/time.Second))
+	l.wheel.Set(&c.timer, s.seconds(time.Unix(0, c.accept).Add(s.opts.HandshakeTimeout)))
 	gc.SetContext(c)
 	s.conns.Add(1)
 	s.metrics.accepted.Inc()

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -154,6 +155,7 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--redis: %w", err)
 	}
+	routeRedisLogs(n.log)
 	n.redis = redis.NewClient(opt)
 	prefix := cfg.RedisPrefix
 	if prefix == "" {
@@ -220,4 +222,19 @@ func (n *Node) stopParts() {
 	if n.redis != nil {
 		_ = n.redis.Close()
 	}
+}
+
+var redisLogOnce sync.Once
+
+// routeRedisLogs sends go-redis's own log lines (dial failures while Redis is
+// down) to the node's logger instead of stderr. go-redis has one logger per
+// process: the first node's logger wins.
+func routeRedisLogs(l *slog.Logger) {
+	redisLogOnce.Do(func() { redis.SetLogger(redisLogger{l}) })
+}
+
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
+	r.l.Warn(fmt.Sprintf(format, v...), "from", "go-redis")
 }

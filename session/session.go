@@ -26,6 +26,7 @@ type Sink interface {
 	Deliver(m *Message, enc *EncodeCache)
 	// Subscribed reports that a subscription asked for with Shard.Subscribe
 	// is live: publishes from every node reach the session from now on.
+	// Publishes made on this node reach it from the Subscribe on.
 	Subscribed(channel string)
 	// Close ends the session from the server side with a close code and a
 	// human-readable reason (revocation, shutdown).

@@ -124,7 +124,9 @@ func removeAt(list []*Session, i int, channel string) []*Session {
 	return list[:last]
 }
 
-// deliver runs a publish on the loop: every live subscriber gets it.
+// deliver runs a publish on the loop: every subscriber gets it, including
+// those still waiting for the broker's confirmation (what reaches this node
+// is theirs; the confirmation is about publishes from other nodes).
 func (sh *Shard) deliver(arg any) {
 	m := arg.(*Message)
 	t := sh.topics[m.Channel]
@@ -134,6 +136,9 @@ func (sh *Shard) deliver(arg any) {
 	sh.enc.reset(m)
 	for i := 0; i < len(t.live); i++ {
 		t.live[i].Sink.Deliver(m, &sh.enc)
+	}
+	for i := 0; i < len(t.pending); i++ {
+		t.pending[i].Sink.Deliver(m, &sh.enc)
 	}
 	sh.enc.reset(nil)
 }

@@ -100,8 +100,8 @@ func clientStdin(ctx context.Context, cancel context.CancelFunc, ws *websocket.C
 			break
 		}
 	}
+	cancel() // first, so the reader takes what follows for the end it is
 	_ = ws.Close(websocket.StatusNormalClosure, "bye")
-	cancel()
 }
 
 // clientCommand encodes one command line; nil means quit.
