@@ -53,7 +53,7 @@ func NewAdmin(srv *Server, o AdminOptions) *Admin {
 	a := &Admin{srv: srv, opts: o}
 	routes := []struct {
 		method, path string
-		h        http.Handler
+		h            http.Handler
 	}{
 		{"GET", "/metrics", promhttp.HandlerFor(srv.Registry(), promhttp.HandlerOpts{})},
 		{"GET", "/healthz", http.HandlerFunc(a.healthz)},
