@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 
 	"github.com/panjf2000/gnet/v2"
 )
@@ -49,12 +50,15 @@ func (f *fakeConn) Write(p []byte) (int, error) {
 // real loop runs them after the current callback.
 type fakeLoop struct {
 	gnet.EventLoop
+	mu    sync.Mutex // Execute is goroutine-safe, as gnet's is (timers call it)
 	tasks []gnet.Runnable
 	srv   *Server
 }
 
 func (l *fakeLoop) Execute(_ context.Context, r gnet.Runnable) error {
+	l.mu.Lock()
 	l.tasks = append(l.tasks, r)
+	l.mu.Unlock()
 	return nil
 }
 
@@ -69,9 +73,15 @@ func (l *fakeLoop) Close(c gnet.Conn) error {
 
 // run runs queued tasks until none are left.
 func (l *fakeLoop) run() {
-	for len(l.tasks) > 0 {
+	for {
+		l.mu.Lock()
+		if len(l.tasks) == 0 {
+			l.mu.Unlock()
+			return
+		}
 		t := l.tasks[0]
 		l.tasks = l.tasks[1:]
+		l.mu.Unlock()
 		_ = t.Run(context.Background())
 	}
 }
