@@ -62,14 +62,6 @@ func (c *Conn) Remote() netip.AddrPort { return c.remote }
 // sending still makes sense.
 func (c *Conn) Open() bool { return c.state == stateOpen }
 
-// Protocol returns the connection's protocol, or nil before the upgrade.
-func (c *Conn) Protocol() Protocol {
-	if c.route == nil {
-		return nil
-	}
-	return c.route.Protocol
-}
-
 // SetDeadline arms the connection's one timer: at t the handler's
 // OnDeadline runs. Resolution is one second, never early.
 func (c *Conn) SetDeadline(t time.Time) {

@@ -19,7 +19,7 @@ import (
 
 func key(args []string) error {
 	if len(args) == 0 {
-		return errors.New("key: want issue, revoke or revoke-subject\n" + usage)
+		return fmt.Errorf("key: want issue, revoke or revoke-subject\n%s", usage)
 	}
 	switch args[0] {
 	case "issue":
