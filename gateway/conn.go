@@ -47,6 +47,8 @@ type Conn struct {
 	discard bool   // a framing error: no more frames can be parsed
 	shutWR  bool   // half-close our side once the close frame is flushed
 	scanned uint16 // how far the request head was searched for its end
+	// lastActive is the wheel second of the last bytes from the peer.
+	lastActive uint32
 
 	closeCode uint16 // the code sent or received, for metrics
 	byPeer    bool   // the peer started the close
@@ -61,6 +63,12 @@ func (c *Conn) Remote() netip.AddrPort { return c.remote }
 // Open reports whether the connection is upgraded and not closing: whether
 // sending still makes sense.
 func (c *Conn) Open() bool { return c.state == stateOpen }
+
+// LastActive returns when the peer last sent anything (any frame, a Pong
+// included), to the second.
+func (c *Conn) LastActive() time.Time {
+	return c.loop.srv.epoch.Add(time.Duration(c.lastActive) * time.Second)
+}
 
 // SetDeadline arms the connection's one timer: at t the handler's
 // OnDeadline runs. Resolution is one second, never early.

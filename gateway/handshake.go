@@ -74,6 +74,17 @@ func (l *Loop) initUpgrader() {
 			}
 			return nil
 		},
+		Protocol: func(offered []byte) bool {
+			if hs.route == nil {
+				return false
+			}
+			for _, p := range hs.route.Subprotocols {
+				if string(offered) == p {
+					return true
+				}
+			}
+			return false
+		},
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
 			return nil, l.accept()
 		},

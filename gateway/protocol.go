@@ -46,6 +46,10 @@ type Route struct {
 	// Text allows text messages, checked for valid UTF-8 (close 1007).
 	// Without it a text message closes the connection with 1003.
 	Text bool
+	// Subprotocols the route may select (Sec-WebSocket-Protocol): the first
+	// one the client offers that is in this list; none if the client offers
+	// only others. Zero means the route selects none.
+	Subprotocols []string
 	// InternalError is the close code sent when the protocol's handler
 	// panics (the panic is logged and the server goes on); zero means
 	// CloseInternalError (1011).

@@ -369,6 +369,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	}
 	buf, _ := gc.Peek(-1)
 	l := c.loop
+	c.lastActive = l.wheel.Now()
 	l.cur = c
 	n, action := c.traffic(buf)
 	l.cur = nil

@@ -12,7 +12,11 @@ import (
 //     or publish;
 //   - "server:..." is read-only for clients: anyone subscribes, only the
 //     admin API publishes;
+//   - names starting with '#' are reserved for the gateway's other
+//     protocols (KOsync announces travel on "#kosync:<user>");
 //   - every other name is open to every authenticated client.
+const reservedPrefix = '#'
+
 var (
 	personalPrefix = []byte("user:")
 	serverPrefix   = []byte("server:")
@@ -37,6 +41,8 @@ func checkChannel(channel []byte, subject string, op channelOp) (int16, string) 
 		}
 	}
 	switch {
+	case channel[0] == reservedPrefix:
+		return packet.ErrorForbidden, "channels starting with '#' are reserved"
 	case bytes.HasPrefix(channel, personalPrefix):
 		owner := channel[len(personalPrefix):]
 		if i := bytes.IndexByte(owner, ':'); i >= 0 {

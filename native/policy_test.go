@@ -30,6 +30,8 @@ func TestCheckChannel(t *testing.T) {
 		{"server:news", "alice", opSubscribe, 0},
 		{"server:news", "alice", opPublish, packet.ErrorForbidden},
 		{"servers", "alice", opPublish, 0},
+		{"#kosync:alice", "alice", opSubscribe, packet.ErrorForbidden},
+		{"#x", "alice", opPublish, packet.ErrorForbidden},
 	}
 	for _, tt := range tests {
 		if got, why := checkChannel([]byte(tt.channel), tt.subject, tt.op); got != tt.want {

@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/kosync"
 	"github.com/wsgateway/gateway/native"
 	"github.com/wsgateway/gateway/packet"
 	"github.com/wsgateway/gateway/session"
@@ -61,6 +63,9 @@ type Config struct {
 	ReusePort bool
 	// ShutdownTimeout: zero means gateway.DefaultShutdownTimeout (10 s).
 	ShutdownTimeout time.Duration
+	// Kosync configures the KOReader sync server; its Store, Secrets,
+	// Revoker, Hub and Logger are filled in by Start.
+	Kosync kosync.Options
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -68,6 +73,7 @@ type Config struct {
 // Node is a running gateway node.
 type Node struct {
 	Server  *gateway.Server
+	Kosync  *kosync.Service
 	Admin   *gateway.Admin
 	Hub     *session.Hub
 	Secrets *token.Secrets
@@ -77,6 +83,7 @@ type Node struct {
 	log    *slog.Logger
 	redis  *redis.Client
 	store  token.Store
+	docs   kosync.Store
 	cancel context.CancelFunc
 	sweep  chan struct{}
 	done   chan struct{}
@@ -112,6 +119,10 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	n.Hub = session.NewHub(broker)
 	n.Revoker = token.NewRevoker(n.store, token.NewRevoked(), n.revoked, n.log)
+	// The KOsync service exists before the revoker calls back into it.
+	if err := n.newKosync(cfg, secrets); err != nil {
+		return nil, err
+	}
 	if err := n.Revoker.Start(ctx); err != nil {
 		return nil, fmt.Errorf("revocations: %w", err)
 	}
@@ -128,6 +139,8 @@ func Start(cfg Config) (n *Node, err error) {
 		HandshakeTimeout: cfg.HandshakeTimeout, Registerer: n.Server.Registry(), Logger: n.log,
 	})
 	n.Server.Handle(nat.Route())
+	n.Kosync.RegisterHTTP(n.Server)
+	n.Server.Handle(n.Kosync.Route())
 	if err := n.Server.Start(); err != nil {
 		return nil, err
 	}
@@ -138,6 +151,39 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	return n, nil
+}
+
+// newKosync opens the KOsync store (bbolt in the data dir, or Redis) and
+// builds the service.
+func (n *Node) newKosync(cfg Config, secrets *token.Secrets) error {
+	if n.redis != nil {
+		n.docs = kosync.NewRedisStore(n.redis, cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix))
+	} else {
+		bolt, err := kosync.OpenBolt(filepath.Join(cfg.DataDir, kosyncDBName))
+		if err != nil {
+			return fmt.Errorf("kosync store: %w", err)
+		}
+		n.docs = bolt
+	}
+	o := cfg.Kosync
+	o.Store, o.Secrets, o.Revoker, o.Hub, o.Logger = n.docs, secrets, n.Revoker, n.Hub, n.log
+	o.Version = cmpOr(o.Version, gateway.Version)
+	svc, err := kosync.New(o)
+	if err != nil {
+		return err
+	}
+	n.Kosync = svc
+	return nil
+}
+
+// kosyncDBName is the KOsync store's file in the data dir.
+const kosyncDBName = "kosync.db"
+
+func cmpOr(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
 }
 
 // openStores picks where revocations live and how publishes cross nodes:
@@ -157,17 +203,17 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 	}
 	routeRedisLogs(n.log)
 	n.redis = redis.NewClient(opt)
-	prefix := cfg.RedisPrefix
-	if prefix == "" {
-		prefix = session.DefaultRedisPrefix
-	}
+	prefix := cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix)
 	n.store = token.NewRedisStore(n.redis, prefix)
 	return session.NewRedisBroker(session.RedisBrokerOptions{Client: n.redis, Prefix: prefix, Logger: n.log}), nil
 }
 
 // revoked is the Revoker's callback, from any goroutine: it asks for a
 // sweep. Bursts (a reload calls it once per record) coalesce into one pass.
-func (n *Node) revoked(token.Revocation) {
+func (n *Node) revoked(rv token.Revocation) {
+	if n.Kosync != nil {
+		n.Kosync.Revoked(rv) // evicts the user's verified keys
+	}
 	select {
 	case n.sweep <- struct{}{}:
 	default:
@@ -218,6 +264,9 @@ func (n *Node) stopParts() {
 	}
 	if n.store != nil {
 		_ = n.store.Close()
+	}
+	if n.docs != nil {
+		_ = n.docs.Close()
 	}
 	if n.redis != nil {
 		_ = n.redis.Close()

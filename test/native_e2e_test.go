@@ -901,9 +901,11 @@ func neTestPlainHTTP(t *testing.T, n *node.Node) {
 		return resp, body, reused
 	}
 
-	resp, body, _ := get("/api/ws")
+	// A plain GET of /api/ws is KOsync's URI endpoint; the WebSocket-only
+	// path /api/ws/{token} answers 426.
+	resp, body, _ := get("/api/ws/not-an-upgrade")
 	if resp.StatusCode != http.StatusUpgradeRequired || body["error"] == "" {
-		t.Fatalf("GET /api/ws: %d %v, want 426 with an error", resp.StatusCode, body)
+		t.Fatalf("GET /api/ws/not-an-upgrade: %d %v, want 426 with an error", resp.StatusCode, body)
 	}
 	if !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") {
 		t.Fatalf("426 without Upgrade: websocket: %v", resp.Header)
@@ -915,7 +917,7 @@ func neTestPlainHTTP(t *testing.T, n *node.Node) {
 	if !reused {
 		t.Fatal("the second request did not reuse the kept-alive connection")
 	}
-	resp, _, reused = get("/api/ws?x=1")
+	resp, _, reused = get("/api/ws/x?x=1")
 	if resp.StatusCode != http.StatusUpgradeRequired || !reused {
 		t.Fatalf("third request: %d reused=%v", resp.StatusCode, reused)
 	}

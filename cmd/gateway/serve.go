@@ -5,12 +5,15 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/kosync"
 	"github.com/wsgateway/gateway/native"
 	"github.com/wsgateway/gateway/node"
 )
@@ -39,8 +42,19 @@ func serve(args []string) error {
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "SO_REUSEPORT: let several gateway processes share --listen")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", gateway.DefaultShutdownTimeout, "on SIGTERM, how long sessions get to close before exit")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	registration := fs.Bool("kosync-registration", true, "KOReader sync: allow POST /users/create")
+	fs.BoolVar(&cfg.Kosync.StrictAccept, "kosync-strict-accept", false, "KOReader sync: answer 412 to a missing or foreign Accept header, as the reference server does")
+	fs.DurationVar(&cfg.Kosync.JWTTTL, "kosync-jwt-ttl", kosync.DefaultJWTTTL, "KOsync: lifetime of the JWTs /api/auth.jwt and /api/ws hand out")
+	fs.IntVar(&cfg.Kosync.HistoryLimit, "kosync-history", kosync.DefaultHistoryLimit, "KOsync: earlier states kept per document")
+	fs.StringVar(&cfg.Kosync.PublicURL, "public-url", "", "the URL clients reach this node at (https://... makes /api/ws answer wss://); empty: from the request")
+	proxies := fs.String("trusted-proxies", "", "comma-separated IPs or CIDRs whose X-Forwarded-Proto/-Host and Forwarded headers are believed")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	cfg.Kosync.RegistrationClosed = !*registration
+	var err error
+	if cfg.Kosync.TrustedProxies, err = parsePrefixes(*proxies); err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
@@ -64,4 +78,29 @@ func serve(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout+5*time.Second)
 	defer cancel()
 	return n.Shutdown(ctx)
+}
+
+// parsePrefixes reads "10.0.0.0/8, 127.0.0.1"; a bare address is a /32 or /128.
+func parsePrefixes(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for item := range strings.SplitSeq(list, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		if !strings.Contains(item, "/") {
+			a, err := netip.ParseAddr(item)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
