@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/wsgateway/gateway/session"
 	"github.com/wsgateway/gateway/token"
 )
@@ -83,4 +85,20 @@ func New(o Options) (*Service, error) {
 	s.auth = newAuthenticator(o.Store, o.Secrets)
 	s.jwt = newJWTKeys(o.Secrets, o.JWTTTL)
 	return s, nil
+}
+
+// Collectors returns the service's Prometheus series, for the admin
+// listener's registry.
+func (s *Service) Collectors() []prometheus.Collector {
+	cache := func(result string, read func() uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "gateway_kosync_key_cache_requests_total",
+			Help:        "KOReader key verifications by verified-key cache result (a miss costs an argon2id hash).",
+			ConstLabels: prometheus.Labels{"result": result},
+		}, func() float64 { return float64(read()) })
+	}
+	return []prometheus.Collector{
+		cache("hit", func() uint64 { h, _ := s.CacheStats(); return h }),
+		cache("miss", func() uint64 { _, m := s.CacheStats(); return m }),
+	}
 }

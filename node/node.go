@@ -140,6 +140,7 @@ func Start(cfg Config) (n *Node, err error) {
 	})
 	n.Server.Handle(nat.Route())
 	n.Kosync.RegisterHTTP(n.Server)
+	n.Server.Registry().MustRegister(n.Kosync.Collectors()...)
 	n.Server.Handle(n.Kosync.Route())
 	if err := n.Server.Start(); err != nil {
 		return nil, err
