@@ -38,10 +38,19 @@ type AdminOptions struct {
 // Admin is the operators' listener: /metrics, /healthz, /readyz and the
 // JSON API (publish, revoke). It runs on net/http, off the event loops.
 type Admin struct {
-	srv  *Server
-	opts AdminOptions
-	http *http.Server
-	ln   net.Listener
+	srv     *Server
+	opts    AdminOptions
+	http    *http.Server
+	ln      net.Listener
+	mux     *http.ServeMux
+	allowed map[string]string // path -> method, for 405 answers
+}
+
+// Handle adds an endpoint to the admin listener (a protocol's event
+// intake, say). Call before Start.
+func (a *Admin) Handle(method, path string, h http.Handler) {
+	a.mux.Handle(method+" "+path, h)
+	a.allowed[path] = method
 }
 
 // NewAdmin returns the admin listener of srv.
@@ -63,10 +72,10 @@ func NewAdmin(srv *Server, o AdminOptions) *Admin {
 		{"POST", "/api/revoke/subject", http.HandlerFunc(a.revokeSubject)},
 	}
 	mux := http.NewServeMux()
-	allowed := map[string]string{}
+	a.mux, a.allowed = mux, map[string]string{}
+	allowed := a.allowed
 	for _, r := range routes {
-		mux.Handle(r.method+" "+r.path, r.h)
-		allowed[r.path] = r.method
+		a.Handle(r.method, r.path, r.h)
 	}
 	// The catch-all answers JSON: 405 with Allow on a known path, else 404.
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"runtime/debug"
 	"time"
@@ -41,12 +42,16 @@ type Conn struct {
 	remote  netip.AddrPort
 	accept  int64 // unix nanoseconds of the TCP accept
 
-	frag    []byte // a fragmented message being joined; nil otherwise
-	fragOp  ws.OpCode
-	state   connState
-	discard bool   // a framing error: no more frames can be parsed
-	shutWR  bool   // half-close our side once the close frame is flushed
-	scanned uint16 // how far the request head was searched for its end
+	frag     []byte // a fragmented message being joined; nil otherwise
+	fragOp   ws.OpCode
+	state    connState
+	discard  bool   // a framing error: no more frames can be parsed
+	shutWR   bool   // half-close our side once the close frame is flushed
+	scanned  uint16 // how far the request head was searched for its end
+	listener uint8  // index in Server.listeners
+	// authorizing: a HeadAuthorizer is deciding; bytes wait in gnet's buffer.
+	authorizing bool
+	authState   any // what it decided, for Accept
 	// lastActive is the wheel second of the last bytes from the peer.
 	lastActive uint32
 
@@ -68,6 +73,26 @@ func (c *Conn) Open() bool { return c.state == stateOpen }
 // included), to the second.
 func (c *Conn) LastActive() time.Time {
 	return c.loop.srv.epoch.Add(time.Duration(c.lastActive) * time.Second)
+}
+
+// KeepAlive is the keepalive of the JSON protocols: call it from
+// OnDeadline. A peer silent (not even a Pong) for idle is closed with 1001;
+// otherwise it is sent a Ping and the next check is armed, every interval
+// and never later than when idle would pass. Arm the first check in OnOpen
+// with SetDeadline(time.Now().Add(every)).
+func (c *Conn) KeepAlive(every, idle time.Duration) {
+	now := time.Now()
+	silentUntil := c.LastActive().Add(idle)
+	if !now.Before(silentUntil) {
+		c.Close(CloseGoingAway, fmt.Sprintf("no activity for %v", idle))
+		return
+	}
+	c.Send(ws.OpPing, nil)
+	next := now.Add(every)
+	if silentUntil.Before(next) {
+		next = silentUntil
+	}
+	c.SetDeadline(next)
 }
 
 // SetDeadline arms the connection's one timer: at t the handler's
@@ -219,10 +244,16 @@ func (c *Conn) closed() {
 // It returns how many bytes are consumed.
 func (c *Conn) traffic(buf []byte) (int, gnet.Action) {
 	consumed := 0
+	if c.authorizing { // nothing runs before the decision; a flood is cut off
+		if len(buf) > MaxHeadSize {
+			c.closeNow()
+		}
+		return 0, gnet.None
+	}
 	if c.state == stateHandshake {
 		n, action := c.handshake(buf)
-		if n == 0 || action != gnet.None {
-			return n, action
+		if n == 0 || action != gnet.None || c.state != stateOpen {
+			return n, action // also: waiting for a HeadAuthorizer
 		}
 		consumed = n
 	}

@@ -23,6 +23,7 @@ type fakeConn struct {
 	written       int
 	discardOutput bool
 	closed        bool
+	woken         int
 }
 
 func newFakeConn(el *fakeLoop) *fakeConn { return &fakeConn{el: el} }
@@ -33,11 +34,13 @@ func (f *fakeConn) EventLoop() gnet.EventLoop { return f.el }
 func (f *fakeConn) RemoteAddr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 }
-func (f *fakeConn) OutboundBuffered() int      { return 0 }
-func (f *fakeConn) Fd() int                    { return -1 }
-func (f *fakeConn) Dup() (int, error)          { return -1, errors.New("fake connection") }
-func (f *fakeConn) Peek(int) ([]byte, error)   { return f.in, nil }
-func (f *fakeConn) Discard(n int) (int, error) { f.in = f.in[n:]; return n, nil }
+func (f *fakeConn) LocalAddr() net.Addr           { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080} }
+func (f *fakeConn) OutboundBuffered() int         { return 0 }
+func (f *fakeConn) Wake(gnet.AsyncCallback) error { f.woken++; return nil }
+func (f *fakeConn) Fd() int                       { return -1 }
+func (f *fakeConn) Dup() (int, error)             { return -1, errors.New("fake connection") }
+func (f *fakeConn) Peek(int) ([]byte, error)      { return f.in, nil }
+func (f *fakeConn) Discard(n int) (int, error)    { f.in = f.in[n:]; return n, nil }
 func (f *fakeConn) Write(p []byte) (int, error) {
 	f.written += len(p)
 	if !f.discardOutput {

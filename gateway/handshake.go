@@ -3,7 +3,9 @@ package gateway
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -50,7 +52,7 @@ func (l *Loop) initUpgrader() {
 		WriteBufferSize: 512,
 		OnRequest: func(uri []byte) error {
 			hs.uri = append(hs.uri[:0], uri...)
-			hs.route = l.srv.match(pathOf(hs.uri))
+			hs.route = l.srv.match(l.srv.listeners[hs.conn.listener].name, pathOf(hs.uri))
 			if hs.route == nil {
 				hs.result = resultNotFound
 				return ws.RejectConnectionError(ws.RejectionStatus(404))
@@ -107,7 +109,7 @@ func (l *Loop) accept() error {
 		URI: hs.uri, Path: pathOf(hs.uri), Host: hs.host,
 		Origin: nilIfEmpty(hs.origin), Authorization: nilIfEmpty(hs.auth),
 		ForwardedFor: nilIfEmpty(hs.xff), ForwardedProto: nilIfEmpty(hs.xfp),
-		Remote: hs.conn.remote,
+		Remote: hs.conn.remote, Authorized: hs.conn.authState,
 	}
 	h, err := hs.route.Protocol.Accept(&hs.req)
 	if err != nil {
@@ -150,10 +152,85 @@ func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
 	}
 	head := buf[:end]
 	if !isUpgrade(head) {
-		srv.handOff(c.gc, buf)
+		srv.handOff(c.gc, c.listener, buf)
 		return len(buf), gnet.Close
 	}
+	if a := c.headAuthorizer(head); a != nil {
+		c.authorize(a, head)
+		return end, gnet.None
+	}
 	return c.upgrade(head)
+}
+
+// headAuthorizer returns the HeadAuthorizer of the route the head asks for,
+// if it has one.
+func (c *Conn) headAuthorizer(head []byte) HeadAuthorizer {
+	line, _, _ := bytes.Cut(head, []byte("\r\n"))
+	fields := bytes.Fields(line)
+	if len(fields) < 2 {
+		return nil
+	}
+	srv := c.loop.srv
+	r := srv.match(srv.listeners[c.listener].name, pathOf(fields[1]))
+	if r == nil {
+		return nil
+	}
+	a, _ := r.Protocol.(HeadAuthorizer)
+	return a
+}
+
+// authorize hands a copy of the head to the HeadAuthorizer off the loop;
+// the decision comes back as a task. Later bytes wait in gnet's buffer.
+func (c *Conn) authorize(a HeadAuthorizer, head []byte) {
+	c.authorizing = true
+	copied := append([]byte(nil), head...)
+	l := c.loop
+	go func() {
+		state, err := a.AuthorizeHead(copied, c.remote)
+		l.Run(l.authorizedFn, &authDecision{c, copied, state, err})
+	}()
+}
+
+type authDecision struct {
+	c     *Conn
+	head  []byte
+	state any
+	err   error
+}
+
+// authorized runs on the loop with a HeadAuthorizer's decision: upgrade as
+// if the head had just arrived, or refuse.
+func (l *Loop) authorized(arg any) {
+	d := arg.(*authDecision)
+	c := d.c
+	if c.state != stateHandshake {
+		return // gone meanwhile
+	}
+	c.authorizing = false
+	if d.err != nil {
+		status := 403
+		var he *HTTPError
+		if errors.As(d.err, &he) {
+			status = he.Status
+		}
+		l.srv.metrics.handshake(nil, resultRejected)
+		_, _ = c.gc.Write(fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", status, http.StatusText(status)))
+		c.closeNow()
+		return
+	}
+	c.authState = d.state
+	l.cur = c
+	_, action := c.upgrade(d.head)
+	l.cur = nil
+	if len(l.out) > 0 {
+		_, _ = c.gc.Write(l.out)
+		l.out = l.out[:0]
+	}
+	if action != gnet.None {
+		c.closeNow()
+		return
+	}
+	_ = c.gc.Wake(nil) // frames that came behind the head
 }
 
 // refuse answers the request head with a fixed response and closes.

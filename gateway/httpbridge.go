@@ -12,7 +12,7 @@ import (
 // duplicates the socket (gnet closes its own descriptor when OnTraffic
 // returns gnet.Close) and copies the bytes already read; the rest happens on
 // a goroutine, off the loop.
-func (s *Server) handOff(gc gnet.Conn, buffered []byte) {
+func (s *Server) handOff(gc gnet.Conn, listener uint8, buffered []byte) {
 	fd, err := gc.Dup()
 	if err != nil {
 		s.logger.Warn("http hand-off: dup failed", "err", err)
@@ -20,7 +20,7 @@ func (s *Server) handOff(gc gnet.Conn, buffered []byte) {
 	}
 	prefix := append([]byte(nil), buffered...)
 	s.metrics.httpHandOffs.Inc()
-	go s.httpLn.deliver(fd, prefix)
+	go s.listeners[listener].ln.deliver(fd, prefix)
 }
 
 // handoffListener is the net.Listener the main listener's http.Server

@@ -44,7 +44,22 @@ type Loop struct {
 
 	later laterQueue
 
-	tickFn, shutdownFn, runLaterFn func(any)
+	tickFn, shutdownFn, runLaterFn, authorizedFn func(any)
+
+	// locals hold per-loop state of protocols (Local, SetLocal).
+	locals map[any]any
+}
+
+// Local returns what a protocol stored on this loop under key, or nil.
+func (l *Loop) Local(key any) any { return l.locals[key] }
+
+// SetLocal stores per-loop state of a protocol (an index of its sockets,
+// say): no lock, because only the loop touches it.
+func (l *Loop) SetLocal(key, v any) {
+	if l.locals == nil {
+		l.locals = make(map[any]any)
+	}
+	l.locals[key] = v
 }
 
 type task struct {
@@ -58,6 +73,7 @@ func newLoop(srv *Server, el gnet.EventLoop, index int) *Loop {
 	l.tickFn = l.tick
 	l.shutdownFn = l.shutdown
 	l.runLaterFn = l.runLater
+	l.authorizedFn = l.authorized
 	l.initUpgrader()
 	return l
 }

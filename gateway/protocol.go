@@ -20,6 +20,17 @@ type Protocol interface {
 	Accept(r *Request) (Handler, error)
 }
 
+// HeadAuthorizer is implemented by a Protocol that must ask an outside
+// party before it upgrades (wsify's connect webhook). AuthorizeHead runs on
+// a goroutine of its own, never on a loop, with a copy of the request head
+// (parse it with net/http's ReadRequest); meanwhile the connection waits.
+// A nil error upgrades, and state reaches Accept as Request.Authorized; an
+// *HTTPError refuses with its status and an empty body, any other error
+// with 403.
+type HeadAuthorizer interface {
+	AuthorizeHead(head []byte, remote netip.AddrPort) (state any, err error)
+}
+
 // Handler is one connection's protocol state. Every method runs on the
 // connection's event loop.
 type Handler interface {
@@ -40,6 +51,8 @@ type Handler interface {
 
 // Route binds a path on a listener to a protocol.
 type Route struct {
+	// Listener names the listener (AddListener); zero means the main one.
+	Listener string
 	// Path is matched exactly, or as a prefix when it ends in "/".
 	Path     string
 	Protocol Protocol
@@ -70,6 +83,8 @@ type Request struct {
 	// of those headers, or nil.
 	Origin, Authorization, ForwardedFor, ForwardedProto []byte
 	Remote                                              netip.AddrPort
+	// Authorized is what the protocol's HeadAuthorizer returned, if any.
+	Authorized any
 }
 
 // HTTPError refuses an upgrade with an HTTP status and a short text.

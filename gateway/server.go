@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/wsgateway/gateway/session"
 )
@@ -108,22 +108,20 @@ func cmpOr[T comparable](v, def T) T {
 // Server is the gateway's main listener: gnet event loops that upgrade
 // WebSocket requests on the loop and hand plain HTTP to net/http.
 type Server struct {
-	opts    Options
-	logger  *slog.Logger
-	hub     *session.Hub
-	routes  []*Route
-	mux     *http.ServeMux
-	metrics *metrics
-	epoch   time.Time
+	opts      Options
+	logger    *slog.Logger
+	hub       *session.Hub
+	routes    []*Route
+	listeners []*listener // [0] is the main listener
+	metrics   *metrics
+	epoch     time.Time
 
-	eng      gnet.Engine
-	addr     net.Addr
-	httpLn   *handoffListener
-	httpSrv  *http.Server
-	booted   chan struct{}
-	stopped  chan error
-	draining atomic.Bool
-	conns    atomic.Int64
+	eng          gnet.Engine
+	httpErrorLog *log.Logger
+	booted       chan struct{}
+	stopped      chan error
+	draining     atomic.Bool
+	conns        atomic.Int64
 
 	loopsMu sync.Mutex
 	loops   []*Loop
@@ -134,11 +132,12 @@ type Server struct {
 func New(opts Options, hub *session.Hub) *Server {
 	opts.setDefaults()
 	s := &Server{
-		opts: opts, logger: opts.Logger, hub: hub, mux: http.NewServeMux(),
+		opts: opts, logger: opts.Logger, hub: hub,
 		epoch: time.Now(), booted: make(chan struct{}), stopped: make(chan error, 1),
+		httpErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 	}
 	s.metrics = newMetrics(s)
-	s.mux.HandleFunc("/", s.fallbackHTTP)
+	s.AddListener(MainListener, opts.Listen)
 	return s
 }
 
@@ -165,11 +164,16 @@ func (s *Server) Handle(r Route) {
 
 // HandleHTTP adds a net/http handler on the main listener for requests that
 // do not upgrade. Call before Start.
-func (s *Server) HandleHTTP(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+func (s *Server) HandleHTTP(pattern string, h http.Handler) {
+	s.HandleHTTPOn(MainListener, pattern, h)
+}
 
-// match returns the route of a request path, or nil.
-func (s *Server) match(path []byte) *Route {
+// match returns the route of a request path on a listener, or nil.
+func (s *Server) match(listenerName string, path []byte) *Route {
 	for _, r := range s.routes {
+		if r.Listener != listenerName {
+			continue
+		}
 		if string(path) == r.Path || (r.Path[len(r.Path)-1] == '/' && bytes.HasPrefix(path, []byte(r.Path))) {
 			return r
 		}
@@ -189,10 +193,14 @@ func (s *Server) protocols() []Protocol {
 }
 
 // fallbackHTTP answers plain requests no handler took: 426 on WebSocket
-// paths, 404 elsewhere, both as JSON.
-func (s *Server) fallbackHTTP(w http.ResponseWriter, r *http.Request) {
+// paths, else the listener's not-found handler or a JSON 404.
+func (s *Server) fallbackHTTP(l *listener, w http.ResponseWriter, r *http.Request) {
+	if s.match(l.name, []byte(r.URL.Path)) == nil && l.notFound != nil {
+		l.notFound.ServeHTTP(w, r)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
-	if s.match([]byte(r.URL.Path)) != nil {
+	if s.match(l.name, []byte(r.URL.Path)) != nil {
 		w.Header().Set("Upgrade", "websocket")
 		w.Header().Set("Connection", "Upgrade")
 		w.WriteHeader(http.StatusUpgradeRequired)
@@ -216,7 +224,11 @@ func (s *Server) Start() error {
 		gnet.WithTCPKeepAlive(time.Minute),
 		gnet.WithLogger(gnetLogger{s.logger}),
 	}
-	go func() { s.stopped <- gnet.Run(s, "tcp://"+s.opts.Listen, opts...) }()
+	addrs := make([]string, len(s.listeners))
+	for i, l := range s.listeners {
+		addrs[i] = "tcp://" + l.addr
+	}
+	go func() { s.stopped <- gnet.Rotate(s, addrs, opts...) }()
 	select {
 	case <-s.booted:
 		return nil
@@ -229,7 +241,7 @@ func (s *Server) Start() error {
 }
 
 // Addr returns the main listener's address (useful with port 0).
-func (s *Server) Addr() net.Addr { return s.addr }
+func (s *Server) Addr() net.Addr { return s.ListenerAddr(MainListener) }
 
 // Draining reports whether Shutdown has begun.
 func (s *Server) Draining() bool { return s.draining.Load() }
@@ -253,8 +265,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer stopCancel()
 	err := s.eng.Stop(stopCtx)
 	<-s.stopped
-	s.httpLn.Close()
-	_ = s.httpSrv.Shutdown(stopCtx)
+	for _, l := range s.listeners {
+		if l.ln != nil {
+			l.ln.Close()
+			_ = l.http.Shutdown(stopCtx)
+		}
+	}
 	_ = s.hub.Close()
 	return err
 }
@@ -286,46 +302,15 @@ func (s *Server) loopFor(el gnet.EventLoop) (*Loop, error) {
 	return l, nil
 }
 
-// OnBoot learns the bound address and starts the HTTP side.
+// OnBoot learns the bound addresses and starts the HTTP side.
 func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	s.eng = eng
-	addr, err := boundAddr(eng)
-	if err != nil {
-		s.logger.Error("cannot read the bound address", "err", err)
+	if err := s.bindAll(eng); err != nil {
+		s.logger.Error("cannot start the listeners", "err", err)
 		return gnet.Shutdown
 	}
-	s.addr = addr
-	s.httpLn = newHandoffListener(addr)
-	s.httpSrv = &http.Server{
-		Handler:           s.mux,
-		ReadHeaderTimeout: s.opts.HandshakeTimeout,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    MaxHeadSize,
-		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
-	}
-	go func() { _ = s.httpSrv.Serve(s.httpLn) }()
 	close(s.booted)
 	return gnet.None
-}
-
-// boundAddr reads the listener's address from a duplicate of its socket.
-func boundAddr(eng gnet.Engine) (net.Addr, error) {
-	fd, err := eng.Dup()
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return nil, err
-	}
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, nil
-	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, nil
-	}
-	return nil, fmt.Errorf("unexpected socket address %T", sa)
 }
 
 // OnShutdown implements gnet.EventHandler.
@@ -341,7 +326,8 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		s.logger.Error("event loop", "err", err)
 		return nil, gnet.Close
 	}
-	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: time.Now().UnixNano()}
+	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: time.Now().UnixNano(),
+		listener: s.listenerOf(gc.LocalAddr())}
 	c.timer.Init(c)
 	l.wheel.Set(&c.timer, s.seconds(time.Unix(0, c.accept).Add(s.opts.HandshakeTimeout)))
 	gc.SetContext(c)

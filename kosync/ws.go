@@ -281,20 +281,7 @@ func (h *wsConn) reply(method string, result any, errText string) {
 func (h *wsConn) rpcError(method, text string) { h.reply(method, nil, text) }
 
 // OnDeadline pings every 30 s and closes a socket silent for 60 s (B.9).
-func (h *wsConn) OnDeadline(c *gateway.Conn) {
-	now := time.Now()
-	silentUntil := c.LastActive().Add(idleLimit)
-	if !now.Before(silentUntil) {
-		c.Close(1001, "no activity for 60s")
-		return
-	}
-	c.Send(ws.OpPing, nil)
-	next := now.Add(pingEvery)
-	if silentUntil.Before(next) {
-		next = silentUntil
-	}
-	c.SetDeadline(next)
-}
+func (h *wsConn) OnDeadline(c *gateway.Conn) { c.KeepAlive(pingEvery, idleLimit) }
 
 // OnClose leaves the hub.
 func (h *wsConn) OnClose(c *gateway.Conn) {

@@ -1,0 +1,125 @@
+package gateway
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+)
+
+// MainListener names the listener of Options.Listen. Routes and HTTP
+// handlers without a listener name belong to it.
+const MainListener = ""
+
+// listener is one address the event loops accept on, with the net/http
+// server that answers its plain requests.
+type listener struct {
+	name  string
+	addr  string // as configured
+	bound *net.TCPAddr
+	mux   *http.ServeMux
+	// notFound answers plain requests no handler takes, when set.
+	notFound http.Handler
+	ln       *handoffListener
+	http     *http.Server
+}
+
+// AddListener makes the loops accept on one more address; routes and HTTP
+// handlers name it to live there (wsify has its own port). Call before
+// Start.
+func (s *Server) AddListener(name, addr string) {
+	l := &listener{name: name, addr: addr, mux: http.NewServeMux()}
+	l.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { s.fallbackHTTP(l, w, r) })
+	s.listeners = append(s.listeners, l)
+}
+
+// HandleHTTPOn adds a net/http handler for plain requests on a named
+// listener. Call before Start.
+func (s *Server) HandleHTTPOn(listenerName, pattern string, h http.Handler) {
+	s.listener(listenerName).mux.Handle(pattern, h)
+}
+
+// SetNotFound replaces a listener's answer to plain requests no handler
+// takes (the default is JSON 404, or 426 on WebSocket paths).
+func (s *Server) SetNotFound(listenerName string, h http.Handler) {
+	s.listener(listenerName).notFound = h
+}
+
+// ListenerAddr returns the bound address of a named listener, once started.
+func (s *Server) ListenerAddr(name string) net.Addr {
+	for _, l := range s.listeners {
+		if l.name == name && l.bound != nil {
+			return l.bound
+		}
+	}
+	return nil
+}
+
+func (s *Server) listener(name string) *listener {
+	for _, l := range s.listeners {
+		if l.name == name {
+			return l
+		}
+	}
+	panic(fmt.Sprintf("gateway: no listener %q", name))
+}
+
+// bindAll learns every listener's bound address (port 0 included) and starts
+// its net/http side. It runs in OnBoot.
+func (s *Server) bindAll(eng gnet.Engine) error {
+	for _, l := range s.listeners {
+		fd, err := eng.DupListener("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("listener %s: %w", l.addr, err)
+		}
+		addr, err := sockName(fd)
+		unix.Close(fd)
+		if err != nil {
+			return err
+		}
+		l.bound = addr
+		l.ln = newHandoffListener(addr)
+		l.http = &http.Server{
+			Handler:           l.mux,
+			ReadHeaderTimeout: s.opts.HandshakeTimeout,
+			IdleTimeout:       2 * time.Minute,
+			MaxHeaderBytes:    MaxHeadSize,
+			ErrorLog:          s.httpErrorLog,
+		}
+		go func() { _ = l.http.Serve(l.ln) }()
+	}
+	return nil
+}
+
+// listenerOf finds the listener a connection arrived on by its local
+// address.
+func (s *Server) listenerOf(local net.Addr) uint8 {
+	a, ok := local.(*net.TCPAddr)
+	if !ok {
+		return 0
+	}
+	for i, l := range s.listeners {
+		if l.bound != nil && l.bound.Port == a.Port && (l.bound.IP.IsUnspecified() || l.bound.IP.Equal(a.IP)) {
+			return uint8(i)
+		}
+	}
+	return 0
+}
+
+// sockName reads a socket's bound address.
+func sockName(fd int) (*net.TCPAddr, error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, err
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, nil
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, nil
+	}
+	return nil, fmt.Errorf("unexpected socket address %T", sa)
+}
