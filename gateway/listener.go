@@ -94,11 +94,14 @@ func (s *Server) bindAll(eng gnet.Engine) error {
 	return nil
 }
 
-// listenerOf finds the listener a connection arrived on by its local
-// address.
-func (s *Server) listenerOf(local net.Addr) uint8 {
-	a, ok := local.(*net.TCPAddr)
-	if !ok {
+// listenerOf finds the listener a connection arrived on by the socket's
+// own local address (gnet reports the configured one, port 0 included).
+func (s *Server) listenerOf(fd int) uint8 {
+	if len(s.listeners) == 1 {
+		return 0
+	}
+	a, err := sockName(fd)
+	if err != nil {
 		return 0
 	}
 	for i, l := range s.listeners {
@@ -107,6 +110,29 @@ func (s *Server) listenerOf(local net.Addr) uint8 {
 		}
 	}
 	return 0
+}
+
+// distinctAddrs makes the listeners' address strings distinct, which
+// gnet's DupListener needs to tell them apart: a repeated port-0 address
+// gets a free port picked now; any other repeat is an error.
+func (s *Server) distinctAddrs() error {
+	seen := map[string]bool{}
+	for _, l := range s.listeners {
+		if seen[l.addr] {
+			host, port, err := net.SplitHostPort(l.addr)
+			if err != nil || port != "0" {
+				return fmt.Errorf("two listeners on %s", l.addr)
+			}
+			probe, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+			if err != nil {
+				return err
+			}
+			l.addr = probe.Addr().String()
+			probe.Close()
+		}
+		seen[l.addr] = true
+	}
+	return nil
 }
 
 // sockName reads a socket's bound address.

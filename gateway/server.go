@@ -214,6 +214,9 @@ func (s *Server) fallbackHTTP(l *listener, w http.ResponseWriter, r *http.Reques
 // Start binds the listener and runs the event loops; it returns once the
 // server accepts connections.
 func (s *Server) Start() error {
+	if err := s.distinctAddrs(); err != nil {
+		return err
+	}
 	if err := s.hub.Start(); err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
@@ -327,7 +330,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		return nil, gnet.Close
 	}
 	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: time.Now().UnixNano(),
-		listener: s.listenerOf(gc.LocalAddr())}
+		listener: s.listenerOf(gc.Fd())}
 	c.timer.Init(c)
 	l.wheel.Set(&c.timer, s.seconds(time.Unix(0, c.accept).Add(s.opts.HandshakeTimeout)))
 	gc.SetContext(c)

@@ -17,12 +17,20 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/hypothesis"
 	"github.com/wsgateway/gateway/kosync"
 	"github.com/wsgateway/gateway/native"
 	"github.com/wsgateway/gateway/packet"
 	"github.com/wsgateway/gateway/session"
 	"github.com/wsgateway/gateway/token"
+	"github.com/wsgateway/gateway/wsify"
 )
+
+// OnlyWsify is Config.Only for a node that speaks only wsify.
+const OnlyWsify = "wsify"
+
+// wsifyListener names wsify's own listener.
+const wsifyListener = "wsify"
 
 // DefaultDataDir holds the generated secret and, without Redis, the
 // revocation log.
@@ -66,6 +74,20 @@ type Config struct {
 	// Kosync configures the KOReader sync server; its Store, Secrets,
 	// Revoker, Hub and Logger are filled in by Start.
 	Kosync kosync.Options
+	// Hypothesis configures the Hypothesis Real Time API on /ws; its
+	// Secrets, Revoked, VerifyJWT and Logger are filled in by Start.
+	Hypothesis hypothesis.Options
+	// WsifyListen is wsify's own listener; zero means no wsify listener
+	// (the serve command's flag defaults to ":3000").
+	WsifyListen string
+	// Wsify configures wsify; its Hub and Logger are filled in by Start.
+	Wsify wsify.Options
+	// WsifyRedisPrefix prefixes wsify's Redis channels; zero means the raw
+	// channel names, as wsify itself uses.
+	WsifyRedisPrefix string
+	// Only, when OnlyWsify, runs just wsify, on Listen (the drop-in mode of
+	// `gateway wsify`); zero means every protocol.
+	Only string
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -84,6 +106,7 @@ type Node struct {
 	redis  *redis.Client
 	store  token.Store
 	docs   kosync.Store
+	wsify  *wsify.Protocol
 	cancel context.CancelFunc
 	sweep  chan struct{}
 	done   chan struct{}
@@ -120,8 +143,10 @@ func Start(cfg Config) (n *Node, err error) {
 	n.Hub = session.NewHub(broker)
 	n.Revoker = token.NewRevoker(n.store, token.NewRevoked(), n.revoked, n.log)
 	// The KOsync service exists before the revoker calls back into it.
-	if err := n.newKosync(cfg, secrets); err != nil {
-		return nil, err
+	if cfg.Only != OnlyWsify {
+		if err := n.newKosync(cfg, secrets); err != nil {
+			return nil, err
+		}
 	}
 	if err := n.Revoker.Start(ctx); err != nil {
 		return nil, fmt.Errorf("revocations: %w", err)
@@ -134,24 +159,76 @@ func Start(cfg Config) (n *Node, err error) {
 		HandshakeTimeout: cfg.HandshakeTimeout, MaxMessageSize: cfg.MaxMessageSize,
 		MaxOutbound: cfg.MaxOutbound, ShutdownTimeout: cfg.ShutdownTimeout, Logger: n.log,
 	}, n.Hub)
-	nat := native.New(native.Options{
-		Secrets: secrets, Revoked: n.Revoker.Set(), PingTimeout: cfg.PingTimeout,
-		HandshakeTimeout: cfg.HandshakeTimeout, Registerer: n.Server.Registry(), Logger: n.log,
-	})
-	n.Server.Handle(nat.Route())
-	n.Kosync.RegisterHTTP(n.Server)
-	n.Server.Registry().MustRegister(n.Kosync.Collectors()...)
-	n.Server.Handle(n.Kosync.Route())
-	if err := n.Server.Start(); err != nil {
-		return nil, err
-	}
 	n.Admin = gateway.NewAdmin(n.Server, gateway.AdminOptions{
 		Listen: cfg.AdminListen, Secrets: secrets, Revoker: n.Revoker, Logger: n.log,
 	})
+	if err := n.addProtocols(cfg, secrets); err != nil {
+		return nil, err
+	}
+	if err := n.Server.Start(); err != nil {
+		return nil, err
+	}
+	if n.wsify != nil && n.WsifyAddr() != nil {
+		n.wsify.WarnIfOpen(n.WsifyAddr())
+	}
 	if err := n.Admin.Start(); err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	return n, nil
+}
+
+// addProtocols registers every protocol's routes, HTTP endpoints and
+// metrics (only wsify's in the OnlyWsify mode).
+func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
+	reg := n.Server.Registry()
+	wo := cfg.Wsify
+	wo.Hub, wo.Logger = n.Hub, n.log
+	w, err := wsify.New(wo)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(w.Collectors()...)
+	n.wsify = w
+	if cfg.Only == OnlyWsify {
+		n.Server.Handle(w.Route(gateway.MainListener))
+		w.RegisterHTTP(n.Server, gateway.MainListener)
+		return nil
+	}
+	if cfg.WsifyListen != "" {
+		n.Server.AddListener(wsifyListener, cfg.WsifyListen)
+		n.Server.Handle(w.Route(wsifyListener))
+		w.RegisterHTTP(n.Server, wsifyListener)
+	}
+
+	nat := native.New(native.Options{
+		Secrets: secrets, Revoked: n.Revoker.Set(), PingTimeout: cfg.PingTimeout,
+		HandshakeTimeout: cfg.HandshakeTimeout, Registerer: reg, Logger: n.log,
+	})
+	n.Server.Handle(nat.Route())
+
+	n.Kosync.RegisterHTTP(n.Server)
+	reg.MustRegister(n.Kosync.Collectors()...)
+	n.Server.Handle(n.Kosync.Route())
+
+	ho := cfg.Hypothesis
+	ho.Secrets, ho.Revoked, ho.VerifyJWT, ho.Logger = secrets, n.Revoker.Set(), n.Kosync.VerifyJWT, n.log
+	h, err := hypothesis.New(ho)
+	if err != nil {
+		return err
+	}
+	n.Server.Handle(h.Route())
+	h.RegisterHTTP(n.Server)
+	n.Admin.Handle("POST", "/api/hypothesis/events", h.EventHandler(n.Hub))
+	reg.MustRegister(h.Collectors()...)
+	return nil
+}
+
+// WsifyAddr is the address of wsify's listener, or nil without one.
+func (n *Node) WsifyAddr() net.Addr {
+	if n.cfg.Only == OnlyWsify {
+		return n.Addr()
+	}
+	return n.Server.ListenerAddr(wsifyListener)
 }
 
 // newKosync opens the KOsync store (bbolt in the data dir, or Redis) and
@@ -206,7 +283,10 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 	n.redis = redis.NewClient(opt)
 	prefix := cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix)
 	n.store = token.NewRedisStore(n.redis, prefix)
-	return session.NewRedisBroker(session.RedisBrokerOptions{Client: n.redis, Prefix: prefix, Logger: n.log}), nil
+	return session.NewRedisBroker(session.RedisBrokerOptions{
+		Client: n.redis, Prefix: prefix, Logger: n.log,
+		ChannelName: wsify.RedisChannelName(cfg.WsifyRedisPrefix, prefix),
+	}), nil
 }
 
 // revoked is the Revoker's callback, from any goroutine: it asks for a

@@ -32,6 +32,12 @@ import (
 //
 //	redis-cli PUBLISH gateway:ch:news '{"x":1}'
 //
+// RedisBrokerOptions.ChannelName replaces that mapping (wsify maps its
+// channels to raw Redis names, as wsify itself does). Whatever the mapping,
+// SUBSCRIBE, UNSUBSCRIBE and PUBLISH use the mapped name, and a message
+// arriving on a mapped name is delivered under the gateway channel that was
+// subscribed with it.
+//
 // The broker also sends UNSUBSCRIBE <prefix>sync:<n> (n a decimal number) on
 // its own subscription connection as an ordering barrier (see Live below).
 // Nothing is ever published on <prefix>sync:*; those names are reserved.
@@ -110,6 +116,13 @@ type RedisBrokerOptions struct {
 	QueueSize int
 	// Logger receives the broker's warnings; zero means slog.Default().
 	Logger *slog.Logger
+	// ChannelName maps a hub channel to the Redis channel it travels on;
+	// zero means <Prefix>ch:<channel>. It must be injective, must not
+	// return names under <Prefix>sync: (the barriers) and must be
+	// deterministic: every node of a cluster needs the same mapping. The
+	// broker remembers, for each channel it subscribed, which hub channel a
+	// Redis name stands for, and delivers incoming messages under it.
+	ChannelName func(hubChannel string) string
 	// OnLag, if not nil, is called with the lag in seconds (receive time
 	// minus the envelope's sent-at, clamped at zero) of every envelope
 	// delivered from another node. It is called from the broker's single
@@ -190,8 +203,9 @@ type BrokerStats struct {
 // which it ensures.
 type RedisBroker struct {
 	client     redis.UniversalClient
-	chPrefix   string // prefix + "ch:"
-	syncPrefix string // prefix + "sync:"
+	chPrefix   string              // prefix + "ch:"
+	chName     func(string) string // RedisBrokerOptions.ChannelName, or nil
+	syncPrefix string              // prefix + "sync:"
 	nodeID     [8]byte
 	log        *slog.Logger
 	onLag      func(float64)
@@ -221,6 +235,7 @@ type RedisBroker struct {
 	// the subscriber and the reader. No handler method is called under it.
 	mu        sync.Mutex
 	subs      map[string]*redisSub // wanted channels: latest call was Subscribe
+	hubOf     map[string]string    // Redis name -> hub channel, for the wanted channels
 	ops       []subOp              // calls not yet taken by the subscriber
 	awaiting  []awaitLive          // FIFO by round, for Live
 	awaitHead int
@@ -282,6 +297,7 @@ func NewRedisBroker(o RedisBrokerOptions) *RedisBroker {
 	return &RedisBroker{
 		client:     o.Client,
 		chPrefix:   o.Prefix + "ch:",
+		chName:     o.ChannelName,
 		syncPrefix: o.Prefix + "sync:",
 		nodeID:     o.NodeID,
 		log:        o.Logger.With("component", "redis-broker", "node", hex.EncodeToString(o.NodeID[:])),
@@ -291,8 +307,17 @@ func NewRedisBroker(o RedisBrokerOptions) *RedisBroker {
 		cancel:     cancel,
 		stop:       make(chan struct{}),
 		subs:       make(map[string]*redisSub),
+		hubOf:      make(map[string]string),
 		wake:       make(chan struct{}, 1),
 	}
+}
+
+// redisName returns the Redis channel a hub channel travels on.
+func (b *RedisBroker) redisName(channel string) string {
+	if b.chName != nil {
+		return b.chName(channel)
+	}
+	return b.chPrefix + channel
 }
 
 // NodeID returns the node's identity in envelopes.
@@ -362,8 +387,10 @@ func (b *RedisBroker) Subscribe(channel string) {
 	if b.closed.Load() {
 		return
 	}
+	name := b.redisName(channel)
 	b.mu.Lock()
 	b.subs[channel] = &redisSub{}
+	b.hubOf[name] = channel
 	b.ops = append(b.ops, subOp{channel: channel, sub: true})
 	b.mu.Unlock()
 	b.poke()
@@ -376,8 +403,12 @@ func (b *RedisBroker) Unsubscribe(channel string) {
 	if b.closed.Load() {
 		return
 	}
+	name := b.redisName(channel)
 	b.mu.Lock()
 	delete(b.subs, channel)
+	if b.hubOf[name] == channel {
+		delete(b.hubOf, name)
+	}
 	b.ops = append(b.ops, subOp{channel: channel, sub: false})
 	b.mu.Unlock()
 	b.poke()
@@ -513,7 +544,7 @@ func (p *publisher) send() {
 			if len(p.names) >= redisNameCache {
 				clear(p.names)
 			}
-			name = b.chPrefix + it.channel
+			name = b.redisName(it.channel)
 			p.names[it.channel] = name
 		}
 		p.pipe.Publish(b.ctx, name, it.data)
@@ -579,10 +610,10 @@ func (b *RedisBroker) runSubscriber() {
 				if len(keep) > 0 {
 					names := make([]string, len(keep))
 					for i, ch := range keep {
-						names[i] = b.chPrefix + ch
+						names[i] = b.redisName(ch)
 					}
 					b.unsubscribe(names, 0, false)
-					failed = b.subscribe(names)
+					failed = b.subscribe(keep, names)
 				}
 			}
 			if len(failed) == 0 && b.confirmed.Load() < sent {
@@ -617,7 +648,7 @@ func (b *RedisBroker) runSubscriber() {
 			for _, op := range ops {
 				final[op.channel] = op.sub
 			}
-			var toSub, toUnsub []string
+			var toSub, toSubNames, toUnsub []string
 			for ch, sub := range final {
 				if sub {
 					if s := b.subs[ch]; s != nil {
@@ -629,17 +660,18 @@ func (b *RedisBroker) runSubscriber() {
 				}
 				if sub {
 					issued[ch] = true
-					toSub = append(toSub, b.chPrefix+ch)
+					toSub = append(toSub, ch)
+					toSubNames = append(toSubNames, b.redisName(ch))
 				} else {
 					delete(issued, ch)
-					toUnsub = append(toUnsub, b.chPrefix+ch)
+					toUnsub = append(toUnsub, b.redisName(ch))
 				}
 			}
 			b.mu.Unlock()
 			b.liveMu.Unlock()
 			clear(ops)
 			spare = ops[:0]
-			failed = append(failed, b.subscribe(toSub)...)
+			failed = append(failed, b.subscribe(toSub, toSubNames)...)
 			// While a SUBSCRIBE is to be redone no barrier is sent: its
 			// reply would declare the failed channels live.
 			b.unsubscribe(toUnsub, round, len(failed) == 0)
@@ -649,21 +681,19 @@ func (b *RedisBroker) runSubscriber() {
 	}
 }
 
-// subscribe sends SUBSCRIBE for the Redis names and returns the gateway
-// channels of those that failed. go-redis records a name even when its
+// subscribe sends SUBSCRIBE for the Redis names (names[i] is channels[i]'s)
+// and returns the gateway channels of those that failed. go-redis records a name even when its
 // SUBSCRIBE fails and subscribes it on its next connection, but not when
 // the failure itself made go-redis reconnect at once (it resubscribes
 // before recording the new name), so failed names are redone.
-func (b *RedisBroker) subscribe(names []string) (failed []string) {
+func (b *RedisBroker) subscribe(channels, names []string) (failed []string) {
 	for len(names) > 0 {
 		n := min(len(names), redisSubscribeChunk)
 		if err := b.ps.Subscribe(b.ctx, names[:n]...); err != nil && b.ctx.Err() == nil {
 			b.subLog.warn(b.log, "redis broker: subscribe failed; will retry", "err", err)
-			for _, name := range names[:n] {
-				failed = append(failed, name[len(b.chPrefix):])
-			}
+			failed = append(failed, channels[:n]...)
 		}
-		names = names[n:]
+		names, channels = names[n:], channels[n:]
 	}
 	return failed
 }
@@ -773,13 +803,13 @@ func (b *RedisBroker) barrier(round uint64) {
 }
 
 func (b *RedisBroker) deliver(m *redis.Message) {
-	channel, ok := strings.CutPrefix(m.Channel, b.chPrefix)
-	if !ok {
-		return
-	}
 	b.mu.Lock()
+	channel, known := b.hubOf[m.Channel]
 	_, wanted := b.subs[channel]
 	b.mu.Unlock()
+	if !known {
+		return // not ours (or unsubscribed already)
+	}
 	if !wanted {
 		return // unsubscribed; Redis has not caught up yet
 	}

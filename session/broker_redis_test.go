@@ -669,3 +669,84 @@ func BenchmarkRedisBrokerPublish(bm *testing.B) {
 		runtime.Gosched()
 	}
 }
+
+// wsifyLikeNames maps "#w:<n>" to the raw Redis name pfx+n and everything
+// else to the default <pfx>ch:<c>, as wsify.RedisChannelName does.
+func wsifyLikeNames(pfx string) func(string) string {
+	return func(c string) string {
+		if n, ok := strings.CutPrefix(c, "#w:"); ok {
+			return pfx + n
+		}
+		return pfx + "ch:" + c
+	}
+}
+
+func TestRedisBrokerChannelName(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	pfx := testPrefix(t)
+	ha, hb := &fakeBrokerHandler{}, &fakeBrokerHandler{}
+	names := wsifyLikeNames(pfx)
+	a := startBroker(t, srv.Addr, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'A'}, ChannelName: names}, ha)
+	b := startBroker(t, srv.Addr, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'B'}, ChannelName: names}, hb)
+	c := newRedisClient(t, srv.Addr)
+	ctx := context.Background()
+
+	b.Subscribe("#w:hello")
+	b.Subscribe("marker")
+	waitFor(t, 5*time.Second, "Live", func() bool { return hb.liveCount("#w:hello") == 1 && hb.liveCount("marker") == 1 })
+	if n := numSub(t, c, pfx+"hello"); n != 1 {
+		t.Fatalf("subscribers of the raw name %q: %d, want 1", pfx+"hello", n)
+	}
+	if n := numSub(t, c, pfx+"ch:#w:hello"); n != 0 {
+		t.Fatalf("the default name is subscribed too (%d)", n)
+	}
+	if n := numSub(t, c, pfx+"ch:marker"); n != 1 {
+		t.Fatalf("unmapped channel: %d subscribers of the default name, want 1", n)
+	}
+
+	// An outside publisher on the raw name reaches the hub channel, verbatim.
+	if err := c.Publish(ctx, pfx+"hello", `{"x":1}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Another node's publish travels on the raw name too, in its envelope.
+	if err := a.Publish("#w:hello", []byte("from-a")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "2 deliveries", func() bool { return len(hb.payloads("#w:hello")) == 2 })
+	got := hb.payloads("#w:hello")
+	if string(got[0]) != `{"x":1}` || string(got[1]) != "from-a" {
+		t.Fatalf("got %q", got)
+	}
+	// A message on the default name of the mapped channel is not theirs.
+	if err := c.Publish(ctx, pfx+"ch:#w:hello", "wrong name").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Publish("marker", []byte("m1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "marker", func() bool { return len(hb.payloads("marker")) == 1 })
+	if got := hb.payloads("#w:hello"); len(got) != 2 {
+		t.Fatalf("deliveries: %q", got)
+	}
+
+	// Unsubscribe stops it, at once and in Redis.
+	b.Unsubscribe("#w:hello")
+	if err := c.Publish(ctx, pfx+"hello", `{"x":2}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "UNSUBSCRIBE in Redis", func() bool { return numSub(t, c, pfx+"hello") == 0 })
+	if err := c.Publish(ctx, pfx+"hello", `{"x":3}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Publish("marker", []byte("m2")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "marker 2", func() bool { return len(hb.payloads("marker")) == 2 })
+	if got := hb.payloads("#w:hello"); len(got) != 2 {
+		t.Fatalf("deliveries after Unsubscribe: %q", got)
+	}
+	if ha.deliveredCount() != 0 {
+		t.Fatal("A delivered something it never subscribed to")
+	}
+}

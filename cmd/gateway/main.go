@@ -14,6 +14,7 @@ const usage = `usage:
   gateway key revoke [--admin URL] KEY|--id ID revoke a key through the admin API
   gateway key revoke-subject [--admin URL] S   revoke every key of a subject
   gateway client --key KEY [--url URL]         a native-protocol client on stdin/stdout
+  gateway wsify [-listen-addr :3000 ...]       only wsify, with wsify v3's flag names (drop-in)
 Every flag also reads GATEWAY_<NAME> (dashes become underscores).`
 
 func main() {
@@ -30,6 +31,8 @@ func main() {
 		err = key(args)
 	case "client":
 		err = client(args)
+	case "wsify":
+		err = wsifyMain(args)
 	case "help":
 		fmt.Println(usage)
 	default:

@@ -47,6 +47,12 @@ func serve(args []string) error {
 	fs.DurationVar(&cfg.Kosync.JWTTTL, "kosync-jwt-ttl", kosync.DefaultJWTTTL, "KOsync: lifetime of the JWTs /api/auth.jwt and /api/ws hand out")
 	fs.IntVar(&cfg.Kosync.HistoryLimit, "kosync-history", kosync.DefaultHistoryLimit, "KOsync: earlier states kept per document")
 	fs.StringVar(&cfg.Kosync.PublicURL, "public-url", "", "the URL clients reach this node at (https://... makes /api/ws answer wss://); empty: from the request")
+	fs.StringVar(&cfg.Hypothesis.Authority, "hypothesis-authority", "localhost", "Hypothesis: the authority of userids (acct:<subject>@<authority>)")
+	fs.StringVar(&cfg.WsifyListen, "wsify-listen", ":3000", "wsify's own listener (empty: no wsify)")
+	fs.StringVar(&cfg.Wsify.AuthorizerURL, "wsify-authorizer-url", "", "wsify: authorizer webhook (empty: allow everything)")
+	fs.DurationVar(&cfg.Wsify.AuthorizerTimeout, "wsify-authorizer-timeout", 5*time.Second, "wsify: timeout of each authorizer call")
+	fs.StringVar(&cfg.Wsify.BroadcastingKey, "wsify-broadcasting-key", "", "wsify: key POST /broadcast?key= must give (empty: none)")
+	fs.StringVar(&cfg.WsifyRedisPrefix, "wsify-redis-prefix", "", "wsify: prefix of its Redis channels (empty: the raw channel names, as wsify)")
 	proxies := fs.String("trusted-proxies", "", "comma-separated IPs or CIDRs whose X-Forwarded-Proto/-Host and Forwarded headers are believed")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -56,28 +62,39 @@ func serve(args []string) error {
 	if cfg.Kosync.TrustedProxies, err = parsePrefixes(*proxies); err != nil {
 		return fmt.Errorf("--trusted-proxies: %w", err)
 	}
+	cfg.Secret = os.Getenv("GATEWAY_SECRET")
+	return runNode(cfg, logLevel)
+}
+
+// runNode starts a node and runs it until SIGTERM or SIGINT, then drains it.
+func runNode(cfg node.Config, logLevel string) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	cfg.Secret = os.Getenv("GATEWAY_SECRET")
-
 	n, err := node.Start(cfg)
 	if err != nil {
 		return err
 	}
-	cfg.Logger.Info("gateway listening", "ws", fmt.Sprintf("ws://%s%s", n.Addr(), native.Path),
-		"admin", "http://"+n.AdminAddr().String(), "redis", cfg.RedisURL != "")
+	cfg.Logger.Info("gateway listening", "addr", n.Addr().String(), "admin", "http://"+n.AdminAddr().String(),
+		"redis", cfg.RedisURL != "")
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig
 	cfg.Logger.Info("shutting down", "signal", s.String())
 	signal.Stop(sig) // a second signal kills at once
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout+5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), cmpOr(cfg.ShutdownTimeout, gateway.DefaultShutdownTimeout)+5*time.Second)
 	defer cancel()
 	return n.Shutdown(ctx)
+}
+
+func cmpOr(v, def time.Duration) time.Duration {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 // parsePrefixes reads "10.0.0.0/8, 127.0.0.1"; a bare address is a /32 or /128.

@@ -1,0 +1,2 @@
+// Package hypothesis is the Hypothesis Real Time API on the gateway.
+package hypothesis

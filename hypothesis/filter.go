@@ -1,0 +1,131 @@
+package hypothesis
+
+import (
+	"bytes"
+	"encoding/json"
+)
+
+// Filter fields (§5.2). A row is one (field, value) a socket listens for.
+const (
+	fieldID uint8 = iota + 1
+	fieldGroup
+	fieldURI
+	fieldReferences
+)
+
+var knownFields = map[string]uint8{
+	"/id": fieldID, "/group": fieldGroup, "/uri": fieldURI, "/references": fieldReferences,
+}
+
+// row is a key of the per-loop index: /uri values are normalised and
+// versioned scope keys, the others compare as strings.
+type row struct {
+	field uint8
+	value string
+}
+
+// parseFilter checks h's FILTER_SCHEMA (§5.1) and turns the clauses into
+// rows (§5.2), deduplicated. ok is false for a schema failure, a bad clause
+// or more than maxRows rows: the caller keeps the old filter and answers
+// "failed to parse filter".
+//
+// Every clause is checked the same way, whatever its field: it must be an
+// object with "field" (not a list or object) and "value" (a scalar, or a
+// list of scalars). Clauses on other fields than /id, /group, /uri and
+// /references are then dropped; a /uri value must be a string; other
+// non-string values can never match and produce no row.
+func parseFilter(raw json.RawMessage, maxRows int) (rows []row, ok bool) {
+	var f map[string]json.RawMessage
+	if json.Unmarshal(raw, &f) != nil || f == nil {
+		return nil, false
+	}
+	mp, hasMP := f["match_policy"]
+	clausesRaw, hasClauses := f["clauses"]
+	_, hasActions := f["actions"]
+	if !hasMP || !hasClauses || !hasActions {
+		return nil, false
+	}
+	if s, isStr := jsonString(mp); !isStr || s != "include_any" {
+		return nil, false
+	}
+	var clauses []json.RawMessage
+	if json.Unmarshal(clausesRaw, &clauses) != nil || clauses == nil {
+		return nil, false // not an array
+	}
+	seen := make(map[row]struct{})
+	for _, c := range clauses {
+		var clause map[string]json.RawMessage
+		if json.Unmarshal(c, &clause) != nil || clause == nil {
+			return nil, false
+		}
+		fieldRaw, hasField := clause["field"]
+		valueRaw, hasValue := clause["value"]
+		if !hasField || !hasValue || isComposite(fieldRaw) {
+			return nil, false
+		}
+		var values []json.RawMessage
+		if valueRaw[0] == '[' {
+			if json.Unmarshal(valueRaw, &values) != nil {
+				return nil, false
+			}
+		} else {
+			values = []json.RawMessage{valueRaw}
+		}
+		for _, v := range values {
+			if isComposite(v) {
+				return nil, false
+			}
+		}
+		name, _ := jsonString(fieldRaw)
+		field, known := knownFields[name]
+		if !known {
+			continue
+		}
+		for _, v := range values {
+			s, isStr := jsonString(v)
+			if !isStr {
+				if field == fieldURI {
+					return nil, false
+				}
+				continue
+			}
+			add := func(r row) bool {
+				if _, dup := seen[r]; dup {
+					return true
+				}
+				if len(rows) == maxRows {
+					return false
+				}
+				seen[r] = struct{}{}
+				rows = append(rows, r)
+				return true
+			}
+			if field != fieldURI {
+				if !add(row{field, s}) {
+					return nil, false
+				}
+				continue
+			}
+			base, versions := parseURIVersions(s)
+			norm := Normalize(base)
+			if len(versions) == 0 {
+				versions = []string{""}
+			}
+			for _, ver := range versions {
+				if !add(row{fieldURI, scopeKey(norm, ver)}) {
+					return nil, false
+				}
+			}
+		}
+	}
+	if rows == nil {
+		rows = []row{}
+	}
+	return rows, true
+}
+
+// isComposite reports whether a JSON value is a list or an object.
+func isComposite(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && (raw[0] == '[' || raw[0] == '{')
+}

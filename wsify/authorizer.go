@@ -1,0 +1,186 @@
+package wsify
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"sync/atomic"
+	"time"
+
+	"github.com/wsgateway/gateway/gateway"
+)
+
+// verdict is an authorizer's answer.
+type verdict uint8
+
+const (
+	allow       verdict = iota // 200
+	deny                       // any other status below 500
+	unavailable                // 5xx or a transport error
+	timedOut                   // the call's timeout passed
+)
+
+// identity is what a connection is known by in authorizer payloads (§6).
+// It is immutable once made.
+type identity struct {
+	id string
+	// conn is the "conn" value of message calls, {"id":…,"query":…}, or
+	// nil when the key is disabled or there is no authorizer.
+	conn json.RawMessage
+}
+
+// connectPayload is the body of the connect call (§3).
+type connectPayload struct {
+	Command string          `json:"command"`
+	Args    connectArgs     `json:"args"`
+	Conn    json.RawMessage `json:"conn,omitempty"`
+}
+
+type connectArgs struct {
+	Headers http.Header `json:"headers"`
+	Query   url.Values  `json:"query"`
+}
+
+// messagePayload is the body of a message call (§5): the message's own
+// command and args, nothing from earlier messages.
+type messagePayload struct {
+	Command string          `json:"command"`
+	Args    json.RawMessage `json:"args"` // nil: null
+	Conn    json.RawMessage `json:"conn,omitempty"`
+}
+
+// connIDOnly is the "conn" value of the connect call.
+type connIDOnly struct {
+	ID string `json:"id"`
+}
+
+// connFull is the "conn" value of message calls.
+type connFull struct {
+	ID    string     `json:"id"`
+	Query url.Values `json:"query"`
+}
+
+// AuthorizeHead implements gateway.HeadAuthorizer: the connect call (§3).
+// It runs off the loop with a copy of the request head. A 200 upgrades;
+// anything else, a transport error or a timeout refuses with 403 and an
+// empty body. Without an authorizer it returns at once (and Route does not
+// even offer it to the gateway).
+func (p *Protocol) AuthorizeHead(head []byte, _ netip.AddrPort) (any, error) {
+	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+	if err != nil {
+		return nil, &gateway.HTTPError{Status: http.StatusBadRequest}
+	}
+	id := &identity{id: newConnID()}
+	if p.authURL == "" {
+		return id, nil
+	}
+	query := r.URL.Query() // never nil: an empty query is {}
+	body := connectPayload{Command: "connect", Args: connectArgs{Headers: r.Header, Query: query}}
+	if p.identity {
+		body.Conn, _ = json.Marshal(connIDOnly{id.id})
+		id.conn, _ = json.Marshal(connFull{id.id, query})
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, &gateway.HTTPError{Status: http.StatusForbidden}
+	}
+	v, status, err := p.call(b)
+	if v != allow {
+		p.logVerdict("connect", id.id, v, status, err)
+		return nil, &gateway.HTTPError{Status: http.StatusForbidden}
+	}
+	return id, nil
+}
+
+// messageBody builds a message call's body.
+func (p *Protocol) messageBody(id *identity, m *message) []byte {
+	b, err := json.Marshal(messagePayload{Command: m.command, Args: m.args, Conn: id.conn})
+	if err != nil { // cannot happen: args is valid JSON
+		b = []byte(`{"command":"","args":null}`)
+	}
+	return b
+}
+
+// call POSTs body to the authorizer and classifies the answer. It blocks
+// for up to the timeout: never call it on a loop. The response body is
+// ignored (read up to 64 KiB so the connection can be reused).
+func (p *Protocol) call(body []byte) (verdict, int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.authURL, bytes.NewReader(body))
+	if err != nil {
+		p.metrics.verdict(unavailable, 0)
+		return unavailable, 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	start := time.Now()
+	resp, err := p.client.Do(req)
+	var v verdict
+	status := 0
+	switch {
+	case err != nil:
+		v = unavailable
+		var ne net.Error
+		if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+			v = timedOut
+		}
+	default:
+		status = resp.StatusCode
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		_ = resp.Body.Close()
+		switch {
+		case status == http.StatusOK:
+			v = allow
+		case status >= 500:
+			v = unavailable
+		default:
+			v = deny
+		}
+	}
+	p.metrics.verdict(v, time.Since(start))
+	return v, status, err
+}
+
+// logVerdict logs a refusal: at debug level for a deny, as a warning (at
+// most one a second) when the authorizer is down. Neither the query nor
+// the headers are logged: they carry tokens.
+func (p *Protocol) logVerdict(what, connID string, v verdict, status int, err error) {
+	switch v {
+	case deny:
+		p.log.Debug("wsify: authorizer denied", "call", what, "conn", connID, "status", status)
+	case unavailable, timedOut:
+		if p.warnLimit.allow() {
+			args := []any{"call", what, "conn", connID, "status", status, "timeout", v == timedOut}
+			if err != nil {
+				args = append(args, "err", redactURLError(err))
+			}
+			p.log.Warn("wsify: authorizer unavailable", args...)
+		}
+	}
+}
+
+// redactURLError drops the URL from a *url.Error: the authorizer URL may
+// carry a secret in its query.
+func redactURLError(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Op + ": " + ue.Err.Error()
+	}
+	return err.Error()
+}
+
+// logLimiter lets one line a second through.
+type logLimiter struct{ next atomic.Int64 }
+
+func (l *logLimiter) allow() bool {
+	now := time.Now().UnixNano()
+	next := l.next.Load()
+	return now >= next && l.next.CompareAndSwap(next, now+int64(time.Second))
+}

@@ -1,0 +1,249 @@
+package wsify
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+
+	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/session"
+	"github.com/wsgateway/gateway/token"
+)
+
+// message is one decoded client message (§4), built from its own frame
+// alone (§8.2).
+type message struct {
+	command string
+	// args is the message's args object as sent, nil when absent or null:
+	// what the authorizer receives.
+	args json.RawMessage
+	// channel is args.channel trimmed ("" when absent or not a string).
+	channel string
+	// content is json.Marshal of args.content decoded into any, for a
+	// broadcast: the bytes members receive.
+	content []byte
+}
+
+// decode parses one client message into fresh state. It reports false for
+// what is ignored silently: invalid JSON, a non-object, a command that is
+// not a string, args that are not an object, and a broadcast whose content
+// Go cannot decode (a number beyond float64, which upstream's decoder
+// rejects too). null stands for an absent command or args, as with
+// upstream's decoder.
+func decode(payload []byte) (*message, bool) {
+	var env map[string]json.RawMessage
+	if json.Unmarshal(payload, &env) != nil || env == nil {
+		return nil, false
+	}
+	m := &message{}
+	if raw, ok := env["command"]; ok && !isNull(raw) {
+		if json.Unmarshal(raw, &m.command) != nil {
+			return nil, false
+		}
+	}
+	var args map[string]json.RawMessage
+	if raw, ok := env["args"]; ok && !isNull(raw) {
+		if json.Unmarshal(raw, &args) != nil {
+			return nil, false
+		}
+		m.args = raw
+	}
+	if raw, ok := args["channel"]; ok {
+		var ch string
+		if json.Unmarshal(raw, &ch) == nil {
+			m.channel = strings.TrimSpace(ch)
+		}
+	}
+	if m.command == "broadcast" {
+		content, ok := reencode(args["content"])
+		if !ok {
+			return nil, false
+		}
+		m.content = content
+	}
+	return m, true
+}
+
+// reencode is upstream's delivery encoding (§7): decode into any, then
+// json.Marshal (compact, sorted keys, float64 numbers, HTML escaping).
+// Absent content is null.
+func reencode(raw json.RawMessage) ([]byte, bool) {
+	if raw == nil {
+		return []byte("null"), true
+	}
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return nil, false
+	}
+	b, err := json.Marshal(v)
+	return b, err == nil
+}
+
+func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
+
+// conn is one wsify socket: its gateway.Handler and its session.Sink. It
+// runs on the connection's loop. With an authorizer, messages are
+// authorized one at a time, in arrival order: while a call is in flight,
+// later messages wait in queue.
+type conn struct {
+	p    *Protocol
+	c    *gateway.Conn
+	id   *identity
+	sess *session.Session
+
+	busy   bool       // an authorizer call is in flight
+	queue  []*message // messages waiting behind it
+	doneFn func(any)
+}
+
+// OnOpen joins the loop's shard and arms the keepalive.
+func (h *conn) OnOpen(c *gateway.Conn) {
+	h.c = c
+	// The subject lets an operator revoke one wsify connection by subject
+	// ("wsify:<conn id>"); wsify has no keys of its own.
+	h.sess = session.New(token.Claims{Subject: "wsify:" + h.id.id}, h)
+	c.Loop().Shard().Add(h.sess)
+	h.doneFn = h.done
+	c.SetDeadline(time.Now().Add(pingEvery))
+}
+
+// OnMessage decodes a message and runs it, at once without an authorizer,
+// otherwise after the authorizer allows it.
+func (h *conn) OnMessage(c *gateway.Conn, op ws.OpCode, payload []byte) {
+	if op == ws.OpBinary && !utf8.Valid(payload) {
+		return // JSON text is UTF-8; text frames are checked by the gateway
+	}
+	m, ok := decode(payload)
+	if !ok {
+		return
+	}
+	if h.p.authURL == "" {
+		h.run(m)
+		return
+	}
+	if h.busy {
+		if 1+len(h.queue) >= h.p.maxBacklog {
+			h.queue = nil
+			c.Close(gateway.CloseSlowConsumer, "too many messages awaiting the authorizer")
+			return
+		}
+		h.queue = append(h.queue, m)
+		return
+	}
+	h.authorize(m)
+}
+
+// authResult carries an authorizer call's outcome back to the loop.
+type authResult struct {
+	m      *message
+	v      verdict
+	status int
+	err    error
+}
+
+// authorize asks the authorizer about m off the loop; the answer comes
+// back through Loop.Run to done. The connection takes no other call
+// meanwhile.
+func (h *conn) authorize(m *message) {
+	h.busy = true
+	p, loop, id := h.p, h.c.Loop(), h.id
+	go func() {
+		v, status, err := p.call(p.messageBody(id, m))
+		loop.Run(h.doneFn, &authResult{m, v, status, err})
+	}()
+}
+
+// done runs on the loop with an authorizer's answer, then authorizes the
+// next queued message.
+func (h *conn) done(arg any) {
+	r := arg.(*authResult)
+	h.busy = false
+	if !h.c.Open() {
+		h.queue = nil
+		return
+	}
+	switch r.v {
+	case allow:
+		h.run(r.m)
+	case deny:
+		h.p.logVerdict(r.m.command, h.id.id, r.v, r.status, r.err)
+	default:
+		h.p.logVerdict(r.m.command, h.id.id, r.v, r.status, r.err)
+		h.queue = nil
+		h.c.Close(gateway.CloseInternalError, "authorizer unavailable")
+		return
+	}
+	if len(h.queue) > 0 && h.c.Open() {
+		next := h.queue[0]
+		h.queue[0] = nil
+		h.queue = h.queue[1:]
+		h.authorize(next)
+	}
+}
+
+// run executes an allowed message (§4). Unknown commands do nothing.
+func (h *conn) run(m *message) {
+	shard := h.c.Loop().Shard()
+	switch m.command {
+	case "join":
+		if m.channel != "" {
+			shard.Subscribe(h.sess, hubChannel(m.channel)) // a no-op when joined
+		}
+	case "leave":
+		if m.channel != "" {
+			shard.Unsubscribe(h.sess, hubChannel(m.channel)) // a no-op when not joined
+		}
+	case "broadcast":
+		if m.channel == "" {
+			return // upstream published to "", which nobody can join
+		}
+		if err := h.p.hub.Publish(hubChannel(m.channel), m.content, h.sess.ID); err != nil {
+			// Counted by the hub (gateway_broker_refusals_total); the
+			// client is not told, as upstream tells it nothing.
+			if h.p.warnLimit.allow() {
+				h.p.log.Warn("wsify: broadcast refused by the broker", "conn", h.id.id, "err", err)
+			}
+		}
+	}
+}
+
+// OnDeadline pings every 30 s and closes a socket silent for 60 s with 1001.
+func (h *conn) OnDeadline(c *gateway.Conn) { c.KeepAlive(pingEvery, idleLimit) }
+
+// OnClose leaves the hub; an authorizer call in flight finds the
+// connection closed and does nothing.
+func (h *conn) OnClose(c *gateway.Conn) {
+	if h.sess != nil {
+		c.Loop().Shard().Remove(h.sess)
+	}
+	h.queue = nil
+}
+
+// Deliver implements session.Sink: the payload is the whole frame's
+// content, framed once per loop and written to every member. A payload
+// that is not valid UTF-8 (an outside publisher's, through Redis) is
+// dropped: it cannot go out as a text frame.
+func (h *conn) Deliver(_ *session.Message, enc *session.EncodeCache) {
+	if f := enc.Get(encoding, h.p.encodeFn); len(f) > 0 {
+		h.c.SendFrames(f)
+	}
+}
+
+// Subscribed implements session.Sink: wsify acknowledges nothing.
+func (h *conn) Subscribed(string) {}
+
+// Close implements session.Sink (revocation, shutdown).
+func (h *conn) Close(code uint16, reason string) { h.c.Close(code, reason) }
+
+// encode frames a publish as a text frame, or returns nothing (and counts a
+// drop, once per loop) when it is not valid UTF-8.
+func (p *Protocol) encode(dst []byte, m *session.Message) []byte {
+	if !utf8.Valid(m.Payload) {
+		p.metrics.droppedUTF8.Inc()
+		return dst[:0]
+	}
+	return gateway.AppendFrame(dst, ws.OpText, m.Payload)
+}

@@ -1,0 +1,161 @@
+package wsify
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/internal/redistest"
+	"github.com/wsgateway/gateway/session"
+)
+
+func TestRedisChannelName(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ wsifyPrefix, brokerPrefix, in, want string }{
+		{"", "gateway:", "#wsify:hello", "hello"},
+		{"", "gateway:", "#wsify: spaced name", " spaced name"},
+		{"ws:", "gateway:", "#wsify:hello", "ws:hello"},
+		{"", "gateway:", "user.1", "gateway:ch:user.1"},
+		{"", "", "user.1", "gateway:ch:user.1"}, // the broker's default prefix
+		{"", "gateway:", "#other:x", "gateway:ch:#other:x"},
+		// Names inside the broker's namespace are never used raw.
+		{"", "gateway:", "#wsify:gateway:ch:user.1", "gateway:ch:#wsify:gateway:ch:user.1"},
+		{"", "gateway:", "#wsify:gateway:revocations", "gateway:ch:#wsify:gateway:revocations"},
+		{"", "gateway:", "#wsify:gateway:sync:1", "gateway:ch:#wsify:gateway:sync:1"},
+		{"gate", "gateway:", "#wsify:way:x", "gateway:ch:#wsify:way:x"},
+		{"", "gateway:", "#wsify:gateway", "gateway"},
+	} {
+		if got := RedisChannelName(c.wsifyPrefix, c.brokerPrefix)(c.in); got != c.want {
+			t.Errorf("RedisChannelName(%q, %q)(%q) = %q, want %q", c.wsifyPrefix, c.brokerPrefix, c.in, got, c.want)
+		}
+	}
+}
+
+func TestWarnIfOpen(t *testing.T) {
+	t.Parallel()
+	open, err := New(Options{Hub: session.NewHub(nil), Logger: discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyed, _ := New(Options{Hub: session.NewHub(nil), Logger: discard, BroadcastingKey: "k"})
+	public := &net.TCPAddr{IP: net.IPv4zero, Port: 3000}
+	loop := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 3000}
+	if !open.WarnIfOpen(public) || open.WarnIfOpen(loop) || keyed.WarnIfOpen(public) {
+		t.Fatal("WarnIfOpen: want a warning only without a key on a non-loopback address")
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	hub := session.NewHub(nil)
+	for _, o := range []Options{
+		{},
+		{Hub: hub, AuthorizerURL: "localhost:8000"},
+		{Hub: hub, AuthorizerURL: "ftp://x/"},
+		{Hub: hub, AuthorizerTimeout: -1},
+		{Hub: hub, MaxBacklog: -1},
+	} {
+		if _, err := New(o); err == nil {
+			t.Errorf("New(%+v) accepted", o)
+		}
+	}
+}
+
+// redisNodes starts two gateways sharing one Redis, as a cluster.
+func redisNodes(t *testing.T) (a, b *node, rc *redis.Client) {
+	srv := redistest.Start(t)
+	opt, err := redis.ParseURL(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func() *session.Hub {
+		c := redis.NewClient(opt)
+		t.Cleanup(func() { _ = c.Close() })
+		return session.NewHub(session.NewRedisBroker(session.RedisBrokerOptions{
+			Client: c, Logger: discard, ChannelName: RedisChannelName("", "gateway:"),
+		}))
+	}
+	rc = redis.NewClient(opt)
+	t.Cleanup(func() { _ = rc.Close() })
+	return startNode(t, Options{}, mk), startNode(t, Options{}, mk), rc
+}
+
+// waitSubscribed waits until Redis has a subscriber of the raw name.
+func waitSubscribed(t *testing.T, rc *redis.Client, name string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m, err := rc.PubSubNumSub(context.Background(), name).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m[name] > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nobody subscribed %q in Redis", name)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRedisCluster(t *testing.T) {
+	t.Parallel()
+	na, nb, rc := redisNodes(t)
+	ch := "hello-" + strings.ReplaceAll(t.Name(), "/", "-") // raw names: unique if REDIS_URL is shared
+	member := dial(t, nb.addr, "")
+	member.join(ch)
+	member.sync("b-only")
+	waitSubscribed(t, rc, ch)
+
+	// A WebSocket broadcast on node A reaches node B.
+	sender := dial(t, na.addr, "")
+	sender.broadcast(ch, `{"b":1,"a":"<"}`)
+	member.expect(`{"a":"\u003c","b":1}`)
+
+	// So does POST /broadcast on node A.
+	if status, body, _ := httpDo(t, "POST", "http://"+na.addr+"/broadcast", "application/json",
+		`{"channel":"`+ch+`","content":[1.0]}`); status != 201 || len(body) != 0 {
+		t.Fatalf("POST /broadcast: %d %q", status, body)
+	}
+	member.expect(`[1]`)
+
+	// An outside publisher on the raw name: delivered verbatim.
+	ctx := context.Background()
+	if err := rc.Publish(ctx, ch, `{"x": 1}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	member.expect(`{"x": 1}`)
+	if err := rc.Publish(ctx, ch, `not json`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	member.expect(`not json`)
+
+	// Not valid UTF-8: dropped and counted.
+	before := counterValue(t, nb.p, "gateway_dropped_messages_total", map[string]string{"protocol": "wsify", "reason": "invalid_utf8"})
+	if err := rc.Publish(ctx, ch, "\xff\xfe bad").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Publish(ctx, ch, `"after"`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	member.expect(`"after"`)
+	if got := counterValue(t, nb.p, "gateway_dropped_messages_total", map[string]string{"protocol": "wsify", "reason": "invalid_utf8"}); got != before+1 {
+		t.Fatalf("dropped invalid_utf8: %v, want %v", got, before+1)
+	}
+
+	// Our own publishes keep the envelope and are not echoed twice on A.
+	local := dial(t, na.addr, "")
+	local.join(ch)
+	local.sync("a-only")
+	waitSubscribed(t, rc, ch)
+	sender.broadcast(ch, `"both"`)
+	local.expect(`"both"`)
+	member.expect(`"both"`)
+	local.quiet(100 * time.Millisecond)
+	member.quiet(10 * time.Millisecond)
+}
