@@ -133,7 +133,7 @@ var normalizeTable = []struct{ in, want string }{
 	{"http://\u00c9XAMPLE.com/", "httpx://\u00e9xample.com"},
 	{"http://ex\u00e4mple.com:80/", "httpx://ex\u00e4mple.com"},
 	{"http://example.com/path/to/page.html?id=5&lang=en#section", "httpx://example.com/path/to/page.html?id=5&lang=en"},
-	{"https://example.com/a/./b/../c", "httpx://example.com/a/./b/../c"},	{"http://example.com/?a=%252B", "httpx://example.com?a=%2B"},
+	{"https://example.com/a/./b/../c", "httpx://example.com/a/./b/../c"}, {"http://example.com/?a=%252B", "httpx://example.com?a=%2B"},
 	{"http://example.com/?%2567clid=1", "httpx://example.com?gclid=1"},
 	{"http://example.com/?a=%2B%2B+", "httpx://example.com?a=+++"},
 	{"http://example.com/?a+b=c%20d", "httpx://example.com?a+b=c+d"},

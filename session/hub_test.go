@@ -206,3 +206,51 @@ func TestEachShardRunsOnEveryLoop(t *testing.T) {
 		t.Fatalf("closed %d %d", s1.closed, s2.closed)
 	}
 }
+
+// closingSink removes its own session from inside Deliver, as a connection
+// whose write fails does.
+type closingSink struct {
+	recSink
+	sh *Shard
+	s  *Session
+}
+
+func (c *closingSink) Deliver(m *Message, enc *EncodeCache) {
+	c.recSink.Deliver(m, enc)
+	c.sh.Remove(c.s)
+}
+
+func TestRemoveDuringDeliveryMissesNobody(t *testing.T) {
+	h := NewHub(nil)
+	l := &queueLoop{}
+	sh, _ := h.NewShard(l)
+	var sinks []*recSink
+	for i := range 6 {
+		if i%2 == 0 {
+			cs := &closingSink{sh: sh}
+			cs.s = New(token.Claims{}, cs)
+			sh.Add(cs.s)
+			sh.Subscribe(cs.s, "x")
+			sinks = append(sinks, &cs.recSink)
+			continue
+		}
+		s, sink := newSession(sh, "k")
+		sh.Subscribe(s, "x")
+		sinks = append(sinks, sink)
+	}
+	_ = h.Publish("x", []byte("1"), 0)
+	l.run()
+	for i, s := range sinks {
+		if !slices.Equal(s.got, []string{"x=1"}) {
+			t.Fatalf("subscriber %d got %v", i, s.got)
+		}
+	}
+	if sh.Len() != 3 || h.Sessions() != 3 {
+		t.Fatalf("after the delivery %d sessions remain (hub %d), want 3", sh.Len(), h.Sessions())
+	}
+	var seen int
+	sh.Each(func(s *Session) { seen++; sh.Remove(s) })
+	if seen != 3 || sh.Len() != 0 {
+		t.Fatalf("Each with removals saw %d and left %d", seen, sh.Len())
+	}
+}

@@ -15,10 +15,11 @@ type Loop interface {
 }
 
 // Sink is the connection side of a session, implemented by each protocol.
-// Every method runs on the session's loop. A Sink must not call
-// Shard.Remove, Subscribe or Unsubscribe from inside these methods (the shard
-// may be iterating); a closing session is removed when its connection ends,
-// and must ignore deliveries until then.
+// Every method runs on the session's loop. A Sink must not call Subscribe
+// or Unsubscribe from inside these methods (the shard may be iterating); a
+// Remove from inside them (a connection that fails while written to) is
+// held until the iteration ends, and the closing session must ignore
+// deliveries until then.
 type Sink interface {
 	// Deliver hands over a publish on a channel the session subscribed to.
 	// m is shared with other sessions and loops: read it, never keep or

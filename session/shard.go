@@ -10,6 +10,12 @@ type Shard struct {
 	topics   map[string]*topic
 	enc      EncodeCache
 
+	// walking counts the iterations over sessions under way; a Remove that
+	// happens meanwhile (a write error closes a connection from inside a
+	// delivery) waits in removeLater until they end.
+	walking     int
+	removeLater []*Session
+
 	// Stored method values: Loop.Run takes them without allocating.
 	deliverTask, liveTask func(any)
 }
@@ -31,9 +37,14 @@ func (sh *Shard) Add(s *Session) {
 }
 
 // Remove unsubscribes s from everything and forgets it. Safe to call for a
-// session that was never added.
+// session that was never added, and from inside a delivery or Each (the
+// removal then waits until the iteration ends).
 func (sh *Shard) Remove(s *Session) {
 	if s.shard != sh || s.index < 0 {
+		return
+	}
+	if sh.walking > 0 {
+		sh.removeLater = append(sh.removeLater, s)
 		return
 	}
 	for len(s.subs) > 0 {
@@ -52,11 +63,27 @@ func (sh *Shard) Remove(s *Session) {
 // Len returns the number of sessions on the shard.
 func (sh *Shard) Len() int { return len(sh.sessions) }
 
-// Each calls fn for every session of the shard. fn may close sessions but
-// must not add or remove them itself.
+// Each calls fn for every session of the shard. fn may close sessions;
+// sessions removed meanwhile leave once Each is done.
 func (sh *Shard) Each(fn func(*Session)) {
+	sh.walking++
 	for i := 0; i < len(sh.sessions); i++ {
 		fn(sh.sessions[i])
+	}
+	sh.doneWalking()
+}
+
+// doneWalking ends an iteration and runs the removals it held back.
+func (sh *Shard) doneWalking() {
+	sh.walking--
+	if sh.walking > 0 {
+		return
+	}
+	for len(sh.removeLater) > 0 {
+		s := sh.removeLater[len(sh.removeLater)-1]
+		sh.removeLater[len(sh.removeLater)-1] = nil
+		sh.removeLater = sh.removeLater[:len(sh.removeLater)-1]
+		sh.Remove(s)
 	}
 }
 
@@ -134,12 +161,14 @@ func (sh *Shard) deliver(arg any) {
 		return
 	}
 	sh.enc.reset(m)
+	sh.walking++
 	for i := 0; i < len(t.live); i++ {
 		t.live[i].Sink.Deliver(m, &sh.enc)
 	}
 	for i := 0; i < len(t.pending); i++ {
 		t.pending[i].Sink.Deliver(m, &sh.enc)
 	}
+	sh.doneWalking()
 	sh.enc.reset(nil)
 }
 
@@ -157,7 +186,9 @@ func (sh *Shard) markLive(arg any) {
 		sub := &s.subs[s.find(channel)]
 		sub.live, sub.index = true, i
 	}
+	sh.walking++
 	for _, s := range t.live {
 		s.Sink.Subscribed(channel)
 	}
+	sh.doneWalking()
 }
