@@ -190,7 +190,8 @@ func e2eServe(t testing.TB, env []string, args ...string) *e2eProc {
 
 func e2eTryServe(t testing.TB, env []string, args ...string) (*e2eProc, error) {
 	listen, admin := e2eFreeAddr(t), e2eFreeAddr(t)
-	all := append([]string{"serve", "--listen", listen, "--admin-listen", admin, "--event-loops", "1"}, args...)
+	all := append([]string{"serve", "--listen", listen, "--admin-listen", admin, "--event-loops", "1",
+		"--wsify-listen", e2eFreeAddr(t)}, args...)
 	p := &e2eProc{
 		cmd: exec.Command(e2eGatewayBinary(t), all...),
 		ws:  "ws://" + listen + "/api/ws", admin: "http://" + admin,
