@@ -14,7 +14,8 @@ build:
 # run: start one node on embedded defaults (no Redis) and say how to get in.
 run: build
 	@mkdir -p $(DATA_DIR)
-	@echo "gateway: ws://127.0.0.1:8080/api/ws   admin: http://127.0.0.1:8081/metrics"
+	@echo "gateway: ws://127.0.0.1:8080/api/ws (native), /api/ws/<jwt> (KOsync), /ws (Hypothesis); wsify ws://127.0.0.1:3000/ws"
+	@echo "KOReader: custom sync server http://<this host>:8080   admin: http://127.0.0.1:8081/metrics"
 	@echo "a key:   $(BIN) key issue --subject alice --data-dir $(DATA_DIR)"
 	@echo "a client: $(BIN) client --key KEY --sub room"
 	$(BIN) serve --data-dir $(DATA_DIR)
