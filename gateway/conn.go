@@ -43,6 +43,7 @@ type Conn struct {
 	accept  int64 // unix nanoseconds of the TCP accept
 
 	frag     []byte // a fragmented message being joined; nil otherwise
+	outbox   []byte // frames queued during a batch of tasks; nil otherwise
 	fragOp   ws.OpCode
 	state    connState
 	discard  bool   // a framing error: no more frames can be parsed
@@ -115,6 +116,10 @@ func (c *Conn) Send(op ws.OpCode, payload []byte) {
 		l.out = AppendFrame(l.out, op, payload)
 		return
 	}
+	if l.draining {
+		c.queue(AppendFrameHeader(l.scratch[:0], op, len(payload)), payload)
+		return
+	}
 	l.scratch = AppendFrame(l.scratch[:0], op, payload)
 	c.write(l.scratch)
 }
@@ -131,7 +136,38 @@ func (c *Conn) SendFrames(frames []byte) {
 		l.out = append(l.out, frames...)
 		return
 	}
+	if l.draining {
+		c.queue(frames, nil)
+		return
+	}
 	c.write(frames)
+}
+
+// queue adds a and b to the connection's outbox: what tasks of one batch
+// send to a connection (several publishes, say) leaves in one write when the
+// batch ends (Loop.flushOutboxes), instead of one system call each.
+func (c *Conn) queue(a, b []byte) {
+	l := c.loop
+	if c.outbox == nil {
+		c.outbox = l.getBuf()
+		l.dirty = append(l.dirty, c)
+	}
+	c.outbox = append(append(c.outbox, a...), b...)
+}
+
+// flushOutbox writes the outbox at the end of a batch of tasks.
+func (c *Conn) flushOutbox() {
+	b := c.outbox
+	c.outbox = nil
+	if c.state != stateClosed {
+		if c.state == stateOpen && c.gc.OutboundBuffered()+len(b) > c.loop.srv.opts.MaxOutbound {
+			c.slowConsumer()
+		} else {
+			_, _ = c.gc.Write(b) // an error means gnet is closing it: OnClose follows
+		}
+		c.halfClose()
+	}
+	c.loop.putBuf(b)
 }
 
 // write sends b now, or closes a consumer whose queued bytes would pass the
@@ -146,6 +182,10 @@ func (c *Conn) write(b []byte) {
 
 func (c *Conn) slowConsumer() {
 	c.loop.srv.metrics.slowConsumers.Inc()
+	if c.outbox != nil { // the backlog is dropped: the close frame goes alone
+		c.loop.putBuf(c.outbox)
+		c.outbox = nil
+	}
 	c.Close(CloseSlowConsumer, "slow consumer: outbound buffer full")
 }
 
@@ -163,16 +203,19 @@ func (c *Conn) Close(code uint16, reason string) {
 	}
 	c.closeCode = code
 	l := c.loop
-	if l.cur == c {
-		l.out = AppendCloseFrame(l.out, code, reason)
-	} else {
-		l.scratch = AppendCloseFrame(l.scratch[:0], code, reason)
+	l.scratch = AppendCloseFrame(l.scratch[:0], code, reason)
+	switch {
+	case l.cur == c:
+		l.out = append(l.out, l.scratch...)
+	case c.outbox != nil: // after what is queued, and written with it
+		c.outbox = append(c.outbox, l.scratch...)
+	default:
 		_, _ = c.gc.Write(l.scratch)
 	}
 	c.state = stateClosing
 	c.shutWR = true
 	l.wheel.Set(&c.timer, l.srv.clock()+closeGraceSeconds)
-	if l.cur != c {
+	if l.cur != c && c.outbox == nil {
 		c.halfClose()
 	}
 }

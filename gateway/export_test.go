@@ -27,6 +27,7 @@ func (l *fakeLoop) Feed(f *FakeConn, b []byte) gnet.Action { return l.feed(f, b)
 func (l *fakeLoop) Run()                                   { l.run() }
 func (l *fakeLoop) Server() *Server                        { return l.srv }
 func (f *fakeConn) Output() []byte                         { return f.out }
-func (f *fakeConn) ResetOutput()                           { f.out, f.written = f.out[:0], 0 }
+func (f *fakeConn) ResetOutput()                           { f.out, f.written, f.writes = f.out[:0], 0, 0 }
 func (f *fakeConn) DiscardOutput()                         { f.discardOutput = true }
 func (f *fakeConn) Written() int                           { return f.written }
+func (f *fakeConn) Writes() int                            { return f.writes }

@@ -24,6 +24,7 @@ type fakeConn struct {
 	discardOutput bool
 	closed        bool
 	woken         int
+	writes        int
 }
 
 func newFakeConn(el *fakeLoop) *fakeConn { return &fakeConn{el: el} }
@@ -43,6 +44,7 @@ func (f *fakeConn) Peek(int) ([]byte, error)      { return f.in, nil }
 func (f *fakeConn) Discard(n int) (int, error)    { f.in = f.in[n:]; return n, nil }
 func (f *fakeConn) Write(p []byte) (int, error) {
 	f.written += len(p)
+	f.writes++
 	if !f.discardOutput {
 		f.out = append(f.out, p...)
 	}

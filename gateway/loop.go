@@ -29,6 +29,12 @@ type Loop struct {
 	cur *Conn
 	// scratch builds a frame written outside OnTraffic.
 	scratch []byte
+	// draining: tasks are running; connections they write to wait in
+	// dirty with their outboxes until the batch ends. free holds outbox
+	// buffers for reuse.
+	draining bool
+	dirty    []*Conn
+	free     [][]byte
 
 	// The handshake parser: one Upgrader whose hooks fill hs.
 	upgrader   ws.Upgrader
@@ -106,12 +112,46 @@ func (l *Loop) drain(context.Context) error {
 	l.tasks, l.running = l.running[:0], l.tasks
 	l.scheduled = false
 	l.mu.Unlock()
+	l.draining = true
 	for i := range l.running {
 		t := &l.running[i]
 		t.fn(t.arg)
 		*t = task{}
 	}
+	l.draining = false
+	l.flushOutboxes()
 	return nil
+}
+
+// flushOutboxes writes every outbox filled by the batch, one write each.
+func (l *Loop) flushOutboxes() {
+	for i := 0; i < len(l.dirty); i++ { // a flush may close a connection but adds none
+		c := l.dirty[i]
+		l.dirty[i] = nil
+		if c.outbox != nil {
+			c.flushOutbox()
+		}
+	}
+	l.dirty = l.dirty[:0]
+}
+
+// maxFreeBuf is the largest outbox buffer kept for reuse; bigger ones (a
+// burst to one connection) go back to the garbage collector.
+const maxFreeBuf = 64 << 10
+
+func (l *Loop) getBuf() []byte {
+	if n := len(l.free); n > 0 {
+		b := l.free[n-1]
+		l.free = l.free[:n-1]
+		return b
+	}
+	return make([]byte, 0, 512)
+}
+
+func (l *Loop) putBuf(b []byte) {
+	if b != nil && cap(b) <= maxFreeBuf {
+		l.free = append(l.free, b[:0])
+	}
 }
 
 // Shard returns the loop's shard of the session hub.

@@ -8,6 +8,7 @@ import (
 	"github.com/wsgateway/gateway/gateway"
 	"github.com/wsgateway/gateway/native"
 	"github.com/wsgateway/gateway/packet"
+	"github.com/wsgateway/gateway/session"
 	"github.com/wsgateway/gateway/token"
 )
 
@@ -143,4 +144,38 @@ func FuzzNativeMessages(f *testing.F) {
 		l.Feed(c, unmasked(msg))
 		l.Feed(c, unmasked(packet.AppendPublish(nil, "room", []byte("after"))))
 	})
+}
+
+// TestBatchOfPublishesIsOneWrite: publishes that reach a loop in one batch
+// of tasks leave to each subscriber in one write, in order, and a close in
+// the same batch follows them.
+func TestBatchOfPublishesIsOneWrite(t *testing.T) {
+	l, key := nativeLoop(t)
+	subs := make([]*gateway.FakeConn, 3)
+	for i := range subs {
+		subs[i] = authenticated(t, l, key)
+		l.Feed(subs[i], unmasked(packet.AppendSubscribe(nil, "b")))
+		subs[i].ResetOutput()
+	}
+	hub := l.Server().Hub()
+	for _, p := range []string{"one", "two", "three"} {
+		if err := hub.Publish("b", []byte(p), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hub.EachShard(func(sh *session.Shard) {
+		sh.Each(func(s *session.Session) { s.Sink.Close(3004, "bye") })
+	})
+	l.Run()
+	var want []byte
+	for _, p := range []string{"one", "two", "three"} {
+		msg := packet.AppendMessage(nil, "b", []byte(p))
+		want = append(gateway.AppendFrameHeader(want, 0x2, len(msg)), msg...)
+	}
+	want = gateway.AppendCloseFrame(want, 3004, "bye")
+	for i, s := range subs {
+		if s.Writes() != 1 || !bytes.Equal(s.Output(), want) {
+			t.Fatalf("subscriber %d: %d writes of % x, want one of % x", i, s.Writes(), s.Output(), want)
+		}
+	}
 }
