@@ -11,7 +11,9 @@
 // are not goroutine-safe. Other goroutines reach a loop only through
 // Loop.Run, a FIFO queue per loop woken by one gnet Execute per batch: gnet's
 // own task queues may reorder tasks under load, and deliveries must keep
-// their order. Server and Admin methods are goroutine-safe.
+// their order. What the tasks of one batch send to a connection collects in
+// its outbox and leaves in one write when the batch ends. Server and Admin
+// methods are goroutine-safe.
 //
 // # Per connection
 //
