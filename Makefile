@@ -6,7 +6,7 @@ FUZZTIME  ?= 30s
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/wsgateway/gateway/gateway.Version=$(VERSION)
 
-.PHONY: build run test vet race bench fuzz clean
+.PHONY: build run test vet race bench bench-micro fuzz clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gateway
@@ -30,9 +30,15 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1)
 	$(GO) vet ./...
 
-# bench: the hot-path micro-benchmarks with allocations.
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./packet ./gateway ./session ./native ./token
+# bench: the whole-system suite, gateway and baseline side by side
+# (bench/README.md); results in bench/results/.
+BENCH_FLAGS ?=
+bench: build
+	$(GO) run ./bench/cmd/bench -gateway $(BIN) -out bench/results $(BENCH_FLAGS)
+
+# bench-micro: the hot-path micro-benchmarks with allocations.
+bench-micro:
+	$(GO) test -run '^$$' -bench . -benchmem ./packet ./gateway ./session ./native ./token ./hypothesis ./kosync
 
 # fuzz: each fuzz target for FUZZTIME.
 fuzz:
