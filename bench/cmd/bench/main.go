@@ -1,0 +1,374 @@
+// Command bench runs the load-generator scenarios of bench/loadgen
+// against the gateway and the baseline server in turn, on the same machine
+// with the same settings, and writes results.json and results.md with the
+// ratio gateway/baseline of every figure. Each scenario gets fresh server
+// processes so memory figures are comparable. See bench/README.md.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wsgateway/gateway/bench/loadgen"
+)
+
+type options struct {
+	gateway, baseline, out, scenarios string
+	servers                           string
+	conns, handshakeConns, pingConns  int
+	pings, subs, publishes, payload   int
+	channels, subsPerChannel, pubs    int
+	channelPublishes, jsonSubs        int
+	jsonPublishes                     int
+	churnRate, dialRate, publishRate  float64
+	duration, timeout                 time.Duration
+	eventLoops, clientLoops           int
+	sourceIPs, firstSourceIP          int
+	inFlight                          int
+	quick                             bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.gateway, "gateway", "bin/gateway", "gateway binary")
+	flag.StringVar(&o.baseline, "baseline", "", "baseline binary (default: go build ./bench/baseline into a temp dir)")
+	flag.StringVar(&o.out, "out", "bench/results", "output directory for results.json and results.md")
+	flag.StringVar(&o.scenarios, "scenarios", strings.Join(loadgen.Order, ","), "comma-separated scenarios")
+	flag.StringVar(&o.servers, "servers", "gateway,baseline", "servers to run, in order")
+	flag.IntVar(&o.conns, "conns", 10000, "idle: connections")
+	flag.IntVar(&o.handshakeConns, "handshake-conns", 3000, "handshake: connections opened as fast as possible")
+	flag.IntVar(&o.pingConns, "ping-conns", 1000, "ping: connections")
+	flag.IntVar(&o.pings, "pings", 20, "ping: rounds (one Ping per connection each)")
+	flag.IntVar(&o.subs, "fanout-subs", 5000, "fanout: subscribers of the channel (churn keeps a tenth, at least 100, as stable subscribers)")
+	flag.IntVar(&o.publishes, "publishes", 200, "fanout: publishes")
+	flag.IntVar(&o.payload, "payload", 100, "payload bytes of each publish")
+	flag.IntVar(&o.channels, "channels", 100, "channels: channels")
+	flag.IntVar(&o.subsPerChannel, "subs-per-channel", 20, "channels: subscribers per channel")
+	flag.IntVar(&o.pubs, "publishers", 10, "channels: publisher connections")
+	flag.IntVar(&o.channelPublishes, "channel-publishes", 1000, "channels: publishes per publisher (round robin over the channels)")
+	flag.IntVar(&o.jsonSubs, "json-subs", 1000, "wsify-fanout, kosync-fanout: subscribers")
+	flag.IntVar(&o.jsonPublishes, "json-publishes", 200, "wsify-fanout, kosync-fanout: publishes")
+	flag.Float64Var(&o.churnRate, "churn-rate", 1000, "churn: new connections per second")
+	flag.Float64Var(&o.dialRate, "dial-rate", 4000, "dial pacing per second (all scenarios but handshake); 0: in-flight bound only")
+	flag.Float64Var(&o.publishRate, "publish-rate", 0, "publishes per second per publisher (0: back to back; churn: 200)")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "idle: hold time; churn: duration")
+	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "longest wait for deliveries")
+	flag.IntVar(&o.eventLoops, "event-loops", 2, "gateway --event-loops")
+	flag.IntVar(&o.clientLoops, "client-loops", 0, "load generator event loops (0: GOMAXPROCS)")
+	flag.IntVar(&o.sourceIPs, "source-ips", 50, "loopback source addresses to rotate over")
+	flag.IntVar(&o.firstSourceIP, "first-source-ip", 2, "first source address: 127.0.0.N (use distinct ranges for several load processes)")
+	flag.IntVar(&o.inFlight, "in-flight", 500, "handshakes in flight at most")
+	flag.BoolVar(&o.quick, "quick", false, "smoke run in seconds: tiny counts")
+	flag.Parse()
+	if o.quick {
+		o.conns, o.handshakeConns, o.pingConns, o.pings = 300, 300, 100, 5
+		o.subs, o.publishes, o.channels, o.subsPerChannel, o.pubs, o.channelPublishes = 200, 50, 10, 10, 3, 100
+		o.jsonSubs, o.jsonPublishes, o.churnRate, o.duration, o.timeout = 100, 20, 200, 2*time.Second, 20*time.Second
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// Report is results.json.
+type Report struct {
+	Date     string            `json:"date"`
+	Machine  map[string]string `json:"machine"`
+	Settings map[string]any    `json:"settings"`
+	Results  []*loadgen.Result `json:"results"`
+}
+
+func run(o options) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var lim syscall.Rlimit
+	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	// The load generator holds one fd per connection in this process.
+	maxConns := int(lim.Cur) - 300
+	for _, n := range []*int{&o.conns, &o.handshakeConns, &o.pingConns, &o.subs, &o.jsonSubs} {
+		if *n > maxConns {
+			fmt.Fprintf(os.Stderr, "bench: %d connections exceed the open-file limit %d of one process; using %d (run several load processes to go further)\n", *n, lim.Cur, maxConns)
+			*n = maxConns
+		}
+	}
+	if _, err := os.Stat(o.gateway); err != nil {
+		return fmt.Errorf("gateway binary: %w (build it: go build -o bin/gateway ./cmd/gateway)", err)
+	}
+	tmp, err := os.MkdirTemp("", "bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	servers := strings.Split(o.servers, ",")
+	if o.baseline == "" && contains(servers, loadgen.Baseline) {
+		o.baseline = filepath.Join(tmp, "baseline")
+		fmt.Println("building ./bench/baseline ...")
+		cmd := exec.Command("go", "build", "-o", o.baseline, "./bench/baseline")
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("building the baseline: %w", err)
+		}
+	}
+	secretRaw := make([]byte, 32)
+	_, _ = rand.Read(secretRaw)
+	secret := hex.EncodeToString(secretRaw)
+
+	rep := &Report{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(lim), Settings: settings(o)}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	for _, name := range strings.Split(o.scenarios, ",") {
+		name = strings.TrimSpace(name)
+		sc := loadgen.Scenarios[name]
+		if sc == nil {
+			return fmt.Errorf("unknown scenario %q (have %v)", name, loadgen.Order)
+		}
+		for _, kind := range servers {
+			if ctx.Err() != nil {
+				break
+			}
+			if kind == loadgen.Baseline && loadgen.GatewayOnly[name] {
+				continue
+			}
+			fmt.Printf("== %s on %s\n", name, kind)
+			res := runOne(ctx, o, kind, name, sc, secret, tmp)
+			rep.Results = append(rep.Results, res)
+			printBrief(res)
+		}
+	}
+	b, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(filepath.Join(o.out, "results.json"), append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.out, "results.md"), []byte(markdown(rep)), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("wrote %s and %s\n", filepath.Join(o.out, "results.json"), filepath.Join(o.out, "results.md"))
+	return ctx.Err()
+}
+
+func params(o options, name string) loadgen.Params {
+	p := loadgen.Params{PayloadSize: o.payload, PublishRate: o.publishRate, Duration: o.duration, Timeout: o.timeout,
+		Engine: loadgen.Config{SourceIPs: o.sourceIPs, FirstSourceIP: o.firstSourceIP, MaxInFlight: o.inFlight,
+			DialRate: o.dialRate, EventLoops: o.clientLoops}}
+	switch name {
+	case "idle":
+		p.Conns = o.conns
+	case "handshake":
+		p.Conns = o.handshakeConns
+		p.Engine.DialRate = 0
+	case "ping":
+		p.Conns, p.Pings = o.pingConns, o.pings
+	case "fanout", "churn":
+		p.Subs, p.Publishes = o.subs, o.publishes
+		p.ChurnRate = o.churnRate
+	case "channels":
+		p.Channels, p.SubsPerChannel, p.Publishers, p.Publishes = o.channels, o.subsPerChannel, o.pubs, o.channelPublishes
+	case "wsify-fanout", "kosync-fanout":
+		p.Subs, p.Publishes = o.jsonSubs, o.jsonPublishes
+	}
+	return p
+}
+
+// server is a started server process.
+type server struct {
+	cmd    *exec.Cmd
+	target loadgen.Target
+	ready  string
+	done   chan error
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func startServer(o options, kind, secret, tmp string) (*server, error) {
+	var ports [3]int
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = p
+	}
+	main := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	admin := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	var cmd *exec.Cmd
+	switch kind {
+	case loadgen.Gateway:
+		dataDir, err := os.MkdirTemp(tmp, "data-")
+		if err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(o.gateway, "serve", "--listen", main, "--admin-listen", admin, "--data-dir", dataDir,
+			"--wsify-listen", fmt.Sprintf("127.0.0.1:%d", ports[2]), "--event-loops", fmt.Sprint(o.eventLoops),
+			"--ping-timeout", "60s", "--log-level", "warn")
+	case loadgen.Baseline:
+		cmd = exec.Command(o.baseline, "-listen", main, "-metrics", admin)
+	default:
+		return nil, fmt.Errorf("unknown server %q", kind)
+	}
+	cmd.Env = append(os.Environ(), "GATEWAY_SECRET="+secret)
+	logf, err := os.Create(filepath.Join(tmp, kind+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &server{cmd: cmd, ready: "http://" + admin + "/readyz", done: make(chan error, 1)}
+	go func() { s.done <- cmd.Wait(); logf.Close() }()
+	s.target = loadgen.Target{Kind: kind, WSURL: "ws://" + main + "/api/ws", MetricsURL: "http://" + admin + "/metrics",
+		PID: cmd.Process.Pid, Secret: secret}
+	if kind == loadgen.Gateway {
+		s.target.HTTPURL = "http://" + main
+		s.target.WsifyURL = fmt.Sprintf("ws://127.0.0.1:%d/ws", ports[2])
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case err := <-s.done:
+			log, _ := os.ReadFile(filepath.Join(tmp, kind+".log"))
+			return nil, fmt.Errorf("%s exited at start: %v\n%s", kind, err, log)
+		default:
+		}
+		resp, err := http.Get(s.ready)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			s.stop()
+			return nil, fmt.Errorf("%s not ready after 20 s", kind)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // let start-up allocations settle before the empty sample
+	return s, nil
+}
+
+func (s *server) stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(20 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+func runOne(ctx context.Context, o options, kind, name string, sc loadgen.Scenario, secret, tmp string) *loadgen.Result {
+	p := params(o, name)
+	s, err := startServer(o, kind, secret, tmp)
+	if err != nil {
+		return &loadgen.Result{Scenario: name, Server: kind, Params: p, Error: err.Error()}
+	}
+	defer s.stop()
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	res := sc(sctx, s.target, p)
+	select {
+	case err := <-s.done:
+		s.done <- err
+		if res.Error == "" {
+			res.Error = fmt.Sprintf("server exited during the run: %v", err)
+		}
+	default:
+	}
+	// Let the sockets of this run leave the client side before the next.
+	time.Sleep(500 * time.Millisecond)
+	return res
+}
+
+func printBrief(r *loadgen.Result) {
+	fmt.Printf("   conns %d (errors %d) handshakes/s %.0f", r.Conns, r.ConnectErrors, r.HandshakesPerS)
+	if r.Expected > 0 {
+		fmt.Printf(" delivered %d/%d lost %d dup %d reord %d deliveries/s %.0f p50 %.2fms p99 %.2fms p99.9 %.2fms",
+			r.Delivered, r.Expected, r.Lost, r.Duplicates, r.Reordered, r.DeliveriesPS, r.Latency.P50, r.Latency.P99, r.Latency.P999)
+	}
+	if r.PingRTT.Count > 0 {
+		fmt.Printf(" rtt p50 %.2fms p99 %.2fms", r.PingRTT.P50, r.PingRTT.P99)
+	}
+	fmt.Printf(" rss/conn %.0f heap/conn %.0f cpu %.2fs (%.1fs)\n", r.RSSPC, r.HeapPC, r.CPU, r.Seconds)
+	if r.Error != "" {
+		fmt.Println("   error:", r.Error)
+	}
+	if r.FirstError != "" {
+		fmt.Println("   first connect error:", r.FirstError)
+	}
+	if len(r.CloseCodes) > 0 {
+		fmt.Println("   unexpected closes:", r.CloseCodes)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if strings.TrimSpace(v) == s {
+			return true
+		}
+	}
+	return false
+}
+
+func settings(o options) map[string]any {
+	return map[string]any{"conns": o.conns, "handshake_conns": o.handshakeConns, "ping_conns": o.pingConns, "pings": o.pings,
+		"fanout_subs": o.subs, "publishes": o.publishes, "payload": o.payload, "channels": o.channels,
+		"subs_per_channel": o.subsPerChannel, "publishers": o.pubs, "channel_publishes": o.channelPublishes,
+		"json_subs": o.jsonSubs, "json_publishes": o.jsonPublishes, "churn_rate": o.churnRate, "dial_rate": o.dialRate,
+		"publish_rate": o.publishRate, "duration": o.duration.String(), "gateway_event_loops": o.eventLoops,
+		"client_event_loops": o.clientLoops, "source_ips": o.sourceIPs, "in_flight": o.inFlight, "quick": o.quick}
+}
+
+func machine(lim syscall.Rlimit) map[string]string {
+	m := map[string]string{
+		"nproc":      fmt.Sprint(runtime.NumCPU()),
+		"go":         runtime.Version(),
+		"ulimit_Hn":  fmt.Sprint(lim.Max),
+		"ulimit_n":   fmt.Sprint(lim.Cur),
+		"somaxconn":  readTrim("/proc/sys/net/core/somaxconn"),
+		"port_range": strings.Join(strings.Fields(readTrim("/proc/sys/net/ipv4/ip_local_port_range")), "-"),
+		"kernel":     readTrim("/proc/sys/kernel/osrelease"),
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				m["memory"] = strings.TrimSpace(rest)
+			}
+		}
+	}
+	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
+		m["gateway_version"] = strings.TrimSpace(string(out))
+	}
+	return m
+}
+
+func readTrim(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
+}
