@@ -44,6 +44,7 @@ type Conn struct {
 
 	frag     []byte // a fragmented message being joined; nil otherwise
 	outbox   []byte // frames queued during a batch of tasks; nil otherwise
+	outRef   []byte // or the one encoded frame queued, by reference
 	fragOp   ws.OpCode
 	state    connState
 	discard  bool   // a framing error: no more frames can be parsed
@@ -143,22 +144,43 @@ func (c *Conn) SendFrames(frames []byte) {
 	c.write(frames)
 }
 
+// SendEncoded is SendFrames for frames from the loop's session.EncodeCache,
+// which stay unchanged until the batch of tasks ends: the first one queued
+// for a connection in a batch is kept by reference, not copied, so a publish
+// to many connections copies nothing.
+func (c *Conn) SendEncoded(frames []byte) {
+	l := c.loop
+	if c.state != stateOpen || !l.draining || l.cur == c || c.outbox != nil || c.outRef != nil {
+		c.SendFrames(frames)
+		return
+	}
+	l.stats.countSent(c, len(frames))
+	c.outRef = frames
+	l.dirty = append(l.dirty, c)
+}
+
 // queue adds a and b to the connection's outbox: what tasks of one batch
 // send to a connection (several publishes, say) leaves in one write when the
 // batch ends (Loop.flushOutboxes), instead of one system call each.
 func (c *Conn) queue(a, b []byte) {
 	l := c.loop
 	if c.outbox == nil {
-		c.outbox = l.getBuf()
-		l.dirty = append(l.dirty, c)
+		c.outbox = append(l.getBuf(), c.outRef...)
+		if c.outRef == nil {
+			l.dirty = append(l.dirty, c)
+		}
+		c.outRef = nil
 	}
 	c.outbox = append(append(c.outbox, a...), b...)
 }
 
 // flushOutbox writes the outbox at the end of a batch of tasks.
 func (c *Conn) flushOutbox() {
-	b := c.outbox
-	c.outbox = nil
+	b, owned := c.outbox, true
+	if b == nil {
+		b, owned = c.outRef, false
+	}
+	c.outbox, c.outRef = nil, nil
 	if c.state != stateClosed {
 		if c.state == stateOpen && c.gc.OutboundBuffered()+len(b) > c.loop.srv.opts.MaxOutbound {
 			c.slowConsumer()
@@ -167,7 +189,9 @@ func (c *Conn) flushOutbox() {
 		}
 		c.halfClose()
 	}
-	c.loop.putBuf(b)
+	if owned {
+		c.loop.putBuf(b)
+	}
 }
 
 // write sends b now, or closes a consumer whose queued bytes would pass the
@@ -182,9 +206,9 @@ func (c *Conn) write(b []byte) {
 
 func (c *Conn) slowConsumer() {
 	c.loop.srv.metrics.slowConsumers.Inc()
-	if c.outbox != nil { // the backlog is dropped: the close frame goes alone
+	if c.outbox != nil || c.outRef != nil { // the backlog is dropped: the close frame goes alone
 		c.loop.putBuf(c.outbox)
-		c.outbox = nil
+		c.outbox, c.outRef = nil, nil
 	}
 	c.Close(CloseSlowConsumer, "slow consumer: outbound buffer full")
 }
@@ -207,15 +231,15 @@ func (c *Conn) Close(code uint16, reason string) {
 	switch {
 	case l.cur == c:
 		l.out = append(l.out, l.scratch...)
-	case c.outbox != nil: // after what is queued, and written with it
-		c.outbox = append(c.outbox, l.scratch...)
+	case c.outbox != nil || c.outRef != nil: // after what is queued, with it
+		c.queue(l.scratch, nil)
 	default:
 		_, _ = c.gc.Write(l.scratch)
 	}
 	c.state = stateClosing
 	c.shutWR = true
 	l.wheel.Set(&c.timer, l.srv.clock()+closeGraceSeconds)
-	if l.cur != c && c.outbox == nil {
+	if l.cur != c && c.outbox == nil && c.outRef == nil {
 		c.halfClose()
 	}
 }

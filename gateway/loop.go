@@ -120,6 +120,9 @@ func (l *Loop) drain(context.Context) error {
 	}
 	l.draining = false
 	l.flushOutboxes()
+	if l.shard != nil {
+		l.shard.EndBatch()
+	}
 	return nil
 }
 
@@ -128,16 +131,20 @@ func (l *Loop) flushOutboxes() {
 	for i := 0; i < len(l.dirty); i++ { // a flush may close a connection but adds none
 		c := l.dirty[i]
 		l.dirty[i] = nil
-		if c.outbox != nil {
+		if c.outbox != nil || c.outRef != nil {
 			c.flushOutbox()
 		}
 	}
 	l.dirty = l.dirty[:0]
 }
 
-// maxFreeBuf is the largest outbox buffer kept for reuse; bigger ones (a
-// burst to one connection) go back to the garbage collector.
-const maxFreeBuf = 64 << 10
+// Outbox buffers kept for reuse: at most maxFreeBufs of at most maxFreeBuf
+// bytes per loop, so a burst to many connections does not pin its memory
+// after it passed.
+const (
+	maxFreeBuf  = 16 << 10
+	maxFreeBufs = 4096
+)
 
 func (l *Loop) getBuf() []byte {
 	if n := len(l.free); n > 0 {
@@ -149,7 +156,7 @@ func (l *Loop) getBuf() []byte {
 }
 
 func (l *Loop) putBuf(b []byte) {
-	if b != nil && cap(b) <= maxFreeBuf {
+	if b != nil && cap(b) <= maxFreeBuf && len(l.free) < maxFreeBufs {
 		l.free = append(l.free, b[:0])
 	}
 }

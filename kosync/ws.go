@@ -294,7 +294,7 @@ func (h *wsConn) OnClose(c *gateway.Conn) {
 // Deliver implements session.Sink: an announce is already the whole pubsub
 // frame; it is framed once per loop and written to every subscriber.
 func (h *wsConn) Deliver(m *session.Message, enc *session.EncodeCache) {
-	h.c.SendFrames(enc.Get(encoding, encodeText))
+	h.c.SendEncoded(enc.Get(encoding, encodeText))
 }
 
 // Subscribed implements session.Sink: the subscription is live.

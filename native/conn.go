@@ -238,7 +238,7 @@ func (h *conn) Deliver(m *session.Message, enc *session.EncodeCache) {
 	}
 	frame := enc.Get(encoding, encodeMessage)
 	if h.batch == 0 {
-		h.c.SendFrames(frame)
+		h.c.SendEncoded(frame)
 		return
 	}
 	n := packet.MessageLen(len(m.Channel), len(m.Payload))

@@ -60,6 +60,10 @@ func (sh *Shard) Remove(s *Session) {
 	sh.hub.sessions.Add(-1)
 }
 
+// EndBatch tells the shard that its loop finished a batch of tasks and
+// wrote what they queued: the encoded frames may be reused.
+func (sh *Shard) EndBatch() { sh.enc.endBatch() }
+
 // Len returns the number of sessions on the shard.
 func (sh *Shard) Len() int { return len(sh.sessions) }
 

@@ -228,7 +228,7 @@ func (h *conn) OnClose(c *gateway.Conn) {
 // dropped: it cannot go out as a text frame.
 func (h *conn) Deliver(_ *session.Message, enc *session.EncodeCache) {
 	if f := enc.Get(encoding, h.p.encodeFn); len(f) > 0 {
-		h.c.SendFrames(f)
+		h.c.SendEncoded(f)
 	}
 }
 

@@ -141,6 +141,7 @@ var Scenarios = map[string]Scenario{
 	"handshake":     Handshake,
 	"ping":          PingRTT,
 	"fanout":        Fanout,
+	"fanout-paced":  FanoutPaced,
 	"channels":      ManyChannels,
 	"churn":         Churn,
 	"wsify-fanout":  WsifyFanout,
@@ -148,7 +149,7 @@ var Scenarios = map[string]Scenario{
 }
 
 // Order is the suite's order.
-var Order = []string{"idle", "handshake", "ping", "fanout", "channels", "churn", "wsify-fanout", "kosync-fanout"}
+var Order = []string{"idle", "handshake", "ping", "fanout", "fanout-paced", "channels", "churn", "wsify-fanout", "kosync-fanout"}
 
 // GatewayOnly lists the scenarios the baseline does not speak.
 var GatewayOnly = map[string]bool{"wsify-fanout": true, "kosync-fanout": true}
@@ -464,6 +465,22 @@ func PingRTT(ctx context.Context, t Target, p Params) *Result {
 	}
 	rn.extra("pongs", total)
 	return rn.finish(nil)
+}
+
+// DefaultPacedRate is FanoutPaced's publish rate when Params gives none.
+const DefaultPacedRate = 10
+
+// FanoutPaced is Fanout at a steady publish rate (PublishRate, default
+// DefaultPacedRate per second): the publish-to-delivery latency of a
+// server that keeps up, where back-to-back publishing measures throughput
+// and queueing.
+func FanoutPaced(ctx context.Context, t Target, p Params) *Result {
+	if p.PublishRate == 0 {
+		p.PublishRate = DefaultPacedRate
+	}
+	r := Fanout(ctx, t, p)
+	r.Scenario = "fanout-paced"
+	return r
 }
 
 // Fanout subscribes Subs clients to one channel (waiting for every

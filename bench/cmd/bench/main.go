@@ -40,6 +40,8 @@ type options struct {
 	sourceIPs, firstSourceIP          int
 	inFlight                          int
 	quick                             bool
+	pacedPublishes                    int
+	pacedRate                         float64
 }
 
 func main() {
@@ -53,8 +55,10 @@ func main() {
 	flag.IntVar(&o.handshakeConns, "handshake-conns", 3000, "handshake: connections opened as fast as possible")
 	flag.IntVar(&o.pingConns, "ping-conns", 1000, "ping: connections")
 	flag.IntVar(&o.pings, "pings", 20, "ping: rounds (one Ping per connection each)")
-	flag.IntVar(&o.subs, "fanout-subs", 5000, "fanout: subscribers of the channel (churn keeps a tenth, at least 100, as stable subscribers)")
+	flag.IntVar(&o.subs, "fanout-subs", 10000, "fanout: subscribers of the channel (churn keeps a tenth, at least 100, as stable subscribers)")
 	flag.IntVar(&o.publishes, "publishes", 200, "fanout: publishes")
+	flag.IntVar(&o.pacedPublishes, "paced-publishes", 50, "fanout-paced: publishes")
+	flag.Float64Var(&o.pacedRate, "paced-rate", loadgen.DefaultPacedRate, "fanout-paced: publishes per second")
 	flag.IntVar(&o.payload, "payload", 100, "payload bytes of each publish")
 	flag.IntVar(&o.channels, "channels", 100, "channels: channels")
 	flag.IntVar(&o.subsPerChannel, "subs-per-channel", 20, "channels: subscribers per channel")
@@ -77,6 +81,7 @@ func main() {
 	if o.quick {
 		o.conns, o.handshakeConns, o.pingConns, o.pings = 300, 300, 100, 5
 		o.subs, o.publishes, o.channels, o.subsPerChannel, o.pubs, o.channelPublishes = 200, 50, 10, 10, 3, 100
+		o.pacedPublishes = 10
 		o.jsonSubs, o.jsonPublishes, o.churnRate, o.duration, o.timeout = 100, 20, 200, 2*time.Second, 20*time.Second
 	}
 	if err := run(o); err != nil {
@@ -177,6 +182,8 @@ func params(o options, name string) loadgen.Params {
 	case "fanout", "churn":
 		p.Subs, p.Publishes = o.subs, o.publishes
 		p.ChurnRate = o.churnRate
+	case "fanout-paced":
+		p.Subs, p.Publishes, p.PublishRate = o.subs, o.pacedPublishes, o.pacedRate
 	case "channels":
 		p.Channels, p.SubsPerChannel, p.Publishers, p.Publishes = o.channels, o.subsPerChannel, o.pubs, o.channelPublishes
 	case "wsify-fanout", "kosync-fanout":
