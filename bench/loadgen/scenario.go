@@ -40,11 +40,16 @@ type Target struct {
 
 // Params size a scenario; zero values take the defaults of DefaultParams.
 type Params struct {
-	Conns          int           `json:"conns,omitempty"`
-	Subs           int           `json:"subs,omitempty"`
-	Publishes      int           `json:"publishes,omitempty"`
-	PayloadSize    int           `json:"payload_size,omitempty"`
-	PublishRate    float64       `json:"publish_rate,omitempty"` // per publisher; 0: back to back
+	Conns       int     `json:"conns,omitempty"`
+	Subs        int     `json:"subs,omitempty"`
+	Publishes   int     `json:"publishes,omitempty"`
+	PayloadSize int     `json:"payload_size,omitempty"`
+	PublishRate float64 `json:"publish_rate,omitempty"` // per publisher; 0: back to back
+	// Channel is fanout's channel (zero: bench.fanout); PublishAt, when set,
+	// holds fanout's publishes until then: several load processes attached
+	// to one cluster connect first and publish together.
+	Channel        string        `json:"channel,omitempty"`
+	PublishAt      time.Time     `json:"publish_at,omitempty"`
 	Channels       int           `json:"channels,omitempty"`
 	SubsPerChannel int           `json:"subs_per_channel,omitempty"`
 	Publishers     int           `json:"publishers,omitempty"`
@@ -467,6 +472,13 @@ func PingRTT(ctx context.Context, t Target, p Params) *Result {
 	return rn.finish(nil)
 }
 
+func cmpStr(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
 // DefaultPacedRate is FanoutPaced's publish rate when Params gives none.
 const DefaultPacedRate = 10
 
@@ -492,7 +504,8 @@ func Fanout(ctx context.Context, t Target, p Params) *Result {
 	if err != nil {
 		return rn.finish(err)
 	}
-	subs, _ := rn.dialAll(rn.p.Subs, &subHandler{rn: rn}, func(int) []string { return []string{"bench.fanout"} }, 0)
+	channel := cmpStr(rn.p.Channel, "bench.fanout")
+	subs, _ := rn.dialAll(rn.p.Subs, &subHandler{rn: rn}, func(int) []string { return []string{channel} }, 0)
 	n := rn.r.Conns
 	pc, _, err := rn.e.Dial(ctx, &DialSpec{URL: t.WSURL, Proto: Native, Key: rn.keys.key(-1), Handler: &pingHandler{rn: rn}})
 	if err != nil {
@@ -500,10 +513,16 @@ func Fanout(ctx context.Context, t Target, p Params) *Result {
 	}
 	_ = subs
 	pub := &publisher{c: pc, seqs: map[string]uint64{}}
+	if !rn.p.PublishAt.IsZero() { // several load processes publish together
+		select {
+		case <-time.After(time.Until(rn.p.PublishAt)):
+		case <-ctx.Done():
+		}
+	}
 	start := time.Now()
 	for i := range rn.p.Publishes {
 		pace(start, i, rn.p.PublishRate)
-		if err := pub.publish("bench.fanout", rn.p.PayloadSize); err != nil {
+		if err := pub.publish(channel, rn.p.PayloadSize); err != nil {
 			return rn.finish(err)
 		}
 	}

@@ -42,6 +42,9 @@ type options struct {
 	quick                             bool
 	pacedPublishes                    int
 	pacedRate                         float64
+	attach, attachMetrics             string
+	attachSecret, channel             string
+	publishAt                         int64
 }
 
 func main() {
@@ -77,6 +80,11 @@ func main() {
 	flag.IntVar(&o.firstSourceIP, "first-source-ip", 2, "first source address: 127.0.0.N (use distinct ranges for several load processes)")
 	flag.IntVar(&o.inFlight, "in-flight", 500, "handshakes in flight at most")
 	flag.BoolVar(&o.quick, "quick", false, "smoke run in seconds: tiny counts")
+	flag.StringVar(&o.attach, "attach", "", "run against servers already running at this ws:// URL (a cluster: see README), starting none")
+	flag.StringVar(&o.attachMetrics, "attach-metrics", "", "with -attach: a /metrics URL for heap figures")
+	flag.StringVar(&o.attachSecret, "attach-secret", os.Getenv("GATEWAY_SECRET"), "with -attach: the servers' GATEWAY_SECRET (default: the environment's)")
+	flag.StringVar(&o.channel, "channel", "", "fanout: channel (default bench.fanout; distinct per load process in a cluster run)")
+	flag.Int64Var(&o.publishAt, "publish-at", 0, "fanout: Unix second at which to start publishing (several load processes together)")
 	flag.Parse()
 	if o.quick {
 		o.conns, o.handshakeConns, o.pingConns, o.pings = 300, 300, 100, 5
@@ -120,6 +128,9 @@ func run(o options) error {
 	}
 	defer os.RemoveAll(tmp)
 	servers := strings.Split(o.servers, ",")
+	if o.attach != "" {
+		servers = []string{loadgen.Gateway}
+	}
 	if o.baseline == "" && contains(servers, loadgen.Baseline) {
 		o.baseline = filepath.Join(tmp, "baseline")
 		fmt.Println("building ./bench/baseline ...")
@@ -182,6 +193,10 @@ func params(o options, name string) loadgen.Params {
 	case "fanout", "churn":
 		p.Subs, p.Publishes = o.subs, o.publishes
 		p.ChurnRate = o.churnRate
+		p.Channel = o.channel
+		if o.publishAt > 0 {
+			p.PublishAt = time.Unix(o.publishAt, 0)
+		}
 	case "fanout-paced":
 		p.Subs, p.Publishes, p.PublishRate = o.subs, o.pacedPublishes, o.pacedRate
 	case "channels":
@@ -289,6 +304,10 @@ func (s *server) stop() {
 
 func runOne(ctx context.Context, o options, kind, name string, sc loadgen.Scenario, secret, tmp string) *loadgen.Result {
 	p := params(o, name)
+	if o.attach != "" {
+		t := loadgen.Target{Kind: kind, WSURL: o.attach, MetricsURL: o.attachMetrics, Secret: o.attachSecret}
+		return sc(ctx, t, p)
+	}
 	s, err := startServer(o, kind, secret, tmp)
 	if err != nil {
 		return &loadgen.Result{Scenario: name, Server: kind, Params: p, Error: err.Error()}
