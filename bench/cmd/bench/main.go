@@ -119,7 +119,7 @@ func run(o options) error {
 			*n = maxConns
 		}
 	}
-	if _, err := os.Stat(o.gateway); err != nil {
+	if _, err := os.Stat(o.gateway); err != nil && o.attach == "" {
 		return fmt.Errorf("gateway binary: %w (build it: go build -o bin/gateway ./cmd/gateway)", err)
 	}
 	tmp, err := os.MkdirTemp("", "bench-")
