@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -70,6 +71,11 @@ func NewAdmin(srv *Server, o AdminOptions) *Admin {
 		{"POST", "/api/publish", http.HandlerFunc(a.publish)},
 		{"POST", "/api/revoke", http.HandlerFunc(a.revoke)},
 		{"POST", "/api/revoke/subject", http.HandlerFunc(a.revokeSubject)},
+		{"GET", "/debug/pprof/", http.HandlerFunc(pprof.Index)},
+		{"GET", "/debug/pprof/profile", http.HandlerFunc(pprof.Profile)},
+		{"GET", "/debug/pprof/trace", http.HandlerFunc(pprof.Trace)},
+		{"GET", "/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol)},
+		{"GET", "/debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline)},
 	}
 	mux := http.NewServeMux()
 	a.mux, a.allowed = mux, map[string]string{}
