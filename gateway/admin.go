@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -9,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -32,6 +35,15 @@ type AdminOptions struct {
 	Secrets *token.Secrets
 	// Revoker revokes; required.
 	Revoker *token.Revoker
+	// Token, when set, must come as "Authorization: Bearer <Token>" on the
+	// admin API and the profiler; /metrics, /healthz and /readyz stay open
+	// for probes and scrapers. Zero means no token (loopback binds only:
+	// the node refuses another bind without one).
+	Token string
+	// Dependencies reports the optional dependencies that are down (Redis);
+	// /readyz then says "degraded" but stays 200, because the node still
+	// serves its own clients. Zero means none.
+	Dependencies func() (down []string)
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -39,19 +51,41 @@ type AdminOptions struct {
 // Admin is the operators' listener: /metrics, /healthz, /readyz and the
 // JSON API (publish, revoke). It runs on net/http, off the event loops.
 type Admin struct {
-	srv     *Server
-	opts    AdminOptions
-	http    *http.Server
-	ln      net.Listener
-	mux     *http.ServeMux
-	allowed map[string]string // path -> method, for 405 answers
+	tokenSum *[32]byte // SHA-256 of the token: compared in constant time
+	srv      *Server
+	opts     AdminOptions
+	http     *http.Server
+	ln       net.Listener
+	mux      *http.ServeMux
+	allowed  map[string]string // path -> method, for 405 answers
 }
 
 // Handle adds an endpoint to the admin listener (a protocol's event
-// intake, say). Call before Start.
+// intake, say); it requires the token like the rest of the API. Call
+// before Start.
 func (a *Admin) Handle(method, path string, h http.Handler) {
+	if open := path == "/metrics" || path == "/healthz" || path == "/readyz"; !open {
+		h = a.requireToken(h)
+	}
 	a.mux.Handle(method+" "+path, h)
 	a.allowed[path] = method
+}
+
+// requireToken answers 401 unless the request carries the admin token.
+func (a *Admin) requireToken(h http.Handler) http.Handler {
+	if a.tokenSum == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(given))
+		if !ok || subtle.ConstantTimeCompare(sum[:], a.tokenSum[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="gateway-admin"`)
+			writeError(w, http.StatusUnauthorized, "admin token required")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // NewAdmin returns the admin listener of srv.
@@ -79,6 +113,10 @@ func NewAdmin(srv *Server, o AdminOptions) *Admin {
 	}
 	mux := http.NewServeMux()
 	a.mux, a.allowed = mux, map[string]string{}
+	if o.Token != "" {
+		sum := sha256.Sum256([]byte(o.Token))
+		a.tokenSum = &sum
+	}
 	allowed := a.allowed
 	for _, r := range routes {
 		a.Handle(r.method, r.path, r.h)
@@ -118,11 +156,18 @@ func (a *Admin) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// readyz is 503 while the server drains, so balancers stop sending.
+// readyz is 503 while the server drains, so balancers stop sending; with
+// an optional dependency down it stays 200 but says "degraded".
 func (a *Admin) readyz(w http.ResponseWriter, _ *http.Request) {
 	if a.srv.Draining() {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
 		return
+	}
+	if a.opts.Dependencies != nil {
+		if down := a.opts.Dependencies(); len(down) > 0 {
+			writeJSON(w, http.StatusOK, map[string]any{"status": "degraded", "down": down})
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }

@@ -175,11 +175,53 @@ func (l *Loop) tick(any) {
 
 func fireDeadline(c *Conn) { c.deadlinePassed() }
 
-// shutdown starts closing every connection of the loop with 1001.
+// shutdown starts closing every connection of the loop: handshakes at
+// once, sessions with 1001 in batches spread over the drain window.
 func (l *Loop) shutdown(any) {
-	var all []*Conn
-	l.wheel.Each(func(c *Conn) { all = append(all, c) })
-	for _, c := range all {
+	var open []*Conn
+	l.wheel.Each(func(c *Conn) {
+		if c.state == stateOpen {
+			open = append(open, c)
+		}
+	})
+	var rest []*Conn
+	l.wheel.Each(func(c *Conn) {
+		if c.state == stateHandshake {
+			rest = append(rest, c)
+		}
+	})
+	closeBatch(rest)
+	l.spreadCloses(open)
+}
+
+// drainStep is the interval between two batches of closes in a drain.
+const drainStep = 50 * time.Millisecond
+
+// spreadCloses closes conns evenly over the loop's share of the drain: the
+// window, or less when at the minimum rate they are all closed sooner.
+func (l *Loop) spreadCloses(conns []*Conn) {
+	loops := max(len(l.srv.allLoops()), 1)
+	span := min(l.srv.opts.DrainWindow, time.Duration(len(conns))*time.Second*time.Duration(loops)/minDrainRate)
+	steps := int(span / drainStep)
+	if steps <= 1 {
+		closeBatch(conns)
+		return
+	}
+	per := (len(conns) + steps - 1) / steps
+	for i := 0; i*per < len(conns); i++ {
+		batch := conns[i*per : min((i+1)*per, len(conns))]
+		if i == 0 {
+			closeBatch(batch)
+			continue
+		}
+		l.After(time.Duration(i)*drainStep, closeBatchTask, batch)
+	}
+}
+
+func closeBatchTask(arg any) { closeBatch(arg.([]*Conn)) }
+
+func closeBatch(conns []*Conn) {
+	for _, c := range conns {
 		c.shutdown()
 	}
 }

@@ -32,9 +32,15 @@ const (
 	// DefaultMaxOutbound is the byte budget of a connection's unsent
 	// output; a consumer past it is closed with CloseSlowConsumer.
 	DefaultMaxOutbound = 1 << 20
-	// DefaultShutdownTimeout bounds Shutdown: sessions get their 1001 close
-	// and this long to go before the engine stops.
-	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultDrainWindow spreads the 1001 closes of a shutdown, so that
+	// clients do not all reconnect in the same second.
+	DefaultDrainWindow = 10 * time.Second
+	// DefaultShutdownTimeout bounds Shutdown as a whole: the drain, the
+	// close handshakes, then the engine stops whatever is left.
+	DefaultShutdownTimeout = 30 * time.Second
+	// minDrainRate is the slowest a node drains, in closes per second: a
+	// node with few connections does not wait out the whole window.
+	minDrainRate = 1000
 )
 
 // Close codes the gateway itself uses, whatever the protocol (RFC 6455
@@ -79,7 +85,11 @@ type Options struct {
 	MaxMessageSize int
 	// MaxOutbound: zero means DefaultMaxOutbound.
 	MaxOutbound int
-	// ShutdownTimeout: zero means DefaultShutdownTimeout.
+	// DrainWindow: zero means DefaultDrainWindow. Sessions are closed
+	// evenly over it, at least minDrainRate (1000) per second.
+	DrainWindow time.Duration
+	// ShutdownTimeout: zero means DefaultShutdownTimeout; it is raised to
+	// DrainWindow plus 5 s if shorter.
 	ShutdownTimeout time.Duration
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
@@ -91,7 +101,8 @@ func (o *Options) setDefaults() {
 	o.HandshakeTimeout = cmpOr(o.HandshakeTimeout, DefaultHandshakeTimeout)
 	o.MaxMessageSize = cmpOr(o.MaxMessageSize, DefaultMaxMessageSize)
 	o.MaxOutbound = cmpOr(o.MaxOutbound, DefaultMaxOutbound)
-	o.ShutdownTimeout = cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout)
+	o.DrainWindow = cmpOr(o.DrainWindow, DefaultDrainWindow)
+	o.ShutdownTimeout = max(cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout), o.DrainWindow+5*time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -249,8 +260,9 @@ func (s *Server) Addr() net.Addr { return s.ListenerAddr(MainListener) }
 // Draining reports whether Shutdown has begun.
 func (s *Server) Draining() bool { return s.draining.Load() }
 
-// Shutdown refuses new connections, closes every session with 1001 and a
-// reason, waits for them to go (at most ShutdownTimeout, or ctx), then stops
+// Shutdown refuses new connections (Draining turns true, so /readyz answers
+// 503), closes every session with 1001 and a reason, spread over the drain
+// window, waits for them to go (at most ShutdownTimeout, or ctx), then stops
 // the loops and the HTTP side.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if s.draining.Swap(true) {

@@ -10,10 +10,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/gateway"
@@ -69,8 +72,13 @@ type Config struct {
 	EventLoops int
 	// ReusePort lets several processes share Listen (SO_REUSEPORT).
 	ReusePort bool
-	// ShutdownTimeout: zero means gateway.DefaultShutdownTimeout (10 s).
+	// DrainWindow: zero means gateway.DefaultDrainWindow (10 s).
+	DrainWindow time.Duration
+	// ShutdownTimeout: zero means gateway.DefaultShutdownTimeout (30 s).
 	ShutdownTimeout time.Duration
+	// AdminToken protects the admin API (Bearer). Zero means none, which
+	// is refused unless AdminListen is a loopback address.
+	AdminToken string
 	// Kosync configures the KOReader sync server; its Store, Secrets,
 	// Revoker, Hub and Logger are filled in by Start.
 	Kosync kosync.Options
@@ -112,6 +120,56 @@ type Node struct {
 	done   chan struct{}
 	// sweeping: the sweep goroutine runs and stopParts must end it.
 	sweeping bool
+	redisUp  atomic.Bool
+}
+
+// redisCheckEvery is how often a node with Redis checks it answers.
+const redisCheckEvery = time.Second
+
+// watchRedis pings Redis until ctx ends, for /readyz and gateway_redis_up.
+func (n *Node) watchRedis(ctx context.Context) {
+	t := time.NewTicker(redisCheckEvery)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, redisCheckEvery/2)
+		up := n.redis.Ping(pctx).Err() == nil
+		cancel()
+		if was := n.redisUp.Swap(up); was != up {
+			n.log.Warn("redis reachability changed", "up", up)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// down lists the optional dependencies that are down, for /readyz.
+func (n *Node) down() []string {
+	if n.redis != nil && !n.redisUp.Load() {
+		return []string{"redis"}
+	}
+	return nil
+}
+
+// checkAdminBind refuses an admin listener reachable from other hosts
+// without a token: it can publish and revoke.
+func checkAdminBind(addr, token string) error {
+	if token != "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(cmpOr(addr, gateway.DefaultAdminListen))
+	if err != nil {
+		return fmt.Errorf("--admin-listen: %w", err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("--admin-listen %s is not a loopback address: set --admin-token (GATEWAY_ADMIN_TOKEN)", addr)
 }
 
 // Start builds and starts a node. On error nothing is left running.
@@ -121,6 +179,9 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = DefaultDataDir
+	}
+	if err := checkAdminBind(cfg.AdminListen, cfg.AdminToken); err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n = &Node{cfg: cfg, log: cfg.Logger, cancel: cancel, sweep: make(chan struct{}, 1), done: make(chan struct{})}
@@ -141,6 +202,10 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	n.Hub = session.NewHub(broker)
+	if n.redis != nil {
+		n.redisUp.Store(true) // until the first check says otherwise
+		go n.watchRedis(ctx)
+	}
 	n.Revoker = token.NewRevoker(n.store, token.NewRevoked(), n.revoked, n.log)
 	// The KOsync service exists before the revoker calls back into it.
 	if cfg.Only != OnlyWsify {
@@ -157,10 +222,11 @@ func Start(cfg Config) (n *Node, err error) {
 	n.Server = gateway.New(gateway.Options{
 		Listen: cfg.Listen, EventLoops: cfg.EventLoops, ReusePort: cfg.ReusePort,
 		HandshakeTimeout: cfg.HandshakeTimeout, MaxMessageSize: cfg.MaxMessageSize,
-		MaxOutbound: cfg.MaxOutbound, ShutdownTimeout: cfg.ShutdownTimeout, Logger: n.log,
+		MaxOutbound: cfg.MaxOutbound, DrainWindow: cfg.DrainWindow, ShutdownTimeout: cfg.ShutdownTimeout, Logger: n.log,
 	}, n.Hub)
 	n.Admin = gateway.NewAdmin(n.Server, gateway.AdminOptions{
 		Listen: cfg.AdminListen, Secrets: secrets, Revoker: n.Revoker, Logger: n.log,
+		Token: cfg.AdminToken, Dependencies: n.down,
 	})
 	if err := n.addProtocols(cfg, secrets); err != nil {
 		return nil, err
@@ -188,6 +254,16 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 		return err
 	}
 	reg.MustRegister(w.Collectors()...)
+	if n.redis != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gateway_redis_up", Help: "1 while the node's Redis answers PING (checked every second), else 0.",
+		}, func() float64 {
+			if n.redisUp.Load() {
+				return 1
+			}
+			return 0
+		}))
+	}
 	n.wsify = w
 	if cfg.Only == OnlyWsify {
 		n.Server.Handle(w.Route(gateway.MainListener))

@@ -62,8 +62,12 @@ func keyIssue(args []string) error {
 }
 
 func adminFlag(fs *flag.FlagSet) *string {
+	fs.StringVar(&adminToken, "admin-token", "", "the admin API's bearer token, if it has one")
 	return fs.String("admin", "http://"+gateway.DefaultAdminListen, "the admin listener's URL")
 }
+
+// adminToken is the --admin-token of the key subcommands.
+var adminToken string
 
 func keyRevoke(args []string) error {
 	fs := flag.NewFlagSet("key revoke", flag.ContinueOnError)
@@ -100,7 +104,15 @@ func keyRevokeSubject(args []string) error {
 func postAdmin(base, path string, body any) error {
 	b, _ := json.Marshal(body)
 	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Post(strings.TrimRight(base, "/")+path, "application/json", bytes.NewReader(b))
+	req, err := http.NewRequest(http.MethodPost, strings.TrimRight(base, "/")+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if adminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
