@@ -121,6 +121,25 @@ type Node struct {
 	// sweeping: the sweep goroutine runs and stopParts must end it.
 	sweeping bool
 	redisUp  atomic.Bool
+	broker   session.Broker
+}
+
+// brokerCollectors exports the Redis broker's counters.
+func brokerCollectors(b *session.RedisBroker) []prometheus.Collector {
+	counter := func(name, help string, labels prometheus.Labels, read func(session.BrokerStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(read(b.Stats())) })
+	}
+	return []prometheus.Collector{
+		counter("gateway_redis_pubsub_reconnects_total", "Reconnects of the node's Redis pub/sub connection (publishes from other nodes may be lost at each).", nil,
+			func(s session.BrokerStats) uint64 { return s.Reconnects }),
+		counter("gateway_redis_errors_total", "Redis operations that failed, by operation.", prometheus.Labels{"op": "publish"},
+			func(s session.BrokerStats) uint64 { return s.PublishErrors }),
+		counter("gateway_redis_published_total", "Publishes handed to Redis for the other nodes.", nil,
+			func(s session.BrokerStats) uint64 { return s.Published }),
+		counter("gateway_redis_received_total", "Publishes received from other nodes or outside publishers through Redis.", nil,
+			func(s session.BrokerStats) uint64 { return s.Received }),
+	}
 }
 
 // redisCheckEvery is how often a node with Redis checks it answers.
@@ -201,6 +220,7 @@ func Start(cfg Config) (n *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	n.broker = broker
 	n.Hub = session.NewHub(broker)
 	if n.redis != nil {
 		n.redisUp.Store(true) // until the first check says otherwise
@@ -254,6 +274,9 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 		return err
 	}
 	reg.MustRegister(w.Collectors()...)
+	if rb, ok := n.broker.(*session.RedisBroker); ok {
+		reg.MustRegister(brokerCollectors(rb)...)
+	}
 	if n.redis != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gateway_redis_up", Help: "1 while the node's Redis answers PING (checked every second), else 0.",
