@@ -41,6 +41,11 @@ type Conn struct {
 	timer   session.Timer[Conn]
 	remote  netip.AddrPort
 	accept  int64 // unix nanoseconds of the TCP accept
+	// lim is the server's limiter, nil without Limits; tat is the message
+	// rate's token bucket (GCRA: when the bucket is next empty, in
+	// nanoseconds since the server's epoch).
+	lim *limiter
+	tat int64
 
 	frag     []byte // a fragmented message being joined; nil otherwise
 	outbox   []byte // frames queued during a batch of tasks; nil otherwise
@@ -59,6 +64,11 @@ type Conn struct {
 
 	closeCode uint16 // the code sent or received, for metrics
 	byPeer    bool   // the peer started the close
+	// admitted: the connection holds places in the limiter's caps.
+	admitted bool
+	// utf8 validates a fragmented text message as its fragments come; zero
+	// otherwise (3 bytes, in what was padding).
+	utf8 utf8State
 }
 
 // Loop returns the connection's event loop.
@@ -301,6 +311,10 @@ func (c *Conn) closed() {
 	c.state = stateClosed
 	c.loop.wheel.Stop(&c.timer)
 	c.frag = nil
+	if c.admitted {
+		c.admitted = false
+		c.lim.release(c.remote.Addr().Unmap())
+	}
 	if upgraded {
 		c.handler.OnClose(c)
 		c.loop.srv.metrics.disconnect(c.route.Protocol, c.closeCode, c.byPeer)
@@ -377,10 +391,13 @@ func (c *Conn) frame(h ws.Header, payload []byte) gnet.Action {
 	case ws.OpClose:
 		return c.closeFrame(payload)
 	case ws.OpPing:
-		c.Send(ws.OpPong, payload)
+		if c.state == stateOpen && c.overRate() {
+			return gnet.None
+		}
+		c.Send(ws.OpPong, payload) // nothing once our close is out
 		return gnet.None
 	case ws.OpPong:
-		return gnet.None
+		return gnet.None // unsolicited or not: activity only
 	}
 	if c.state != stateOpen {
 		return gnet.None // data after our close frame is dropped
@@ -390,24 +407,53 @@ func (c *Conn) frame(h ws.Header, payload []byte) gnet.Action {
 		return gnet.None
 	}
 	if h.Fin && c.fragOp == 0 {
-		c.message(h.OpCode, payload)
+		if !c.overRate() {
+			c.message(h.OpCode, payload, false)
+		}
 		return gnet.None
 	}
 	if h.OpCode != ws.OpContinuation {
 		c.fragOp = h.OpCode
+		c.utf8 = utf8State{}
+	}
+	// Text is checked fragment by fragment: the close comes as soon as the
+	// bytes so far cannot be UTF-8, not when the message ends (RFC 6455
+	// 8.1; Autobahn 6.x "fail fast"). A sequence cut at a fragment's end
+	// waits for the next fragment.
+	if c.fragOp == ws.OpText && (!c.utf8.feed(payload) || h.Fin && !c.utf8.complete()) {
+		c.fail(CloseInvalidPayload, "text message is not valid utf-8")
+		return gnet.None
 	}
 	c.frag = append(c.frag, payload...)
 	if h.Fin {
 		op, msg := c.fragOp, c.frag
-		c.fragOp, c.frag = 0, nil
-		c.message(op, msg)
+		c.fragOp, c.frag, c.utf8 = 0, nil, utf8State{}
+		if !c.overRate() {
+			c.message(op, msg, true)
+		}
 	}
 	return gnet.None
 }
 
-// message hands a whole message to the protocol.
-func (c *Conn) message(op ws.OpCode, payload []byte) {
-	if op == ws.OpText && !utf8.Valid(payload) {
+// overRate charges a message to the connection's rate limit; past it, the
+// connection is closed with 1008 and overRate reports true.
+func (c *Conn) overRate() bool {
+	lim := c.lim
+	if lim == nil || lim.interval == 0 {
+		return false
+	}
+	if !lim.overRate(&c.tat, int64(time.Since(c.loop.srv.epoch))) {
+		return false
+	}
+	lim.metrics.rate.Inc()
+	c.fail(ClosePolicyViolation, "message rate exceeded")
+	return true
+}
+
+// message hands a whole message to the protocol. checked: text was already
+// validated, fragment by fragment.
+func (c *Conn) message(op ws.OpCode, payload []byte, checked bool) {
+	if op == ws.OpText && !checked && !utf8.Valid(payload) {
 		c.fail(CloseInvalidPayload, "text message is not valid utf-8")
 		return
 	}

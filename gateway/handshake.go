@@ -32,6 +32,7 @@ type handshakeState struct {
 	req                               Request
 	uri, host, origin, auth, xff, xfp []byte
 	result                            string // the metrics label when the upgrade fails
+	admitted                          bool   // the limiter counted the connection
 }
 
 // appendWriter is the io.Writer the Upgrader answers into: it appends to the
@@ -102,9 +103,19 @@ var (
 	tokenWebSocket      = []byte("websocket")
 )
 
-// accept asks the route's protocol for a handler.
+// accept checks the limits (origin, connection caps), then asks the
+// route's protocol for a handler.
 func (l *Loop) accept() error {
 	hs := &l.hs
+	lim := l.limiter()
+	if lim != nil {
+		result, err := lim.admit(hs.route, hs.origin, hs.conn.remote.Addr().Unmap())
+		if err != nil {
+			hs.result = result
+			return err
+		}
+		hs.admitted = true
+	}
 	hs.req = Request{
 		URI: hs.uri, Path: pathOf(hs.uri), Host: hs.host,
 		Origin: nilIfEmpty(hs.origin), Authorization: nilIfEmpty(hs.auth),
@@ -114,6 +125,7 @@ func (l *Loop) accept() error {
 	h, err := hs.route.Protocol.Accept(&hs.req)
 	if err != nil {
 		hs.result = resultRejected
+		l.unadmit()
 		var he *HTTPError
 		if errors.As(err, &he) {
 			return ws.RejectConnectionError(ws.RejectionStatus(he.Status), ws.RejectionReason(he.Text))
@@ -124,8 +136,17 @@ func (l *Loop) accept() error {
 	return nil
 }
 
+// unadmit gives back the limiter's places of an upgrade that failed.
+func (l *Loop) unadmit() {
+	if l.hs.admitted {
+		l.hs.admitted = false
+		l.limiter().release(l.hs.conn.remote.Addr().Unmap())
+	}
+}
+
 func (l *Loop) resetHandshake(c *Conn) {
 	hs := &l.hs
+	hs.admitted = false
 	hs.conn, hs.route, hs.handler, hs.result = c, nil, nil, resultBadRequest
 	hs.uri, hs.host = hs.uri[:0], hs.host[:0]
 	hs.origin, hs.auth, hs.xff, hs.xfp = hs.origin[:0], hs.auth[:0], hs.xff[:0], hs.xfp[:0]
@@ -251,10 +272,12 @@ func (c *Conn) upgrade(head []byte) (int, gnet.Action) {
 		io.Writer
 	}{&l.headReader, appendWriter{l}}
 	if _, err := l.upgrader.Upgrade(rw); err != nil {
+		l.unadmit()
 		l.srv.metrics.handshake(protocolOf(l.hs.route), l.hs.result)
 		return 0, gnet.Close // gobwas wrote the error response into l.out
 	}
 	c.route, c.handler = l.hs.route, l.hs.handler
+	c.lim, c.admitted, l.hs.admitted = l.limiter(), l.hs.admitted, false
 	l.hs.conn, l.hs.handler, l.hs.route = nil, nil, nil
 	c.state = stateOpen
 	l.srv.metrics.upgraded(c.route.Protocol, time.Duration(time.Now().UnixNano()-c.accept))

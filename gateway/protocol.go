@@ -63,6 +63,12 @@ type Route struct {
 	// one the client offers that is in this list; none if the client offers
 	// only others. Zero means the route selects none.
 	Subprotocols []string
+	// Browser marks a protocol browsers speak (KOsync, Hypothesis, wsify,
+	// echo): its upgrades carrying an Origin header are checked against
+	// Limits.AllowedOrigins (403 when not allowed), against cross-site
+	// WebSocket hijacking. Native clients are not browsers: their routes
+	// ignore Origin.
+	Browser bool
 	// InternalError is the close code sent when the protocol's handler
 	// panics (the panic is logged and the server goes on); zero means
 	// CloseInternalError (1011).

@@ -136,6 +136,8 @@ type Server struct {
 
 	loopsMu sync.Mutex
 	loops   []*Loop
+
+	limits *limiter // SetLimits; nil: no limits
 }
 
 // New returns a server that delivers publishes through hub. Add routes and

@@ -76,6 +76,12 @@ type Config struct {
 	DrainWindow time.Duration
 	// ShutdownTimeout: zero means gateway.DefaultShutdownTimeout (30 s).
 	ShutdownTimeout time.Duration
+	// Limits are the overload limits (message rate, connection caps,
+	// allowed origins); zero values mean no limit (see gateway.Limits).
+	Limits gateway.Limits
+	// EchoPath serves the echo protocol there, for conformance suites;
+	// zero means no echo endpoint.
+	EchoPath string
 	// AdminToken protects the admin API (Bearer). Zero means none, which
 	// is refused unless AdminListen is a loopback address.
 	AdminToken string
@@ -192,7 +198,7 @@ func checkAdminBind(addr, token string) error {
 }
 
 // Start builds and starts a node. On error nothing is left running.
-func Start(cfg Config) (n *Node, err error) {
+func Start(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -203,22 +209,26 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n = &Node{cfg: cfg, log: cfg.Logger, cancel: cancel, sweep: make(chan struct{}, 1), done: make(chan struct{})}
-	defer func() {
-		if err != nil {
-			n.stopParts()
-		}
-	}()
+	n := &Node{cfg: cfg, log: cfg.Logger, cancel: cancel, sweep: make(chan struct{}, 1), done: make(chan struct{})}
+	if err := n.start(ctx, cfg); err != nil {
+		n.stopParts() // what started before the failure
+		return nil, err
+	}
+	return n, nil
+}
+
+// start builds and starts the parts in order; Start undoes them on error.
+func (n *Node) start(ctx context.Context, cfg Config) error {
 	secrets, source, err := token.LoadSecrets(cfg.Secret, cfg.SecretFile, cfg.DataDir)
 	if err != nil {
-		return nil, fmt.Errorf("secret: %w", err)
+		return fmt.Errorf("secret: %w", err)
 	}
 	n.Secrets = secrets
 	n.log.Info("secret loaded", "source", source, "secrets", secrets.Len())
 
 	broker, err := n.openStores(cfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	n.broker = broker
 	n.Hub = session.NewHub(broker)
@@ -230,11 +240,11 @@ func Start(cfg Config) (n *Node, err error) {
 	// The KOsync service exists before the revoker calls back into it.
 	if cfg.Only != OnlyWsify {
 		if err := n.newKosync(cfg, secrets); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := n.Revoker.Start(ctx); err != nil {
-		return nil, fmt.Errorf("revocations: %w", err)
+		return fmt.Errorf("revocations: %w", err)
 	}
 	n.sweeping = true
 	go n.sweepRevoked()
@@ -248,19 +258,24 @@ func Start(cfg Config) (n *Node, err error) {
 		Listen: cfg.AdminListen, Secrets: secrets, Revoker: n.Revoker, Logger: n.log,
 		Token: cfg.AdminToken, Dependencies: n.down,
 	})
+	if err := cfg.Limits.Validate(); err != nil {
+		return err
+	}
+	n.Server.SetLimits(cfg.Limits)
 	if err := n.addProtocols(cfg, secrets); err != nil {
-		return nil, err
+		return err
 	}
 	if err := n.Server.Start(); err != nil {
-		return nil, err
+		return err
 	}
 	if n.wsify != nil && n.WsifyAddr() != nil {
 		n.wsify.WarnIfOpen(n.WsifyAddr())
 	}
 	if err := n.Admin.Start(); err != nil {
-		return nil, fmt.Errorf("admin listener: %w", err)
+		_ = n.Server.Shutdown(context.Background())
+		return fmt.Errorf("admin listener: %w", err)
 	}
-	return n, nil
+	return nil
 }
 
 // addProtocols registers every protocol's routes, HTTP endpoints and
@@ -289,13 +304,13 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 	}
 	n.wsify = w
 	if cfg.Only == OnlyWsify {
-		n.Server.Handle(w.Route(gateway.MainListener))
+		n.Server.Handle(browser(w.Route(gateway.MainListener)))
 		w.RegisterHTTP(n.Server, gateway.MainListener)
 		return nil
 	}
 	if cfg.WsifyListen != "" {
 		n.Server.AddListener(wsifyListener, cfg.WsifyListen)
-		n.Server.Handle(w.Route(wsifyListener))
+		n.Server.Handle(browser(w.Route(wsifyListener)))
 		w.RegisterHTTP(n.Server, wsifyListener)
 	}
 
@@ -307,7 +322,10 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 
 	n.Kosync.RegisterHTTP(n.Server)
 	reg.MustRegister(n.Kosync.Collectors()...)
-	n.Server.Handle(n.Kosync.Route())
+	n.Server.Handle(browser(n.Kosync.Route()))
+	if cfg.EchoPath != "" {
+		n.Server.Handle(gateway.EchoRoute(cfg.EchoPath))
+	}
 
 	ho := cfg.Hypothesis
 	ho.Secrets, ho.Revoked, ho.VerifyJWT, ho.Logger = secrets, n.Revoker.Set(), n.Kosync.VerifyJWT, n.log
@@ -315,11 +333,18 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 	if err != nil {
 		return err
 	}
-	n.Server.Handle(h.Route())
+	n.Server.Handle(browser(h.Route()))
 	h.RegisterHTTP(n.Server)
 	n.Admin.Handle("POST", "/api/hypothesis/events", h.EventHandler(n.Hub))
 	reg.MustRegister(h.Collectors()...)
 	return nil
+}
+
+// browser marks a route whose clients are web pages, so that
+// --allowed-origins applies to it (the native protocol's clients are apps).
+func browser(r gateway.Route) gateway.Route {
+	r.Browser = true
+	return r
 }
 
 // WsifyAddr is the address of wsify's listener, or nil without one.

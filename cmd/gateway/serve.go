@@ -42,6 +42,13 @@ func serve(args []string) error {
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "SO_REUSEPORT: let several gateway processes share --listen")
 	fs.DurationVar(&cfg.DrainWindow, "drain-window", gateway.DefaultDrainWindow, "on SIGTERM, sessions are closed with 1001 spread over this window (at least 1000 per second)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", gateway.DefaultShutdownTimeout, "on SIGTERM, the bound of the whole shutdown (raised to the drain window + 5s)")
+	fs.StringVar(&cfg.EchoPath, "echo-path", "", "serve the echo protocol at this path, for RFC 6455 conformance suites such as Autobahn (empty: off)")
+	fs.Float64Var(&cfg.Limits.MessageRate, "message-rate", 0, "messages (data and Pings) per second a connection may send on average; past it: close 1008 (0: no limit)")
+	fs.IntVar(&cfg.Limits.MessageBurst, "message-burst", 0, "messages a connection may send back to back before --message-rate applies (0: 100)")
+	fs.IntVar(&cfg.Limits.MaxConnsPerIP, "max-conns-per-ip", 0, "upgraded connections per remote IP; more get 429 and Retry-After (0: no limit)")
+	fs.IntVar(&cfg.Limits.MaxConns, "max-conns", 0, "upgraded connections on this node; more get 503 and Retry-After (0: no limit)")
+	fs.DurationVar(&cfg.Limits.RetryAfter, "retry-after", 0, "Retry-After of 429/503 refusals (0: 5s)")
+	origins := fs.String("allowed-origins", "", "origins the browser protocols (KOsync, Hypothesis, wsify, echo) accept: scheme://host[:port], scheme://*.domain or *, comma separated; requests without Origin pass (empty: all)")
 	fs.StringVar(&cfg.AdminToken, "admin-token", "", "bearer token the admin API requires (needed for a non-loopback --admin-listen)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	registration := fs.Bool("kosync-registration", true, "KOReader sync: allow POST /users/create")
@@ -60,6 +67,14 @@ func serve(args []string) error {
 		return err
 	}
 	cfg.Kosync.RegistrationClosed = !*registration
+	for o := range strings.SplitSeq(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			cfg.Limits.AllowedOrigins = append(cfg.Limits.AllowedOrigins, o)
+		}
+	}
+	if err := cfg.Limits.Validate(); err != nil {
+		return err
+	}
 	var err error
 	if cfg.Kosync.TrustedProxies, err = parsePrefixes(*proxies); err != nil {
 		return fmt.Errorf("--trusted-proxies: %w", err)
