@@ -42,7 +42,7 @@ bench-micro:
 
 # fuzz: each fuzz target for FUZZTIME.
 fuzz:
-	@for pkg in ./packet ./gateway ./token; do \
+	@for pkg in ./packet ./gateway ./token ./hypothesis; do \
 	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 	    echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; \
