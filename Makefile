@@ -6,7 +6,7 @@ FUZZTIME  ?= 30s
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/wsgateway/gateway/gateway.Version=$(VERSION)
 
-.PHONY: build run test vet race bench bench-micro fuzz clean
+.PHONY: build run test vet race bench bench-micro fuzz soak clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gateway
@@ -47,6 +47,11 @@ fuzz:
 	    echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; \
 	done
+
+# soak: churn, fan-out and a Redis restart across two nodes for SOAKTIME.
+SOAKTIME ?= 10m
+soak:
+	GATEWAY_SOAK=$(SOAKTIME) $(GO) test -race -count=1 -run Soak -timeout 30m -v ./test/
 
 clean:
 	rm -rf bin

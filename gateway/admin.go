@@ -71,13 +71,22 @@ func (a *Admin) Handle(method, path string, h http.Handler) {
 	a.allowed[path] = method
 }
 
+// bearer returns the token of an Authorization header of the Bearer scheme
+// (its name is case-insensitive, RFC 9110 11.1).
+func bearer(h string) (string, bool) {
+	if len(h) < 7 || !strings.EqualFold(h[:7], "Bearer ") {
+		return "", false
+	}
+	return h[7:], true
+}
+
 // requireToken answers 401 unless the request carries the admin token.
 func (a *Admin) requireToken(h http.Handler) http.Handler {
 	if a.tokenSum == nil {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		given, ok := bearer(r.Header.Get("Authorization"))
 		sum := sha256.Sum256([]byte(given))
 		if !ok || subtle.ConstantTimeCompare(sum[:], a.tokenSum[:]) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="gateway-admin"`)
