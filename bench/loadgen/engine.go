@@ -189,7 +189,6 @@ type Conn struct {
 	pendingSub int
 	setupErr   error
 
-	gotHello   bool
 	closeSent  atomic.Bool
 	closed     atomic.Bool
 	closeCode  uint16
