@@ -168,15 +168,7 @@ func (s *BoltStore) UpdateDocument(ctx context.Context, user, hash, id string, f
 				return err
 			}
 		}
-		next, err := fn(old)
-		if err != nil {
-			return userErr{err}
-		}
-		if next == nil {
-			return errNilDocument
-		}
-		next.ID = id
-		b, err := json.Marshal(next)
+		next, b, err := applyFn(fn, id, old)
 		if err != nil {
 			return err
 		}
@@ -342,6 +334,21 @@ type userErr struct{ err error }
 
 func (e userErr) Error() string { return e.err.Error() }
 func (e userErr) Unwrap() error { return e.err }
+
+// applyFn runs an UpdateDocument fn on the stored document and encodes
+// what it returns, the same way for every store.
+func applyFn(fn func(cur *Document) (*Document, error), id string, old *Document) (*Document, []byte, error) {
+	next, err := fn(old)
+	if err != nil {
+		return nil, nil, userErr{err}
+	}
+	if next == nil {
+		return nil, nil, errNilDocument
+	}
+	next.ID = id
+	b, err := json.Marshal(next)
+	return next, b, err
+}
 
 // errNilDocument: an UpdateDocument fn returned no document and no error.
 var errNilDocument = errors.New("kosync: UpdateDocument: fn returned a nil document")

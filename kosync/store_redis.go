@@ -2,7 +2,6 @@ package kosync
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -123,15 +122,7 @@ func (s *RedisStore) UpdateDocument(ctx context.Context, user, hash, id string, 
 				return err
 			}
 		}
-		next, err := fn(old)
-		if err != nil {
-			return userErr{err}
-		}
-		if next == nil {
-			return errNilDocument
-		}
-		next.ID = id
-		b, err := json.Marshal(next)
+		next, b, err := applyFn(fn, id, old)
 		if err != nil {
 			return err
 		}
