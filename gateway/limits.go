@@ -27,10 +27,6 @@ const (
 	DefaultRetryAfter = 5 * time.Second
 )
 
-// ClosePolicyViolation (1008) closes a connection that sends messages
-// faster than Limits.MessageRate allows.
-const ClosePolicyViolation uint16 = 1008
-
 // Limits protect the server from abusive or overloading clients. Every
 // zero value means the limit is off, unless its comment says otherwise.
 // Set them with Server.SetLimits before Start.

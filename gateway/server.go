@@ -60,9 +60,12 @@ const (
 	CloseInternalError uint16 = 1011
 	// CloseGoingAway (1001): the server is shutting down; reconnect.
 	CloseGoingAway uint16 = 1001
-	// CloseSlowConsumer (1008, policy violation): the connection's unsent
-	// output passed its budget because the client reads too slowly.
-	CloseSlowConsumer uint16 = 1008
+	// ClosePolicyViolation (1008): the connection broke a limit, such as
+	// sending faster than Limits.MessageRate allows.
+	ClosePolicyViolation uint16 = 1008
+	// CloseSlowConsumer is the policy violation of a connection whose
+	// unsent output passed its budget because the client reads too slowly.
+	CloseSlowConsumer = ClosePolicyViolation
 )
 
 // closeGraceSeconds is how long a connection that was sent a close frame
