@@ -41,10 +41,8 @@ type Conn struct {
 	timer   session.Timer[Conn]
 	remote  netip.AddrPort
 	accept  int64 // unix nanoseconds of the TCP accept
-	// lim is the server's limiter, nil without Limits; tat is the message
-	// rate's token bucket (GCRA: when the bucket is next empty, in
-	// nanoseconds since the server's epoch).
-	lim *limiter
+	// tat is the message rate's token bucket (GCRA: when the bucket is next
+	// empty, in nanoseconds since the server's epoch).
 	tat int64
 
 	frag     []byte // a fragmented message being joined; nil otherwise
@@ -313,7 +311,7 @@ func (c *Conn) closed() {
 	c.frag = nil
 	if c.admitted {
 		c.admitted = false
-		c.lim.release(c.remote.Addr().Unmap())
+		c.loop.limiter().release(c.remote.Addr().Unmap())
 	}
 	if upgraded {
 		c.handler.OnClose(c)
@@ -438,7 +436,7 @@ func (c *Conn) frame(h ws.Header, payload []byte) gnet.Action {
 // overRate charges a message to the connection's rate limit; past it, the
 // connection is closed with 1008 and overRate reports true.
 func (c *Conn) overRate() bool {
-	lim := c.lim
+	lim := c.loop.limiter()
 	if lim == nil || lim.interval == 0 {
 		return false
 	}

@@ -277,7 +277,8 @@ func (c *Conn) upgrade(head []byte) (int, gnet.Action) {
 		return 0, gnet.Close // gobwas wrote the error response into l.out
 	}
 	c.route, c.handler = l.hs.route, l.hs.handler
-	c.lim, c.admitted, l.hs.admitted = l.limiter(), l.hs.admitted, false
+	c.admitted, l.hs.admitted = l.hs.admitted, false
+	c.authState = nil // Accept has taken what it needs
 	l.hs.conn, l.hs.handler, l.hs.route = nil, nil, nil
 	c.state = stateOpen
 	l.srv.metrics.upgraded(c.route.Protocol, time.Duration(time.Now().UnixNano()-c.accept))
