@@ -178,17 +178,14 @@ func validDocumentID(id string) bool {
 	return true
 }
 
-// userLocks serialise each user's writes with their announces on this node,
-// so that announces leave in commit order (B.7). Striped: users sharing a
-// stripe only wait for each other. Package-level because Service (in
-// service.go) has no field for them; a lock is held only around one store
-// write and one non-blocking publish, never nested.
-var userLocks [256]sync.Mutex
-
-func userLock(user string) *sync.Mutex {
+// userLock returns the lock that serialises a user's writes with their
+// announces on this node, so that announces leave in commit order (B.7).
+// Striped: users sharing a stripe only wait for each other. A lock is held
+// only around one store write and one non-blocking publish, never nested.
+func (s *Service) userLock(user string) *sync.Mutex {
 	h := fnv.New32a()
 	_, _ = io.WriteString(h, user)
-	return &userLocks[h.Sum32()%uint32(len(userLocks))]
+	return &s.userLocks[h.Sum32()%uint32(len(s.userLocks))]
 }
 
 // writeDocument runs a credential-checked read-modify-write of user's
@@ -205,7 +202,7 @@ func userLock(user string) *sync.Mutex {
 // reply there, ahead of the announce on the same loop (B.6: a subscribed
 // caller gets the reply first, then the announce).
 func (s *Service) writeDocument(ctx context.Context, user, hash, id string, fn func(cur *Document) (*Document, error), beforeAnnounce func(*Document)) (*Document, error) {
-	mu := userLock(user)
+	mu := s.userLock(user)
 	mu.Lock()
 	defer mu.Unlock()
 	doc, err := s.opts.Store.UpdateDocument(ctx, user, hash, id, fn)

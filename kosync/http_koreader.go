@@ -283,7 +283,7 @@ func (s *Service) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, koUnauthorized)
 		return
 	}
-	mu := userLock(user) // no announce of this user may follow the deletion
+	mu := s.userLock(user) // no announce of this user may follow the deletion
 	mu.Lock()
 	err = s.opts.Store.DeleteUser(ctx, user, u.Hash)
 	mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,6 +63,8 @@ type Service struct {
 	log  *slog.Logger
 	auth *authenticator
 	jwt  *jwtKeys
+
+	userLocks [256]sync.Mutex // see userLock
 }
 
 // New checks the options and builds the service.
