@@ -99,10 +99,20 @@ func newMetrics(s *Server) *metrics {
 		Name: "gateway_broadcast_loop_tasks_total", Help: "Deliveries handed to event loops: one per loop with subscribers per publish.",
 	}, func() float64 { return float64(hs.LoopTasks.Load()) }))
 	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "gateway_broker_refusals_total", Help: "Publishes refused because the broker's queue was full.",
+		Name: "gateway_broker_refusals_total", Help: "Publishes refused because the broker's queue or an event loop's task queue was full.",
 	}, func() float64 { return float64(hs.BrokerRefusals.Load()) }))
+	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "gateway_dropped_messages_total", Help: DroppedMessagesHelp,
+		ConstLabels: prometheus.Labels{"protocol": "any", "reason": "loop_backlog"},
+	}, func() float64 { return float64(hs.LoopDrops.Load()) }))
 	return m
 }
+
+// DroppedMessagesHelp is the help text of gateway_dropped_messages_total.
+// Every package that exports a collector of that name (each with its own
+// constant protocol label, and a reason label) must use this exact text, or
+// the registry refuses the second one.
+const DroppedMessagesHelp = "Messages dropped instead of delivered, by protocol and reason."
 
 // Registry is where protocols and brokers register their own series, on the
 // admin listener's /metrics.

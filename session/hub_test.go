@@ -10,7 +10,11 @@ import (
 
 // queueLoop runs tasks when run is called, like an event loop after its
 // current callback.
-type queueLoop struct{ tasks []task }
+type queueLoop struct {
+	tasks  []task
+	max    int // TryRun refuses past it; 0: no bound
+	panics []any
+}
 
 type task struct {
 	fn  func(any)
@@ -18,6 +22,21 @@ type task struct {
 }
 
 func (q *queueLoop) Run(fn func(any), arg any) { q.tasks = append(q.tasks, task{fn, arg}) }
+
+func (q *queueLoop) TryRun(fn func(any), arg any) bool {
+	if q.Busy() {
+		return false
+	}
+	q.Run(fn, arg)
+	return true
+}
+
+func (q *queueLoop) Busy() bool { return q.max > 0 && len(q.tasks) >= q.max }
+
+func (q *queueLoop) SinkPanicked(s *Session, v any) {
+	q.panics = append(q.panics, v)
+	s.Sink.Close(1011, "internal server error")
+}
 
 func (q *queueLoop) run() {
 	for len(q.tasks) > 0 {
