@@ -1,9 +1,14 @@
 package gateway
 
 import (
+	"bytes"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/gobwas/ws"
+
+	"github.com/wsgateway/gateway/internal/ratelog"
 )
 
 // TestServerClosesAfterPeerReset runs every way the server closes or
@@ -98,6 +103,40 @@ func TestServerClosesAfterPeerReset(t *testing.T) {
 			l.run()
 			if len(f.afterClose) > 0 {
 				t.Fatalf("socket touched after close: %v", f.afterClose)
+			}
+		})
+	}
+}
+
+// TestPolicyClosesAreLogged: a slow-consumer and a message-rate close each
+// leave an info line naming the protocol, the remote and the reason.
+func TestPolicyClosesAreLogged(t *testing.T) {
+	key := [4]byte{1, 1, 1, 1}
+	for _, tt := range []struct {
+		reason string
+		run    func(l *fakeLoop, f *fakeConn, c *Conn)
+	}{
+		{"slow consumer", func(l *fakeLoop, f *fakeConn, c *Conn) {
+			f.buffered = l.srv.opts.MaxOutbound
+			c.Run(func(any) { c.SendFrames([]byte{0x82, 0x01, 'a'}) }, nil)
+			l.run()
+		}},
+		{"message rate exceeded", func(l *fakeLoop, f *fakeConn, c *Conn) {
+			l.srv.SetLimits(Limits{MessageRate: 1, MessageBurst: 1})
+			for range 3 {
+				l.feed(f, maskedFrame(true, ws.OpBinary, []byte("x"), key))
+			}
+		}},
+	} {
+		t.Run(tt.reason, func(t *testing.T) {
+			var log bytes.Buffer
+			l := echoLoop(nil)
+			l.srv.policyLog = ratelog.New(slog.New(slog.NewTextHandler(&log, nil)), slog.LevelInfo, 0)
+			f := openEcho(t, l)
+			tt.run(l, f, f.ctx.(*Conn))
+			want := `level=INFO msg="connection closed: policy violation" protocol=echo remote=127.0.0.1 reason="` + tt.reason + `"`
+			if !strings.Contains(log.String(), want) {
+				t.Fatalf("log %q, want a line containing %q", log.String(), want)
 			}
 		})
 	}

@@ -235,11 +235,20 @@ func (c *Conn) outbound() int {
 
 func (c *Conn) slowConsumer() {
 	c.loop.srv.metrics.slowConsumers.Inc()
+	c.logPolicyClose("slow consumer")
 	if c.outbox != nil || c.outRef != nil { // the backlog is dropped: the close frame goes alone
 		c.loop.putBuf(c.outbox)
 		c.outbox, c.outRef = nil, nil
 	}
 	c.Close(CloseSlowConsumer, "slow consumer: outbound buffer full")
+}
+
+// logPolicyClose leaves an info line for a 1008 close the client caused,
+// collapsed per reason when they repeat.
+func (c *Conn) logPolicyClose(reason string) {
+	if c.state == stateOpen {
+		c.loop.srv.policyLog.Refused("connection closed: policy violation", c.route.Protocol.Name(), reason, c.remote.Addr(), "")
+	}
 }
 
 // Close starts closing with a close frame carrying code and reason (cut to
@@ -475,6 +484,7 @@ func (c *Conn) overRate() bool {
 		return false
 	}
 	lim.metrics.rate.Inc()
+	c.logPolicyClose("message rate exceeded")
 	c.fail(ClosePolicyViolation, "message rate exceeded")
 	return true
 }

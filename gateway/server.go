@@ -16,6 +16,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/session"
 )
 
@@ -151,6 +152,10 @@ type Server struct {
 	loops   []*Loop
 
 	limits *limiter // SetLimits; nil: no limits
+
+	// policyLog writes the closes a client causes by misbehaving (slow
+	// consumer, message rate), collapsed when they repeat.
+	policyLog *ratelog.Logger
 }
 
 // New returns a server that delivers publishes through hub. Add routes and
@@ -163,6 +168,7 @@ func New(opts Options, hub *session.Hub) *Server {
 		httpErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 	}
 	s.metrics = newMetrics(s)
+	s.policyLog = ratelog.New(opts.Logger, slog.LevelInfo, 0)
 	s.AddListener(MainListener, opts.Listen)
 	return s
 }
