@@ -66,6 +66,8 @@ type Revoker struct {
 	started bool
 	wg      sync.WaitGroup
 	resync  chan struct{}
+	// saveKick wakes saveLoop; capacity 1.
+	saveKick chan struct{}
 }
 
 // NewRevoker returns a Revoker over store and set. onRevoke (may be nil) is
@@ -82,16 +84,18 @@ func NewRevoker(store Store, set *Revoked, onRevoke func(Revocation), logger *sl
 	if onRevoke == nil {
 		onRevoke = func(Revocation) {}
 	}
-	return &Revoker{store: store, set: set, onRevoke: onRevoke, log: logger, resync: make(chan struct{}, 1)}
+	return &Revoker{store: store, set: set, onRevoke: onRevoke, log: logger,
+		resync: make(chan struct{}, 1), saveKick: make(chan struct{}, 1)}
 }
 
 // Set returns the in-memory set, for Check on the hot path.
 func (v *Revoker) Set() *Revoked { return v.set }
 
 // KeepSnapshot makes a Revoker over a shared store keep its set in the file
-// at path (normally SnapshotName in the node's data dir): written
-// atomically and fsync'd after every change (a revocation, an announcement,
-// a reload), read at Start. A node whose shared store is unreachable at
+// at path (normally SnapshotName in the node's data dir), read at Start and
+// rewritten atomically and fsync'd after every change: before Revoke and a
+// reload return, and for announcements of other nodes by a background
+// writer that coalesces a burst into one write. A node whose shared store is unreachable at
 // Start then starts from the last set it saw instead of refusing
 // authentication, and the records it knows are written back to a store
 // that lost them. It is ignored for a local store, which is its own
@@ -113,9 +117,12 @@ func (v *Revoker) OnDataLost(fn func()) { v.onDataLost = fn }
 //   - a pruner dropping expired records every PruneInterval;
 //   - for a shared store (one with a Watch method like *RedisStore's), a
 //     watcher applying other nodes' announcements (set.Add, then onRevoke
-//     if the set changed) and, on every (re)subscription, a reload: Load,
-//     set.Replace, then onRevoke for every record, retried with back-off
-//     (0.5 s doubling to 30 s) until it succeeds.
+//     if the set changed) and, on every (re)subscription, a reload (the
+//     data marker checked, Load, the records the store lacks written back,
+//     the set replaced by the union, then onRevoke for every record),
+//     retried with back-off
+//     (0.5 s doubling to 30 s) until it succeeds;
+//   - with KeepSnapshot and a shared store, the snapshot writer.
 //
 // A load failure is returned for a local store. For a shared store, which
 // may be down at start, Start never fails: it starts from the snapshot
@@ -142,6 +149,13 @@ func (v *Revoker) Start(ctx context.Context) error {
 		defer v.wg.Done()
 		v.pruneLoop(ctx)
 	}()
+	if shared && v.snap != nil {
+		v.wg.Add(1)
+		go func() {
+			defer v.wg.Done()
+			v.saveLoop(ctx)
+		}()
+	}
 	if shared {
 		v.wg.Add(2)
 		go func() {
@@ -224,6 +238,34 @@ func (v *Revoker) persist(gen uint64) {
 	}
 }
 
+// persistSoon asks the saver goroutine to save the set after a change: a
+// burst of announcements costs one write, not one per record, and never
+// holds up the feed.
+func (v *Revoker) persistSoon() {
+	if v.snap == nil {
+		return
+	}
+	v.snap.changed()
+	select {
+	case v.saveKick <- struct{}{}:
+	default: // a save is pending already and will see this change
+	}
+}
+
+// saveLoop saves the set whenever persistSoon asks, and once more at the
+// end if a change is still unsaved.
+func (v *Revoker) saveLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			v.persist(v.snap.gen.Load())
+			return
+		case <-v.saveKick:
+			v.persist(v.snap.gen.Load())
+		}
+	}
+}
+
 // changed returns the generation of a change just made to the set, for
 // persist.
 func (v *Revoker) changed() uint64 {
@@ -256,7 +298,7 @@ func (v *Revoker) applyRemote(rv Revocation) {
 	changed := v.set.Add(rv)
 	v.mu.RUnlock()
 	if changed {
-		v.persist(v.changed())
+		v.persistSoon()
 		v.onRevoke(rv)
 	}
 }
