@@ -72,8 +72,9 @@
 // shrinks the set: it takes the union of Redis and the set, and writes back
 // to Redis the unexpired records Redis lacks. A data marker that the first
 // node writes into Redis (RedisStore.Marker) tells a node that Redis came
-// back without its data (a restart without persistence, a flush): the node
-// logs an error and calls OnDataLost. Run Redis with persistence all the
+// back without its data (a restart without persistence, a flush): checked
+// at every reload and every MarkerCheckInterval, a loss makes the node log
+// an error, reload (writing back what it knows) and call OnDataLost. Run Redis with persistence all the
 // same: KOReader accounts and progress have no other copy.
 //
 // A started Revoker prunes expired records from its set every PruneInterval.

@@ -125,10 +125,13 @@ func TestRedisStoreRevokeAll(t *testing.T) {
 
 // startDurable starts a Revoker over srv that keeps its snapshot at path
 // and counts the data losses it reports.
-func startDurable(t *testing.T, srv *redistest.Server, path string) (*Revoker, *atomic.Int64, context.CancelFunc) {
+func startDurable(t *testing.T, srv *redistest.Server, path string, mods ...func(*Revoker)) (*Revoker, *atomic.Int64, context.CancelFunc) {
 	t.Helper()
 	v := NewRevoker(NewRedisStore(newClient(t, srv), "gateway:"), NewRevoked(), nil, testLogger(t))
 	v.KeepSnapshot(path)
+	for _, m := range mods {
+		m(v)
+	}
 	var lost atomic.Int64
 	v.OnDataLost(func() { lost.Add(1) })
 	ctx, cancel := context.WithCancel(context.Background())
@@ -242,6 +245,34 @@ func TestRevokerDataLost(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if lostA.Load() != 2 || lostB.Load() != 2 {
 		t.Errorf("losses reported %d and %d times, want 2 each", lostA.Load(), lostB.Load())
+	}
+}
+
+// TestRevokerDataLostWithoutReconnect: a FLUSHALL breaks no connection;
+// the periodic marker read notices it and the node writes back.
+func TestRevokerDataLostWithoutReconnect(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	fast := func(v *Revoker) { v.markerEvery = 50 * time.Millisecond }
+	a, lost, _ := startDurable(t, srv, filepath.Join(t.TempDir(), SnapshotName), fast)
+	eventually(t, 5*time.Second, "first reload", func() bool { return a.reloads.Load() >= 1 })
+	if err := a.RevokeID(ctx, KeyID{7}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // several checks: nothing moved
+	if lost.Load() != 0 {
+		t.Fatal("loss reported while Redis kept its data")
+	}
+	c := newClient(t, srv)
+	c.FlushAll(ctx)
+	eventually(t, 5*time.Second, "the loss noticed", func() bool { return lost.Load() == 1 })
+	eventually(t, 5*time.Second, "the record written back", func() bool {
+		return c.Exists(ctx, "gateway:revoked:id:"+KeyID{7}.String()).Val() == 1
+	})
+	time.Sleep(200 * time.Millisecond)
+	if lost.Load() != 1 {
+		t.Errorf("loss reported %d times, want once", lost.Load())
 	}
 }
 

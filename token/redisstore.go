@@ -154,6 +154,19 @@ func (s *RedisStore) Marker(ctx context.Context, known string) (current string, 
 	return current, known != "" && current != known, nil
 }
 
+// PeekMarker returns the data marker without writing one: "" when there is
+// none.
+func (s *RedisStore) PeekMarker(ctx context.Context) (string, error) {
+	m, err := s.client.Get(ctx, s.markerKey()).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("token: redis marker: %w", err)
+	}
+	return m, nil
+}
+
 // Load returns every unexpired revocation, found with SCAN (on every master
 // of a cluster) and read with pipelined GETs.
 func (s *RedisStore) Load(ctx context.Context) ([]Revocation, error) {

@@ -29,6 +29,7 @@ type watcher interface {
 // RedisStore.Marker).
 type markedStore interface {
 	Marker(ctx context.Context, known string) (current string, lost bool, err error)
+	PeekMarker(ctx context.Context) (string, error)
 }
 
 // batchStore writes many records at once (RedisStore.RevokeAll).
@@ -66,6 +67,8 @@ type Revoker struct {
 	started bool
 	wg      sync.WaitGroup
 	resync  chan struct{}
+	// markerEvery: MarkerCheckInterval (shorter in tests).
+	markerEvery time.Duration
 	// saveKick wakes saveLoop; capacity 1.
 	saveKick chan struct{}
 }
@@ -85,7 +88,7 @@ func NewRevoker(store Store, set *Revoked, onRevoke func(Revocation), logger *sl
 		onRevoke = func(Revocation) {}
 	}
 	return &Revoker{store: store, set: set, onRevoke: onRevoke, log: logger,
-		resync: make(chan struct{}, 1), saveKick: make(chan struct{}, 1)}
+		resync: make(chan struct{}, 1), saveKick: make(chan struct{}, 1), markerEvery: MarkerCheckInterval}
 }
 
 // Set returns the in-memory set, for Check on the hot path.
@@ -120,7 +123,8 @@ func (v *Revoker) OnDataLost(fn func()) { v.onDataLost = fn }
 //     if the set changed) and, on every (re)subscription, a reload (the
 //     data marker checked, Load, the records the store lacks written back,
 //     the set replaced by the union, then onRevoke for every record),
-//     retried with back-off
+//     also when the marker read every MarkerCheckInterval has changed
+//     (a loss without a reconnect), retried with back-off
 //     (0.5 s doubling to 30 s) until it succeeds;
 //   - with KeepSnapshot and a shared store, the snapshot writer.
 //
@@ -311,10 +315,20 @@ func (v *Revoker) requestResync() {
 }
 
 func (v *Revoker) resyncLoop(ctx context.Context) {
+	var check <-chan time.Time // the marker check, for a marked store
+	if _, ok := v.store.(markedStore); ok {
+		t := time.NewTicker(v.markerEvery)
+		defer t.Stop()
+		check = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-check:
+			if !v.markerMoved(ctx) {
+				continue
+			}
 		case <-v.resync:
 		}
 		delay := resyncRetryMin
@@ -336,6 +350,25 @@ func (v *Revoker) resyncLoop(ctx context.Context) {
 			delay = min(2*delay, resyncRetryMax)
 		}
 	}
+}
+
+// MarkerCheckInterval is how often a Revoker over a marked store (Redis)
+// reads the data marker between reconnects, to notice a loss that came
+// without one (FLUSHALL, a failover to an empty replica).
+const MarkerCheckInterval = 10 * time.Second
+
+// markerMoved reports whether the store's data marker is no longer the one
+// last seen (one GET); a failed read is left to the reconnect logic.
+func (v *Revoker) markerMoved(ctx context.Context) bool {
+	m := v.store.(markedStore)
+	v.mu.RLock()
+	known := v.marker
+	v.mu.RUnlock()
+	if known == "" {
+		return false // never seen one: the next reload sets it
+	}
+	cur, err := m.PeekMarker(ctx)
+	return err == nil && cur != known
 }
 
 // reload makes the set the union of the store's content and its own,
