@@ -98,10 +98,10 @@ func (v *Revoker) Set() *Revoked { return v.set }
 // at path (normally SnapshotName in the node's data dir), read at Start and
 // rewritten atomically and fsync'd after every change: before Revoke and a
 // reload return, and for announcements of other nodes by a background
-// writer that coalesces a burst into one write. A node whose shared store is unreachable at
-// Start then starts from the last set it saw instead of refusing
-// authentication, and the records it knows are written back to a store
-// that lost them. It is ignored for a local store, which is its own
+// writer that coalesces a burst into one write. A node whose shared store
+// is unreachable at Start then starts from the last set it saw instead of
+// refusing authentication, and the records it knows are written back to a
+// store that lost them. It is ignored for a local store, which is its own
 // durable copy. Call it before Start.
 func (v *Revoker) KeepSnapshot(path string) {
 	v.snap = &snapshotter{path: path, set: v.set}
