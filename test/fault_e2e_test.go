@@ -154,9 +154,8 @@ func faultPost(t testing.TB, url, body string, header ...string) (int, string) {
 }
 
 // faultKillRedis makes the redis-server of srv exit (SHUTDOWN NOSAVE) and
-// waits until its port refuses connections. It does not use srv.Stop:
-// redistest's Restart refuses a server after Stop (Stop forgets the
-// process), while after SHUTDOWN it starts a new one on the same port.
+// waits until its port refuses connections: a clean exit, where srv.Stop
+// kills the process. srv.Restart then starts a new one on the same port.
 func faultKillRedis(t testing.TB, srv *redistest.Server) {
 	t.Helper()
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
