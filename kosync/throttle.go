@@ -29,6 +29,9 @@ package kosync
 // addresses can at worst make an innocent address share its fate with a
 // probability of (cells it exhausted / AuthLimiterSlots)^2.
 //
+// JWTs (Bearer, /api/ws/<jwt>) are checked with an HMAC, never hashed:
+// they use neither the pool nor the limiter.
+//
 // Behind a reverse proxy, the client address is the last X-Forwarded-For
 // entry not in TrustedProxies (the first one a trusted hop saw); without
 // --trusted-proxies, every client of a proxy shares the proxy's address.
