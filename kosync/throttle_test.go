@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -271,4 +272,45 @@ func BenchmarkAddrLimiter(b *testing.B) {
 		}
 		l.refund(a)
 	}
+}
+
+func TestClientAddr(t *testing.T) {
+	s := &Service{opts: Options{TrustedProxies: []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128"),
+	}}}
+	for _, c := range []struct{ peer, xff, want string }{
+		{"192.0.2.1", "203.0.113.9", "192.0.2.1"},                          // an untrusted peer's header is ignored
+		{"10.0.0.1", "", "10.0.0.1"},                                       // a proxy without the header
+		{"10.0.0.1", "203.0.113.9", "203.0.113.9"},                         // one trusted hop
+		{"10.0.0.1", "198.51.100.1, 203.0.113.9, 10.0.0.2", "203.0.113.9"}, // the last untrusted entry, not the first (spoofable)
+		{"10.0.0.1", "garbage, 10.0.0.2", "10.0.0.2"},                      // stop at the last readable trusted hop
+		{"::1", "::ffff:203.0.113.9", "203.0.113.9"},                       // v4-mapped entries are v4
+		{"::ffff:10.0.0.1", "2001:db8::1", "2001:db8::1"},                  // a v4-mapped peer
+	} {
+		if got := s.clientAddrOf(netip.MustParseAddr(c.peer), c.xff); got.String() != c.want {
+			t.Errorf("peer %s, X-Forwarded-For %q: %s, want %s", c.peer, c.xff, got, c.want)
+		}
+	}
+}
+
+// FuzzClientAddr: any X-Forwarded-For gives the peer or an address listed
+// in it, never a panic.
+func FuzzClientAddr(f *testing.F) {
+	for _, seed := range []string{"", "203.0.113.9", "1.2.3.4, 10.0.0.2", ",,, ", "::ffff:1.2.3.4,fe80::1%eth0", "10.0.0.3,x"} {
+		f.Add(seed)
+	}
+	s := &Service{opts: Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	peer := netip.MustParseAddr("10.0.0.1")
+	f.Fuzz(func(t *testing.T, xff string) {
+		got := s.clientAddrOf(peer, xff)
+		if got == peer {
+			return
+		}
+		for _, hop := range strings.Split(xff, ",") {
+			if a, err := netip.ParseAddr(strings.TrimSpace(hop)); err == nil && a.Unmap() == got {
+				return
+			}
+		}
+		t.Fatalf("X-Forwarded-For %q gave %s, neither the peer nor a listed hop", xff, got)
+	})
 }
