@@ -62,8 +62,9 @@ type Conn struct {
 
 	closeCode uint16 // the code sent or received, for metrics
 	byPeer    bool   // the peer started the close
-	// admitted: the connection holds places in the limiter's caps.
-	admitted bool
+	// admitted, ipHeld: the connection holds a place in the limiter's
+	// server cap, in its address's cap (releaseLimits).
+	admitted, ipHeld bool
 	// utf8 validates a fragmented text message as its fragments come; zero
 	// otherwise (3 bytes, in what was padding).
 	utf8 utf8State
@@ -309,10 +310,7 @@ func (c *Conn) closed() {
 	c.state = stateClosed
 	c.loop.wheel.Stop(&c.timer)
 	c.frag = nil
-	if c.admitted {
-		c.admitted = false
-		c.loop.limiter().release(c.remote.Addr().Unmap())
-	}
+	c.releaseLimits()
 	if upgraded {
 		c.handler.OnClose(c)
 		c.loop.srv.metrics.disconnect(c.route.Protocol, c.closeCode, c.byPeer)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -233,12 +234,16 @@ func (s *Server) Start() error {
 	if err := s.distinctAddrs(); err != nil {
 		return err
 	}
+	if err := s.checkBindable(); err != nil {
+		return err
+	}
 	if err := s.hub.Start(); err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
 	opts := []gnet.Option{
 		gnet.WithNumEventLoop(s.opts.EventLoops),
 		gnet.WithReusePort(s.opts.ReusePort),
+		gnet.WithReuseAddr(true), // restart at once over the TIME_WAITs of the last run
 		gnet.WithTicker(true),
 		gnet.WithTCPKeepAlive(time.Minute),
 		gnet.WithLogger(gnetLogger{s.logger}),
@@ -255,7 +260,7 @@ func (s *Server) Start() error {
 		if err == nil {
 			err = errors.New("gnet stopped during start")
 		}
-		return fmt.Errorf("listen %s: %w", s.opts.Listen, err)
+		return fmt.Errorf("listen %s: %w", strings.Join(addrs, " "), err)
 	}
 }
 
@@ -353,6 +358,13 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	gc.SetContext(c)
 	s.conns.Add(1)
 	s.metrics.accepted.Inc()
+	if lim := s.limits; lim != nil {
+		var refusal []byte
+		if c.ipHeld, refusal = lim.acceptIP(c.remote.Addr().Unmap()); refusal != nil {
+			s.metrics.handshake(nil, resultOverLimit)
+			c.refuseAtAccept(refusal)
+		}
+	}
 	return nil, gnet.None
 }
 
