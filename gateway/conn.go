@@ -57,6 +57,9 @@ type Conn struct {
 	// authorizing: a HeadAuthorizer is deciding; bytes wait in gnet's buffer.
 	authorizing bool
 	authState   any // what it decided, for Accept
+	// carry: bytes read before gnet had the connection (net/http gave it
+	// back for an upgrade); OnTraffic reads them first. nil otherwise.
+	carry []byte
 	// lastActive is the wheel second of the last bytes from the peer.
 	lastActive uint32
 

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
 )
 
@@ -138,4 +139,27 @@ func FuzzScanHead(f *testing.F) {
 		}
 		_ = cleanPath(pathOf(requestTarget(in)))
 	})
+}
+
+// TestReturnedConnCarry: a connection net/http gave back for an upgrade
+// starts with the head (and the first bytes of a frame) carried in its
+// context; the wake-up that OnOpen asks for upgrades it, and the frame's
+// rest, read later by gnet, joins the carried part.
+func TestReturnedConnCarry(t *testing.T) {
+	l := echoLoop(nil)
+	frame := maskedFrame(true, ws.OpBinary, []byte("ping"), [4]byte{5, 6, 7, 8})
+	f := newFakeConn(l)
+	f.ctx = &returnedConn{carry: append([]byte(upgradeHead), frame[:3]...)}
+	if _, action := l.srv.OnOpen(f); action != gnet.None || f.woken != 1 {
+		t.Fatalf("OnOpen: action %v, woken %d", action, f.woken)
+	}
+	l.feed(f, nil) // the wake-up: no new bytes
+	if !strings.HasPrefix(string(f.out), "HTTP/1.1 101 ") || !strings.HasSuffix(string(f.out), "\r\n\r\n\x82\x02hi") {
+		t.Fatalf("after the wake-up: %q", f.out)
+	}
+	f.out = f.out[:0]
+	l.feed(f, frame[3:])
+	if string(f.out) != "\x82\x04ping" || len(f.in) != 0 || f.ctx.(*Conn).carry != nil {
+		t.Fatalf("out %q, %d bytes left in gnet's buffer, carry %q", f.out, len(f.in), f.ctx.(*Conn).carry)
+	}
 }

@@ -85,7 +85,7 @@ func (s *Server) bindAll(eng gnet.Engine) error {
 		l.bound = addr
 		l.ln = newHandoffListener(addr)
 		l.http = &http.Server{ // serves hand-offs only: it binds nothing
-			Handler:           l.mux,
+			Handler:           s.upgradeBack(l.mux),
 			ReadHeaderTimeout: s.opts.HandshakeTimeout,
 			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    MaxHeadSize,

@@ -353,6 +353,10 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: time.Now().UnixNano(),
 		listener: s.listenerOf(gc.Fd())}
+	if r, ok := gc.Context().(*returnedConn); ok { // an upgrade net/http gave back
+		c.carry = r.carry
+		_ = gc.Wake(nil) // OnTraffic reads the carried head
+	}
 	c.timer.Init(c)
 	l.wheel.Set(&c.timer, s.seconds(time.Unix(0, c.accept).Add(s.opts.HandshakeTimeout)))
 	gc.SetContext(c)
@@ -386,14 +390,16 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	buf, _ := gc.Peek(-1)
+	fresh := len(buf)
+	if c.carry != nil {
+		buf = append(c.carry, buf...)
+	}
 	l := c.loop
 	c.lastActive = l.wheel.Now()
 	l.cur = c
 	n, action := c.traffic(buf)
 	l.cur = nil
-	if n > 0 {
-		_, _ = gc.Discard(n)
-	}
+	c.consume(buf, n, fresh)
 	if len(l.out) > 0 {
 		_, _ = gc.Write(l.out)
 		l.out = l.out[:0]

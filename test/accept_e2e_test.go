@@ -1,15 +1,20 @@
 package test
 
 import (
+	"bufio"
+	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/gobwas/ws"
+
+	"github.com/wsgateway/gateway/node"
+	"github.com/wsgateway/gateway/packet"
 )
 
 // Accepting connections: binding and rebinding the listeners, what the
@@ -118,4 +123,83 @@ func TestProcessPortTaken(t *testing.T) {
 	}
 }
 
-var _ = exec.Command
+// acPlain sends a plain keep-alive GET on c and checks the status; the
+// connection stays open.
+func acPlain(t *testing.T, c *rtConn, path string, want int) {
+	t.Helper()
+	c.write([]byte("GET " + path + " HTTP/1.1\r\nHost: gateway\r\n\r\n"))
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatalf("plain GET %s: %v", path, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != want || resp.Close {
+		t.Fatalf("plain GET %s: %s (close %v), want %d, kept alive", path, resp.Status, resp.Close, want)
+	}
+}
+
+// TestUpgradeAfterKeepAlive: an upgrade on a connection that already
+// carried plain requests (served by net/http) is upgraded, not answered
+// 401 or 426: net/http gives the connection back to the loop. Frames sent
+// with the upgrade head, and requests pipelined before it, are kept.
+func TestUpgradeAfterKeepAlive(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, func(c *node.Config) { c.WsifyListen = "127.0.0.1:0" })
+
+	t.Run("native, after two requests", func(t *testing.T) {
+		c := rtDial(t, n)
+		acPlain(t, c, "/nothing", http.StatusNotFound)
+		acPlain(t, c, "/nothing-else", http.StatusNotFound)
+		c.write(c.request("/api/ws"))
+		c.readUpgrade()
+		c.write(rtMsg(rtAuthMsg(t, n)))
+		c.expectPong()
+	})
+	t.Run("native, auth in the same write as the head", func(t *testing.T) {
+		c := rtDial(t, n)
+		acPlain(t, c, "/nothing", http.StatusNotFound)
+		c.write(append(c.request("/api/ws"), rtMsg(rtAuthMsg(t, n))...))
+		c.readUpgrade()
+		c.expectPong()
+		c.write(rtMsg(packet.AppendPing(nil)))
+		c.expectPong()
+	})
+	t.Run("pipelined behind a plain request", func(t *testing.T) {
+		c := rtDial(t, n)
+		c.write(append(append([]byte("GET /nothing HTTP/1.1\r\nHost: gateway\r\n\r\n"), c.request("/api/ws")...), rtMsg(rtAuthMsg(t, n))...))
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil || resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("first answer %v %v, want 404", resp, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		c.readUpgrade()
+		c.expectPong()
+	})
+	t.Run("unknown path after a request: 404 from the loop", func(t *testing.T) {
+		c := rtDial(t, n)
+		acPlain(t, c, "/nothing", http.StatusNotFound)
+		c.write(c.request("/nope"))
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil || resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("answer %v %v, want 404", resp, err)
+		}
+	})
+	t.Run("wsify listener", func(t *testing.T) {
+		nc, err := net.DialTimeout("tcp", n.WsifyAddr().String(), waitFor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = nc.Close() })
+		_ = nc.SetDeadline(time.Now().Add(waitFor))
+		c := &rtConn{t: t, nc: nc, br: bufio.NewReader(nc), key: "dGhlIHNhbXBsZSBub25jZQ=="}
+		acPlain(t, c, "/nothing", http.StatusNotFound)
+		c.write(c.request("/ws"))
+		if resp := c.cfResponse(); resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("wsify upgrade answered %s", resp.Status)
+		}
+		c.write(cfFrame(true, ws.OpText, []byte(`{"command":"join","args":{"channel":"news"}}`)))
+		c.write(cfFrame(true, ws.OpText, []byte(`{"command":"broadcast","args":{"channel":"news","content":"self"}}`)))
+		c.cfExpect(ws.OpText, []byte(`"self"`))
+	})
+}
