@@ -15,8 +15,9 @@ var (
 	// the loop (gobwas, net/http) would not agree on where lines end.
 	response400BareLF = fixedResponse(http.StatusBadRequest, "request lines must end with CRLF")
 	// response400TLS: the first byte of a TLS record (a ClientHello) came
-	// to a plain-HTTP port. TLS clients read this answer as "server gave
-	// HTTP response to HTTPS client".
+	// to a plain-HTTP port. TLS clients recognise an HTTP answer (Go's
+	// net/http: "server gave HTTP response to HTTPS client"), as nginx's
+	// inverse 400 "The plain HTTP request was sent to HTTPS port".
 	response400TLS = fixedResponse(http.StatusBadRequest, "this port speaks plain HTTP and ws://, not TLS: use http:// or ws://, or a TLS proxy in front")
 	// response400Garbage: the request does not start with a method.
 	response400Garbage = fixedResponse(http.StatusBadRequest, "malformed request line")
