@@ -97,17 +97,11 @@ func rebuildHead(r *http.Request) []byte {
 	return b.Bytes()
 }
 
-// consume drops what OnTraffic's traffic consumed of buf: from gnet's
-// buffer, or, for a connection net/http gave back, from the bytes it
-// carried (which buf starts with) and then gnet's fresh ones. It runs on
-// the loop.
-func (c *Conn) consume(buf []byte, n, fresh int) {
-	if c.carry == nil {
-		if n > 0 {
-			_, _ = c.gc.Discard(n)
-		}
-		return
-	}
+// consumeCarried drops what OnTraffic consumed of buf on a connection
+// net/http gave back: buf is the bytes it carried, then the fresh bytes of
+// gnet's buffer. gnet's are all taken; what is left of buf is carried on.
+// It runs on the loop.
+func (c *Conn) consumeCarried(buf []byte, n, fresh int) {
 	if fresh > 0 { // never Discard(0): that discards everything
 		_, _ = c.gc.Discard(fresh)
 	}

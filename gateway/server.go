@@ -399,7 +399,11 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	l.cur = c
 	n, action := c.traffic(buf)
 	l.cur = nil
-	c.consume(buf, n, fresh)
+	if c.carry != nil {
+		c.consumeCarried(buf, n, fresh)
+	} else if n > 0 {
+		_, _ = gc.Discard(n)
+	}
 	if len(l.out) > 0 {
 		_, _ = gc.Write(l.out)
 		l.out = l.out[:0]

@@ -281,6 +281,10 @@ func TestHeadsAnsweredAtOnce(t *testing.T) {
 		if d := time.Since(start); d > 3*time.Second {
 			t.Fatalf("answered after %v", d)
 		}
+		_, err = e2eHTTP.Get("https://" + addr + "/api/ws")
+		if err == nil || !strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+			t.Fatalf("https:// on the plain port: %v", err)
+		}
 	})
 }
 
