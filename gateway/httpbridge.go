@@ -63,9 +63,12 @@ func (s *Server) returnToLoop(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	pc, ok := nc.(*prefixConn)
-	tcp, isTCP := pc.Conn.(*net.TCPConn)
-	if !ok || !isTCP {
+	pc, _ := nc.(*prefixConn)
+	var tcp *net.TCPConn
+	if pc != nil {
+		tcp, _ = pc.Conn.(*net.TCPConn)
+	}
+	if tcp == nil {
 		_ = nc.Close()
 		return fmt.Errorf("unexpected connection type %T", nc)
 	}
