@@ -62,13 +62,17 @@ type Conn struct {
 	// authorizing: a HeadAuthorizer is deciding; bytes wait in gnet's buffer.
 	authorizing bool
 	authState   any // what it decided, for Accept
+	// carry: bytes read before gnet had the connection (net/http gave it
+	// back for an upgrade); OnTraffic reads them first. nil otherwise.
+	carry []byte
 	// lastActive is the wheel second of the last bytes from the peer.
 	lastActive uint32
 
 	closeCode uint16 // the code sent or received, for metrics
 	byPeer    bool   // the peer started the close
-	// admitted: the connection holds places in the limiter's caps.
-	admitted bool
+	// admitted, ipHeld: the connection holds a place in the limiter's
+	// server cap, in its address's cap (releaseLimits).
+	admitted, ipHeld bool
 	// utf8 validates a fragmented text message as its fragments come; zero
 	// otherwise (3 bytes, in what was padding).
 	utf8 utf8State
@@ -344,10 +348,7 @@ func (c *Conn) closed() {
 	c.gc = nil
 	c.loop.wheel.Stop(&c.timer)
 	c.frag = nil
-	if c.admitted {
-		c.admitted = false
-		c.loop.limiter().release(c.remote.Addr().Unmap())
-	}
+	c.releaseLimits()
 	if upgraded {
 		c.loop.srv.metrics.disconnect(c.route.Protocol, c.closeCode, c.byPeer)
 		c.notifyClosed()

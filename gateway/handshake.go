@@ -31,7 +31,6 @@ type handshakeState struct {
 	req                               Request
 	uri, host, origin, auth, xff, xfp []byte
 	result                            string // the metrics label when the upgrade fails
-	admitted                          bool   // the limiter counted the connection
 }
 
 // appendWriter is the io.Writer the Upgrader answers into: it appends to the
@@ -102,19 +101,10 @@ var (
 	tokenWebSocket      = []byte("websocket")
 )
 
-// accept checks the limits (origin, connection caps), then asks the
-// route's protocol for a handler.
+// accept asks the route's protocol for a handler; the limits were checked
+// when the head arrived (Conn.handshake).
 func (l *Loop) accept() error {
 	hs := &l.hs
-	lim := l.limiter()
-	if lim != nil {
-		result, err := lim.admit(hs.route, hs.origin, hs.conn.remote.Addr().Unmap())
-		if err != nil {
-			hs.result = result
-			return err
-		}
-		hs.admitted = true
-	}
 	hs.req = Request{
 		URI: hs.uri, Path: pathOf(hs.uri), Host: hs.host,
 		Origin: nilIfEmpty(hs.origin), Authorization: nilIfEmpty(hs.auth),
@@ -124,7 +114,6 @@ func (l *Loop) accept() error {
 	h, err := hs.route.Protocol.Accept(&hs.req)
 	if err != nil {
 		hs.result = resultRejected
-		l.unadmit()
 		var he *HTTPError
 		if errors.As(err, &he) {
 			return ws.RejectConnectionError(ws.RejectionStatus(he.Status), ws.RejectionReason(he.Text))
@@ -135,17 +124,8 @@ func (l *Loop) accept() error {
 	return nil
 }
 
-// unadmit gives back the limiter's places of an upgrade that failed.
-func (l *Loop) unadmit() {
-	if l.hs.admitted {
-		l.hs.admitted = false
-		l.limiter().release(l.hs.conn.remote.Addr().Unmap())
-	}
-}
-
 func (l *Loop) resetHandshake(c *Conn) {
 	hs := &l.hs
-	hs.admitted = false
 	hs.conn, hs.route, hs.handler, hs.result = c, nil, nil, resultBadRequest
 	hs.uri, hs.host = hs.uri[:0], hs.host[:0]
 	hs.origin, hs.auth, hs.xff, hs.xfp = hs.origin[:0], hs.auth[:0], hs.xff[:0], hs.xfp[:0]
@@ -153,14 +133,21 @@ func (l *Loop) resetHandshake(c *Conn) {
 
 // handshake reads the request head. Until its end arrives it consumes
 // nothing; then it upgrades on the loop, or hands a plain HTTP request to
-// net/http. It returns the bytes consumed (the head) and the action.
+// net/http. It returns the bytes consumed (the head) and the action. Heads
+// that cannot be HTTP (a TLS ClientHello, LF-only line ends) and paths with
+// dot segments are refused with 400 at once. The limits (origin, the
+// server's connection cap) are checked before any HeadAuthorizer call or
+// any work of the upgrade itself.
 func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
-	end := headEnd(buf, int(c.scanned))
+	end, refusal := scanHead(buf, int(c.scanned))
+	if refusal != nil {
+		return c.refuse(refusal, resultBadRequest)
+	}
 	if end < 0 {
 		if len(buf) > MaxHeadSize {
 			return c.refuse(response431, resultTooLarge)
 		}
-		c.scanned = uint16(max(len(buf)-3, 0))
+		c.scanned = uint16(len(buf))
 		return 0, gnet.None
 	}
 	if end > MaxHeadSize {
@@ -171,32 +158,32 @@ func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
 		return c.refuse(response503, resultShutdown)
 	}
 	head := buf[:end]
+	path := pathOf(requestTarget(head))
+	if !cleanPath(path) {
+		return c.refuse(response400Path, resultBadRequest)
+	}
 	if !isUpgrade(head) {
 		srv.handOff(c.gc, c.listener, buf)
 		return len(buf), gnet.Close
 	}
-	if a := c.headAuthorizer(head); a != nil {
+	route := srv.match(srv.listeners[c.listener].name, path)
+	if route == nil {
+		return c.upgrade(head) // gobwas answers: 404, or what is wrong first
+	}
+	if lim := srv.limits; lim != nil {
+		result, response := lim.admit(route, headerValue(head, headerOrigin))
+		if response != nil {
+			srv.metrics.handshake(route.Protocol, result)
+			c.sysWrite(response)
+			return 0, gnet.Close
+		}
+		c.admitted = true
+	}
+	if a, ok := route.Protocol.(HeadAuthorizer); ok {
 		c.authorize(a, head)
 		return end, gnet.None
 	}
 	return c.upgrade(head)
-}
-
-// headAuthorizer returns the HeadAuthorizer of the route the head asks for,
-// if it has one.
-func (c *Conn) headAuthorizer(head []byte) HeadAuthorizer {
-	line, _, _ := bytes.Cut(head, []byte("\r\n"))
-	fields := bytes.Fields(line)
-	if len(fields) < 2 {
-		return nil
-	}
-	srv := c.loop.srv
-	r := srv.match(srv.listeners[c.listener].name, pathOf(fields[1]))
-	if r == nil {
-		return nil
-	}
-	a, _ := r.Protocol.(HeadAuthorizer)
-	return a
 }
 
 // authorize hands a copy of the head to the HeadAuthorizer off the loop;
@@ -262,6 +249,22 @@ func (c *Conn) refuse(response []byte, result string) (int, gnet.Action) {
 	return 0, gnet.Close
 }
 
+// refuseAtAccept answers a connection refused before its request is read
+// (over its address's cap), then ends it as a WebSocket close does: FIN
+// after the answer, whatever the client sends is read and dropped, and the
+// TCP connection ends when the client closes or after the close grace.
+// Closing at once would reset the connection if its request were already
+// queued in the kernel, and the client might never read the answer. It
+// runs in OnOpen.
+func (c *Conn) refuseAtAccept(response []byte) {
+	c.state = stateClosing // before the write: one that fails closes, for good
+	c.discard = true
+	c.shutWR = true
+	c.loop.wheel.Set(&c.timer, c.loop.srv.clock()+closeGraceSeconds)
+	c.sysWrite(response)
+	c.halfClose()
+}
+
 // upgrade runs gobwas's Upgrader over exactly the head bytes; frames that
 // came with them stay in gnet's buffer for the frame parser.
 func (c *Conn) upgrade(head []byte) (int, gnet.Action) {
@@ -273,12 +276,10 @@ func (c *Conn) upgrade(head []byte) (int, gnet.Action) {
 		io.Writer
 	}{&l.headReader, appendWriter{l}}
 	if _, err := l.upgrader.Upgrade(rw); err != nil {
-		l.unadmit()
 		l.srv.metrics.handshake(protocolOf(l.hs.route), l.hs.result)
 		return 0, gnet.Close // gobwas wrote the error response into l.out
 	}
 	c.route, c.handler = l.hs.route, l.hs.handler
-	c.admitted, l.hs.admitted = l.hs.admitted, false
 	c.authState = nil // Accept has taken what it needs
 	l.hs.conn, l.hs.handler, l.hs.route = nil, nil, nil
 	c.state = stateOpen
@@ -292,17 +293,6 @@ func protocolOf(r *Route) Protocol {
 		return nil
 	}
 	return r.Protocol
-}
-
-// headEnd returns the length of the request head including its blank line,
-// or -1; the search restarts from a few bytes before where it stopped.
-func headEnd(buf []byte, from int) int {
-	from = min(from, len(buf))
-	i := bytes.Index(buf[from:], []byte("\r\n\r\n"))
-	if i < 0 {
-		return -1
-	}
-	return from + i + 4
 }
 
 // isUpgrade reports whether the head asks for a WebSocket upgrade: an

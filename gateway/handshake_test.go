@@ -129,18 +129,6 @@ func TestIsUpgrade(t *testing.T) {
 	}
 }
 
-func TestHeadEnd(t *testing.T) {
-	if got := headEnd([]byte("GET / HTTP/1.1\r\n\r\nrest"), 0); got != 18 {
-		t.Fatalf("headEnd = %d", got)
-	}
-	if got := headEnd([]byte("GET / HTTP/1.1\r\n\r"), 0); got != -1 {
-		t.Fatalf("incomplete head: %d", got)
-	}
-	if got := headEnd([]byte("ab\r\n\r\n"), 5); got != -1 {
-		t.Fatalf("search from past the end found %d", got)
-	}
-}
-
 // openEcho upgrades a fake connection and drops the handshake output.
 func openEcho(t testing.TB, l *fakeLoop) *fakeConn {
 	f := l.open()
@@ -255,6 +243,12 @@ func FuzzTraffic(f *testing.F) {
 	f.Add(true, append(maskedFrame(false, ws.OpText, []byte("a"), key), maskedFrame(true, ws.OpContinuation, []byte("b"), key)...), 7)
 	f.Add(true, maskedFrame(true, ws.OpClose, []byte{3, 0xe8}, key), 1)
 	f.Add(false, []byte("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"), 0)
+	f.Add(false, []byte(strings.ReplaceAll(upgradeHead, "\r\n", "\n")), 5)
+	f.Add(false, []byte("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"), 1)
+	f.Add(false, []byte(strings.Replace(upgradeHead, "/echo", "/echo/../echo", 1)), 20)
+	f.Add(false, []byte(strings.Replace(upgradeHead, "/echo", "//echo", 1)), 9)
+	f.Add(false, []byte(strings.Replace(upgradeHead, "/echo", "/%2e%2E/echo", 1)), 30)
+	f.Add(false, []byte("\r\n"+upgradeHead), 2)
 	f.Fuzz(func(t *testing.T, upgraded bool, in []byte, split int) {
 		l := echoLoop(nil)
 		l.srv.logger = discardLogger

@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"math"
 	"net"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -13,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -40,18 +40,25 @@ type Limits struct {
 	// back to back before MessageRate applies. Zero means
 	// DefaultMessageBurst. Ignored without MessageRate.
 	MessageBurst int
-	// MaxConnsPerIP caps the upgraded connections from one remote IP
-	// address; an upgrade past it is answered 429 with Retry-After, before
-	// the protocol sees it. Zero means no limit.
+	// MaxConnsPerIP caps the connections from one remote IP address on
+	// the event loops: upgraded ones and those still sending their request
+	// head or waiting for a HeadAuthorizer, so one address cannot hold
+	// thousands of half-open upgrades. A place is taken at accept and given
+	// back at close; a plain HTTP request gives it back once handed to
+	// net/http. A connection past the cap is answered 429 with Retry-After
+	// at once, before its request is read, and closed. Zero means no
+	// limit.
 	MaxConnsPerIP int
 	// MaxConns caps the upgraded connections of this server; an upgrade
-	// past it is answered 503 with Retry-After. Zero means no limit.
+	// past it is answered 503 with Retry-After, before any HeadAuthorizer
+	// call. A place is held from then until the connection closes. Zero
+	// means no limit.
 	MaxConns int
 	// AllowedOrigins lists the origins browser routes (Route.Browser)
 	// accept: "scheme://host[:port]" (default ports may be left out),
 	// "scheme://*.example.com" for any subdomain, or "*" for any origin. An
 	// upgrade to a browser route whose Origin header is not listed is
-	// answered 403; one without an Origin header (not a browser) is
+	// answered 403 (before any HeadAuthorizer call); one without an Origin header (not a browser) is
 	// accepted. Zero (empty) means every origin is allowed.
 	AllowedOrigins []string
 	// RetryAfter is what 429 and 503 answers ask clients to wait; zero
@@ -93,12 +100,10 @@ func (s *Server) SetLimits(l Limits) {
 		lim.tolerance = int64(burst-1) * lim.interval
 	}
 	secs := int64(math.Ceil(cmpOr(l.RetryAfter, DefaultRetryAfter).Seconds()))
-	retry := ws.HandshakeHeaderString("Retry-After: " + strconv.FormatInt(max(secs, 1), 10) + "\r\n")
-	lim.reject429 = ws.RejectConnectionError(ws.RejectionStatus(429), ws.RejectionHeader(retry),
-		ws.RejectionReason("too many connections from your address"))
-	lim.reject503 = ws.RejectConnectionError(ws.RejectionStatus(503), ws.RejectionHeader(retry),
-		ws.RejectionReason("server at its connection limit"))
-	lim.reject403 = ws.RejectConnectionError(ws.RejectionStatus(403), ws.RejectionReason("origin not allowed"))
+	retry := "Retry-After: " + strconv.FormatInt(max(secs, 1), 10)
+	lim.reject429 = fixedResponse(http.StatusTooManyRequests, "too many connections from your address", retry)
+	lim.reject503 = fixedResponse(http.StatusServiceUnavailable, "server at its connection limit", retry)
+	lim.reject403 = fixedResponse(http.StatusForbidden, "origin not allowed")
 	if s.limits != nil {
 		panic("gateway: SetLimits called twice")
 	}
@@ -118,10 +123,9 @@ type limiter struct {
 	origins   originMatcher
 	conns     atomic.Int64
 	perIP     ipCounter
-	reject429 error
-	reject503 error
-	reject403 error
-	metrics   limitMetrics
+	// The answers of refusals, which close the connection.
+	reject429, reject503, reject403 []byte
+	metrics                         limitMetrics
 }
 
 // Handshake results of the limits, in gateway_handshakes_total.
@@ -130,10 +134,26 @@ const (
 	resultOverLimit       = "over_limit"
 )
 
-// admit runs in the handshake before the protocol's Accept: the origin
-// check, then the connection caps. On success the connection holds one
-// place in each cap until release.
-func (lim *limiter) admit(r *Route, origin []byte, remote netip.Addr) (string, error) {
+// acceptIP runs at TCP accept, before anything is read: it takes the
+// connection's place in its address's cap, or returns the 429 to answer.
+func (lim *limiter) acceptIP(remote netip.Addr) (held bool, refusal []byte) {
+	max := lim.l.MaxConnsPerIP
+	if max <= 0 {
+		return false, nil
+	}
+	if !lim.perIP.acquire(remote, max) {
+		lim.metrics.perIP.Inc()
+		return false, lim.reject429
+	}
+	return true, nil
+}
+
+// admit runs once an upgrade head for route has arrived, before any
+// HeadAuthorizer call and before the upgrade: the origin check, then the
+// server's connection cap. It returns the answer of a refusal and its
+// metrics label; on success the connection holds a place in the cap until
+// it closes (releaseLimits).
+func (lim *limiter) admit(r *Route, origin []byte) (string, []byte) {
 	if r.Browser && len(origin) > 0 && !lim.origins.allowed(origin) {
 		lim.metrics.origin.Inc()
 		return resultOriginForbidden, lim.reject403
@@ -145,24 +165,23 @@ func (lim *limiter) admit(r *Route, origin []byte, remote netip.Addr) (string, e
 			return resultOverLimit, lim.reject503
 		}
 	}
-	if max := lim.l.MaxConnsPerIP; max > 0 && !lim.perIP.acquire(remote, max) {
-		if lim.l.MaxConns > 0 {
-			lim.conns.Add(-1)
-		}
-		lim.metrics.perIP.Inc()
-		return resultOverLimit, lim.reject429
-	}
 	return "", nil
 }
 
-// release gives back what admit took.
-func (lim *limiter) release(remote netip.Addr) {
-	if lim.l.MaxConns > 0 {
+// releaseLimits gives back the places a closing connection holds: its
+// address's (taken at accept) and the server's (taken by admit).
+func (c *Conn) releaseLimits() {
+	lim := c.loop.limiter()
+	if lim == nil {
+		return
+	}
+	if c.admitted && lim.l.MaxConns > 0 {
 		lim.conns.Add(-1)
 	}
-	if lim.l.MaxConnsPerIP > 0 {
-		lim.perIP.release(remote)
+	if c.ipHeld {
+		lim.perIP.release(c.remote.Addr().Unmap())
 	}
+	c.admitted, c.ipHeld = false, false
 }
 
 // overRate charges one message to a connection's bucket (GCRA: one int64

@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
+	"syscall"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -82,8 +84,8 @@ func (s *Server) bindAll(eng gnet.Engine) error {
 		}
 		l.bound = addr
 		l.ln = newHandoffListener(addr)
-		l.http = &http.Server{
-			Handler:           l.mux,
+		l.http = &http.Server{ // serves hand-offs only: it binds nothing
+			Handler:           s.upgradeBack(l.mux),
 			ReadHeaderTimeout: s.opts.HandshakeTimeout,
 			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    MaxHeadSize,
@@ -131,6 +133,35 @@ func (s *Server) distinctAddrs() error {
 			probe.Close()
 		}
 		seen[l.addr] = true
+	}
+	return nil
+}
+
+// checkBindable binds every listener's address for a moment, with the
+// options gnet will use (SO_REUSEADDR, and SO_REUSEPORT if asked), so that
+// a port really taken is reported as "listen tcp ADDR: bind: address
+// already in use". gnet's own error would not say so: after a failed bind
+// it sets TCP keepalive on the closed descriptor and reports that instead
+// ("setsockopt: bad file descriptor"), and it leaves the listeners bound
+// before the failed one open.
+func (s *Server) checkBindable() error {
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		if ctlErr := rc.Control(func(fd uintptr) {
+			if s.opts.ReusePort {
+				err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}
+		}); ctlErr != nil {
+			return ctlErr
+		}
+		return err
+	}}
+	for _, l := range s.listeners {
+		ln, err := lc.Listen(context.Background(), "tcp", l.addr) // Go sets SO_REUSEADDR itself
+		if err != nil {
+			return err
+		}
+		_ = ln.Close()
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -249,12 +250,16 @@ func (s *Server) Start() error {
 	if err := s.distinctAddrs(); err != nil {
 		return err
 	}
+	if err := s.checkBindable(); err != nil {
+		return err
+	}
 	if err := s.hub.Start(); err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
 	opts := []gnet.Option{
 		gnet.WithNumEventLoop(s.opts.EventLoops),
 		gnet.WithReusePort(s.opts.ReusePort),
+		gnet.WithReuseAddr(true), // restart at once over the TIME_WAITs of the last run
 		gnet.WithTicker(true),
 		gnet.WithTCPKeepAlive(time.Minute),
 		gnet.WithLogger(gnetLogger{s.logger}),
@@ -271,7 +276,7 @@ func (s *Server) Start() error {
 		if err == nil {
 			err = errors.New("gnet stopped during start")
 		}
-		return fmt.Errorf("listen %s: %w", s.opts.Listen, err)
+		return fmt.Errorf("listen %s: %w", strings.Join(addrs, " "), err)
 	}
 }
 
@@ -364,11 +369,22 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: s.sinceEpoch(),
 		listener: s.listenerOf(gc.Fd())}
+	if r, ok := gc.Context().(*returnedConn); ok { // an upgrade net/http gave back
+		c.carry = r.carry
+		_ = gc.Wake(nil) // OnTraffic reads the carried head
+	}
 	c.timer.Init(c)
 	l.wheel.Set(&c.timer, s.secondsAfter(c.accept+s.opts.HandshakeTimeout))
 	gc.SetContext(c)
 	s.conns.Add(1)
 	s.metrics.accepted.Inc()
+	if lim := s.limits; lim != nil {
+		var refusal []byte
+		if c.ipHeld, refusal = lim.acceptIP(c.remote.Addr().Unmap()); refusal != nil {
+			s.metrics.handshake(nil, resultOverLimit)
+			c.refuseAtAccept(refusal)
+		}
+	}
 	return nil, gnet.None
 }
 
@@ -390,6 +406,10 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	buf, _ := gc.Peek(-1)
+	fresh := len(buf)
+	if c.carry != nil {
+		buf = append(c.carry, buf...)
+	}
 	l := c.loop
 	c.lastActive = l.wheel.Now()
 	l.cur = c
@@ -399,7 +419,9 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		l.out = l.out[:0]
 		return gnet.None
 	}
-	if n > 0 {
+	if c.carry != nil {
+		c.consumeCarried(buf, n, fresh)
+	} else if n > 0 {
 		_, _ = gc.Discard(n)
 	}
 	if len(l.out) > 0 {

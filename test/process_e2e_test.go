@@ -189,9 +189,14 @@ func e2eServe(t testing.TB, env []string, args ...string) *e2eProc {
 }
 
 func e2eTryServe(t testing.TB, env []string, args ...string) (*e2eProc, error) {
-	listen, admin := e2eFreeAddr(t), e2eFreeAddr(t)
+	return e2eServeAt(t, env, e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t), args...)
+}
+
+// e2eServeAt starts `gateway serve` on the given main, admin and wsify
+// addresses and waits until /readyz answers 200.
+func e2eServeAt(t testing.TB, env []string, listen, admin, wsify string, args ...string) (*e2eProc, error) {
 	all := append([]string{"serve", "--listen", listen, "--admin-listen", admin, "--event-loops", "1",
-		"--wsify-listen", e2eFreeAddr(t)}, args...)
+		"--wsify-listen", wsify}, args...)
 	p := &e2eProc{
 		cmd: exec.Command(e2eGatewayBinary(t), all...),
 		ws:  "ws://" + listen + "/api/ws", admin: "http://" + admin,

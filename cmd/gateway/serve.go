@@ -45,7 +45,7 @@ func serve(args []string) error {
 	fs.StringVar(&cfg.EchoPath, "echo-path", "", "serve the echo protocol at this path, for RFC 6455 conformance suites such as Autobahn (empty: off)")
 	fs.Float64Var(&cfg.Limits.MessageRate, "message-rate", 0, "messages (data and Pings) per second a connection may send on average; past it: close 1008 (0: no limit)")
 	fs.IntVar(&cfg.Limits.MessageBurst, "message-burst", 0, "messages a connection may send back to back before --message-rate applies (0: 100)")
-	fs.IntVar(&cfg.Limits.MaxConnsPerIP, "max-conns-per-ip", 0, "upgraded connections per remote IP; more get 429 and Retry-After (0: no limit)")
+	fs.IntVar(&cfg.Limits.MaxConnsPerIP, "max-conns-per-ip", 0, "connections per remote IP, counted from accept (upgraded or still in the handshake); more get 429 and Retry-After at once (0: no limit)")
 	fs.IntVar(&cfg.Limits.MaxConns, "max-conns", 0, "upgraded connections on this node; more get 503 and Retry-After (0: no limit)")
 	fs.DurationVar(&cfg.Limits.RetryAfter, "retry-after", 0, "Retry-After of 429/503 refusals (0: 5s)")
 	origins := fs.String("allowed-origins", "", "origins the browser protocols (KOsync, Hypothesis, wsify, echo) accept: scheme://host[:port], scheme://*.domain or *, comma separated; requests without Origin pass (empty: all)")
