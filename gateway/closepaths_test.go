@@ -141,3 +141,23 @@ func TestPolicyClosesAreLogged(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusedAtAcceptAfterPeerReset: the 429 written in OnOpen to an
+// address over its cap fails as a reset peer's write does; the connection
+// stays closed and its socket untouched.
+func TestRefusedAtAcceptAfterPeerReset(t *testing.T) {
+	l := echoLoop(nil)
+	l.srv.logger = discardLogger
+	l.srv.SetLimits(Limits{MaxConnsPerIP: 1})
+	l.open()
+	f := newFakeConn(l)
+	f.reset = true
+	l.srv.OnOpen(f)
+	if !f.closed || f.ctx != nil || len(f.afterClose) > 0 { // OnClose clears the context
+		t.Fatalf("closed %v context %v after close %v", f.closed, f.ctx, f.afterClose)
+	}
+	l.srv.testLoop(l).tick(nil)
+	if len(f.afterClose) > 0 {
+		t.Fatalf("socket touched after close: %v", f.afterClose)
+	}
+}
