@@ -205,7 +205,8 @@ type chaosRun struct {
 	statuses  map[string]int64 // HTTP statuses seen
 	failures  []string
 	rtts      []time.Duration  // healthy round trips
-	stalls    []string         // round trips over the stall bound, with when
+	stalls    []chaosStall     // round trips over the stall bound
+	late      []chaosLate      // the harness's own lateness over chaosLateNoted
 	lost      int64            // healthy publishes that never came back
 	listeners map[string]int64 // endings of the listening clients (wsify, Hypothesis, KOsync)
 	rss       []chaosSample
@@ -219,10 +220,24 @@ type chaosRun struct {
 	recentN   int
 }
 
+// chaosSample is one reading of the gateway process: RSS and the CPU time
+// it used so far.
 type chaosSample struct {
 	at  time.Duration
 	rss int64
+	cpu time.Duration
 }
+
+// chaosStall is a healthy round trip over the stall bound.
+type chaosStall struct {
+	client  int
+	seq     int64
+	at, rtt time.Duration // at: since the start of the run
+	before  string        // attack kinds started in the second before
+}
+
+// chaosLate is a moment the harness itself was scheduled late.
+type chaosLate struct{ at, late time.Duration }
 
 func (r *chaosRun) count(kind string, n int64) {
 	r.mu.Lock()
@@ -323,6 +338,7 @@ func TestChaos(t *testing.T) {
 		}
 	})
 	bg.Go(r.sampleRSS)
+	bg.Go(r.watchSelf)
 	bg.Go(r.scrapeMetrics)
 	for i := range chaosLoops {
 		text, _ := faultIssue(t, r.keys, fmt.Sprintf("chaos-healthy-%d", i))
@@ -477,8 +493,7 @@ func (r *chaosRun) healthy(i int, key []byte, ready chan struct{}) {
 			r.mu.Lock()
 			r.rtts = append(r.rtts, rtt)
 			if rtt > r.cfg.stall {
-				r.stalls = append(r.stalls, fmt.Sprintf("client %d seq %d at %.1fs: %v; attacks started in the second before: %s",
-					i, seq, start.Sub(r.began).Seconds(), rtt.Round(time.Microsecond), r.recentKinds(start)))
+				r.stalls = append(r.stalls, chaosStall{i, seq, start.Sub(r.began), rtt, r.recentKinds(start)})
 			}
 			r.mu.Unlock()
 			r.pause(chaosRoundTripEvery)
@@ -574,21 +589,95 @@ func chaosAwaitMessage(ctx context.Context, c *websocket.Conn, channel string, w
 func (r *chaosRun) sampleRSS() {
 	pid := r.proc.cmd.Process.Pid
 	for {
+		var rss int64
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		if err == nil {
 			for line := range strings.SplitSeq(string(b), "\n") {
 				if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 					kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-					r.mu.Lock()
-					r.rss = append(r.rss, chaosSample{time.Since(r.began), kb << 10})
-					r.mu.Unlock()
+					rss = kb << 10
 				}
 			}
 		}
-		if !r.pause(500 * time.Millisecond) {
+		cpu := chaosCPU(pid)
+		if rss > 0 {
+			r.mu.Lock()
+			r.rss = append(r.rss, chaosSample{time.Since(r.began), rss, cpu})
+			r.mu.Unlock()
+		}
+		if !r.pause(250 * time.Millisecond) {
 			return
 		}
 	}
+}
+
+// chaosCPU is the user and system CPU time pid used so far
+// (/proc/<pid>/stat fields 14 and 15, in USER_HZ = 100 ticks per second).
+func chaosCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	_, rest, _ := strings.Cut(string(b), ") ") // the command name may hold spaces
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	user, _ := strconv.ParseInt(f[11], 10, 64)
+	sys, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(user+sys) * 10 * time.Millisecond
+}
+
+// chaosLateNoted: the harness notes when its own 5 ms sleeps overran by
+// more than this: then the machine, not the gateway, may have stalled.
+const chaosLateNoted = 20 * time.Millisecond
+
+// watchSelf measures the harness's own scheduling delay.
+func (r *chaosRun) watchSelf() {
+	for {
+		start := time.Now()
+		if !r.pause(5 * time.Millisecond) {
+			return
+		}
+		if late := time.Since(start) - 5*time.Millisecond; late > chaosLateNoted {
+			r.mu.Lock()
+			if len(r.late) < 10000 {
+				r.late = append(r.late, chaosLate{start.Sub(r.began), late})
+			}
+			r.mu.Unlock()
+		}
+	}
+}
+
+// describe says what else was going on during a stall: the gateway's CPU
+// use around it and the harness's own lateness (r.mu held).
+func (s chaosStall) describe(r *chaosRun) string {
+	from, to := s.at-250*time.Millisecond, s.at+s.rtt+250*time.Millisecond
+	cpu := "?"
+	if len(r.rss) > 1 {
+		first, last := r.rss[0], r.rss[len(r.rss)-1]
+		for _, x := range r.rss {
+			if x.at <= from {
+				first = x
+			}
+		}
+		for _, x := range slices.Backward(r.rss) {
+			if x.at >= to {
+				last = x
+			}
+		}
+		if last.at > first.at {
+			cpu = fmt.Sprintf("%.0f%%", 100*float64(last.cpu-first.cpu)/float64(last.at-first.at))
+		}
+	}
+	var late time.Duration
+	for _, l := range r.late {
+		if l.at+l.late >= s.at && l.at <= s.at+s.rtt {
+			late = max(late, l.late)
+		}
+	}
+	return fmt.Sprintf("client %d seq %d at %.1fs: %v; gateway CPU %s around it; harness itself late by up to %v then; attacks started in the second before: %s",
+		s.client, s.seq, s.at.Seconds(), s.rtt.Round(time.Microsecond), cpu, late.Round(time.Millisecond), s.before)
 }
 
 // scrapeMetrics reads /metrics every second: the panic counter and any
@@ -967,6 +1056,8 @@ func (c *chaosConn) httpAnswer(d time.Duration) string {
 func chaosEnding(err error) string {
 	var ne net.Error
 	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "eof mid-frame"
 	case errors.Is(err, io.EOF):
 		return "eof"
 	case errors.Is(err, syscall.ECONNRESET):
@@ -2113,7 +2204,7 @@ func (r *chaosRun) finish() {
 			fmt.Fprintf(&fig, "  ... %d more\n", len(r.stalls)-20)
 			break
 		}
-		fmt.Fprintf(&fig, "  stall: %s\n", s)
+		fmt.Fprintf(&fig, "  stall: %s\n", s.describe(r))
 	}
 	var start, peak, end int64
 	if len(r.rss) > 0 {
