@@ -37,21 +37,25 @@ import (
 // The chaos smoke (issue 10, "Tests that must exist"): skipped unless
 // GATEWAY_CHAOS names a duration. `make chaos` runs
 //
-//	GATEWAY_CHAOS=3m go test -count=1 -run Chaos -timeout 15m -v ./test/
+//	GATEWAY_CHAOS=3m go test -count=1 -run '^TestChaos$' -timeout 30m -v ./test/
 //
 // One `gateway serve` process (built from this tree) with its own
 // redis-server, all four protocols on (native, KOsync with the KOReader HTTP
-// API, Hypothesis, wsify on its own listener), two event loops, all on
-// loopback. For the whole run it is attacked concurrently (see chaosAttacks
-// and the held pools): random bytes and malformed heads at every listener,
-// garbage frames and mutated JSON or packets at every WebSocket endpoint,
-// random requests at every HTTP endpoint (KOReader, wsify /broadcast, the
-// admin API), payloads that are not UTF-8 or not envelopes published
-// straight into Redis and through the admin API, slowloris heads, handshake
-// floods, resets (SO_LINGER 0) while the server writes, peers that never
-// read, and Redis killed and restarted twice. Meanwhile one healthy native
-// client per event loop keeps a publish round trip going (echo on, its own
-// channel, one every chaosRoundTripEvery).
+// API, Hypothesis, wsify on its own listener with an authorizer webhook run
+// by the test), two event loops, all on loopback. For the whole run it is
+// attacked concurrently (chaosAttacks, drawn by weight by
+// GATEWAY_CHAOS_WORKERS goroutines, plus the held pools): random bytes and
+// malformed heads at every listener, garbage frames and mutated JSON or
+// packets at every WebSocket endpoint, random requests at every HTTP
+// endpoint (KOReader, wsify /broadcast, the admin API), payloads that are
+// not UTF-8 or not envelopes published straight into Redis and through the
+// admin API, join floods, slowloris heads, handshake floods, resets
+// (SO_LINGER 0) while the server writes, peers that never read, and Redis
+// killed and restarted at a third and two thirds of the run. Meanwhile one
+// healthy native client per event loop keeps a publish round trip going
+// (echo on, its own channel, one every chaosRoundTripEvery), and a wsify,
+// a Hypothesis and a KOsync client stay connected where the hostile
+// publishes land.
 //
 // It fails if the process exits, a healthy round trip takes longer than the
 // stall bound (100 ms: the loop it runs on stalled) or never comes back
@@ -59,17 +63,20 @@ import (
 // series whose name has "loop_lag", if the node has one) passes the stall
 // bound, or the median RSS of the last third of the run is more than
 // chaosRSSFactor times that of the first third. At the end it logs the
-// figures: attacks per kind, round trips (count, p50, p99, max), RSS
-// start/peak/end, panics, close codes and HTTP statuses seen, and on failure
-// the gateway's log lines about panics.
+// figures: attacks per kind, round trips (count, p50, p99, max; each stall
+// with the gateway's CPU use, the harness's own scheduling delay and the
+// attacks started just before, to tell a loop stall from a starved
+// machine), RSS start/peak/end, CPU, panics, close codes and HTTP answers
+// seen, and on failure the gateway's log lines about panics (the whole log
+// follows).
 //
-// Environment: GATEWAY_CHAOS (duration; "1" or anything unparsable: 3m),
-// GATEWAY_CHAOS_SEED (the run's seed, logged at the start; each worker
-// draws from its own stream of it, so a seed replays the same choices,
-// though not the same interleaving), GATEWAY_CHAOS_STALL (the stall bound),
-// GATEWAY_CHAOS_WORKERS (attack goroutines), GATEWAY_CHAOS_SKIP (comma
-// separated attack kinds to leave out, e.g. to get past a known crash).
-// Helpers are prefixed chaos.
+// Environment: GATEWAY_CHAOS (duration, at least 20s; "1" or anything
+// unparsable: 3m), GATEWAY_CHAOS_SEED (the run's seed, logged at the start;
+// each worker draws from its own stream of it, so a seed replays the same
+// choices, though not the same interleaving), GATEWAY_CHAOS_STALL (the
+// stall bound), GATEWAY_CHAOS_WORKERS (attack goroutines, default 6),
+// GATEWAY_CHAOS_SKIP (comma separated attack kinds to leave out, e.g. to get
+// past a known crash). Helpers are prefixed chaos.
 
 const (
 	chaosDefaultDuration = 3 * time.Minute
@@ -1065,7 +1072,8 @@ func chaosEnding(err error) string {
 	case errors.As(err, &ne) && ne.Timeout():
 		return "no answer"
 	}
-	return "error: " + err.Error()
+	msg := err.Error()
+	return "error: " + msg[strings.LastIndex(msg, ": ")+1:] // without addresses
 }
 
 // upgradeHead is an upgrade request for path with extra header lines.
@@ -2216,6 +2224,11 @@ func (r *chaosRun) finish() {
 	first, last := chaosMedianRSS(r.rss, 0), chaosMedianRSS(r.rss, 2)
 	fmt.Fprintf(&fig, "RSS: start %.1f MiB, peak %.1f MiB, end %.1f MiB; median first third %.1f MiB, last third %.1f MiB\n",
 		mib(start), mib(peak), mib(end), mib(first), mib(last))
+	if len(r.rss) > 1 {
+		a, b := r.rss[0], r.rss[len(r.rss)-1]
+		fmt.Fprintf(&fig, "gateway CPU: %.1f s in %.1f s (%.0f%% of one core); machine load average at the end: %s\n",
+			(b.cpu - a.cpu).Seconds(), (b.at - a.at).Seconds(), 100*float64(b.cpu-a.cpu)/float64(b.at-a.at), chaosLoadAvg())
+	}
 	fmt.Fprintf(&fig, "gateway_handler_panics_total: %v\n", r.panics)
 	if r.lagSeries != "" {
 		fmt.Fprintf(&fig, "loop lag: max %.3fs (%s)\n", r.lagMax, r.lagSeries)
@@ -2234,6 +2247,9 @@ func (r *chaosRun) finish() {
 	fmt.Fprintf(&fig, "\nlistening clients' endings (they reconnect):")
 	for _, k := range slices.Sorted(maps.Keys(r.listeners)) {
 		fmt.Fprintf(&fig, " [%s]×%d", k, r.listeners[k])
+	}
+	if len(r.listeners) == 0 {
+		fmt.Fprintf(&fig, " none")
 	}
 	t.Log(fig.String())
 
@@ -2260,6 +2276,13 @@ func (r *chaosRun) finish() {
 		t.Errorf("chaos: %s", f)
 	}
 	t.Logf("gateway log lines about panics:\n%s", chaosPanicLines(r.proc.stderr.String()))
+}
+
+// chaosLoadAvg is the first three fields of /proc/loadavg.
+func chaosLoadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
@@ -2291,7 +2314,7 @@ func chaosPanicLines(log string) string {
 	}
 	for line := range strings.SplitSeq(log, "\n") {
 		if strings.Contains(line, "panicked") {
-			out = append(out, line)
+			out = append(out, strings.NewReplacer(`\n`, "\n", `\t`, "\t").Replace(line))
 		}
 	}
 	s := strings.Join(out, "\n")
