@@ -178,7 +178,8 @@ var chaosAttacks = []chaosAttack{
 	{"koreader-http", 5, (*chaosRun).attackKOReader},
 	{"wsify-broadcast", 5, (*chaosRun).attackWsifyBroadcast},
 	{"admin-api", 5, (*chaosRun).attackAdmin},
-	{"redis-publish", 4, (*chaosRun).attackRedisPublish},
+	{"redis-publish", 3, (*chaosRun).attackRedisPublish},
+	{"bad-utf8-redis", 3, (*chaosRun).attackRedisBadUTF8},
 	{"bad-utf8-admin", 4, (*chaosRun).attackAdminBadUTF8},
 	{"handshake-flood", 1, (*chaosRun).attackHandshakeFlood},
 	{"join-flood", 1, (*chaosRun).attackJoinFlood},
@@ -442,6 +443,16 @@ func chaosAuthorizer(t *testing.T) *httptest.Server {
 	return srv
 }
 
+// exited reports whether the gateway process has ended.
+func (r *chaosRun) exited() bool {
+	select {
+	case <-r.proc.exited:
+		return true
+	default:
+		return false
+	}
+}
+
 // pause sleeps d or until the run ends; false when the run ended.
 func (r *chaosRun) pause(d time.Duration) bool {
 	if d <= 0 {
@@ -470,6 +481,9 @@ func (r *chaosRun) healthy(i int, key []byte, ready chan struct{}) {
 		if ready != nil {
 			close(ready)
 			ready = nil
+		}
+		if r.exited() {
+			return // the node's death is reported once, by its watcher
 		}
 		if err != nil {
 			r.fail("healthy client %d: connect: %v", i, err)
@@ -509,7 +523,7 @@ func (r *chaosRun) healthy(i int, key []byte, ready chan struct{}) {
 		if r.ctx.Err() != nil && errors.Is(err, context.Canceled) {
 			return
 		}
-		if err != nil && r.ctx.Err() == nil {
+		if err != nil && r.ctx.Err() == nil && !r.exited() {
 			r.mu.Lock()
 			r.lost++
 			r.mu.Unlock()
@@ -1258,7 +1272,7 @@ func chaosString(rng *rand.Rand) string {
 	case 4:
 		return "日本語🙂\u202e\ufeff"
 	case 5:
-		return chaosPick(rng, "chaos-deny", "chaos-fail", "chaos-slow", "user:chaos-other", "server:x", "#kosync:chaos", "#wsify:"+chaosNewsChannel, "#hypothesis",
+		return chaosPick(rng, "chaos-deny", "chaos-fail", "chaos-slow", "user:chaos-other", "server:x", "#kosync:chaos", "#hypothesis",
 			"../../etc/passwd", "%s%n%x", "{{7*7}}", "<script>", chaosNewsChannel, chaosFireChannel)
 	case 6:
 		return string(chaosRandomBytes(rng, rng.IntN(40)))
@@ -1826,16 +1840,17 @@ func (r *chaosRun) attackWsifyBroadcast(rng *rand.Rand) {
 }
 
 // attackAdmin: the admin API with hostile input: publishes on odd channels
-// (reserved, personal, too long, empty, not UTF-8) with odd bodies,
-// revocations of garbage (never of a key in use: random subjects and ids),
-// mutated Hypothesis events, unknown paths and methods.
+// (reserved, personal, too long, empty, not UTF-8; wsify channels are
+// bad-utf8-admin's) with odd bodies, revocations of garbage (never of a key
+// in use: random subjects and ids), mutated Hypothesis events, unknown
+// paths and methods.
 func (r *chaosRun) attackAdmin(rng *rand.Rand) {
 	r.count("admin-api", 1)
 	var req chaosHTTPRequest
 	switch rng.IntN(6) {
 	case 0, 1:
 		ch := chaosPick(rng, url.QueryEscape(chaosString(rng)), "%ff%fe", "", "%23kosync%3Achaos", "%23hypothesis",
-			"%23wsify%3A"+chaosNewsChannel, "user%3Achaos", "server%3Aall", chaosNewsChannel)
+			"user%3Achaos", "server%3Aall", chaosNewsChannel)
 		body := chaosPick(rng, "", "x", string(chaosRandomBytes(rng, rng.IntN(2048))), strings.Repeat("y", chaosMaxMessage+1))
 		req = chaosHTTPRequest{http.MethodPost, "/api/publish?channel=" + ch, body, nil}
 	case 2:
@@ -1854,33 +1869,52 @@ func (r *chaosRun) attackAdmin(rng *rand.Rand) {
 	r.httpAttack(r.proc.admin, req, rng)
 }
 
-// attackRedisPublish: what an outside Redis publisher may send, in one
-// transaction so the payloads land in the same batch of loop tasks: wsify
-// payloads that are not UTF-8 between valid ones (issue 10, item 1), raw
-// and broken envelopes on the native, KOsync and Hypothesis channels, and
-// garbage on the revocation feed.
+// attackRedisPublish: what an outside Redis publisher may send on the
+// gateway's own channels, in one transaction so the payloads land in the
+// same batch of loop tasks: raw and broken envelopes on the native
+// channels, mutated JSON on the KOsync and Hypothesis channels, garbage on
+// the revocation feed.
 func (r *chaosRun) attackRedisPublish(rng *rand.Rand) {
 	r.count("redis-publish", 1)
+	r.redisTx(func(ctx context.Context, p redis.Pipeliner) {
+		for range 1 + rng.IntN(4) {
+			switch rng.IntN(3) {
+			case 0:
+				p.Publish(ctx, "gateway:ch:"+chaosFireChannel, slices.Concat([]byte{0x00, 0x47, 0x01}, chaosRandomBytes(rng, rng.IntN(20))))
+			case 1:
+				p.Publish(ctx, "gateway:ch:"+chaosPick(rng, "#kosync:"+chaosKsUser, "#hypothesis"),
+					chaosMutate(rng, `{"action":"create","annotation":{"id":"x"},"document":"doc1"}`))
+			default:
+				p.Publish(ctx, "gateway:revocations", chaosRandomBytes(rng, rng.IntN(64)))
+			}
+		}
+	})
+}
+
+// attackRedisBadUTF8: an outside publisher on a wsify channel (its raw
+// Redis name), as wsify users do: payloads that are not UTF-8 between
+// valid ones in one transaction (issue 10, item 1), or random bytes.
+func (r *chaosRun) attackRedisBadUTF8(rng *rand.Rand) {
+	r.count("bad-utf8-redis", 1)
+	r.redisTx(func(ctx context.Context, p redis.Pipeliner) {
+		for range 1 + rng.IntN(4) {
+			if rng.IntN(3) == 0 {
+				p.Publish(ctx, chaosNewsChannel, chaosRandomBytes(rng, rng.IntN(512)))
+				continue
+			}
+			p.Publish(ctx, chaosNewsChannel, `"ok"`)
+			p.Publish(ctx, chaosNewsChannel, chaosBadUTF8(rng))
+			p.Publish(ctx, chaosNewsChannel, `"after"`)
+		}
+	})
+}
+
+// redisTx runs fill in a MULTI/EXEC on the run's Redis.
+func (r *chaosRun) redisTx(fill func(context.Context, redis.Pipeliner)) {
 	ctx, cancel := context.WithTimeout(r.ctx, chaosIOTimeout)
 	defer cancel()
 	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		for range 1 + rng.IntN(4) {
-			switch rng.IntN(6) {
-			case 0, 1:
-				p.Publish(ctx, chaosNewsChannel, `"ok"`)
-				p.Publish(ctx, chaosNewsChannel, chaosBadUTF8(rng))
-				p.Publish(ctx, chaosNewsChannel, `"after"`)
-			case 2:
-				p.Publish(ctx, "gateway:ch:"+chaosFireChannel, slices.Concat([]byte{0x00, 0x47, 0x01}, chaosRandomBytes(rng, rng.IntN(20))))
-			case 3:
-				p.Publish(ctx, "gateway:ch:"+chaosPick(rng, "#kosync:"+chaosKsUser, "#hypothesis", "#wsify:"+chaosNewsChannel),
-					chaosMutate(rng, `{"action":"create","annotation":{"id":"x"},"document":"doc1"}`))
-			case 4:
-				p.Publish(ctx, "gateway:revocations", chaosRandomBytes(rng, rng.IntN(64)))
-			default:
-				p.Publish(ctx, chaosNewsChannel, chaosRandomBytes(rng, rng.IntN(512)))
-			}
-		}
+		fill(ctx, p)
 		return nil
 	})
 	if err != nil {
