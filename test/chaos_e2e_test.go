@@ -207,25 +207,26 @@ type chaosRun struct {
 	ksKey   string   // the KOReader key of chaosKsUser
 	ksJWT   string   // a KOsync JWT of chaosKsUser
 
-	mu        sync.Mutex
-	attacks   map[string]int64 // attack kind -> attacks sent
-	closes    map[string]int64 // WebSocket close codes and other endings seen by attackers
-	statuses  map[string]int64 // HTTP statuses seen
-	failures  []string
-	rtts      []time.Duration  // healthy round trips
-	stalls    []chaosStall     // round trips over the stall bound
-	late      []chaosLate      // the harness's own lateness over chaosLateNoted
-	lost      int64            // healthy publishes that never came back
-	listeners map[string]int64 // endings of the listening clients (wsify, Hypothesis, KOsync)
-	rss       []chaosSample
-	panics    float64
-	lagMax    float64 // largest loop-lag sample, seconds (if the node has one)
-	lagSeries string
-	scrapeErr int64
-	scrapeMax time.Duration
-	redisEvts []string
-	recent    [4096]chaosEvent // ring of attack starts
-	recentN   int
+	mu          sync.Mutex
+	attacks     map[string]int64 // attack kind -> attacks sent
+	closes      map[string]int64 // WebSocket close codes and other endings seen by attackers
+	statuses    map[string]int64 // HTTP statuses seen
+	failures    []string
+	rtts        []time.Duration  // healthy round trips
+	stalls      []chaosStall     // round trips over the stall bound
+	late        []chaosLate      // the harness's own lateness over chaosLateNoted
+	lost        int64            // healthy publishes that never came back
+	listeners   map[string]int64 // endings of the listening clients (wsify, Hypothesis, KOsync)
+	rss         []chaosSample
+	panics      float64
+	lagMax      float64 // largest loop-lag sample, seconds (if the node has one)
+	lagSeries   string
+	scrapeErr   int64
+	scrapeMax   time.Duration
+	redisEvts   []string
+	recent      [4096]chaosEvent // ring of attack starts
+	lastMetrics map[string]float64
+	recentN     int
 }
 
 // chaosSample is one reading of the gateway process: RSS and the CPU time
@@ -453,6 +454,17 @@ func (r *chaosRun) exited() bool {
 	}
 }
 
+// exitedWithin waits up to d for the process to end (a connection may see
+// the death before the process is reaped).
+func (r *chaosRun) exitedWithin(d time.Duration) bool {
+	select {
+	case <-r.proc.exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 // pause sleeps d or until the run ends; false when the run ended.
 func (r *chaosRun) pause(d time.Duration) bool {
 	if d <= 0 {
@@ -523,7 +535,7 @@ func (r *chaosRun) healthy(i int, key []byte, ready chan struct{}) {
 		if r.ctx.Err() != nil && errors.Is(err, context.Canceled) {
 			return
 		}
-		if err != nil && r.ctx.Err() == nil && !r.exited() {
+		if err != nil && r.ctx.Err() == nil && !r.exitedWithin(time.Second) {
 			r.mu.Lock()
 			r.lost++
 			r.mu.Unlock()
@@ -758,6 +770,7 @@ func (r *chaosRun) notePanicsAndLag(m map[string]float64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.panics = max(r.panics, m["gateway_handler_panics_total"])
+	r.lastMetrics = m
 	buckets := map[string][]chaosBucket{}
 	for name, v := range m {
 		base, _, _ := strings.Cut(name, "{")
@@ -1620,7 +1633,7 @@ func (r *chaosRun) attackNativePackets(rng *rand.Rand) {
 func chaosNativeMessage(rng *rand.Rand) []byte {
 	var m []byte
 	for range 1 + rng.IntN(4) {
-		switch rng.IntN(12) {
+		switch rng.IntN(13) {
 		case 0:
 			m = packet.AppendPing(m)
 		case 1:
@@ -1639,13 +1652,16 @@ func chaosNativeMessage(rng *rand.Rand) []byte {
 				m = packet.AppendSubscribe(m, "chaos-many-"+strconv.Itoa(i))
 			}
 		case 7:
-			m = append(m, bytes.Repeat([]byte{packet.PacketPing}, rng.IntN(chaosMaxMessage-len(m)))...)
+			m = append(m, bytes.Repeat([]byte{packet.PacketPing}, rng.IntN(max(1, chaosMaxMessage-len(m))))...)
 		case 8: // a string length that lies
 			m = append(m, packet.PacketSubscribe, 0x7f, 0xff, 'a')
 		case 9:
 			m = append(m, packet.PacketPublish, 0x00, 0x01, 'c', 0x80, 0x00, 0x00, 0x00)
 		case 10:
 			m = append(m, byte(5+rng.IntN(250)))
+		case 11: // the longest string there is, of a character an error message must quote
+			long := strings.Repeat(chaosPick(rng, "a", `"`, "\\", "\x01"), packet.MaxStringLen)
+			m = chaosPick(rng, packet.AppendSubscribe, packet.AppendUnsubscribe)(m, long)
 		default:
 			m = append(m, chaosRandomBytes(rng, rng.IntN(64))...)
 		}
@@ -2270,6 +2286,12 @@ func (r *chaosRun) finish() {
 		fmt.Fprintf(&fig, "loop lag: the node exports no loop_lag series\n")
 	}
 	fmt.Fprintf(&fig, "/metrics scrapes: %d failed, slowest %v\n", r.scrapeErr, r.scrapeMax.Round(time.Millisecond))
+	fmt.Fprintf(&fig, "the node's own counts at the end:\n")
+	for _, k := range slices.Sorted(maps.Keys(r.lastMetrics)) {
+		if v := r.lastMetrics[k]; v != 0 && slices.ContainsFunc(chaosReported, func(p string) bool { return strings.HasPrefix(k, p) }) {
+			fmt.Fprintf(&fig, "  %-100s %10g\n", k, v)
+		}
+	}
 	fmt.Fprintf(&fig, "endings seen by attackers (close codes, HTTP answers to raw heads, resets):\n")
 	for _, k := range slices.Sorted(maps.Keys(r.closes)) {
 		fmt.Fprintf(&fig, "  %-40s %8d\n", k, r.closes[k])
@@ -2310,6 +2332,14 @@ func (r *chaosRun) finish() {
 		t.Errorf("chaos: %s", f)
 	}
 	t.Logf("gateway log lines about panics:\n%s", chaosPanicLines(r.proc.stderr.String()))
+}
+
+// chaosReported are the node's series the figures show (by prefix).
+var chaosReported = []string{
+	"gateway_slow_consumer_disconnects_total", "gateway_dropped_messages_total", "gateway_handshakes_total",
+	"gateway_disconnects_total", "gateway_limit_refusals_total", "gateway_webhook_requests_total",
+	"gateway_auth_failures_total", "gateway_broker_refusals_total", "gateway_redis_pubsub_reconnects_total",
+	"gateway_connections{", "gateway_sessions", "go_goroutines", "go_memstats_heap_inuse_bytes",
 }
 
 // chaosLoadAvg is the first three fields of /proc/loadavg.
