@@ -1142,9 +1142,23 @@ func chaosB64(b []byte) string {
 	return string(out)
 }
 
+// chaosUpgradeHeaders are headers an upgrade may carry, one in four
+// upgrades one of them: browsers' and proxies' headers, subprotocols,
+// extensions the gateway does not do.
+var chaosUpgradeHeaders = []string{
+	"Origin: https://evil.example", "Origin: null", "Sec-WebSocket-Protocol: kosync.rpc, kosync.pubsub",
+	"Sec-WebSocket-Protocol: x, , y", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+	"X-Forwarded-For: 10.0.0.1, ::1", "Forwarded: for=unknown;proto=https", "Authorization: Bearer x.y.z",
+	"Cookie: a=b", "Connection: keep-alive",
+}
+
 // upgrade sends an upgrade head for path (plus first, bytes sent in the
 // same write) and reads the answer's status line and head; true on 101.
-func (c *chaosConn) upgrade(r *chaosRun, host, path string, first []byte, extra ...string) bool {
+func (c *chaosConn) upgrade(r *chaosRun, host, path string, first []byte) bool {
+	var extra []string
+	if c.rng.IntN(4) == 0 {
+		extra = append(extra, chaosPick(c.rng, chaosUpgradeHeaders...))
+	}
 	if c.write(append(c.upgradeHead(host, path, extra...), first...)) != nil {
 		return false
 	}
