@@ -2379,9 +2379,10 @@ func chaosMedianRSS(ss []chaosSample, third int) int64 {
 	return part[len(part)/2]
 }
 
-// chaosPanicLines picks from the gateway's log every line about a panic,
-// and a fatal panic's trace (from "panic:" or "fatal error:" to the end),
-// bounded.
+// chaosPanicLines picks from the gateway's log a fatal panic's trace
+// (from "panic:" or "fatal error:" to the end) and each recovered panic
+// ("panicked" lines): the first of each panic value in full, with its
+// stack, then how many times it recurred. Bounded.
 func chaosPanicLines(log string) string {
 	var out []string
 	log = "\n" + log
@@ -2390,10 +2391,21 @@ func chaosPanicLines(log string) string {
 	} else if i := strings.Index(log, "\nfatal error: "); i >= 0 {
 		out = append(out, log[i+1:])
 	}
+	seen := map[string]int{}
+	var order []string
 	for line := range strings.SplitSeq(log, "\n") {
-		if strings.Contains(line, "panicked") {
+		if !strings.Contains(line, "panicked") {
+			continue
+		}
+		_, v, _ := strings.Cut(line, ` panic=`)
+		v, _, _ = strings.Cut(v, ` stack=`)
+		if seen[v]++; seen[v] == 1 {
+			order = append(order, v)
 			out = append(out, strings.NewReplacer(`\n`, "\n", `\t`, "\t").Replace(line))
 		}
+	}
+	for _, v := range order {
+		out = append(out, fmt.Sprintf("recovered panic %s: %d times", v, seen[v]))
 	}
 	s := strings.Join(out, "\n")
 	if len(s) > 64<<10 {
