@@ -93,6 +93,10 @@ func (h *conn) authenticate(msg []byte) {
 	case err != nil:
 		h.refuse(reasonInvalid, packet.CloseUnauthorized, "invalid access key")
 		return
+	case !h.p.opts.Revoked.Known():
+		// Fail closed: the node could not load its revocations yet.
+		h.refuse(reasonUnavailable, packet.CloseTryAgainLater, "revocations not loaded yet; try again later")
+		return
 	case h.p.opts.Revoked.Check(claims):
 		h.refuse(reasonRevoked, packet.CloseUnauthorized, "access key revoked")
 		return

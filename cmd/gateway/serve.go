@@ -21,7 +21,7 @@ import (
 // serverFlags declares the flags that locate the secret; serve and key
 // share them so `gateway key issue` signs with the server's secret.
 func secretFlags(fs *flag.FlagSet, cfg *node.Config) {
-	fs.StringVar(&cfg.DataDir, "data-dir", node.DefaultDataDir, "data directory (generated secret; revocations without Redis)")
+	fs.StringVar(&cfg.DataDir, "data-dir", node.DefaultDataDir, "data directory (generated secret; revocations without Redis, the saved revoked set with it)")
 	fs.StringVar(&cfg.SecretFile, "secret-file", "", "file of secrets, one per line, the first signs (default: GATEWAY_SECRET, else a secret generated in --data-dir)")
 }
 
@@ -32,7 +32,7 @@ func serve(args []string) error {
 	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "main listener: WebSocket and HTTP")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", gateway.DefaultAdminListen, "admin listener: metrics, health, admin API")
 	secretFlags(fs, &cfg)
-	fs.StringVar(&cfg.RedisURL, "redis", "", "redis:// URL for revocations and fan-out across nodes (empty: run alone)")
+	fs.StringVar(&cfg.RedisURL, "redis", "", "redis:// URL for revocations, KOsync data and fan-out across nodes; run Redis with persistence (empty: run alone)")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "gateway:", "prefix of every Redis key and channel")
 	fs.DurationVar(&cfg.PingTimeout, "ping-timeout", native.DefaultPingTimeout, "close native clients silent this long (3003)")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", gateway.DefaultHandshakeTimeout, "TCP accept to authenticated")
