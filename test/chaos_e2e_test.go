@@ -2381,8 +2381,8 @@ func chaosMedianRSS(ss []chaosSample, third int) int64 {
 
 // chaosPanicLines picks from the gateway's log a fatal panic's trace
 // (from "panic:" or "fatal error:" to the end) and each recovered panic
-// ("panicked" lines): the first of each panic value in full, with its
-// stack, then how many times it recurred. Bounded.
+// (lines with a panic= field): the first of each panic value in full,
+// with its stack, then how many times it recurred. Bounded.
 func chaosPanicLines(log string) string {
 	var out []string
 	log = "\n" + log
@@ -2394,7 +2394,7 @@ func chaosPanicLines(log string) string {
 	seen := map[string]int{}
 	var order []string
 	for line := range strings.SplitSeq(log, "\n") {
-		if !strings.Contains(line, "panicked") {
+		if !strings.Contains(line, " panic=") {
 			continue
 		}
 		_, v, _ := strings.Cut(line, ` panic=`)
