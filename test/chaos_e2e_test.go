@@ -3,7 +3,9 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -820,7 +822,7 @@ func (r *chaosRun) notePanicsAndLag(m map[string]float64) {
 	}
 	stall := r.cfg.stall.Seconds()
 	for key, bs := range buckets {
-		slices.SortFunc(bs, func(a, b chaosBucket) int { return cmpFloat(a.le, b.le) })
+		slices.SortFunc(bs, func(a, b chaosBucket) int { return cmp.Compare(a.le, b.le) })
 		var within float64
 		for _, b := range bs {
 			if b.le <= stall {
@@ -839,16 +841,6 @@ func (r *chaosRun) notePanicsAndLag(m map[string]float64) {
 }
 
 type chaosBucket struct{ le, n float64 }
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
 
 // chaosLabel is the value of label in a sample name{...}.
 func chaosLabel(sample, label string) string {
@@ -1135,35 +1127,12 @@ func (c *chaosConn) upgradeHead(host, path string, extra ...string) []byte {
 	}
 	var b strings.Builder
 	b.WriteString("GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
-	b.WriteString("Sec-WebSocket-Key: " + chaosB64(k[:]) + "\r\nSec-WebSocket-Version: 13\r\n")
+	b.WriteString("Sec-WebSocket-Key: " + base64.StdEncoding.EncodeToString(k[:]) + "\r\nSec-WebSocket-Version: 13\r\n")
 	for _, h := range extra {
 		b.WriteString(h + "\r\n")
 	}
 	b.WriteString("\r\n")
 	return []byte(b.String())
-}
-
-func chaosB64(b []byte) string {
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-	var out []byte
-	for i := 0; i < len(b); i += 3 {
-		var n uint32
-		k := min(3, len(b)-i)
-		for j := range 3 {
-			n <<= 8
-			if j < k {
-				n |= uint32(b[i+j])
-			}
-		}
-		for j := range 4 {
-			if j <= k {
-				out = append(out, alphabet[n>>(18-6*j)&63])
-			} else {
-				out = append(out, '=')
-			}
-		}
-	}
-	return string(out)
 }
 
 // chaosUpgradeHeaders are headers an upgrade may carry, one in four
@@ -1909,7 +1878,7 @@ func (r *chaosRun) attackAdmin(rng *rand.Rand) {
 		req = chaosHTTPRequest{http.MethodPost, "/api/publish?channel=" + ch, body, nil}
 	case 2:
 		req = chaosHTTPRequest{http.MethodPost, "/api/revoke", string(chaosMutate(rng,
-			`{"key":"`+chaosB64(chaosRandomBytes(rng, 40))+`","id":"`+hex.EncodeToString(chaosRandomBytes(rng, 8))+`"}`)), nil}
+			`{"key":"`+base64.StdEncoding.EncodeToString(chaosRandomBytes(rng, 40))+`","id":"`+hex.EncodeToString(chaosRandomBytes(rng, 8))+`"}`)), nil}
 	case 3:
 		req = chaosHTTPRequest{http.MethodPost, "/api/revoke/subject", string(chaosMutate(rng, `{"subject":"zz-chaos-nobody"}`)), nil}
 	case 4:
@@ -2451,4 +2420,74 @@ func chaosPanicLines(log string) string {
 		return "(none)"
 	}
 	return s
+}
+
+// TestChaosHelpers checks the harness's own judgement on made-up input
+// (it runs in every `make test`; TestChaos itself only with GATEWAY_CHAOS):
+// loop-lag series of each shape, panic lines from both kinds of log, RSS
+// thirds, and which stalls the machine explains.
+func TestChaosHelpers(t *testing.T) {
+	r := &chaosRun{cfg: chaosConfig{stall: 100 * time.Millisecond}}
+	r.notePanicsAndLag(map[string]float64{
+		"gateway_handler_panics_total":                             2,
+		"gateway_loop_lag_seconds":                                 0.02, // a gauge
+		`gateway_loop_lag_hist_seconds_bucket{loop="0",le="0.05"}`: 10,
+		`gateway_loop_lag_hist_seconds_bucket{loop="0",le="0.1"}`:  10,
+		`gateway_loop_lag_hist_seconds_bucket{loop="0",le="0.25"}`: 11, // one over 100 ms
+		`gateway_loop_lag_hist_seconds_bucket{loop="0",le="+Inf"}`: 11,
+		"gateway_loop_lag_hist_seconds_count":                      11,
+	})
+	if r.panics != 2 || r.lagMax != 0.25 || !strings.Contains(r.lagSeries, "bucket") {
+		t.Errorf("panics %v, lag %v (%s); want 2 and 0.25 from the histogram", r.panics, r.lagMax, r.lagSeries)
+	}
+	r = &chaosRun{cfg: chaosConfig{stall: 100 * time.Millisecond}}
+	r.notePanicsAndLag(map[string]float64{`gateway_loop_lag_seconds{loop="1"}`: 0.3})
+	if r.lagMax != 0.3 {
+		t.Errorf("gauge lag %v, want 0.3", r.lagMax)
+	}
+
+	fatal := "time=x level=INFO msg=started\npanic: runtime error: slice bounds out of range\n\ngoroutine 7 [running]:\nmain.f()\n"
+	if got := chaosPanicLines(fatal); !strings.HasPrefix(got, "panic: runtime error") || !strings.Contains(got, "main.f()") {
+		t.Errorf("fatal panic: got %q", got)
+	}
+	recovered := `level=ERROR msg="x" panic="boom" stack="a\nb"` + "\n" + `level=ERROR msg="y" panic="boom" stack="c"` + "\n"
+	if got := chaosPanicLines(recovered); !strings.Contains(got, "a\nb") || strings.Contains(got, `stack="c"`) ||
+		!strings.Contains(got, `recovered panic "boom": 2 times`) {
+		t.Errorf("recovered panics: got %q", got)
+	}
+	if got := chaosPanicLines("level=INFO msg=fine\n"); got != "(none)" {
+		t.Errorf("no panic: got %q", got)
+	}
+
+	var ss []chaosSample
+	for i, rss := range []int64{10, 30, 20, 40, 50, 60, 70, 90, 80} {
+		ss = append(ss, chaosSample{at: time.Duration(i) * time.Second, rss: rss})
+	}
+	if a, b := chaosMedianRSS(ss, 0), chaosMedianRSS(ss, 2); a != 20 || b != 80 {
+		t.Errorf("median RSS of the thirds: %d, %d; want 20, 80", a, b)
+	}
+
+	r = &chaosRun{cfg: chaosConfig{stall: 100 * time.Millisecond}}
+	for i := range 9 { // the gateway at half a core, then at two cores
+		cpu := time.Duration(i) * 125 * time.Millisecond
+		if i > 4 {
+			cpu = 500*time.Millisecond + time.Duration(i-4)*500*time.Millisecond
+		}
+		r.rss = append(r.rss, chaosSample{at: time.Duration(i) * 250 * time.Millisecond, cpu: cpu})
+	}
+	r.late = []chaosLate{{at: 500 * time.Millisecond, late: 150 * time.Millisecond}, {at: 1750 * time.Millisecond, late: 150 * time.Millisecond}}
+	for _, c := range []struct {
+		s    chaosStall
+		want bool
+	}{
+		{chaosStall{at: 500 * time.Millisecond, rtt: 200 * time.Millisecond}, true},   // harness as late, gateway idle
+		{chaosStall{at: 500 * time.Millisecond, rtt: 400 * time.Millisecond}, false},  // the harness was not late enough
+		{chaosStall{at: 1000 * time.Millisecond, rtt: 150 * time.Millisecond}, false}, // the harness was on time
+		{chaosStall{at: 1750 * time.Millisecond, rtt: 200 * time.Millisecond}, false}, // the gateway hogged the cores
+	} {
+		if got := c.s.machine(r); got != c.want {
+			cpu, late := c.s.context(r)
+			t.Errorf("stall at %v of %v (gateway %.2f cores, harness late %v): machine = %v, want %v", c.s.at, c.s.rtt, cpu, late, got, c.want)
+		}
+	}
 }
