@@ -6,7 +6,7 @@ FUZZTIME  ?= 30s
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/wsgateway/gateway/gateway.Version=$(VERSION)
 
-.PHONY: build run test vet race bench bench-micro fuzz soak clean
+.PHONY: build run test vet race bench bench-micro fuzz soak chaos clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gateway
@@ -52,6 +52,15 @@ fuzz:
 SOAKTIME ?= 10m
 soak:
 	GATEWAY_SOAK=$(SOAKTIME) $(GO) test -race -count=1 -run Soak -timeout 30m -v ./test/
+
+# chaos: one node (all four protocols, its own Redis) attacked for CHAOSTIME
+# while a healthy client's round trip is watched (test/chaos_e2e_test.go).
+# CHAOSSEED replays a run's choices. No -race: the attackers share the two
+# cores with the node, and a slower client would report stalls of its own.
+CHAOSTIME ?= 3m
+CHAOSSEED ?=
+chaos:
+	GATEWAY_CHAOS=$(CHAOSTIME) GATEWAY_CHAOS_SEED=$(CHAOSSEED) $(GO) test -count=1 -run '^TestChaos$$' -timeout 30m -v ./test/
 
 clean:
 	rm -rf bin
