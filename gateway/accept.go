@@ -1,6 +1,6 @@
 package gateway
 
-// # Why the gateway accepts connections itself
+// # Accept errors
 //
 // gnet v2.9.7 turns any accept(2) error it does not know as harmless into
 // the end of the whole engine. Its acceptors (acceptor_unix.go) retry only
@@ -26,45 +26,43 @@ package gateway
 // sees the error (upstream closed the report, panjf2000/gnet#367, as
 // invalid).
 //
-// So the gateway owns its listening sockets and accepts on one goroutine
-// per listener with Go's net package, then hands each connection to an
-// event loop of a gnet.Client: the same event loops, but an engine with no
-// listener, so gnet never calls accept(2) and no accept error can reach it.
-// This costs, per connection and only at accept: Go's netFD set-up
-// (getsockname, TCP_NODELAY, an epoll registration), gnet's dup(2) of the
-// descriptor and the close of Go's copy, and one wait for OnOpen on the
-// loop; the connection then keeps Go's local address (one *net.TCPAddr).
-// bench/README.md has the figures. SO_REUSEPORT works as before: several
-// processes bind the same port and the kernel spreads connections over
-// them.
+// The fix is in gnet, where the error is: third_party/gnet is gnet v2.9.7
+// with one patch (third_party/gnet/PATCH.md), used through a replace
+// directive in go.mod. With the new option WithAcceptErrorHandler, an
+// accept error takes the listener out of the poller and calls the handler
+// instead of shutting down; the handler puts the listener back when it
+// chooses. Accepting on our own goroutines with Go's net package and
+// handing each connection to gnet with Enroll was built and measured
+// first: Enroll dups every descriptor, Go's netFD set-up and close add
+// about five system calls and a round trip to the loop per accept, and
+// each connection keeps Go's two addresses, which cost +110 to +180 bytes
+// of heap per idle connection (about +12 %) and about twice the server CPU
+// per accept (bench/README.md). The patch costs nothing per connection.
 //
 // # Out of descriptors
 //
 // While the node accepts normally it holds acceptReserveFDs spare
-// descriptors (the libuv trick, widened). When an accept fails the
-// acceptors pause and the spares are closed, so that what else the node
-// needs a descriptor for (the admin listener's /readyz and /metrics, Redis,
-// the hand-off of plain HTTP requests, KOsync's files) keeps working while
-// new clients wait in the listen backlog. The failure is logged (rate
-// limited), counted in gateway_accept_errors_total, shown by
-// gateway_accept_paused and by /readyz (503 "not_accepting"). The
-// acceptors retry after a pause that doubles from acceptRetryMin to
-// acceptRetryMax, as net/http's Server.Serve does, and resume once
-// 2 × acceptReserveFDs descriptors are free again (they take the spares
-// back first), so a node at the edge of its limit does not flap. Sessions
-// already open are never touched.
+// descriptors (the libuv trick, widened). On an accept error the listener
+// pauses and the spares are closed, so that what else the node needs a
+// descriptor for (the admin listener's /readyz and /metrics, Redis, the
+// hand-off of plain HTTP requests, KOsync's files) keeps working while new
+// clients wait in the listen backlog. The failure is logged (rate limited),
+// counted in gateway_accept_errors_total and shown by gateway_accept_paused
+// and by /readyz (503 "not_accepting"). A goroutine then tries to take the
+// spares back after a pause that doubles from acceptRetryMin to
+// acceptRetryMax, as net/http's Server.Serve does; it resumes every paused
+// listener once 2 × acceptReserveFDs descriptors are free (it keeps half),
+// so a node at the edge of its limit does not flap. Sessions already open
+// are never touched.
 
 import (
-	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/panjf2000/gnet/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
@@ -72,21 +70,16 @@ import (
 const (
 	// acceptReserveFDs is how many spare descriptors the node holds while
 	// it accepts normally, and gives back to the rest of the process when
-	// accept(2) runs out of them.
+	// accept(2) fails.
 	acceptReserveFDs = 16
-	// acceptRetryMin is the first pause after an accept error; each
-	// further error doubles it, up to acceptRetryMax. A successful accept
-	// resets it.
+	// acceptRetryMin is the first pause after an accept error; it doubles
+	// while descriptors stay short, up to acceptRetryMax.
 	acceptRetryMin = 5 * time.Millisecond
-	// acceptRetryMax is the longest pause between two attempts.
+	// acceptRetryMax is the longest pause between two attempts to resume.
 	acceptRetryMax = time.Second
 	// acceptLogEvery rate-limits the accept error log line (and, apart, the
 	// line that says accepting resumed).
 	acceptLogEvery = 10 * time.Second
-	// tcpKeepAlive is the TCP keep-alive idle time of accepted connections
-	// (probes every fifth of it, five of them), set on the listening socket,
-	// whose accepted sockets inherit it on Linux.
-	tcpKeepAlive = time.Minute
 )
 
 // Reasons of gateway_accept_errors_total, a closed set.
@@ -99,7 +92,7 @@ const (
 
 var acceptReasons = []string{acceptFDLimit, acceptSystemFDLimit, acceptMemory, acceptOther}
 
-// acceptErrorReason maps an accept (or enrolment) error to its label.
+// acceptErrorReason maps an accept error to its label.
 func acceptErrorReason(err error) string {
 	switch {
 	case errors.Is(err, syscall.EMFILE):
@@ -112,121 +105,56 @@ func acceptErrorReason(err error) string {
 	return acceptOther
 }
 
-// acceptedOn is the context a connection carries from its acceptor to
-// OnOpen: the index of its listener in Server.listeners.
-type acceptedOn uint8
-
-// listen binds every listener: SO_REUSEADDR (Go's default), SO_REUSEPORT
-// with Options.ReusePort, and TCP keep-alive for the accepted sockets to
-// inherit. On an error it closes what it bound.
-func (s *Server) listen() error {
-	lc := net.ListenConfig{Control: s.listenerSockopts, KeepAlive: -1} // keep-alive is inherited, not set per connection
-	for _, l := range s.listeners {
-		ln, err := lc.Listen(context.Background(), "tcp", l.addr)
-		if err != nil {
-			s.closeListeners()
-			return err
-		}
-		s.sockets = append(s.sockets, ln.(*net.TCPListener))
-	}
-	return nil
-}
-
-// listenerSockopts sets the listening socket's options before bind.
-func (s *Server) listenerSockopts(_, _ string, rc syscall.RawConn) error {
-	var err error
-	ctlErr := rc.Control(func(fd uintptr) {
-		set := func(level, opt, v int) {
-			if err == nil {
-				err = unix.SetsockoptInt(int(fd), level, opt, v)
-			}
-		}
-		if s.opts.ReusePort {
-			set(unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		}
-		set(unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-		set(unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(tcpKeepAlive/time.Second))
-		set(unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(tcpKeepAlive/5/time.Second))
-		set(unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 5)
-	})
-	if ctlErr != nil {
-		return ctlErr
-	}
-	return err
-}
-
-// startAccepting runs one acceptor goroutine per listener.
-func (s *Server) startAccepting() {
-	for i, ln := range s.sockets {
-		s.acceptors.Add(1)
-		go s.acceptLoop(acceptedOn(i), ln)
-	}
-}
-
-// closeListeners closes the listening sockets; the acceptors end.
-func (s *Server) closeListeners() {
-	for _, ln := range s.sockets {
-		_ = ln.Close()
-	}
-}
-
-// stopAccepting closes the listeners, waits for the acceptors (an
-// enrolment in progress needs the loops, so this comes before they stop)
-// and gives the spare descriptors back.
-func (s *Server) stopAccepting() {
-	close(s.acceptDone)
-	s.closeListeners()
-	s.acceptors.Wait()
-	s.gate.release()
-}
-
-// acceptLoop accepts on ln until it is closed, and enrols each connection
-// in an event loop. No error ends it but the listener's close.
-func (s *Server) acceptLoop(on acceptedOn, ln *net.TCPListener) {
-	defer s.acceptors.Done()
-	for s.gate.wait(s.acceptDone) {
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			s.gate.failed(ln.Addr(), err)
-			continue
-		}
-		s.gate.accepted()
-		// EnrollContext dups the descriptor, registers the copy on the
-		// least busy loop, waits for OnOpen and closes c.
-		if _, err := s.cli.EnrollContext(c, on); err != nil {
-			s.gate.failed(ln.Addr(), err)
-		}
-	}
-}
-
-// acceptGate paces the acceptors of all listeners (descriptors are the
-// process's, so one listener's EMFILE pauses them all) and holds the spare
-// descriptors. Its methods are goroutine-safe.
+// acceptGate is the gnet accept error handler: it pauses the listeners
+// that failed, holds the spare descriptors and resumes the listeners when
+// descriptors are free again. Its methods are goroutine-safe; failed runs
+// on the event loop that accepts and never blocks.
 type acceptGate struct {
 	logger *slog.Logger
 	errors map[string]prometheus.Counter // by reason, resolved once
-
 	paused atomic.Bool
-	retry  atomic.Int64 // the next pause, in nanoseconds; 0 after a good accept
 
 	mu         sync.Mutex
 	reserve    []int
-	since      time.Time // when the pause began
-	cause      string    // the error that began it
-	nextLog    time.Time // accept errors are logged from then on
-	nextResume time.Time // the same for the line that says accepting resumed
-	suppressed int       // errors not logged since the last line
+	resumes    []func() // of the paused listeners
+	retrying   bool     // a retry goroutine runs
+	stopped    bool
+	done       chan struct{} // closed by stop: the retry goroutine ends
+	since      time.Time     // when the pause began
+	cause      string        // the error that began it
+	nextLog    time.Time     // accept errors are logged from then on
+	nextResume time.Time     // the same for the line that says accepting resumed
+	suppressed int           // errors not logged since the last line
 }
 
 func newAcceptGate(logger *slog.Logger, errs *prometheus.CounterVec) *acceptGate {
-	g := &acceptGate{logger: logger, errors: map[string]prometheus.Counter{}}
+	g := &acceptGate{logger: logger, errors: map[string]prometheus.Counter{}, done: make(chan struct{})}
 	for _, r := range acceptReasons {
 		g.errors[r] = errs.WithLabelValues(r)
 	}
 	return g
+}
+
+// start takes the spares when the server starts.
+func (g *acceptGate) start() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.fill() {
+		return errors.New("fewer than 32 file descriptors free: raise the open files limit (ulimit -n)")
+	}
+	return nil
+}
+
+// stop ends a retry in progress and closes the spares.
+func (g *acceptGate) stop() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.stopped {
+		g.stopped = true
+		close(g.done)
+	}
+	closeAll(g.reserve)
+	g.reserve = nil
 }
 
 // fill takes the spare descriptors, first checking that twice as many are
@@ -246,63 +174,37 @@ func (g *acceptGate) fill() bool {
 	return true
 }
 
-// release closes the spare descriptors, if held.
-func (g *acceptGate) release() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.releaseLocked()
-}
-
-func (g *acceptGate) releaseLocked() {
-	closeAll(g.reserve)
-	g.reserve = g.reserve[:0]
-}
-
 func closeAll(fds []int) {
 	for _, fd := range fds {
 		_ = unix.Close(fd)
 	}
 }
 
-// start takes the spares when the server starts.
-func (g *acceptGate) start() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.fill() {
-		return errors.New("fewer than 32 file descriptors free: raise the open files limit (ulimit -n)")
-	}
-	return nil
-}
-
-// accepted resets the retry pause after a good accept.
-func (g *acceptGate) accepted() {
-	if g.retry.Load() != 0 {
-		g.retry.Store(0)
-	}
-}
-
-// failed counts and logs (rate limited) a failed accept or enrolment and
-// pauses the acceptors, giving the spares back.
-func (g *acceptGate) failed(addr net.Addr, err error) {
+// failed handles an accept error of a listener that gnet paused: it
+// counts and logs (rate limited) the error, gives the spares back on the
+// first error of a pause, and keeps resume for when descriptors are free.
+func (g *acceptGate) failed(err error, resume func()) {
 	reason := acceptErrorReason(err)
 	g.errors[reason].Inc()
-	retry := min(max(2*time.Duration(g.retry.Load()), acceptRetryMin), acceptRetryMax)
-	g.retry.Store(int64(retry))
-
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.resumes = append(g.resumes, resume)
 	now := time.Now()
 	if !g.paused.Load() {
-		g.releaseLocked()
+		closeAll(g.reserve)
+		g.reserve = g.reserve[:0]
 		g.since, g.cause = now, "accept: "+errnoText(err)
 		g.paused.Store(true)
+	}
+	if !g.retrying && !g.stopped {
+		g.retrying = true
+		go g.retry()
 	}
 	if now.Before(g.nextLog) {
 		g.suppressed++
 		return
 	}
-	args := []any{"listener", addr.String(), "reason", reason, "err", err, "open_files_limit", openFilesLimit(),
-		"retry_in", retry.String()}
+	args := []any{"reason", reason, "err", err, "open_files_limit", openFilesLimit()}
 	if g.suppressed > 0 {
 		args = append(args, "suppressed", g.suppressed)
 	}
@@ -310,38 +212,49 @@ func (g *acceptGate) failed(addr net.Addr, err error) {
 	g.logger.Error("accept failed: new connections wait until descriptors free up; open sessions are unaffected", args...)
 }
 
-// wait returns true once the acceptors may accept, false when done closes
-// first. While paused it sleeps the retry pause, then tries to take the
-// spares back; whoever succeeds resumes every acceptor.
-func (g *acceptGate) wait(done <-chan struct{}) bool {
-	for g.paused.Load() {
-		t := time.NewTimer(max(time.Duration(g.retry.Load()), acceptRetryMin))
+// retry tries to take the spares back after doubling pauses, then resumes
+// every paused listener. It ends there, or when the gate stops.
+func (g *acceptGate) retry() {
+	for pause := acceptRetryMin; ; pause = min(2*pause, acceptRetryMax) {
+		t := time.NewTimer(pause)
 		select {
-		case <-done:
+		case <-g.done:
 			t.Stop()
-			return false
+			return
 		case <-t.C:
 		}
-		g.tryResume()
+		if g.tryResume() {
+			return
+		}
 	}
-	return true
 }
 
-func (g *acceptGate) tryResume() {
+// tryResume resumes the paused listeners if the spares could be taken
+// back, and reports whether it did.
+func (g *acceptGate) tryResume() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.paused.Load() || !g.fill() {
-		return
+	if g.stopped {
+		g.retrying = false
+		return true
 	}
+	if !g.fill() {
+		return false
+	}
+	for _, resume := range g.resumes {
+		resume()
+	}
+	g.resumes, g.retrying = nil, false
 	g.paused.Store(false)
 	if now := time.Now(); !now.Before(g.nextResume) {
 		g.nextResume = now.Add(acceptLogEvery)
 		g.logger.Warn("accepting new connections again", "paused_for", now.Sub(g.since).Round(time.Millisecond).String(),
 			"cause", g.cause)
 	}
+	return true
 }
 
-// state reports whether the acceptors are paused, and why.
+// state reports whether accepting is paused, and why.
 func (g *acceptGate) state() (cause string, paused bool) {
 	if !g.paused.Load() {
 		return "", false
@@ -351,8 +264,7 @@ func (g *acceptGate) state() (cause string, paused bool) {
 	return g.cause, g.paused.Load()
 }
 
-// errnoText is the system error's text without Go's wrapping (the
-// listener's address is already in the log line).
+// errnoText is the system error's text without Go's wrapping.
 func errnoText(err error) string {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
@@ -374,10 +286,3 @@ func openFilesLimit() uint64 {
 // connections because accept failed (out of file descriptors, say), and
 // the error. /readyz answers 503 while it lasts.
 func (s *Server) AcceptPaused() (cause string, paused bool) { return s.gate.state() }
-
-// listenerOf is the index of the listener a connection arrived on, from
-// the context its acceptor gave it (0, the main listener, without one).
-func listenerOf(gc gnet.Conn) uint8 {
-	on, _ := gc.Context().(acceptedOn)
-	return uint8(on)
-}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,10 +68,18 @@ func (s *Server) listener(name string) *listener {
 }
 
 // bindAll learns every listener's bound address (port 0 included) and starts
-// its net/http side.
-func (s *Server) bindAll() {
-	for i, l := range s.listeners {
-		addr := s.sockets[i].Addr().(*net.TCPAddr)
+// its net/http side. It runs in OnBoot.
+func (s *Server) bindAll(eng gnet.Engine) error {
+	for _, l := range s.listeners {
+		fd, err := eng.DupListener("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("listener %s: %w", l.addr, err)
+		}
+		addr, err := sockName(fd)
+		unix.Close(fd)
+		if err != nil {
+			return err
+		}
 		l.bound = addr
 		l.ln = newHandoffListener(addr)
 		l.http = &http.Server{
@@ -82,6 +91,25 @@ func (s *Server) bindAll() {
 		}
 		go func() { _ = l.http.Serve(l.ln) }()
 	}
+	return nil
+}
+
+// listenerOf finds the listener a connection arrived on by the socket's
+// own local address (gnet reports the configured one, port 0 included).
+func (s *Server) listenerOf(fd int) uint8 {
+	if len(s.listeners) == 1 {
+		return 0
+	}
+	a, err := sockName(fd)
+	if err != nil {
+		return 0
+	}
+	for i, l := range s.listeners {
+		if l.bound != nil && l.bound.Port == a.Port && (l.bound.IP.IsUnspecified() || l.bound.IP.Equal(a.IP)) {
+			return uint8(i)
+		}
+	}
+	return 0
 }
 
 // distinctAddrs makes the listeners' address strings distinct, which

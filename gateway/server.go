@@ -130,14 +130,11 @@ type Server struct {
 	metrics   *metrics
 	epoch     time.Time
 
-	// cli runs the event loops: a gnet engine without listeners, fed by
-	// the acceptors (accept.go explains why).
-	cli          *gnet.Client
-	sockets      []*net.TCPListener // the listening sockets, as s.listeners
-	gate         *acceptGate
-	acceptors    sync.WaitGroup
-	acceptDone   chan struct{} // closed by Shutdown: paused acceptors end
+	eng          gnet.Engine
+	gate         *acceptGate // pauses and resumes accepting on errors (accept.go)
 	httpErrorLog *log.Logger
+	booted       chan struct{}
+	stopped      chan error
 	draining     atomic.Bool
 	conns        atomic.Int64
 
@@ -153,7 +150,7 @@ func New(opts Options, hub *session.Hub) *Server {
 	opts.setDefaults()
 	s := &Server{
 		opts: opts, logger: opts.Logger, hub: hub,
-		epoch: time.Now(), acceptDone: make(chan struct{}),
+		epoch: time.Now(), booted: make(chan struct{}), stopped: make(chan error, 1),
 		httpErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 	}
 	s.metrics = newMetrics(s)
@@ -232,49 +229,42 @@ func (s *Server) fallbackHTTP(l *listener, w http.ResponseWriter, r *http.Reques
 	fmt.Fprintln(w, `{"error":"not found"}`)
 }
 
-// Start binds the listeners, runs the event loops and the acceptors; it
-// returns once the server accepts connections.
+// Start binds the listener and runs the event loops; it returns once the
+// server accepts connections.
 func (s *Server) Start() error {
 	if err := s.distinctAddrs(); err != nil {
 		return err
 	}
-	if err := s.listen(); err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	if err := s.startLoops(); err != nil {
-		s.closeListeners()
-		return err
-	}
-	s.bindAll()
 	if err := s.gate.start(); err != nil {
-		s.closeListeners()
-		_ = s.cli.Stop()
 		return err
 	}
-	s.startAccepting()
-	return nil
-}
-
-// startLoops starts the broker and the event loops.
-func (s *Server) startLoops() error {
 	if err := s.hub.Start(); err != nil {
+		s.gate.stop()
 		return fmt.Errorf("start broker: %w", err)
 	}
-	cli, err := gnet.NewClient(s,
+	opts := []gnet.Option{
+		gnet.WithAcceptErrorHandler(s.gate.failed),
 		gnet.WithNumEventLoop(s.opts.EventLoops),
+		gnet.WithReusePort(s.opts.ReusePort),
 		gnet.WithTicker(true),
-		gnet.WithTCPNoDelay(gnet.TCPDelay), // Go's accept already set TCP_NODELAY
+		gnet.WithTCPKeepAlive(time.Minute),
 		gnet.WithLogger(gnetLogger{s.logger}),
-	)
-	if err == nil {
-		err = cli.Start()
 	}
-	if err != nil {
-		_ = s.hub.Close()
-		return fmt.Errorf("event loops: %w", err)
+	addrs := make([]string, len(s.listeners))
+	for i, l := range s.listeners {
+		addrs[i] = "tcp://" + l.addr
 	}
-	s.cli = cli
-	return nil
+	go func() { s.stopped <- gnet.Rotate(s, addrs, opts...) }()
+	select {
+	case <-s.booted:
+		return nil
+	case err := <-s.stopped:
+		if err == nil {
+			err = errors.New("gnet stopped during start")
+		}
+		s.gate.stop()
+		return fmt.Errorf("listen %s: %w", s.opts.Listen, err)
+	}
 }
 
 // Addr returns the main listener's address (useful with port 0).
@@ -301,8 +291,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stopCancel()
-	s.stopAccepting()
-	err := s.cli.Stop()
+	err := s.eng.Stop(stopCtx)
+	<-s.stopped
+	s.gate.stop()
 	for _, l := range s.listeners {
 		if l.ln != nil {
 			l.ln.Close()
@@ -340,8 +331,16 @@ func (s *Server) loopFor(el gnet.EventLoop) (*Loop, error) {
 	return l, nil
 }
 
-// OnBoot implements gnet.EventHandler.
-func (s *Server) OnBoot(gnet.Engine) gnet.Action { return gnet.None }
+// OnBoot learns the bound addresses and starts the HTTP side.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	if err := s.bindAll(eng); err != nil {
+		s.logger.Error("cannot start the listeners", "err", err)
+		return gnet.Shutdown
+	}
+	close(s.booted)
+	return gnet.None
+}
 
 // OnShutdown implements gnet.EventHandler.
 func (s *Server) OnShutdown(gnet.Engine) {}
@@ -357,7 +356,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		return nil, gnet.Close
 	}
 	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: time.Now().UnixNano(),
-		listener: listenerOf(gc)}
+		listener: s.listenerOf(gc.Fd())}
 	c.timer.Init(c)
 	l.wheel.Set(&c.timer, s.seconds(time.Unix(0, c.accept).Add(s.opts.HandshakeTimeout)))
 	gc.SetContext(c)

@@ -150,6 +150,15 @@ type Options struct {
 	// Note that this option is only available for stream-oriented protocol.
 	EdgeTriggeredIO bool
 
+	// AcceptErrorHandler, when set, is called on an accept(2) error other
+	// than EAGAIN, EINTR, ECONNRESET and ECONNABORTED (EMFILE, ENFILE,
+	// ENOBUFS, ENOMEM...) instead of shutting the engine down: the listener
+	// stops being polled until the handler calls resume (once, from any
+	// goroutine). It runs on the event loop that accepts and must not
+	// block. This option is server-only. (wsgateway patch; not in upstream
+	// gnet.)
+	AcceptErrorHandler func(err error, resume func())
+
 	// EdgeTriggeredIOChunk specifies the number of bytes that `gnet` can
 	// read/write up to in one event loop of ET. This option implies
 	// EdgeTriggeredIO when it is set to a value greater than 0.
@@ -322,5 +331,13 @@ func WithEdgeTriggeredIO(et bool) Option {
 func WithEdgeTriggeredIOChunk(chunk int) Option {
 	return func(opts *Options) {
 		opts.EdgeTriggeredIOChunk = chunk
+	}
+}
+
+// WithAcceptErrorHandler sets up a handler of accept errors that pauses the
+// listener rather than shutting the engine down (wsgateway patch).
+func WithAcceptErrorHandler(h func(err error, resume func())) Option {
+	return func(opts *Options) {
+		opts.AcceptErrorHandler = h
 	}
 }
