@@ -58,6 +58,7 @@ package gateway
 import (
 	"errors"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -182,13 +183,16 @@ func closeAll(fds []int) {
 
 // failed handles an accept error of a listener that gnet paused: it
 // counts and logs (rate limited) the error, gives the spares back on the
-// first error of a pause, and keeps resume for when descriptors are free.
+// first error of a pause, and keeps resume for when descriptors are free
+// (nil: the listener retries by itself).
 func (g *acceptGate) failed(err error, resume func()) {
 	reason := acceptErrorReason(err)
 	g.errors[reason].Inc()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.resumes = append(g.resumes, resume)
+	if resume != nil {
+		g.resumes = append(g.resumes, resume)
+	}
 	now := time.Now()
 	if !g.paused.Load() {
 		closeAll(g.reserve)
@@ -280,6 +284,23 @@ func openFilesLimit() uint64 {
 		return 0
 	}
 	return rl.Cur
+}
+
+// gatedListener reports the accept errors of a net/http listener (the
+// admin's) to the gate: a probe that finds the node out of descriptors
+// before any client does frees the spares too, so that net/http, which
+// retries by itself, gets one.
+type gatedListener struct {
+	net.Listener
+	gate *acceptGate
+}
+
+func (l gatedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		l.gate.failed(err, nil)
+	}
+	return c, err
 }
 
 // AcceptPaused reports whether the server stopped accepting new

@@ -151,7 +151,7 @@ func (a *Admin) Start() error {
 		return err
 	}
 	a.ln = ln
-	go func() { _ = a.http.Serve(ln) }()
+	go func() { _ = a.http.Serve(gatedListener{ln, a.srv.gate}) }()
 	return nil
 }
 

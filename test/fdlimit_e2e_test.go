@@ -27,13 +27,23 @@ import (
 // under what the idle connections will ask for.
 const fdHeadroom = 48
 
+// fdKeepAlive polls over one admin connection opened before the limit is
+// reached, so that the first accept to fail is the main listener's (gnet's
+// acceptor), not the admin listener's.
+var fdKeepAlive = &http.Client{Timeout: 10 * time.Second}
+
 // fdProbe opens a fresh connection per request, as a kubelet probe does:
 // a node out of descriptors must still answer it.
 var fdProbe = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
 func fdGet(t testing.TB, url string) (int, string) {
 	t.Helper()
-	resp, err := fdProbe.Get(url)
+	return fdGetWith(t, fdProbe, url)
+}
+
+func fdGetWith(t testing.TB, client *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := client.Get(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
@@ -100,17 +110,31 @@ func fdWaitReadyz(t testing.TB, p *e2eProc, status int, body string) {
 	}
 }
 
+// TestFDLimitAcceptPausesAndRecovers: gnet's main reactor accepts (no
+// SO_REUSEPORT), with an edge-triggered listener.
 func TestFDLimitAcceptPausesAndRecovers(t *testing.T) {
 	t.Parallel()
+	fdExhaustAndRecover(t)
+}
+
+// TestFDLimitReusePortAcceptPausesAndRecovers: with --reuse-port each event
+// loop accepts on its own level-triggered listener.
+func TestFDLimitReusePortAcceptPausesAndRecovers(t *testing.T) {
+	t.Parallel()
+	fdExhaustAndRecover(t, "--reuse-port", "--event-loops", "2")
+}
+
+func fdExhaustAndRecover(t *testing.T, args ...string) {
 	dir := t.TempDir()
 	env := e2eEnv()
 	key := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
 	// A long handshake deadline keeps the idle connections open.
-	p := e2eServe(t, env, "--data-dir", dir, "--handshake-timeout", "2m")
+	p := e2eServe(t, env, append([]string{"--data-dir", dir, "--handshake-timeout", "2m"}, args...)...)
 	pid := p.cmd.Process.Pid
 	limit := fdOpen(t, pid) + fdHeadroom
 	fdSetLimit(t, pid, limit)
 
+	fdGetWith(t, fdKeepAlive, p.admin+"/readyz")
 	// Two sessions open before the limit is reached.
 	sessions := []*websocket.Conn{e2eConnectURL(t, p.ws, key), e2eConnectURL(t, p.ws, key)}
 	addr := strings.TrimSuffix(strings.TrimPrefix(p.ws, "ws://"), "/api/ws")
@@ -129,7 +153,7 @@ func TestFDLimitAcceptPausesAndRecovers(t *testing.T) {
 			t.Fatalf("dial %d: %v", len(idle), err)
 		}
 		idle = append(idle, c)
-		if status, body := fdGet(t, p.admin+"/readyz"); status == http.StatusServiceUnavailable {
+		if status, body := fdGetWith(t, fdKeepAlive, p.admin+"/readyz"); status == http.StatusServiceUnavailable {
 			if body != notAccepting {
 				t.Fatalf("/readyz while out of descriptors: %q, want %q", body, notAccepting)
 			}
@@ -140,6 +164,11 @@ func TestFDLimitAcceptPausesAndRecovers(t *testing.T) {
 		}
 	}
 	t.Logf("accept failed after %d idle connections (limit %d)", len(idle), limit)
+	// A fresh probe connection is served: the spares went to the admin
+	// listener.
+	if status, body := fdGet(t, p.admin+"/readyz"); status != http.StatusServiceUnavailable || body != notAccepting {
+		t.Fatalf("fresh /readyz while out of descriptors: %d %q, want 503 %q", status, body, notAccepting)
+	}
 	if v := fdMetric(t, p, `gateway_accept_errors_total{reason="fd_limit"}`); v < 1 {
 		t.Errorf("gateway_accept_errors_total{reason=\"fd_limit\"} = %v, want >= 1", v)
 	}
@@ -150,7 +179,8 @@ func TestFDLimitAcceptPausesAndRecovers(t *testing.T) {
 	for _, c := range sessions {
 		e2ePing(t, c)
 	}
-	// A new client waits in the backlog: its handshake gets no answer.
+	// A new client is not served: it waits in the backlog, or is closed at
+	// once by a listener that has not failed yet.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	if c, _, err := websocket.Dial(ctx, p.ws, nil); err == nil {
 		c.CloseNow()
@@ -188,5 +218,28 @@ func TestFDLimitAcceptPausesAndRecovers(t *testing.T) {
 	}
 	if !strings.Contains(log, fmt.Sprintf("open_files_limit=%d", limit)) {
 		t.Errorf("the accept error line does not give the open files limit %d:\n%s", limit, log)
+	}
+}
+
+// TestReusePortTwoProcesses: two nodes with --reuse-port share one port and
+// the kernel spreads connections over both (SO_REUSEPORT is set on the
+// listeners gnet opens, patched acceptor or not).
+func TestReusePortTwoProcesses(t *testing.T) {
+	t.Parallel()
+	env := e2eEnv("GATEWAY_SECRET=" + testSecret)
+	key := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", t.TempDir())
+	listen := e2eFreeAddr(t)
+	a := e2eServe(t, env, "--data-dir", t.TempDir(), "--reuse-port", "--listen", listen)
+	b := e2eServe(t, env, "--data-dir", t.TempDir(), "--reuse-port", "--listen", listen)
+	// 2^-39 is the chance that one node gets all 40.
+	for range 40 {
+		c := e2eConnectURL(t, "ws://"+listen+"/api/ws", key)
+		e2ePing(t, c)
+		c.CloseNow()
+	}
+	for _, p := range []*e2eProc{a, b} {
+		if v := fdMetric(t, p, "gateway_connections_accepted_total"); v < 1 {
+			t.Errorf("node %s accepted %v of 40 connections on the shared port, want some", p.admin, v)
+		}
 	}
 }
