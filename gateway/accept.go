@@ -46,7 +46,9 @@ package gateway
 // pauses and the spares are closed, so that what else the node needs a
 // descriptor for (the admin listener's /readyz and /metrics, Redis, the
 // hand-off of plain HTTP requests, KOsync's files) keeps working while new
-// clients wait in the listen backlog. The failure is logged (rate limited),
+// clients wait in the listen backlog (a listener that has not failed yet,
+// on another port or another loop's SO_REUSEPORT socket, closes what it
+// accepts meanwhile: acceptGate.shed). The failure is logged (rate limited),
 // counted in gateway_accept_errors_total and shown by gateway_accept_paused
 // and by /readyz (503 "not_accepting"). A goroutine then tries to take the
 // spares back after a pause that doubles from acceptRetryMin to
@@ -117,8 +119,9 @@ type acceptGate struct {
 
 	mu         sync.Mutex
 	reserve    []int
-	resumes    []func() // of the paused listeners
-	retrying   bool     // a retry goroutine runs
+	resumes    []func()          // of the paused listeners
+	pausedLns  map[net.Addr]bool // their addresses (gnet's own *net.TCPAddr values)
+	retrying   bool              // a retry goroutine runs
 	stopped    bool
 	done       chan struct{} // closed by stop: the retry goroutine ends
 	since      time.Time     // when the pause began
@@ -184,14 +187,18 @@ func closeAll(fds []int) {
 // failed handles an accept error of a listener that gnet paused: it
 // counts and logs (rate limited) the error, gives the spares back on the
 // first error of a pause, and keeps resume for when descriptors are free
-// (nil: the listener retries by itself).
-func (g *acceptGate) failed(err error, resume func()) {
+// (nil: the listener retries by itself, and is not gnet's).
+func (g *acceptGate) failed(listener net.Addr, err error, resume func()) {
 	reason := acceptErrorReason(err)
 	g.errors[reason].Inc()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if resume != nil {
 		g.resumes = append(g.resumes, resume)
+		if g.pausedLns == nil {
+			g.pausedLns = map[net.Addr]bool{}
+		}
+		g.pausedLns[listener] = true
 	}
 	now := time.Now()
 	if !g.paused.Load() {
@@ -245,17 +252,31 @@ func (g *acceptGate) tryResume() bool {
 	if !g.fill() {
 		return false
 	}
+	g.paused.Store(false) // first: OnOpen closes what is accepted while paused
 	for _, resume := range g.resumes {
 		resume()
 	}
 	g.resumes, g.retrying = nil, false
-	g.paused.Store(false)
+	clear(g.pausedLns)
 	if now := time.Now(); !now.Before(g.nextResume) {
 		g.nextResume = now.Add(acceptLogEvery)
 		g.logger.Warn("accepting new connections again", "paused_for", now.Sub(g.since).Round(time.Millisecond).String(),
 			"cause", g.cause)
 	}
 	return true
+}
+
+// shed reports whether OnOpen must close a connection that a listener
+// accepted: while paused, one that has not failed (yet) would hand the
+// spares kept for the admin listener to new clients. Connections the
+// failed listener accepted before its error are kept.
+func (g *acceptGate) shed(listener net.Addr) bool {
+	if !g.paused.Load() {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.paused.Load() && !g.pausedLns[listener]
 }
 
 // state reports whether accepting is paused, and why.
@@ -298,7 +319,7 @@ type gatedListener struct {
 func (l gatedListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil && !errors.Is(err, net.ErrClosed) {
-		l.gate.failed(err, nil)
+		l.gate.failed(nil, err, nil)
 	}
 	return c, err
 }

@@ -26,6 +26,13 @@ func value(c prometheus.Counter) float64 {
 	return m.GetCounter().GetValue()
 }
 
+// Two gnet listeners' addresses: gnet hands the same pointer to the
+// handler and as the LocalAddr of the connections it accepted.
+var (
+	lnA net.Addr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
+	lnB net.Addr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 3000}
+)
+
 func acceptErr(errno syscall.Errno) error {
 	return &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", errno)}
 }
@@ -116,10 +123,13 @@ func TestAcceptGatePausesAndResumes(t *testing.T) {
 	}
 
 	resumedA, resumedB := make(chan struct{}, 2), make(chan struct{}, 2)
-	g.failed(syscall.EMFILE, func() { resumedA <- struct{}{} })
-	g.failed(syscall.ENFILE, func() { resumedB <- struct{}{} })
+	g.failed(lnA, syscall.EMFILE, func() { resumedA <- struct{}{} })
+	g.failed(lnB, syscall.ENFILE, func() { resumedB <- struct{}{} })
 	waitResumed(t, resumedA)
 	waitResumed(t, resumedB)
+	if g.shed(lnA) || g.shed(lnB) {
+		t.Error("sheds connections after resuming")
+	}
 	if cause, paused := g.state(); paused {
 		t.Fatalf("still paused (%q) after the listeners resumed", cause)
 	}
@@ -137,7 +147,7 @@ func TestAcceptGatePausesAndResumes(t *testing.T) {
 	}
 
 	// A second pause within acceptLogEvery is counted, not logged again.
-	g.failed(acceptErr(syscall.EMFILE), func() { resumedA <- struct{}{} })
+	g.failed(lnA, acceptErr(syscall.EMFILE), func() { resumedA <- struct{}{} })
 	waitResumed(t, resumedA)
 	if v := value(errs.WithLabelValues("fd_limit")); v != 2 {
 		t.Errorf("fd_limit errors = %v, want 2", v)
@@ -158,13 +168,21 @@ func TestAcceptGateStateWhilePaused(t *testing.T) {
 	g.mu.Lock()
 	g.stopped = true // no retry goroutine: the pause lasts
 	g.mu.Unlock()
-	g.failed(acceptErr(syscall.EMFILE), func() { t.Error("resumed after stop") })
+	g.failed(lnA, acceptErr(syscall.EMFILE), func() { t.Error("resumed after stop") })
 	cause, paused := g.state()
 	if !paused || cause != "accept: too many open files" {
 		t.Fatalf("state = %q, %v; want the EMFILE text, paused", cause, paused)
 	}
 	if n := len(reserved(g)); n != 0 {
 		t.Fatalf("%d spares held while paused, want 0", n)
+	}
+	// What the failed listener accepted before its error is kept; what
+	// another listener accepts now is closed, so the spares stay free.
+	if g.shed(lnA) {
+		t.Error("shed a connection of the listener that failed")
+	}
+	if !g.shed(lnB) {
+		t.Error("kept a connection another listener accepted while paused")
 	}
 	for _, fd := range spares {
 		if isOpen(fd) {
@@ -202,6 +220,9 @@ func TestGatedListenerReportsAcceptErrors(t *testing.T) {
 	}
 	if _, paused := g.state(); !paused {
 		t.Fatal("not paused after the admin listener's EMFILE")
+	}
+	if !g.shed(lnA) {
+		t.Error("a gnet listener's new connection kept while the admin listener is out of descriptors")
 	}
 	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("second Accept: %v, want net.ErrClosed", err)

@@ -346,11 +346,10 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 func (s *Server) OnShutdown(gnet.Engine) {}
 
 // OnOpen registers a new TCP connection and arms its handshake deadline.
-// While draining, and while accepting is paused (a listener that has not
-// failed yet still accepts), it closes the connection at once: the
-// descriptors kept for the admin listener must not go to new clients.
+// While draining, and while accepting is paused for a listener that has
+// not failed yet (acceptGate.shed), it closes the connection at once.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
-	if s.draining.Load() || s.gate.paused.Load() {
+	if s.draining.Load() || s.gate.shed(gc.LocalAddr()) {
 		return nil, gnet.Close
 	}
 	l, err := s.loopFor(gc.EventLoop())

@@ -28,7 +28,7 @@ func (el *eventloop) acceptFailed(fd int, err error, edgeTriggered bool) error {
 		return errors.ErrAcceptSocket
 	}
 	pa := ln.pollAttachment
-	h(err, func() {
+	h(ln.addr, err, func() {
 		_ = el.poller.Trigger(queue.HighPriority, func(any) error {
 			if el.engine.isShutdown() {
 				return nil

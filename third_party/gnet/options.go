@@ -15,6 +15,7 @@
 package gnet
 
 import (
+	"net"
 	"time"
 
 	"github.com/panjf2000/gnet/v2/pkg/logging"
@@ -153,11 +154,12 @@ type Options struct {
 	// AcceptErrorHandler, when set, is called on an accept(2) error other
 	// than EAGAIN, EINTR, ECONNRESET and ECONNABORTED (EMFILE, ENFILE,
 	// ENOBUFS, ENOMEM...) instead of shutting the engine down: the listener
-	// stops being polled until the handler calls resume (once, from any
-	// goroutine). It runs on the event loop that accepts and must not
-	// block. This option is server-only. (wsgateway patch; not in upstream
-	// gnet.)
-	AcceptErrorHandler func(err error, resume func())
+	// (whose address is listener, the LocalAddr of the connections it
+	// accepted) stops being polled until the handler calls resume (once,
+	// from any goroutine). It runs on the event loop that accepts and must
+	// not block. This option is server-only. (wsgateway patch; not in
+	// upstream gnet.)
+	AcceptErrorHandler func(listener net.Addr, err error, resume func())
 
 	// EdgeTriggeredIOChunk specifies the number of bytes that `gnet` can
 	// read/write up to in one event loop of ET. This option implies
@@ -336,7 +338,7 @@ func WithEdgeTriggeredIOChunk(chunk int) Option {
 
 // WithAcceptErrorHandler sets up a handler of accept errors that pauses the
 // listener rather than shutting the engine down (wsgateway patch).
-func WithAcceptErrorHandler(h func(err error, resume func())) Option {
+func WithAcceptErrorHandler(h func(listener net.Addr, err error, resume func())) Option {
 	return func(opts *Options) {
 		opts.AcceptErrorHandler = h
 	}
