@@ -35,7 +35,7 @@ package gateway
 // handing each connection to gnet with Enroll was built and measured
 // first: Enroll dups every descriptor, Go's netFD set-up and close add
 // about five system calls and a round trip to the loop per accept, and
-// each connection keeps Go's two addresses, which cost +110 to +180 bytes
+// each connection keeps Go's two addresses, which cost +130 to +180 bytes
 // of heap per idle connection (about +12 %) and about twice the server CPU
 // per accept (bench/README.md). The patch costs nothing per connection.
 //
@@ -50,8 +50,10 @@ package gateway
 // on another port or another loop's SO_REUSEPORT socket, closes what it
 // accepts meanwhile: acceptGate.shed). The failure is logged (rate limited),
 // counted in gateway_accept_errors_total and shown by gateway_accept_paused
-// and by /readyz (503 "not_accepting"). A goroutine then tries to take the
-// spares back after a pause that doubles from acceptRetryMin to
+// and by /readyz (503 "not_accepting"). An accept error of the admin
+// listener (gatedListener) pauses the same way, since a probe may be the
+// first to find the node out of descriptors. A goroutine then tries to
+// take the spares back after a pause that doubles from acceptRetryMin to
 // acceptRetryMax, as net/http's Server.Serve does; it resumes every paused
 // listener once 2 × acceptReserveFDs descriptors are free (it keeps half),
 // so a node at the edge of its limit does not flap. Sessions already open
