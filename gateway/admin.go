@@ -160,7 +160,7 @@ func (a *Admin) Start() error {
 		return err
 	}
 	a.ln = ln
-	go func() { _ = a.http.Serve(ln) }()
+	go func() { _ = a.http.Serve(gatedListener{ln, a.srv.gate}) }()
 	return nil
 }
 
@@ -174,11 +174,16 @@ func (a *Admin) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// readyz is 503 while the server drains, so balancers stop sending; with
-// an optional dependency down it stays 200 but says "degraded".
+// readyz is 503 while the server drains, and while it cannot accept new
+// connections (out of file descriptors, say), so balancers stop sending;
+// with an optional dependency down it stays 200 but says "degraded".
 func (a *Admin) readyz(w http.ResponseWriter, _ *http.Request) {
 	if a.srv.Draining() {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+		return
+	}
+	if cause, paused := a.srv.AcceptPaused(); paused {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not_accepting", "error": cause})
 		return
 	}
 	if a.opts.Dependencies != nil {

@@ -46,6 +46,7 @@ type metrics struct {
 	handshakeDur  *prometheus.HistogramVec
 	connections   *prometheus.GaugeVec
 	disconnects   *prometheus.CounterVec
+	acceptErrors  *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -83,8 +84,12 @@ func newMetrics(s *Server) *metrics {
 	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_disconnects_total", Help: "Closed WebSocket connections by close code (known codes, else other) and who closed.",
 	}, []string{"protocol", "code", "initiator"})
+	m.acceptErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gateway_accept_errors_total",
+		Help: "Failed accepts of TCP connections, by reason (fd_limit: EMFILE, system_fd_limit: ENFILE, memory, other); each pauses accepting.",
+	}, []string{"reason"})
 	for _, c := range []prometheus.Collector{m.accepted, m.httpHandOffs, m.slowConsumers, m.panics, m.handshakes,
-		m.handshakeDur, m.connections, m.disconnects, &loopCollector{s}} {
+		m.handshakeDur, m.connections, m.disconnects, m.acceptErrors, &loopCollector{s}} {
 		f(c)
 	}
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -93,6 +98,14 @@ func newMetrics(s *Server) *metrics {
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "gateway_channels", Help: "Channels with at least one subscriber on this node.",
 	}, func() float64 { return float64(s.hub.Channels()) }))
+	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gateway_accept_paused", Help: "1 while the node does not accept new connections because accept failed (see gateway_accept_errors_total), else 0.",
+	}, func() float64 {
+		if _, paused := s.AcceptPaused(); paused {
+			return 1
+		}
+		return 0
+	}))
 	hs := s.hub.Stats()
 	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "gateway_publishes_total", Help: "Publishes delivered to this node's subscribers (local and from other nodes).",

@@ -143,6 +143,7 @@ type Server struct {
 	epoch     time.Time
 
 	eng          gnet.Engine
+	gate         *acceptGate // pauses and resumes accepting on errors (accept.go)
 	httpErrorLog *log.Logger
 	booted       chan struct{}
 	stopped      chan error
@@ -170,6 +171,7 @@ func New(opts Options, hub *session.Hub) *Server {
 	}
 	s.metrics = newMetrics(s)
 	s.policyLog = ratelog.New(opts.Logger, slog.LevelInfo, 0)
+	s.gate = newAcceptGate(s.logger, s.metrics.acceptErrors)
 	s.AddListener(MainListener, opts.Listen)
 	return s
 }
@@ -253,10 +255,15 @@ func (s *Server) Start() error {
 	if err := s.checkBindable(); err != nil {
 		return err
 	}
+	if err := s.gate.start(); err != nil {
+		return err
+	}
 	if err := s.hub.Start(); err != nil {
+		s.gate.stop()
 		return fmt.Errorf("start broker: %w", err)
 	}
 	opts := []gnet.Option{
+		gnet.WithAcceptErrorHandler(s.gate.failed),
 		gnet.WithNumEventLoop(s.opts.EventLoops),
 		gnet.WithReusePort(s.opts.ReusePort),
 		gnet.WithReuseAddr(true), // restart at once over the TIME_WAITs of the last run
@@ -276,6 +283,7 @@ func (s *Server) Start() error {
 		if err == nil {
 			err = errors.New("gnet stopped during start")
 		}
+		s.gate.stop()
 		return fmt.Errorf("listen %s: %w", strings.Join(addrs, " "), err)
 	}
 }
@@ -306,6 +314,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer stopCancel()
 	err := s.eng.Stop(stopCtx)
 	<-s.stopped
+	s.gate.stop()
 	for _, l := range s.listeners {
 		if l.ln != nil {
 			l.ln.Close()
@@ -358,8 +367,10 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 func (s *Server) OnShutdown(gnet.Engine) {}
 
 // OnOpen registers a new TCP connection and arms its handshake deadline.
+// While draining, and while accepting is paused for a listener that has
+// not failed yet (acceptGate.shed), it closes the connection at once.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
-	if s.draining.Load() {
+	if s.draining.Load() || s.gate.shed(gc.LocalAddr()) {
 		return nil, gnet.Close
 	}
 	l, err := s.loopFor(gc.EventLoop())
