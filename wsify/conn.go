@@ -105,6 +105,7 @@ func (h *conn) OnOpen(c *gateway.Conn) {
 	// The subject lets an operator revoke one wsify connection by subject
 	// ("wsify:<conn id>"); wsify has no keys of its own.
 	h.sess = session.New(token.Claims{Subject: "wsify:" + h.id.id}, h)
+	h.sess.MaxSubscriptions = h.p.maxJoins
 	c.Loop().Shard().Add(h.sess)
 	h.doneFn = h.done
 	c.SetDeadline(time.Now().Add(pingEvery))
@@ -189,8 +190,13 @@ func (h *conn) run(m *message) {
 	shard := h.c.Loop().Shard()
 	switch m.command {
 	case "join":
-		if m.channel != "" {
-			shard.Subscribe(h.sess, hubChannel(m.channel)) // a no-op when joined
+		if m.channel == "" {
+			return
+		}
+		// A no-op when joined; O(1) either way.
+		if shard.Subscribe(h.sess, hubChannel(m.channel)) != nil {
+			h.queue = nil
+			h.c.Close(gateway.ClosePolicyViolation, h.p.tooManyChannels())
 		}
 	case "leave":
 		if m.channel != "" {

@@ -91,7 +91,13 @@
 //     404 everywhere but /ws and /broadcast, {"message":"Method Not
 //     Allowed"} 405 for a wrong method on them, with Echo's default CORS
 //     headers. A plain GET /ws (no Upgrade) gets 426.
-//   - No per-connection channel cap and no channel-name length cap
-//     (upstream has none); the gateway's message cap (64 KiB, 1009) and
-//     outbound budget apply.
+//   - Channels per connection are capped (Options.MaxChannels, default
+//     128; upstream has none): a join of one channel more closes the
+//     connection with 1008 "too many channels joined: more than N". wsify
+//     has no error message a refused join could answer with, and ignoring
+//     it would leave the client waiting for broadcasts that never come; a
+//     close is what wsify already does past its other limit (the
+//     authorizer backlog). Joins, leaves and the disconnect cost O(1) per
+//     channel. There is no channel-name length cap (upstream has none);
+//     the gateway's message cap (64 KiB, 1009) and outbound budget apply.
 package wsify

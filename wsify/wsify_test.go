@@ -429,3 +429,20 @@ func TestNotFoundAndMethodNotAllowed(t *testing.T) {
 		t.Errorf("preflight: %d %v", resp.StatusCode, resp.Header)
 	}
 }
+
+// TestJoinCap: a connection holds at most MaxChannels channels; joining
+// one already held or leaving one keeps it open, one more closes it with
+// 1008.
+func TestJoinCap(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, Options{MaxChannels: 3}, nil)
+	a := dial(t, n.addr, "")
+	a.join("one")
+	a.join("two")
+	a.join("two") // held: no new place
+	a.send(`{"command":"leave","args":{"channel":"two"}}`)
+	a.join("three")
+	a.sync("four") // the third channel: the cap, still open
+	a.join("five")
+	a.expectClose(websocket.StatusPolicyViolation, "too many channels joined: more than 3")
+}
