@@ -29,8 +29,9 @@ import (
 // probe share it: a flood that held the loop would show in the probe's
 // round trips.
 
-// sfMaxRTT is the round trip the probe must stay under during a flood.
-const sfMaxRTT = 100 * time.Millisecond
+// sfMaxRTT is the round trip the probe must stay under during a flood
+// (scaled under the race detector).
+const sfMaxRTT = sfRaceSlowdown * 100 * time.Millisecond
 
 // sfNode starts a one-loop node with every protocol, wsify on its own port.
 func sfNode(t *testing.T, mods ...func(*node.Config)) *node.Node {
