@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -335,4 +336,52 @@ func TestNativePingFlood(t *testing.T) {
 	c = rtConnect(t, n)
 	c.write(rtMsg(bytes.Repeat([]byte{packet.PacketPing}, 60000)))
 	c.expectClose(1008, "too many packets in one message: more than 1024")
+}
+
+// TestProcessSubscriptionCapFlags: `gateway serve --max-subscriptions 2`
+// caps a native connection (and GATEWAY_HYPOTHESIS_MAX_FILTER_ROWS a
+// Hypothesis filter); `gateway wsify -max-channels 2` caps the drop-in's
+// joins.
+func TestProcessSubscriptionCapFlags(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	env := e2eEnv("GATEWAY_HYPOTHESIS_MAX_FILTER_ROWS=1")
+	p := e2eServe(t, env, "--data-dir", dir, "--max-subscriptions", "2")
+	c := e2eConnectURL(t, p.ws, e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir))
+	subscribe(t, c, "a")
+	subscribe(t, c, "b")
+	send(t, c, packet.AppendSubscribe(nil, "c"))
+	if got, want := readOne(t, c), `Error(429, "subscribe \"c\": more than 2 subscriptions")`; describe(got) != want {
+		t.Fatalf("third subscribe: %s, want %s", describe(got), want)
+	}
+	h := dialText(t, strings.Replace(p.ws, "/api/ws", "/ws", 1))
+	writeText(t, h, `{"type":"filter","id":1,"filter":{"match_policy":"include_any","clauses":[{"field":"/id","operator":"one_of","value":["x","y"]}],"actions":{}}}`)
+	if got, want := readText(t, h), `{"type":"error","error":{"type":"invalid_data","description":"filter too large: more than 1 values"},"ok":false,"reply_to":1}`; got != want {
+		t.Fatalf("two-value filter: %s, want %s", got, want)
+	}
+
+	listen := e2eFreeAddr(t)
+	cmd := exec.Command(e2eGatewayBinary(t), "wsify", "-listen-addr", listen, "-max-channels", "2",
+		"-admin-listen", e2eFreeAddr(t), "-data-dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var w *websocket.Conn
+	for deadline := time.Now().Add(waitFor); w == nil; time.Sleep(50 * time.Millisecond) {
+		conn, _, err := websocket.Dial(testCtx(t), "ws://"+listen+"/ws", nil)
+		if err == nil {
+			w = conn
+			t.Cleanup(func() { _ = conn.CloseNow() })
+		} else if time.Now().After(deadline) {
+			t.Fatalf("gateway wsify not listening: %v", err)
+		}
+	}
+	for _, ch := range []string{"a", "b", "c"} {
+		writeText(t, w, `{"command":"join","args":{"channel":"`+ch+`"}}`)
+	}
+	_, _, err := w.Read(testCtx(t))
+	if websocket.CloseStatus(err) != websocket.StatusPolicyViolation || !strings.Contains(err.Error(), "too many channels joined: more than 2") {
+		t.Fatalf("third join: %v, want close 1008 \"too many channels joined: more than 2\"", err)
+	}
 }
