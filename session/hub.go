@@ -40,6 +40,9 @@ type HubStats struct {
 	Publishes      atomic.Uint64 // publishes accepted, local or from the broker
 	LoopTasks      atomic.Uint64 // deliveries handed to loops (one per loop per publish)
 	BrokerRefusals atomic.Uint64 // publishes refused because the broker was busy
+	// SubscriptionRefusals counts subscribes refused because the session
+	// held its cap (ErrTooManySubscriptions).
+	SubscriptionRefusals atomic.Uint64
 }
 
 // NewHub returns a hub whose publishes also go through b. A nil b means a

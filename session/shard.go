@@ -104,6 +104,7 @@ func (sh *Shard) Subscribe(s *Session, channel string) error {
 		return nil
 	}
 	if s.atCap() {
+		sh.hub.stats.SubscriptionRefusals.Add(1)
 		return ErrTooManySubscriptions
 	}
 	t := sh.topics[channel]

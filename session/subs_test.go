@@ -22,6 +22,9 @@ func TestSubscribeCapsPerSession(t *testing.T) {
 	if err := sh.Subscribe(s, "one-more"); !errors.Is(err, ErrTooManySubscriptions) {
 		t.Fatalf("subscription %d: err %v, want ErrTooManySubscriptions", DefaultMaxSubscriptions+1, err)
 	}
+	if got := h.Stats().SubscriptionRefusals.Load(); got != 1 {
+		t.Fatalf("SubscriptionRefusals = %d, want 1", got)
+	}
 	if s.IsSubscribed("one-more") || s.Subscriptions() != DefaultMaxSubscriptions || h.Channels() != DefaultMaxSubscriptions {
 		t.Fatalf("a refused subscribe changed state: subscribed %v, %d subscriptions, %d channels",
 			s.IsSubscribed("one-more"), s.Subscriptions(), h.Channels())
