@@ -193,6 +193,11 @@ func (h *conn) run(m *message) {
 		if m.channel == "" {
 			return
 		}
+		if len(m.channel) > MaxChannelName {
+			h.queue = nil
+			h.c.Close(gateway.ClosePolicyViolation, channelTooLong)
+			return
+		}
 		// A no-op when joined; O(1) either way.
 		if shard.Subscribe(h.sess, hubChannel(m.channel)) != nil {
 			h.queue = nil

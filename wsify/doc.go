@@ -98,6 +98,10 @@
 //     it would leave the client waiting for broadcasts that never come; a
 //     close is what wsify already does past its other limit (the
 //     authorizer backlog). Joins, leaves and the disconnect cost O(1) per
-//     channel. There is no channel-name length cap (upstream has none);
-//     the gateway's message cap (64 KiB, 1009) and outbound budget apply.
+//     channel. A join of a channel name longer than MaxChannelName (1024
+//     bytes, trimmed; upstream has no cap) closes with 1008 "channel name
+//     longer than 1024 bytes" too: 128 joins of 64 KiB names would pin
+//     8 MiB per connection in the hub. Broadcasts and leaves take any
+//     name. The gateway's message cap (64 KiB, 1009) and outbound budget
+//     apply.
 package wsify

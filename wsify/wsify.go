@@ -34,6 +34,11 @@ const (
 	// joined at once when Options.MaxChannels is zero: the session hub's
 	// default cap.
 	DefaultMaxChannels = session.DefaultMaxSubscriptions
+	// MaxChannelName is the longest channel name a join may hold, in
+	// bytes (after trimming); a longer one closes the connection with
+	// 1008. Upstream has no cap; without one, 128 joins of 64 KiB names
+	// would pin 8 MiB per connection in the hub.
+	MaxChannelName = 1024
 	// MaxBroadcastBody caps the body of POST /broadcast; a longer one is
 	// answered 413 with an empty body.
 	MaxBroadcastBody = 1 << 20
@@ -238,6 +243,9 @@ func (p *Protocol) WarnIfOpen(addr net.Addr) bool {
 		"addr", fmt.Sprint(addr))
 	return true
 }
+
+// channelTooLong is the close reason of a join past MaxChannelName.
+var channelTooLong = fmt.Sprintf("channel name longer than %d bytes", MaxChannelName)
 
 // tooManyChannels is the close reason of a join past MaxChannels.
 func (p *Protocol) tooManyChannels() string {

@@ -446,3 +446,17 @@ func TestJoinCap(t *testing.T) {
 	a.join("five")
 	a.expectClose(websocket.StatusPolicyViolation, "too many channels joined: more than 3")
 }
+
+// TestJoinChannelNameCap: a join of a name of MaxChannelName bytes is
+// held; one byte more closes with 1008.
+func TestJoinChannelNameCap(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, Options{}, nil)
+	a := dial(t, n.addr, "")
+	long := strings.Repeat("n", MaxChannelName)
+	a.join(long)
+	a.broadcast(long, `"at the cap"`)
+	a.expect(`"at the cap"`)
+	a.join(long + "n")
+	a.expectClose(websocket.StatusPolicyViolation, "channel name longer than 1024 bytes")
+}
