@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"runtime/debug"
 	"time"
 	"unicode/utf8"
 
@@ -33,14 +32,20 @@ const (
 // Conn is one client connection. It is not goroutine-safe: every method
 // runs on the connection's event loop (in a Handler or session.Sink method,
 // or a task queued with Loop.Run).
+//
+// Only four methods touch the socket: sysWrite, outbound, halfClose and
+// closeNow. Each does nothing once the connection is closed, and closed
+// drops the gnet handle, because gnet closes a connection synchronously
+// inside a Write that fails (ECONNRESET, EPIPE): after any write the
+// descriptor number may already belong to another connection.
 type Conn struct {
-	gc      gnet.Conn
+	gc      gnet.Conn // nil once closed
 	loop    *Loop
 	handler Handler
 	route   *Route
 	timer   session.Timer[Conn]
 	remote  netip.AddrPort
-	accept  int64 // unix nanoseconds of the TCP accept
+	accept  time.Duration // the TCP accept, on the server's monotonic clock
 	// tat is the message rate's token bucket (GCRA: when the bucket is next
 	// empty, in nanoseconds since the server's epoch).
 	tat int64
@@ -136,7 +141,7 @@ func (c *Conn) Send(op ws.OpCode, payload []byte) {
 // SendFrames writes bytes that are already whole server frames, such as a
 // publish encoded once for every subscriber of a loop.
 func (c *Conn) SendFrames(frames []byte) {
-	if c.state != stateOpen {
+	if c.state != stateOpen || len(frames) == 0 {
 		return
 	}
 	l := c.loop
@@ -155,10 +160,11 @@ func (c *Conn) SendFrames(frames []byte) {
 // SendEncoded is SendFrames for frames from the loop's session.EncodeCache,
 // which stay unchanged until the batch of tasks ends: the first one queued
 // for a connection in a batch is kept by reference, not copied, so a publish
-// to many connections copies nothing.
+// to many connections copies nothing. Empty frames (a message the encoder
+// dropped) send nothing.
 func (c *Conn) SendEncoded(frames []byte) {
 	l := c.loop
-	if c.state != stateOpen || !l.draining || l.cur == c || c.outbox != nil || c.outRef != nil {
+	if c.state != stateOpen || len(frames) == 0 || !l.draining || l.cur == c || c.outbox != nil || c.outRef != nil {
 		c.SendFrames(frames)
 		return
 	}
@@ -189,14 +195,12 @@ func (c *Conn) flushOutbox() {
 		b, owned = c.outRef, false
 	}
 	c.outbox, c.outRef = nil, nil
-	if c.state != stateClosed {
-		if c.state == stateOpen && c.gc.OutboundBuffered()+len(b) > c.loop.srv.opts.MaxOutbound {
-			c.slowConsumer()
-		} else {
-			_, _ = c.gc.Write(b) // an error means gnet is closing it: OnClose follows
-		}
-		c.halfClose()
+	if c.state == stateOpen && c.outbound()+len(b) > c.loop.srv.opts.MaxOutbound {
+		c.slowConsumer()
+	} else {
+		c.sysWrite(b)
 	}
+	c.halfClose()
 	if owned {
 		c.loop.putBuf(b)
 	}
@@ -205,15 +209,33 @@ func (c *Conn) flushOutbox() {
 // write sends b now, or closes a consumer whose queued bytes would pass the
 // outbound budget: a broadcast never waits for one slow reader.
 func (c *Conn) write(b []byte) {
-	if c.gc.OutboundBuffered()+len(b) > c.loop.srv.opts.MaxOutbound {
+	if c.outbound()+len(b) > c.loop.srv.opts.MaxOutbound {
 		c.slowConsumer()
 		return
 	}
-	_, _ = c.gc.Write(b) // an error means gnet is closing it: OnClose follows
+	c.sysWrite(b)
+}
+
+// sysWrite writes b to the socket unless the connection is closed. A failed
+// write closes the connection synchronously (gnet runs OnClose inside
+// Write): callers re-check the state after it, through these helpers.
+func (c *Conn) sysWrite(b []byte) {
+	if c.state != stateClosed {
+		_, _ = c.gc.Write(b)
+	}
+}
+
+// outbound returns the bytes gnet holds unsent (0 once closed).
+func (c *Conn) outbound() int {
+	if c.state == stateClosed {
+		return 0
+	}
+	return c.gc.OutboundBuffered()
 }
 
 func (c *Conn) slowConsumer() {
 	c.loop.srv.metrics.slowConsumers.Inc()
+	c.logPolicyClose("slow consumer")
 	if c.outbox != nil || c.outRef != nil { // the backlog is dropped: the close frame goes alone
 		c.loop.putBuf(c.outbox)
 		c.outbox, c.outRef = nil, nil
@@ -221,10 +243,19 @@ func (c *Conn) slowConsumer() {
 	c.Close(CloseSlowConsumer, "slow consumer: outbound buffer full")
 }
 
+// logPolicyClose leaves an info line for a 1008 close the client caused,
+// collapsed per reason when they repeat.
+func (c *Conn) logPolicyClose(reason string) {
+	if c.state == stateOpen {
+		c.loop.srv.policyLog.Refused("connection closed: policy violation", c.route.Protocol.Name(), reason, c.remote.Addr(), "")
+	}
+}
+
 // Close starts closing with a close frame carrying code and reason (cut to
 // 123 bytes). The TCP connection ends when the peer answers with its close
 // frame or after the close grace, so the peer reads the code instead of
-// seeing a reset. Closing twice is a no-op.
+// seeing a reset. Closing twice is a no-op. CloseInternalError stands for
+// the route's own internal-error code (Route.InternalError).
 func (c *Conn) Close(code uint16, reason string) {
 	if c.state >= stateClosing {
 		return
@@ -233,8 +264,16 @@ func (c *Conn) Close(code uint16, reason string) {
 		c.closeNow()
 		return
 	}
+	if code == CloseInternalError {
+		code = cmpOr(c.route.InternalError, CloseInternalError)
+	}
 	c.closeCode = code
 	l := c.loop
+	// The state moves first: a write that fails below closes the
+	// connection, and that must be the last word.
+	c.state = stateClosing
+	c.shutWR = true
+	l.wheel.Set(&c.timer, l.srv.clock()+closeGraceSeconds)
 	l.scratch = AppendCloseFrame(l.scratch[:0], code, reason)
 	switch {
 	case l.cur == c:
@@ -242,12 +281,7 @@ func (c *Conn) Close(code uint16, reason string) {
 	case c.outbox != nil || c.outRef != nil: // after what is queued, with it
 		c.queue(l.scratch, nil)
 	default:
-		_, _ = c.gc.Write(l.scratch)
-	}
-	c.state = stateClosing
-	c.shutWR = true
-	l.wheel.Set(&c.timer, l.srv.clock()+closeGraceSeconds)
-	if l.cur != c && c.outbox == nil && c.outRef == nil {
+		c.sysWrite(l.scratch)
 		c.halfClose()
 	}
 }
@@ -255,7 +289,7 @@ func (c *Conn) Close(code uint16, reason string) {
 // halfClose sends FIN after our close frame once nothing is left to write,
 // which tells the peer we are done even if it never answers.
 func (c *Conn) halfClose() {
-	if c.shutWR && c.gc.OutboundBuffered() == 0 {
+	if c.state == stateClosing && c.shutWR && c.gc.OutboundBuffered() == 0 {
 		c.shutWR = false
 		_ = unix.Shutdown(c.gc.Fd(), unix.SHUT_WR)
 	}
@@ -291,7 +325,7 @@ func (c *Conn) deadlinePassed() {
 	switch c.state {
 	case stateHandshake:
 		c.loop.srv.metrics.handshake(nil, resultTimeout)
-		_, _ = c.gc.Write(response408)
+		c.sysWrite(response408)
 		c.closeNow()
 	case stateOpen:
 		c.handler.OnDeadline(c)
@@ -307,6 +341,7 @@ func (c *Conn) closed() {
 	}
 	upgraded := c.route != nil
 	c.state = stateClosed
+	c.gc = nil
 	c.loop.wheel.Stop(&c.timer)
 	c.frag = nil
 	if c.admitted {
@@ -314,9 +349,14 @@ func (c *Conn) closed() {
 		c.loop.limiter().release(c.remote.Addr().Unmap())
 	}
 	if upgraded {
-		c.handler.OnClose(c)
 		c.loop.srv.metrics.disconnect(c.route.Protocol, c.closeCode, c.byPeer)
+		c.notifyClosed()
 	}
+}
+
+func (c *Conn) notifyClosed() {
+	defer c.recoverConn("close")
+	c.handler.OnClose(c)
 }
 
 // traffic handles whatever the peer sent: the request head, then frames.
@@ -346,7 +386,7 @@ func (c *Conn) frames(buf []byte) (int, gnet.Action) {
 	max := c.loop.srv.opts.MaxMessageSize
 	off := 0
 	for off < len(buf) {
-		if c.discard {
+		if c.discard || c.state == stateClosed {
 			return len(buf), gnet.None
 		}
 		h, hl, err := parseHeader(buf[off:])
@@ -444,6 +484,7 @@ func (c *Conn) overRate() bool {
 		return false
 	}
 	lim.metrics.rate.Inc()
+	c.logPolicyClose("message rate exceeded")
 	c.fail(ClosePolicyViolation, "message rate exceeded")
 	return true
 }
@@ -456,20 +497,7 @@ func (c *Conn) message(op ws.OpCode, payload []byte, checked bool) {
 		return
 	}
 	c.loop.stats.countReceived(c, len(payload))
-	defer c.recoverHandler()
 	c.handler.OnMessage(c, op, payload)
-}
-
-// recoverHandler turns a panic in a protocol handler into a close with the
-// route's internal-error code: one connection fails, the loop goes on.
-func (c *Conn) recoverHandler() {
-	if v := recover(); v != nil {
-		srv := c.loop.srv
-		srv.metrics.panics.Inc()
-		srv.logger.Error("protocol handler panicked", "protocol", c.route.Protocol.Name(),
-			"remote", c.remote, "panic", v, "stack", string(debug.Stack()))
-		c.fail(cmpOr(c.route.InternalError, CloseInternalError), "internal server error")
-	}
 }
 
 // closeFrame answers the peer's close frame: echo its code, then end the

@@ -31,3 +31,13 @@ func (f *fakeConn) ResetOutput()                           { f.out, f.written, f
 func (f *fakeConn) DiscardOutput()                         { f.discardOutput = true }
 func (f *fakeConn) Written() int                           { return f.written }
 func (f *fakeConn) Writes() int                            { return f.writes }
+
+// testLoop returns the gateway loop of a fake loop, creating it as the
+// first OnOpen would.
+func (s *Server) testLoop(fl *fakeLoop) *Loop {
+	l, err := s.loopFor(fl)
+	if err != nil {
+		panic(err)
+	}
+	return l
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"syscall"
 
 	"github.com/panjf2000/gnet/v2"
 )
@@ -25,6 +26,22 @@ type fakeConn struct {
 	closed        bool
 	woken         int
 	writes        int
+	// reset makes the next Write fail as a write to a connection the peer
+	// reset does in gnet: ECONNRESET, and the connection closed (OnClose
+	// run) inside Write.
+	reset bool
+	// buffered is what OutboundBuffered reports.
+	buffered int
+	// afterClose names every socket method called once the connection was
+	// closed: each is a system call on a descriptor number that may
+	// already belong to someone else.
+	afterClose []string
+}
+
+func (f *fakeConn) touch(method string) {
+	if f.closed {
+		f.afterClose = append(f.afterClose, method)
+	}
 }
 
 func newFakeConn(el *fakeLoop) *fakeConn { return &fakeConn{el: el} }
@@ -36,13 +53,18 @@ func (f *fakeConn) RemoteAddr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 }
 func (f *fakeConn) LocalAddr() net.Addr           { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080} }
-func (f *fakeConn) OutboundBuffered() int         { return 0 }
-func (f *fakeConn) Wake(gnet.AsyncCallback) error { f.woken++; return nil }
-func (f *fakeConn) Fd() int                       { return -1 }
+func (f *fakeConn) OutboundBuffered() int         { f.touch("OutboundBuffered"); return f.buffered }
+func (f *fakeConn) Wake(gnet.AsyncCallback) error { f.touch("Wake"); f.woken++; return nil }
+func (f *fakeConn) Fd() int                       { f.touch("Fd"); return -1 }
 func (f *fakeConn) Dup() (int, error)             { return -1, errors.New("fake connection") }
-func (f *fakeConn) Peek(int) ([]byte, error)      { return f.in, nil }
-func (f *fakeConn) Discard(n int) (int, error)    { f.in = f.in[n:]; return n, nil }
+func (f *fakeConn) Peek(int) ([]byte, error)      { f.touch("Peek"); return f.in, nil }
+func (f *fakeConn) Discard(n int) (int, error)    { f.touch("Discard"); f.in = f.in[n:]; return n, nil }
 func (f *fakeConn) Write(p []byte) (int, error) {
+	f.touch("Write")
+	if f.reset {
+		_ = f.el.Close(f)
+		return 0, syscall.ECONNRESET
+	}
 	f.written += len(p)
 	f.writes++
 	if !f.discardOutput {

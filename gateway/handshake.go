@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"time"
 
 	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
@@ -208,7 +207,7 @@ func (c *Conn) authorize(a HeadAuthorizer, head []byte) {
 	l := c.loop
 	go func() {
 		state, err := a.AuthorizeHead(copied, c.remote)
-		l.Run(l.authorizedFn, &authDecision{c, copied, state, err})
+		c.Run(l.authorizedFn, &authDecision{c, copied, state, err})
 	}()
 }
 
@@ -235,7 +234,7 @@ func (l *Loop) authorized(arg any) {
 			status = he.Status
 		}
 		l.srv.metrics.handshake(nil, resultRejected)
-		_, _ = c.gc.Write(fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", status, http.StatusText(status)))
+		c.sysWrite(fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", status, http.StatusText(status)))
 		c.closeNow()
 		return
 	}
@@ -244,20 +243,22 @@ func (l *Loop) authorized(arg any) {
 	_, action := c.upgrade(d.head)
 	l.cur = nil
 	if len(l.out) > 0 {
-		_, _ = c.gc.Write(l.out)
+		c.sysWrite(l.out)
 		l.out = l.out[:0]
 	}
 	if action != gnet.None {
 		c.closeNow()
 		return
 	}
-	_ = c.gc.Wake(nil) // frames that came behind the head
+	if c.state != stateClosed { // the 101's write may have failed
+		_ = c.gc.Wake(nil) // frames that came behind the head
+	}
 }
 
 // refuse answers the request head with a fixed response and closes.
 func (c *Conn) refuse(response []byte, result string) (int, gnet.Action) {
 	c.loop.srv.metrics.handshake(nil, result)
-	_, _ = c.gc.Write(response)
+	c.sysWrite(response)
 	return 0, gnet.Close
 }
 
@@ -281,7 +282,7 @@ func (c *Conn) upgrade(head []byte) (int, gnet.Action) {
 	c.authState = nil // Accept has taken what it needs
 	l.hs.conn, l.hs.handler, l.hs.route = nil, nil, nil
 	c.state = stateOpen
-	l.srv.metrics.upgraded(c.route.Protocol, time.Duration(time.Now().UnixNano()-c.accept))
+	l.srv.metrics.upgraded(c.route.Protocol, l.srv.sinceEpoch()-c.accept)
 	c.handler.OnOpen(c)
 	return len(head), gnet.None
 }

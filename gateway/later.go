@@ -16,9 +16,10 @@ type laterQueue struct {
 }
 
 type laterItem struct {
-	due time.Time
-	fn  func(any)
-	arg any
+	due  time.Time
+	fn   func(any)
+	arg  any
+	conn *Conn // the connection it works for, if any
 }
 
 type laterHeap []laterItem
@@ -37,10 +38,12 @@ func (h *laterHeap) Pop() any {
 
 // After runs fn(arg) on the loop once d has passed (never early; late by
 // the loop's backlog). It runs on the loop.
-func (l *Loop) After(d time.Duration, fn func(any), arg any) {
+func (l *Loop) After(d time.Duration, fn func(any), arg any) { l.after(d, fn, arg, nil) }
+
+func (l *Loop) after(d time.Duration, fn func(any), arg any, c *Conn) {
 	q := &l.later
 	due := time.Now().Add(d)
-	heap.Push(&q.items, laterItem{due, fn, arg})
+	heap.Push(&q.items, laterItem{due, fn, arg, c})
 	if q.armed.IsZero() || due.Before(q.armed) {
 		l.armLater(due)
 	}
@@ -64,7 +67,7 @@ func (l *Loop) runLater(any) {
 	now := time.Now()
 	for len(q.items) > 0 && !q.items[0].due.After(now) {
 		it := heap.Pop(&q.items).(laterItem)
-		it.fn(it.arg)
+		l.runTask(&task{it.fn, it.arg, it.conn})
 	}
 	if len(q.items) > 0 {
 		l.armLater(q.items[0].due)

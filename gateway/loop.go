@@ -3,7 +3,9 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -47,6 +49,9 @@ type Loop struct {
 	running   []task
 	scheduled bool
 	drainFn   gnet.RunnableFunc
+	// tickQueued: a tick waits in tasks; a stalled loop gets one, not one
+	// per second it stalled.
+	tickQueued atomic.Bool
 
 	later laterQueue
 
@@ -68,9 +73,12 @@ func (l *Loop) SetLocal(key, v any) {
 	l.locals[key] = v
 }
 
+// task is one unit of work queued for the loop. conn, when set, is the
+// connection it works for: a panic in fn fails that connection alone.
 type task struct {
-	fn  func(any)
-	arg any
+	fn   func(any)
+	arg  any
+	conn *Conn
 }
 
 func newLoop(srv *Server, el gnet.EventLoop, index int) *Loop {
@@ -88,9 +96,37 @@ func newLoop(srv *Server, el gnet.EventLoop, index int) *Loop {
 // It is goroutine-safe and never blocks. gnet's own Execute may reorder
 // tasks under load (its low-priority overflow queue), so the gateway keeps
 // its own FIFO and asks gnet only to wake the loop, once per batch.
-func (l *Loop) Run(fn func(any), arg any) {
+//
+// Run always queues: it is for control work whose amount is bounded where
+// it comes from (at most one off-loop completion in flight per connection,
+// one tick and one timer wake-up at a time, one shutdown, one confirmation
+// per channel). Work whose amount others decide (a publish per task) goes
+// through TryRun, which refuses past Options.MaxLoopTasks.
+func (l *Loop) Run(fn func(any), arg any) { l.enqueue(task{fn: fn, arg: arg}, false) }
+
+// TryRun is Run for deliveries: it refuses, and reports false, when the
+// loop already has Options.MaxLoopTasks tasks waiting (a loop that stalls
+// or cannot keep up): the caller drops the work and counts it.
+func (l *Loop) TryRun(fn func(any), arg any) bool {
+	return l.enqueue(task{fn: fn, arg: arg}, true)
+}
+
+// Busy reports whether the loop's queue is at its bound, when TryRun
+// would refuse: a publisher is told to try again rather than published to
+// a loop that would drop it.
+func (l *Loop) Busy() bool {
 	l.mu.Lock()
-	l.tasks = append(l.tasks, task{fn, arg})
+	defer l.mu.Unlock()
+	return len(l.tasks) >= l.srv.opts.MaxLoopTasks
+}
+
+func (l *Loop) enqueue(t task, bounded bool) bool {
+	l.mu.Lock()
+	if bounded && len(l.tasks) >= l.srv.opts.MaxLoopTasks {
+		l.mu.Unlock()
+		return false
+	}
+	l.tasks = append(l.tasks, t)
 	wake := !l.scheduled
 	l.scheduled = true
 	l.mu.Unlock()
@@ -104,6 +140,7 @@ func (l *Loop) Run(fn func(any), arg any) {
 			l.mu.Unlock()
 		}
 	}
+	return true
 }
 
 // drain runs every queued task on the loop.
@@ -114,9 +151,8 @@ func (l *Loop) drain(context.Context) error {
 	l.mu.Unlock()
 	l.draining = true
 	for i := range l.running {
-		t := &l.running[i]
-		t.fn(t.arg)
-		*t = task{}
+		l.runTask(&l.running[i])
+		l.running[i] = task{}
 	}
 	l.draining = false
 	l.flushOutboxes()
@@ -124,6 +160,31 @@ func (l *Loop) drain(context.Context) error {
 		l.shard.EndBatch()
 	}
 	return nil
+}
+
+// runTask runs one task; a panic in it is recovered, counted and fails
+// only the connection the task works for.
+func (l *Loop) runTask(t *task) {
+	defer l.recoverTask(t.conn)
+	t.fn(t.arg)
+}
+
+func (l *Loop) recoverTask(c *Conn) {
+	if v := recover(); v != nil {
+		// A task that acted as a connection's OnTraffic (an authorized
+		// upgrade) may have panicked before handing l.out back.
+		l.cur, l.out = nil, l.out[:0]
+		l.srv.panicked(c, "loop task", v)
+	}
+}
+
+// SinkPanicked implements session.Loop: a session's Sink panicked while
+// the shard called it (a delivery, say); the session's connection is
+// closed with its protocol's internal-error code and the others go on.
+func (l *Loop) SinkPanicked(s *session.Session, v any) {
+	l.srv.panicked(nil, "session "+strconv.FormatUint(s.ID, 10), v)
+	defer func() { _ = recover() }() // a Sink broken enough to panic in Close too is left to its deadline
+	s.Sink.Close(CloseInternalError, "internal server error")
 }
 
 // flushOutboxes writes every outbox filled by the batch, one write each.
@@ -170,10 +231,21 @@ func (l *Loop) Server() *Server { return l.srv }
 // tick advances the timing wheel; the server's ticker queues it every
 // second.
 func (l *Loop) tick(any) {
+	l.tickQueued.Store(false)
 	l.wheel.Advance(l.srv.clock(), fireDeadline)
 }
 
-func fireDeadline(c *Conn) { c.deadlinePassed() }
+// queueTick queues a tick unless one is waiting already.
+func (l *Loop) queueTick() {
+	if !l.tickQueued.Swap(true) {
+		l.Run(l.tickFn, nil)
+	}
+}
+
+func fireDeadline(c *Conn) {
+	defer c.recoverConn("deadline")
+	c.deadlinePassed()
+}
 
 // shutdown starts closing every connection of the loop: handshakes at
 // once, sessions with 1001 in batches spread over the drain window.
@@ -226,10 +298,19 @@ func closeBatch(conns []*Conn) {
 	}
 }
 
-// seconds converts a wall-clock time to the wheel's seconds, rounding up so
-// a deadline never fires early.
-func (s *Server) seconds(t time.Time) uint32 {
-	d := t.Sub(s.epoch)
+// The wheels' clock is monotonic: the server's epoch is a time.Now
+// reading, and durations since it (time.Since, time.Time.Sub of two
+// time.Now-based times) use the monotonic clock, so a step of the wall clock
+// moves no deadline.
+
+// seconds converts a deadline to the wheel's seconds, rounding up so it
+// never fires early. t must come from time.Now (Add of it included), so
+// that it carries a monotonic reading.
+func (s *Server) seconds(t time.Time) uint32 { return s.secondsAfter(t.Sub(s.epoch)) }
+
+// secondsAfter converts a time since the epoch to the wheel's seconds,
+// rounding up.
+func (s *Server) secondsAfter(d time.Duration) uint32 {
 	if d <= 0 {
 		return 1
 	}
@@ -240,5 +321,8 @@ func (s *Server) seconds(t time.Time) uint32 {
 	return uint32(sec)
 }
 
+// sinceEpoch returns the monotonic time since the server started.
+func (s *Server) sinceEpoch() time.Duration { return time.Since(s.epoch) }
+
 // clock returns the current second on the wheels' scale.
-func (s *Server) clock() uint32 { return uint32(time.Since(s.epoch) / time.Second) }
+func (s *Server) clock() uint32 { return uint32(s.sinceEpoch() / time.Second) }

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/wsgateway/gateway/session"
 )
 
 // Handshake results, the closed set of the gateway_handshakes_total result
@@ -99,14 +101,35 @@ func newMetrics(s *Server) *metrics {
 		Name: "gateway_broadcast_loop_tasks_total", Help: "Deliveries handed to event loops: one per loop with subscribers per publish.",
 	}, func() float64 { return float64(hs.LoopTasks.Load()) }))
 	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "gateway_broker_refusals_total", Help: "Publishes refused because the broker's queue was full.",
+		Name: "gateway_broker_refusals_total", Help: "Publishes refused because the broker's queue or an event loop's task queue was full.",
 	}, func() float64 { return float64(hs.BrokerRefusals.Load()) }))
 	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "gateway_subscription_refusals_total",
 		Help: "Subscribes refused because the connection held its cap (--max-subscriptions): native Error 429, wsify close 1008.",
 	}, func() float64 { return float64(hs.SubscriptionRefusals.Load()) }))
+	f(hubDropsCollector{hs})
 	return m
 }
+
+// hubDropsCollector exports the hub's drops in the shape every collector of
+// gateway_dropped_messages_total has: a constant protocol label ("any":
+// the hub drops before any protocol sees the message) and a reason.
+type hubDropsCollector struct{ hs *session.HubStats }
+
+var descHubDrops = prometheus.NewDesc("gateway_dropped_messages_total", DroppedMessagesHelp,
+	[]string{"reason"}, prometheus.Labels{"protocol": "any"})
+
+func (hubDropsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descHubDrops }
+
+func (c hubDropsCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descHubDrops, prometheus.CounterValue, float64(c.hs.LoopDrops.Load()), "loop_backlog")
+}
+
+// DroppedMessagesHelp is the help text of gateway_dropped_messages_total.
+// Every package that exports a collector of that name (each with its own
+// constant protocol label, and a reason label) must use this exact text, or
+// the registry refuses the second one.
+const DroppedMessagesHelp = "Messages dropped instead of delivered, by protocol and reason."
 
 // Registry is where protocols and brokers register their own series, on the
 // admin listener's /metrics.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/session"
 )
 
@@ -38,6 +39,13 @@ const (
 	// DefaultShutdownTimeout bounds Shutdown as a whole: the drain, the
 	// close handshakes, then the engine stops whatever is left.
 	DefaultShutdownTimeout = 30 * time.Second
+	// DefaultMaxLoopTasks bounds the deliveries waiting in one event loop's
+	// task queue. Past it a loop that stalls or cannot keep up drops the
+	// deliveries that reach it from the broker (counted in
+	// gateway_dropped_messages_total{reason="loop_backlog"}), and publishes
+	// made on this node are refused as busy (HTTP 503, native Error 503).
+	// At 64 Ki a queue holds at most 64 Ki messages in memory per loop.
+	DefaultMaxLoopTasks = 64 << 10
 	// minDrainRate is the slowest a node drains, in closes per second: a
 	// node with few connections does not wait out the whole window.
 	minDrainRate = 1000
@@ -94,6 +102,8 @@ type Options struct {
 	// ShutdownTimeout: zero means DefaultShutdownTimeout; it is raised to
 	// DrainWindow plus 5 s if shorter.
 	ShutdownTimeout time.Duration
+	// MaxLoopTasks: zero means DefaultMaxLoopTasks.
+	MaxLoopTasks int
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -105,6 +115,7 @@ func (o *Options) setDefaults() {
 	o.MaxMessageSize = cmpOr(o.MaxMessageSize, DefaultMaxMessageSize)
 	o.MaxOutbound = cmpOr(o.MaxOutbound, DefaultMaxOutbound)
 	o.DrainWindow = cmpOr(o.DrainWindow, DefaultDrainWindow)
+	o.MaxLoopTasks = cmpOr(o.MaxLoopTasks, DefaultMaxLoopTasks)
 	o.ShutdownTimeout = max(cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout), o.DrainWindow+5*time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -141,6 +152,10 @@ type Server struct {
 	loops   []*Loop
 
 	limits *limiter // SetLimits; nil: no limits
+
+	// policyLog writes the closes a client causes by misbehaving (slow
+	// consumer, message rate), collapsed when they repeat.
+	policyLog *ratelog.Logger
 }
 
 // New returns a server that delivers publishes through hub. Add routes and
@@ -153,6 +168,7 @@ func New(opts Options, hub *session.Hub) *Server {
 		httpErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 	}
 	s.metrics = newMetrics(s)
+	s.policyLog = ratelog.New(opts.Logger, slog.LevelInfo, 0)
 	s.AddListener(MainListener, opts.Listen)
 	return s
 }
@@ -346,10 +362,10 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		s.logger.Error("event loop", "err", err)
 		return nil, gnet.Close
 	}
-	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: time.Now().UnixNano(),
+	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: s.sinceEpoch(),
 		listener: s.listenerOf(gc.Fd())}
 	c.timer.Init(c)
-	l.wheel.Set(&c.timer, s.seconds(time.Unix(0, c.accept).Add(s.opts.HandshakeTimeout)))
+	l.wheel.Set(&c.timer, s.secondsAfter(c.accept+s.opts.HandshakeTimeout))
 	gc.SetContext(c)
 	s.conns.Add(1)
 	s.metrics.accepted.Inc()
@@ -377,15 +393,19 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	l := c.loop
 	c.lastActive = l.wheel.Now()
 	l.cur = c
-	n, action := c.traffic(buf)
+	n, action := c.guardedTraffic(buf)
 	l.cur = nil
+	if c.state == stateClosed { // closed from inside: gnet's buffers are gone
+		l.out = l.out[:0]
+		return gnet.None
+	}
 	if n > 0 {
 		_, _ = gc.Discard(n)
 	}
 	if len(l.out) > 0 {
-		_, _ = gc.Write(l.out)
+		c.sysWrite(l.out)
 		l.out = l.out[:0]
-		if c.state == stateOpen && gc.OutboundBuffered() > s.opts.MaxOutbound {
+		if c.state == stateOpen && c.outbound() > s.opts.MaxOutbound {
 			c.slowConsumer()
 		}
 	}
@@ -395,11 +415,23 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	return action
 }
 
+// guardedTraffic is traffic under a recover: a panic drops what the peer
+// sent and fails the connection, and the loop goes on.
+func (c *Conn) guardedTraffic(buf []byte) (n int, action gnet.Action) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.loop.srv.panicked(c, "traffic", v)
+			n, action = len(buf), gnet.None
+		}
+	}()
+	return c.traffic(buf)
+}
+
 // OnTick advances every loop's timing wheel once a second. It runs on its
 // own goroutine, so it only queues tasks.
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	for _, l := range s.allLoops() {
-		l.Run(l.tickFn, nil)
+		l.queueTick()
 	}
 	return time.Second, gnet.None
 }

@@ -22,15 +22,35 @@ type EncodeCache struct {
 
 // Get returns m encoded as e, calling encode the first time per message. The
 // bytes stay valid and unchanged until the loop's batch of tasks ends.
-// encode appends to dst and returns it.
+//
+// encode appends m's frame to dst and returns the result, or returns nil
+// (or dst unchanged) to drop m for this encoding (a payload the protocol
+// cannot carry): Get then returns an empty slice every time for m. encode
+// is given an empty slice that only extends the arena, never the arena
+// itself, so whatever it returns cannot shrink or overwrite frames already
+// encoded in this batch and referenced by connections' outboxes.
 func (c *EncodeCache) Get(e Encoding, encode func(dst []byte, m *Message) []byte) []byte {
 	if !c.valid[e] {
 		start := len(c.arena)
-		c.arena = encode(c.arena, c.m)
-		c.got[e] = c.arena[start:len(c.arena):len(c.arena)]
+		frame := encode(c.arena[start:start], c.m)
+		if len(frame) > 0 {
+			c.arena = extend(c.arena, frame)
+			c.got[e] = c.arena[len(c.arena)-len(frame) : len(c.arena) : len(c.arena)]
+		}
 		c.valid[e] = true
 	}
 	return c.got[e]
+}
+
+// extend appends frame to arena. Usually the encoder appended in place,
+// within arena's capacity, and frame already lies there: no copy then;
+// after the encoder grew its own slice, frame is copied once.
+func extend(arena, frame []byte) []byte {
+	n := len(arena) + len(frame)
+	if n <= cap(arena) && &arena[:n][len(arena)] == &frame[0] {
+		return arena[:n]
+	}
+	return append(arena, frame...)
 }
 
 func (c *EncodeCache) reset(m *Message) {

@@ -2,6 +2,7 @@ package session
 
 import (
 	"errors"
+	"fmt"
 	"math/bits"
 	"sync"
 	"sync/atomic"
@@ -39,11 +40,18 @@ type channelState struct {
 type HubStats struct {
 	Publishes      atomic.Uint64 // publishes accepted, local or from the broker
 	LoopTasks      atomic.Uint64 // deliveries handed to loops (one per loop per publish)
-	BrokerRefusals atomic.Uint64 // publishes refused because the broker was busy
+	BrokerRefusals atomic.Uint64 // publishes refused because the broker or a loop was busy
+	LoopDrops      atomic.Uint64 // deliveries dropped because a loop's queue was full
 	// SubscriptionRefusals counts subscribes refused because the session
 	// held its cap (ErrTooManySubscriptions).
 	SubscriptionRefusals atomic.Uint64
 }
+
+// ErrLoopBusy is returned by Publish when an event loop with subscribers of
+// the channel has a full task queue (it stalls or cannot keep up): the
+// publish is refused whole rather than delivered to some loops only. It
+// wraps ErrBrokerBusy, so callers that refuse a busy broker refuse it too.
+var ErrLoopBusy = fmt.Errorf("event loop busy: %w", ErrBrokerBusy)
 
 // NewHub returns a hub whose publishes also go through b. A nil b means a
 // Standalone broker.
@@ -93,6 +101,10 @@ func (h *Hub) Stats() *HubStats { return &h.stats }
 // It returns ErrBrokerBusy, and delivers nothing, when the broker cannot
 // take the publish.
 func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
+	if h.loopsBusy(channel) {
+		h.stats.BrokerRefusals.Add(1)
+		return ErrLoopBusy
+	}
 	if err := h.broker.Publish(channel, payload); err != nil {
 		h.stats.BrokerRefusals.Add(1)
 		return err
@@ -101,18 +113,35 @@ func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
 	return nil
 }
 
-// deliverLocal hands m to each loop that has subscribers of its channel.
+// loopsBusy reports whether a loop with subscribers of channel is at its
+// queue's bound.
+func (h *Hub) loopsBusy(channel string) bool {
+	busy := false
+	h.forShards(h.mask(channel), func(sh *Shard) { busy = busy || sh.loop.Busy() })
+	return busy
+}
+
+func (h *Hub) mask(channel string) uint64 {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if cs := h.channels[channel]; cs != nil {
+		return cs.mask
+	}
+	return 0
+}
+
+// deliverLocal hands m to each loop that has subscribers of its channel. A
+// loop whose queue is full loses the delivery (counted in LoopDrops): a
+// message from another node cannot be refused any more, and a stalled loop
+// must not gather one task per publish without bound.
 func (h *Hub) deliverLocal(m *Message) {
 	h.stats.Publishes.Add(1)
-	h.mu.RLock()
-	var mask uint64
-	if cs := h.channels[m.Channel]; cs != nil {
-		mask = cs.mask
-	}
-	h.mu.RUnlock()
-	h.forShards(mask, func(sh *Shard) {
-		h.stats.LoopTasks.Add(1)
-		sh.loop.Run(sh.deliverTask, m)
+	h.forShards(h.mask(m.Channel), func(sh *Shard) {
+		if sh.loop.TryRun(sh.deliverTask, m) {
+			h.stats.LoopTasks.Add(1)
+		} else {
+			h.stats.LoopDrops.Add(1)
+		}
 	})
 }
 

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -10,7 +11,11 @@ import (
 
 // queueLoop runs tasks when run is called, like an event loop after its
 // current callback.
-type queueLoop struct{ tasks []task }
+type queueLoop struct {
+	tasks  []task
+	max    int // TryRun refuses past it; 0: no bound
+	panics []any
+}
 
 type task struct {
 	fn  func(any)
@@ -18,6 +23,21 @@ type task struct {
 }
 
 func (q *queueLoop) Run(fn func(any), arg any) { q.tasks = append(q.tasks, task{fn, arg}) }
+
+func (q *queueLoop) TryRun(fn func(any), arg any) bool {
+	if q.Busy() {
+		return false
+	}
+	q.Run(fn, arg)
+	return true
+}
+
+func (q *queueLoop) Busy() bool { return q.max > 0 && len(q.tasks) >= q.max }
+
+func (q *queueLoop) SinkPanicked(s *Session, v any) {
+	q.panics = append(q.panics, v)
+	s.Sink.Close(1011, "internal server error")
+}
 
 func (q *queueLoop) run() {
 	for len(q.tasks) > 0 {
@@ -252,5 +272,82 @@ func TestRemoveDuringDeliveryMissesNobody(t *testing.T) {
 	sh.Each(func(s *Session) { seen++; sh.Remove(s) })
 	if seen != 3 || sh.Len() != 0 {
 		t.Fatalf("Each with removals saw %d and left %d", seen, sh.Len())
+	}
+}
+
+// panicSink panics on every delivery, after removing itself as a
+// connection closed by the panic would.
+type panicSink struct {
+	recSink
+	sh *Shard
+	s  *Session
+}
+
+func (p *panicSink) Deliver(*Message, *EncodeCache) {
+	p.sh.Remove(p.s)
+	panic("broken sink")
+}
+
+func TestSinkPanicSparesTheOtherSubscribers(t *testing.T) {
+	h := NewHub(nil)
+	l := &queueLoop{}
+	sh, _ := h.NewShard(l)
+	bad := &panicSink{sh: sh}
+	bad.s = New(token.Claims{}, bad)
+	sh.Add(bad.s)
+	sh.Subscribe(bad.s, "x")
+	s, sink := newSession(sh, "good")
+	sh.Subscribe(s, "x")
+	if err := h.Publish("x", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	l.run()
+	if len(l.panics) != 1 || bad.closed != 1011 || !slices.Equal(sink.got, []string{"x=1"}) {
+		t.Fatalf("panics %v closed %d got %v", l.panics, bad.closed, sink.got)
+	}
+	// The removal held back during the delivery took place.
+	if sh.walking != 0 || sh.Len() != 1 || bad.s.IsSubscribed("x") {
+		t.Fatalf("walking %d sessions %d", sh.walking, sh.Len())
+	}
+	if err := h.Publish("x", []byte("2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	l.run()
+	if len(l.panics) != 1 || !slices.Equal(sink.got, []string{"x=1", "x=2"}) {
+		t.Fatalf("panics %v got %v", l.panics, sink.got)
+	}
+}
+
+// TestFullLoopQueue: a loop at its queue's bound refuses local publishes
+// (ErrLoopBusy, which is ErrBrokerBusy to callers) and drops deliveries
+// from the broker, counting them; it takes work again once it drained.
+func TestFullLoopQueue(t *testing.T) {
+	h := NewHub(nil)
+	l := &queueLoop{max: 2}
+	sh, _ := h.NewShard(l)
+	s, sink := newSession(sh, "a")
+	sh.Subscribe(s, "x")
+	for i := range 2 {
+		if err := h.Publish("x", []byte(fmt.Sprint(i)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Publish("x", []byte("refused"), 0); !errors.Is(err, ErrLoopBusy) || !errors.Is(err, ErrBrokerBusy) {
+		t.Fatalf("publish to a full loop: %v", err)
+	}
+	brokerHandler{h}.Deliver("x", []byte("dropped"))
+	if got := h.Stats().LoopDrops.Load(); got != 1 {
+		t.Fatalf("loop drops %d, want 1", got)
+	}
+	if err := h.Publish("other", []byte("nobody here"), 0); err != nil {
+		t.Fatalf("a channel without subscribers on the full loop: %v", err)
+	}
+	l.run()
+	if err := h.Publish("x", []byte("2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	l.run()
+	if !slices.Equal(sink.got, []string{"x=0", "x=1", "x=2"}) {
+		t.Fatalf("got %v", sink.got)
 	}
 }

@@ -11,8 +11,18 @@ import (
 type Loop interface {
 	// Run queues fn(arg) to run on the loop, after every task queued before
 	// it. Goroutine-safe; never blocks. Pass a method value stored once (not
-	// a fresh closure) and a pointer arg, and Run allocates nothing.
+	// a fresh closure) and a pointer arg, and Run allocates nothing. It is
+	// for work bounded where it comes from; the hub queues deliveries with
+	// TryRun.
 	Run(fn func(arg any), arg any)
+	// TryRun is Run unless the loop's queue is at its bound: then it queues
+	// nothing and reports false.
+	TryRun(fn func(arg any), arg any) bool
+	// Busy reports whether TryRun would refuse now.
+	Busy() bool
+	// SinkPanicked is told, on the loop, that a session's Sink panicked
+	// while the shard called it; the shard carries on with the others.
+	SinkPanicked(s *Session, v any)
 }
 
 // Sink is the connection side of a session, implemented by each protocol.

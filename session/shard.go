@@ -71,10 +71,15 @@ func (sh *Shard) Len() int { return len(sh.sessions) }
 // sessions removed meanwhile leave once Each is done.
 func (sh *Shard) Each(fn func(*Session)) {
 	sh.walking++
+	defer sh.doneWalking()
 	for i := 0; i < len(sh.sessions); i++ {
-		fn(sh.sessions[i])
+		sh.eachOne(fn, sh.sessions[i])
 	}
-	sh.doneWalking()
+}
+
+func (sh *Shard) eachOne(fn func(*Session), s *Session) {
+	defer sh.recoverSink(s)
+	fn(s)
 }
 
 // doneWalking ends an iteration and runs the removals it held back.
@@ -170,14 +175,27 @@ func (sh *Shard) deliver(arg any) {
 	}
 	sh.enc.reset(m)
 	sh.walking++
+	defer sh.doneWalking()
 	for i := 0; i < len(t.live); i++ {
-		t.live[i].Sink.Deliver(m, &sh.enc)
+		sh.deliverTo(t.live[i], m)
 	}
 	for i := 0; i < len(t.pending); i++ {
-		t.pending[i].Sink.Deliver(m, &sh.enc)
+		sh.deliverTo(t.pending[i], m)
 	}
-	sh.doneWalking()
 	sh.enc.reset(nil)
+}
+
+// deliverTo hands m to one session; a panic in its Sink is the loop's to
+// handle (the session is closed), and the other subscribers still get m.
+func (sh *Shard) deliverTo(s *Session, m *Message) {
+	defer sh.recoverSink(s)
+	s.Sink.Deliver(m, &sh.enc)
+}
+
+func (sh *Shard) recoverSink(s *Session) {
+	if v := recover(); v != nil {
+		sh.loop.SinkPanicked(s, v)
+	}
 }
 
 // markLive runs on the loop when the broker confirmed a channel: waiting
@@ -195,8 +213,13 @@ func (sh *Shard) markLive(arg any) {
 		sub.live, sub.index = true, i
 	}
 	sh.walking++
+	defer sh.doneWalking()
 	for _, s := range t.live {
-		s.Sink.Subscribed(channel)
+		sh.subscribedTo(s, channel)
 	}
-	sh.doneWalking()
+}
+
+func (sh *Shard) subscribedTo(s *Session, channel string) {
+	defer sh.recoverSink(s)
+	s.Sink.Subscribed(channel)
 }

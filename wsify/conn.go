@@ -254,7 +254,7 @@ func (h *conn) Close(code uint16, reason string) { h.c.Close(code, reason) }
 func (p *Protocol) encode(dst []byte, m *session.Message) []byte {
 	if !utf8.Valid(m.Payload) {
 		p.metrics.droppedUTF8.Inc()
-		return dst[:0]
+		return nil
 	}
 	return gateway.AppendFrame(dst, ws.OpText, m.Payload)
 }

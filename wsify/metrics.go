@@ -4,13 +4,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-)
 
-// DroppedMessagesHelp is the help text of gateway_dropped_messages_total.
-// Every package that exports a collector of that name (each with its own
-// constant protocol label) must use this exact text, or the registry
-// refuses the second one.
-const DroppedMessagesHelp = "Messages dropped instead of delivered, by protocol and reason."
+	"github.com/wsgateway/gateway/gateway"
+)
 
 // metrics are wsify's collectors. Children are resolved once: nothing on
 // the message path looks a label up.
@@ -36,7 +32,7 @@ func newMetrics() *metrics {
 		}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "gateway_dropped_messages_total",
-			Help:        DroppedMessagesHelp,
+			Help:        gateway.DroppedMessagesHelp,
 			ConstLabels: prometheus.Labels{"protocol": "wsify"},
 		}, []string{"reason"}),
 	}
