@@ -452,6 +452,106 @@ func TestK8sManifests(t *testing.T) {
 			t.Errorf("Service/redis: port %d, want 6379", n)
 		}
 	}
+	checkK8sRedisPersistence(t, objs)
+}
+
+// ---------------------------------------------------------------- Redis persistence
+//
+// Redis holds the revocations and the KOsync data: every shipped Redis runs
+// with AOF persistence on storage that outlives the process.
+
+// redisPersistent checks a redis-server command line: --appendonly yes,
+// and no --appendfsync no (which leaves flushing to the kernel).
+func redisPersistent(t *testing.T, where string, argv []string) {
+	t.Helper()
+	if len(argv) == 0 || argv[0] != "redis-server" {
+		t.Errorf("%s: Redis command %q must start with redis-server and its options", where, argv)
+		return
+	}
+	opts := map[string]string{}
+	for i := 1; i+1 < len(argv); i += 2 {
+		opts[argv[i]] = argv[i+1]
+	}
+	if opts["--appendonly"] != "yes" {
+		t.Errorf("%s: Redis runs without AOF persistence (%q): want --appendonly yes", where, argv)
+	}
+	if f, ok := opts["--appendfsync"]; ok && f != "everysec" && f != "always" {
+		t.Errorf("%s: --appendfsync %s, want everysec or always", where, f)
+	}
+}
+
+func stringsOf(l []any) []string {
+	out := make([]string, len(l))
+	for i, v := range l {
+		out[i] = fmt.Sprint(v)
+	}
+	return out
+}
+
+func checkK8sRedisPersistence(t *testing.T, objs map[string]k8sObject) {
+	t.Helper()
+	dep, ok := objs["Deployment/redis"]
+	if !ok {
+		return
+	}
+	pod := dict(dep.doc, "spec", "template", "spec")
+	c := get(pod, "containers", 0)
+	argv := stringsOf(list(c, "command"))
+	argv = append(argv, stringsOf(list(c, "args"))...)
+	redisPersistent(t, "k8s Deployment/redis", argv)
+	// /data (the image's working directory, where the AOF goes) comes from
+	// a claim that exists, not from an emptyDir that dies with the pod.
+	var volume string
+	for _, m := range list(c, "volumeMounts") {
+		if str(m, "mountPath") == "/data" {
+			volume = str(m, "name")
+		}
+	}
+	if volume == "" {
+		t.Fatalf("k8s Deployment/redis: nothing mounted at /data")
+	}
+	var claim string
+	for _, v := range list(pod, "volumes") {
+		if str(v, "name") == volume {
+			claim = str(v, "persistentVolumeClaim", "claimName")
+		}
+	}
+	if claim == "" {
+		t.Errorf("k8s Deployment/redis: /data (volume %q) is not a persistentVolumeClaim", volume)
+	} else if _, ok := objs["PersistentVolumeClaim/"+claim]; !ok {
+		t.Errorf("k8s Deployment/redis: claim %q is not defined", claim)
+	}
+	if r, _ := num(dep.doc, "spec", "replicas"); r != 1 || str(dep.doc, "spec", "strategy", "type") != "Recreate" {
+		t.Errorf("k8s Deployment/redis: want 1 replica and strategy Recreate (one pod at a time on a ReadWriteOnce claim)")
+	}
+}
+
+func checkComposeRedisPersistence(t *testing.T, c map[string]any, service string) {
+	t.Helper()
+	svc := dict(c, "services", service)
+	var argv []string
+	switch cmd := get(svc, "command").(type) {
+	case []any:
+		argv = stringsOf(cmd)
+	case string:
+		argv = strings.Fields(cmd)
+	}
+	redisPersistent(t, "compose "+service, argv)
+	var volume string
+	for _, v := range list(svc, "volumes") {
+		src, dst, _ := strings.Cut(fmt.Sprint(v), ":")
+		if strings.TrimSuffix(dst, ":rw") == "/data" {
+			volume = src
+		}
+	}
+	switch {
+	case volume == "":
+		t.Errorf("compose %s: no volume at /data: the AOF would die with the container", service)
+	case !strings.HasPrefix(volume, ".") && !strings.HasPrefix(volume, "/"):
+		if _, ok := dict(c, "volumes")[volume]; !ok {
+			t.Errorf("compose %s: named volume %q is not declared under volumes:", service, volume)
+		}
+	}
 }
 
 func TestKustomization(t *testing.T) {
@@ -575,6 +675,7 @@ func TestCompose(t *testing.T) {
 	if img := str(services[m[1]], "image"); !strings.HasPrefix(img, "redis:7") {
 		t.Errorf("compose: Redis service %q has image %q, want redis:7", m[1], img)
 	}
+	checkComposeRedisPersistence(t, c, m[1])
 	for _, want := range []string{"prometheus", "grafana"} {
 		if services[want] == nil {
 			t.Errorf("compose: no %s service", want)
@@ -664,7 +765,8 @@ func TestPrometheusRules(t *testing.T) {
 	}
 	for _, want := range []string{"GatewayDown", "GatewayNotReady", "GatewayHandshakeFailuresHigh",
 		"GatewaySlowConsumerDisconnects", "GatewayBrokerRefusals", "GatewayAuthFailuresSpike",
-		"GatewayWebhookErrors", "GatewayHighMemoryPerConnection", "GatewayEventLoopsStalled", "RedisDown"} {
+		"GatewayWebhookErrors", "GatewayHighMemoryPerConnection", "GatewayEventLoopsStalled", "RedisDown",
+		"GatewayRedisDataLost"} {
 		if !names[want] {
 			t.Errorf("alerts.yml: no alert %s", want)
 		}

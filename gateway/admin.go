@@ -11,11 +11,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/session"
 	"github.com/wsgateway/gateway/token"
 )
@@ -52,6 +54,7 @@ type AdminOptions struct {
 // JSON API (publish, revoke). It runs on net/http, off the event loops.
 type Admin struct {
 	tokenSum *[32]byte // SHA-256 of the token: compared in constant time
+	refusals *ratelog.Logger
 	srv      *Server
 	opts     AdminOptions
 	http     *http.Server
@@ -89,6 +92,12 @@ func (a *Admin) requireToken(h http.Handler) http.Handler {
 		given, ok := bearer(r.Header.Get("Authorization"))
 		sum := sha256.Sum256([]byte(given))
 		if !ok || subtle.ConstantTimeCompare(sum[:], a.tokenSum[:]) != 1 {
+			reason := "wrong_token"
+			if !ok {
+				reason = "missing_token"
+			}
+			ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+			a.refusals.Refused("authentication failed", "admin", reason, ap.Addr(), "")
 			w.Header().Set("WWW-Authenticate", `Bearer realm="gateway-admin"`)
 			writeError(w, http.StatusUnauthorized, "admin token required")
 			return
@@ -103,7 +112,7 @@ func NewAdmin(srv *Server, o AdminOptions) *Admin {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	a := &Admin{srv: srv, opts: o}
+	a := &Admin{srv: srv, opts: o, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0)}
 	routes := []struct {
 		method, path string
 		h            http.Handler

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/token"
 )
 
@@ -73,6 +74,8 @@ type Protocol struct {
 	opts   Options
 	log    *slog.Logger
 	events *prometheus.CounterVec
+	// refusals logs rejected tokens (info, collapsed per reason).
+	refusals *ratelog.Logger
 	// counted holds the children of events, by action, resolved once.
 	counted map[string]prometheus.Counter
 	// stateKey is this protocol's key in Loop.Local.
@@ -99,7 +102,7 @@ func New(o Options) (*Protocol, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	p := &Protocol{opts: o, log: o.Logger}
+	p := &Protocol{opts: o, log: o.Logger, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0)}
 	p.stateKey = p
 	p.events = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_hypothesis_events_total",
@@ -143,7 +146,12 @@ func (p *Protocol) RegisterHTTP(srv interface{ HandleHTTP(string, http.Handler) 
 func (p *Protocol) Accept(r *gateway.Request) (gateway.Handler, error) {
 	s := &socket{p: p}
 	if tok, ok := p.token(r); ok {
-		s.userid, s.claims, s.authenticated = p.authenticate(tok)
+		var reason, subject string
+		s.userid, s.claims, reason, subject = p.authenticate(tok)
+		s.authenticated = reason == ""
+		if !s.authenticated {
+			p.refusals.Refused("authentication failed", "hypothesis", reason, r.Remote.Addr(), subject)
+		}
 	}
 	return s, nil
 }
@@ -174,22 +182,30 @@ func (p *Protocol) token(r *gateway.Request) (string, bool) {
 
 // authenticate maps a token to a userid: a gateway access key first, then
 // (if configured) a gateway JWT. Anything else, or a revoked credential,
-// is anonymous.
-func (p *Protocol) authenticate(tok string) (userid string, claims token.Claims, ok bool) {
+// is anonymous: reason says why ("invalid", "expired", "revoked"; "" when
+// authenticated), with the subject of a signed key (for the log).
+func (p *Protocol) authenticate(tok string) (userid string, claims token.Claims, reason, subject string) {
+	reason = "invalid"
 	if raw, err := token.DecodeText(tok); err == nil {
-		if c, err := p.opts.Secrets.Verify(raw, time.Now()); err == nil {
-			if p.opts.Revoked.Check(c) {
-				return "", token.Claims{}, false
-			}
-			return p.userid(c.Subject), c, true
+		c, err := p.opts.Secrets.Verify(raw, time.Now())
+		switch {
+		case errors.Is(err, token.ErrExpired):
+			reason, subject = "expired", c.Subject
+		case err == nil && p.opts.Revoked.Check(c):
+			return "", token.Claims{}, "revoked", c.Subject
+		case err == nil:
+			return p.userid(c.Subject), c, "", ""
 		}
 	}
 	if p.opts.VerifyJWT != nil {
-		if user, c, err := p.opts.VerifyJWT(tok); err == nil && user != "" && !p.opts.Revoked.Check(c) {
-			return p.userid(user), c, true
+		if user, c, err := p.opts.VerifyJWT(tok); err == nil && user != "" {
+			if p.opts.Revoked.Check(c) {
+				return "", token.Claims{}, "revoked", c.Subject
+			}
+			return p.userid(user), c, "", ""
 		}
 	}
-	return "", token.Claims{}, false
+	return "", token.Claims{}, reason, subject
 }
 
 func (p *Protocol) userid(subject string) string {

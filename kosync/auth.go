@@ -18,11 +18,12 @@ package kosync
 //     without eviction messages; local eviction (evictUser) only frees
 //     memory early;
 //   - concurrent misses for the same user, key and hash verify once
-//     (singleflight), and at most runtime.NumCPU() hashes run at a time, so
-//     a flood of requests queues instead of allocating 19 MiB each.
+//     (singleflight).
 //
 // An unknown user still costs one verification against a fixed fake hash
 // (caddy's fakePassword), so response times do not tell which names exist.
+// Every hash runs on the bounded hash pool, and every verification that may
+// fail is charged to the client's address first (throttle.go).
 
 import (
 	"context"
@@ -33,13 +34,14 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"runtime"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/sync/singleflight"
 
@@ -50,6 +52,13 @@ import (
 // unknown user, wrong key, credentials changed meanwhile. Store failures are
 // returned as they are.
 var errUnauthorized = errors.New("kosync: unauthorized")
+
+// The reasons of errUnauthorized that authentication itself finds (logged,
+// never answered: every one is the same 401).
+var (
+	errUnknownUser = fmt.Errorf("%w: unknown user", errUnauthorized)
+	errWrongKey    = fmt.Errorf("%w: wrong key", errUnauthorized)
+)
 
 // Argon2id parameters of new hashes (OWASP's minimum: m = 19 MiB, t = 2,
 // p = 1). Verification reads the parameters from each hash, so they can be
@@ -90,7 +99,8 @@ const fakeHash = "$argon2id$v=19$m=19456,t=2,p=1$a29zeW5jLWZha2Utc2FsdA$tRnW1Jg3
 type authenticator struct {
 	store  Store
 	macKey []byte
-	sem    chan struct{}
+	pool   *hashPool
+	limit  *addrLimiter // nil: no per-address limit
 	sf     singleflight.Group
 	ttl    time.Duration
 	max    int
@@ -101,6 +111,7 @@ type authenticator struct {
 	byUser map[string]map[[sha256.Size]byte]struct{}
 
 	hits, misses atomic.Uint64
+	rateLimited  prometheus.Counter
 	// argonRuns counts argon2 computations (hashes and verifications); a
 	// test hook and a cost indicator.
 	argonRuns atomic.Uint64
@@ -112,14 +123,20 @@ type cacheEntry struct {
 	expires time.Time
 }
 
-// newAuthenticator returns the authenticator of store. The cache MAC key is
-// derived from the signing secret (the cache lives in memory only, so
-// rotation does not matter to it).
-func newAuthenticator(store Store, secrets *token.Secrets) *authenticator {
+// newAuthenticator returns the authenticator of store, with the hashing
+// bounds of o (defaults applied). The cache MAC key is derived from the
+// signing secret (the cache lives in memory only, so rotation does not
+// matter to it).
+func newAuthenticator(store Store, secrets *token.Secrets, o Options) *authenticator {
 	return &authenticator{
 		store:  store,
 		macKey: secrets.Derive("kosync-keycache-v1")[0],
-		sem:    make(chan struct{}, max(runtime.NumCPU(), 1)),
+		pool:   newHashPool(o.HashWorkers, o.HashQueue),
+		limit:  newAddrLimiter(o.AuthFailuresPerMinute, o.AuthFailureBurst, o.AuthLimiterSlots),
+		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_kosync_auth_rate_limited_total",
+			Help: "KOReader requests answered 429 because their address made too many failed attempts.",
+		}),
 		ttl:    defaultCacheTTL,
 		max:    defaultCacheSize,
 		now:    time.Now,
@@ -128,34 +145,47 @@ func newAuthenticator(store Store, secrets *token.Secrets) *authenticator {
 	}
 }
 
-// authenticate checks user's key: the user's record is read from the store
-// every time, then the key is checked against its hash (cache first). It
-// returns the user (with the hash the key matched, for atomic writes),
-// errUnauthorized, or a store error.
-func (a *authenticator) authenticate(ctx context.Context, user, key string) (User, error) {
+// authenticate checks user's key, for a request from the address from: the
+// user's record is read from the store every time, then the key is checked
+// against its hash (cache first). It returns the user (with the hash the
+// key matched, for atomic writes), errUnknownUser or errWrongKey (both
+// errUnauthorized), a *rateLimitedError, errHashBusy, or a store error.
+func (a *authenticator) authenticate(ctx context.Context, user, key string, from netip.Addr) (User, error) {
 	u, err := a.store.User(ctx, user)
 	if errors.Is(err, ErrUserNotFound) {
-		a.fakeVerify(user, key)
-		return User{}, errUnauthorized
+		if err := a.fakeVerify(user, key, from); err != nil {
+			return User{}, err
+		}
+		return User{}, errUnknownUser
 	}
 	if err != nil {
 		return User{}, err
 	}
-	if !a.checkKey(u, key) {
-		return User{}, errUnauthorized
+	if err := a.checkKey(u, key, from); err != nil {
+		return User{}, err
 	}
 	return u, nil
 }
 
-// fakeVerify spends the time of a real verification for an unknown user.
-func (a *authenticator) fakeVerify(user, key string) {
-	a.verifyShared(a.mac(user, key), fakeHash, key)
+// fakeVerify spends the time of a real verification for an unknown user;
+// the attempt is charged to from. The error is the limiter's or the
+// pool's.
+func (a *authenticator) fakeVerify(user, key string, from netip.Addr) error {
+	if err := a.takeAttempt(from); err != nil {
+		return err
+	}
+	if _, err := a.verifyShared(a.mac(user, key), fakeHash, key); err != nil {
+		a.limit.refund(from) // not an attempt: nothing was checked
+		return err
+	}
+	return nil
 }
 
-// checkKey reports whether key is u's key: a cache hit for u's current hash,
-// or a verification (once for concurrent identical calls), whose success is
-// cached.
-func (a *authenticator) checkKey(u User, key string) bool {
+// checkKey checks that key is u's key: a cache hit for u's current hash,
+// or a verification (once for concurrent identical calls) charged to from
+// beforehand and refunded on success, whose success is cached. It returns
+// nil, errWrongKey, a *rateLimitedError or errHashBusy.
+func (a *authenticator) checkKey(u User, key string, from netip.Addr) error {
 	k := a.mac(u.Name, key)
 	now := a.now()
 	a.mu.Lock()
@@ -163,23 +193,46 @@ func (a *authenticator) checkKey(u User, key string) bool {
 	a.mu.Unlock()
 	if ok && e.hash == u.Hash && now.Before(e.expires) {
 		a.hits.Add(1)
-		return true
+		return nil
 	}
 	a.misses.Add(1)
-	if !a.verifyShared(k, u.Hash, key) {
-		return false
+	if err := a.takeAttempt(from); err != nil {
+		return err
+	}
+	match, err := a.verifyShared(k, u.Hash, key)
+	if err != nil || match {
+		a.limit.refund(from)
+	}
+	if err != nil {
+		return err
+	}
+	if !match {
+		return errWrongKey
 	}
 	a.remember(k, u.Name, u.Hash)
-	return true
+	return nil
 }
 
-// verifyShared runs verify once for concurrent calls with the same cache key
-// and hash.
-func (a *authenticator) verifyShared(k [sha256.Size]byte, hash, key string) bool {
-	v, _, _ := a.sf.Do(string(k[:])+hash, func() (any, error) {
-		return verifyHash(a, hash, key), nil
+// takeAttempt charges an attempt that may hash to from's bucket; a
+// *rateLimitedError (counted) when it is empty.
+func (a *authenticator) takeAttempt(from netip.Addr) error {
+	err := a.limit.take(from)
+	if err != nil {
+		a.rateLimited.Inc()
+	}
+	return err
+}
+
+// verifyShared runs verifyHash once for concurrent calls with the same
+// cache key and hash; the error is errHashBusy.
+func (a *authenticator) verifyShared(k [sha256.Size]byte, hash, key string) (bool, error) {
+	v, err, _ := a.sf.Do(string(k[:])+hash, func() (any, error) {
+		return verifyHash(a, hash, key)
 	})
-	return v.(bool)
+	if err != nil {
+		return false, err
+	}
+	return v.(bool), nil
 }
 
 // remember caches that key (as its MAC k) of user matches hash.
@@ -263,12 +316,15 @@ func (a *authenticator) stats() (hits, misses uint64) { return a.hits.Load(), a.
 // gateway_kosync_key_cache_requests_total metric).
 func (s *Service) CacheStats() (hits, misses uint64) { return s.auth.stats() }
 
-// argon runs argon2id under the semaphore.
-func (a *authenticator) argon(key string, salt []byte, t, m uint32, p uint8, n uint32) []byte {
-	a.sem <- struct{}{}
-	defer func() { <-a.sem }()
-	a.argonRuns.Add(1)
-	return argon2.IDKey([]byte(key), salt, t, m, p, n)
+// argon runs argon2id on the hash pool; errHashBusy when its queue is
+// full.
+func (a *authenticator) argon(key string, salt []byte, t, m uint32, p uint8, n uint32) ([]byte, error) {
+	var sum []byte
+	err := a.pool.run(func() {
+		a.argonRuns.Add(1)
+		sum = argon2.IDKey([]byte(key), salt, t, m, p, n)
+	})
+	return sum, err
 }
 
 // hashKey returns the encoded argon2id hash of a KOReader key:
@@ -279,20 +335,27 @@ func (a *authenticator) hashKey(key string) (string, error) {
 	if _, err := rand.Read(salt); err != nil {
 		return "", fmt.Errorf("kosync: salt: %w", err)
 	}
-	sum := a.argon(key, salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	sum, err := a.argon(key, salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	if err != nil {
+		return "", err
+	}
 	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads,
 		base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(sum)), nil
 }
 
 // verifyHash reports whether key matches the encoded hash, comparing in
-// constant time. A malformed hash matches nothing.
-func verifyHash(a *authenticator, encoded, key string) bool {
+// constant time. A malformed hash matches nothing. The error is
+// errHashBusy.
+func verifyHash(a *authenticator, encoded, key string) (bool, error) {
 	p, ok := parseHash(encoded)
 	if !ok {
-		return false
+		return false, nil
 	}
-	sum := a.argon(key, p.salt, p.t, p.m, p.p, uint32(len(p.sum)))
-	return subtle.ConstantTimeCompare(sum, p.sum) == 1
+	sum, err := a.argon(key, p.salt, p.t, p.m, p.p, uint32(len(p.sum)))
+	if err != nil {
+		return false, err
+	}
+	return subtle.ConstantTimeCompare(sum, p.sum) == 1, nil
 }
 
 type argonParams struct {

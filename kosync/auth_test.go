@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -117,7 +118,7 @@ const (
 )
 
 func TestHashRoundTrip(t *testing.T) {
-	a := newAuthenticator(newATStore(), testSecrets(t))
+	a := newTestAuthenticator(t, newATStore())
 	h, err := a.hashKey(keyA)
 	if err != nil {
 		t.Fatal(err)
@@ -129,10 +130,10 @@ func TestHashRoundTrip(t *testing.T) {
 	if !ok || len(p.salt) != 16 || len(p.sum) != 32 {
 		t.Fatalf("parseHash(%q) = %+v, %v", h, p, ok)
 	}
-	if !verifyHash(a, h, keyA) {
+	if !verifies(a, h, keyA) {
 		t.Fatal("the key does not verify against its own hash")
 	}
-	if verifyHash(a, h, keyB) || verifyHash(a, h, strings.ToUpper(keyA)) || verifyHash(a, h, "") {
+	if verifies(a, h, keyB) || verifies(a, h, strings.ToUpper(keyA)) || verifies(a, h, "") {
 		t.Fatal("another key verified (the comparison is exact and case-sensitive)")
 	}
 	if h2, _ := a.hashKey(keyA); h2 == h {
@@ -153,7 +154,7 @@ func TestHashRoundTrip(t *testing.T) {
 		if _, ok := parseHash(bad); ok {
 			t.Errorf("parseHash(%q) accepted a malformed or out-of-bounds hash", bad)
 		}
-		if verifyHash(a, bad, keyA) {
+		if verifies(a, bad, keyA) {
 			t.Errorf("verifyHash(%q) matched", bad)
 		}
 	}
@@ -161,12 +162,12 @@ func TestHashRoundTrip(t *testing.T) {
 
 func TestAuthenticateCache(t *testing.T) {
 	st := newATStore()
-	a := newAuthenticator(st, testSecrets(t))
+	a := newTestAuthenticator(t, st)
 	ctx := context.Background()
 	hashA := addUser(t, a, st, "alice", keyA)
 
 	runs := a.argonRuns.Load()
-	u, err := a.authenticate(ctx, "alice", keyA)
+	u, err := a.authenticate(ctx, "alice", keyA, noAddr)
 	if err != nil || u.Name != "alice" || u.Hash != hashA {
 		t.Fatalf("authenticate = %+v, %v", u, err)
 	}
@@ -177,7 +178,7 @@ func TestAuthenticateCache(t *testing.T) {
 		t.Fatalf("stats = %d hits, %d misses; want 0, 1", hits, misses)
 	}
 	for range 3 {
-		if _, err := a.authenticate(ctx, "alice", keyA); err != nil {
+		if _, err := a.authenticate(ctx, "alice", keyA, noAddr); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -198,7 +199,7 @@ func TestAuthenticateCache(t *testing.T) {
 
 	// Wrong keys fail every time (failures are not cached).
 	for range 2 {
-		if _, err := a.authenticate(ctx, "alice", keyB); !errors.Is(err, errUnauthorized) {
+		if _, err := a.authenticate(ctx, "alice", keyB, noAddr); !errors.Is(err, errUnauthorized) {
 			t.Fatalf("wrong key: %v, want errUnauthorized", err)
 		}
 	}
@@ -209,10 +210,10 @@ func TestAuthenticateCache(t *testing.T) {
 	if err := st.SetHash(ctx, "alice", hashA, hashB); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.authenticate(ctx, "alice", keyA); !errors.Is(err, errUnauthorized) {
+	if _, err := a.authenticate(ctx, "alice", keyA, noAddr); !errors.Is(err, errUnauthorized) {
 		t.Fatalf("old key after SetHash: %v, want errUnauthorized", err)
 	}
-	if u, err := a.authenticate(ctx, "alice", keyB); err != nil || u.Hash != hashB {
+	if u, err := a.authenticate(ctx, "alice", keyB, noAddr); err != nil || u.Hash != hashB {
 		t.Fatalf("new key: %+v, %v", u, err)
 	}
 
@@ -220,7 +221,7 @@ func TestAuthenticateCache(t *testing.T) {
 	now := time.Now()
 	a.now = func() time.Time { return now.Add(defaultCacheTTL + time.Second) }
 	runs = a.argonRuns.Load()
-	if _, err := a.authenticate(ctx, "alice", keyB); err != nil {
+	if _, err := a.authenticate(ctx, "alice", keyB, noAddr); err != nil {
 		t.Fatal(err)
 	}
 	if a.argonRuns.Load() == runs {
@@ -237,7 +238,7 @@ func TestAuthenticateCache(t *testing.T) {
 		t.Fatalf("after evictUser: %d entries, %d index users", n, idx)
 	}
 	runs = a.argonRuns.Load()
-	if _, err := a.authenticate(ctx, "alice", keyB); err != nil {
+	if _, err := a.authenticate(ctx, "alice", keyB, noAddr); err != nil {
 		t.Fatal(err)
 	}
 	if a.argonRuns.Load() == runs {
@@ -246,14 +247,14 @@ func TestAuthenticateCache(t *testing.T) {
 
 	// Store errors come back as they are.
 	st.err = ErrUnavailable
-	if _, err := a.authenticate(ctx, "alice", keyB); !errors.Is(err, ErrUnavailable) {
+	if _, err := a.authenticate(ctx, "alice", keyB, noAddr); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("store down: %v, want ErrUnavailable", err)
 	}
 }
 
 func TestAuthenticateSingleflight(t *testing.T) {
 	st := newATStore()
-	a := newAuthenticator(st, testSecrets(t))
+	a := newTestAuthenticator(t, st)
 	addUser(t, a, st, "bob", keyA)
 	runs := a.argonRuns.Load()
 	var wg sync.WaitGroup
@@ -262,7 +263,7 @@ func TestAuthenticateSingleflight(t *testing.T) {
 	for range 10 {
 		wg.Go(func() {
 			<-start
-			_, err := a.authenticate(context.Background(), "bob", keyA)
+			_, err := a.authenticate(context.Background(), "bob", keyA, noAddr)
 			errs <- err
 		})
 	}
@@ -281,9 +282,9 @@ func TestAuthenticateSingleflight(t *testing.T) {
 
 func TestAuthenticateUnknownUser(t *testing.T) {
 	st := newATStore()
-	a := newAuthenticator(st, testSecrets(t))
+	a := newTestAuthenticator(t, st)
 	runs := a.argonRuns.Load()
-	if _, err := a.authenticate(context.Background(), "nobody", keyA); !errors.Is(err, errUnauthorized) {
+	if _, err := a.authenticate(context.Background(), "nobody", keyA, noAddr); !errors.Is(err, errUnauthorized) {
 		t.Fatalf("unknown user: %v, want errUnauthorized", err)
 	}
 	if got := a.argonRuns.Load() - runs; got != 1 {
@@ -298,7 +299,7 @@ func TestAuthenticateUnknownUser(t *testing.T) {
 }
 
 func TestCacheBounded(t *testing.T) {
-	a := newAuthenticator(newATStore(), testSecrets(t))
+	a := newTestAuthenticator(t, newATStore())
 	a.max = 3
 	for i := range 10 {
 		user := string(rune('a' + i%4))
@@ -321,4 +322,26 @@ func TestCacheBounded(t *testing.T) {
 	if n != len(a.cache) {
 		t.Fatalf("index has %d entries, cache %d", n, len(a.cache))
 	}
+}
+
+// noAddr is the client address of unit tests: no address, never limited.
+var noAddr netip.Addr
+
+// newTestAuthenticator is the authenticator of st with default bounds.
+func newTestAuthenticator(t testing.TB, st Store) *authenticator {
+	t.Helper()
+	var o Options
+	if err := o.applyHashDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	return newAuthenticator(st, testSecrets(t), o)
+}
+
+// verifies is verifyHash for tests, which never fill the pool.
+func verifies(a *authenticator, encoded, key string) bool {
+	ok, err := verifyHash(a, encoded, key)
+	if err != nil {
+		panic(err)
+	}
+	return ok
 }

@@ -34,6 +34,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -198,6 +199,7 @@ func (s *Service) apiAuth(w http.ResponseWriter, r *http.Request) (User, bool) {
 	if tok, ok := bearer(r); ok {
 		name, _, err := s.VerifyJWT(tok)
 		if err != nil {
+			s.logAuthError(r, "", err)
 			writeText(w, http.StatusUnauthorized, "Unauthorized")
 			return User{}, false
 		}
@@ -210,11 +212,13 @@ func (s *Service) apiAuth(w http.ResponseWriter, r *http.Request) (User, bool) {
 	}
 	user, key, ok := authHeaders(r)
 	if !ok {
+		s.logRefused(r, reasonNoCredentials, user)
 		writeText(w, http.StatusUnauthorized, "Unauthorized")
 		return User{}, false
 	}
-	u, err := s.auth.authenticate(ctx, user, key)
+	u, err := s.auth.authenticate(ctx, user, key, s.clientAddr(r))
 	if err != nil {
+		s.logAuthError(r, user, err)
 		s.apiFail(w, err)
 		return User{}, false
 	}
@@ -233,6 +237,15 @@ func bearer(r *http.Request) (string, bool) {
 
 // apiFail answers a failed /api/ request in plain text.
 func (s *Service) apiFail(w http.ResponseWriter, err error) {
+	if secs := retryAfterSeconds(err); secs > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		if errors.Is(err, errHashBusy) {
+			writeText(w, http.StatusServiceUnavailable, "Service Unavailable")
+		} else {
+			writeText(w, http.StatusTooManyRequests, "Too Many Requests")
+		}
+		return
+	}
 	var ie *InputError
 	switch {
 	case errors.As(err, &ie):

@@ -60,6 +60,10 @@ var (
 	koNoDocument      = []byte(`{"code":2004,"message":"Field 'document' not provided."}`)
 	koRegistrationOff = []byte(`{"code":2005,"message":"User registration is disabled."}`)
 	koAccountNotFound = []byte(`{"code":2006,"message":"Account not found."}`)
+	// The gateway's own throttling answers (throttle.go); their codes are
+	// the HTTP status, outside the reference's 1000/2000 ranges.
+	koTooManyAttempts = []byte(`{"code":429,"message":"Too many failed attempts from your address. Try again later."}`)
+	koBusy            = []byte(`{"code":503,"message":"Server busy. Try again later."}`)
 
 	koHealthy    = []byte(`{"state":"OK"}`)
 	koAuthorized = []byte(`{"authorized":"OK"}`)
@@ -142,16 +146,18 @@ func authHeaders(r *http.Request) (user, key string, ok bool) {
 	return user, key, true
 }
 
-// koAuth authenticates the KOReader headers, writing 401 or a store error
-// on failure.
+// koAuth authenticates the KOReader headers, writing 401, 429, 503 or a
+// store error on failure, and logging a refusal.
 func (s *Service) koAuth(w http.ResponseWriter, r *http.Request) (User, bool) {
 	user, key, ok := authHeaders(r)
 	if !ok {
+		s.logRefused(r, reasonNoCredentials, user)
 		writeJSON(w, http.StatusUnauthorized, koUnauthorized)
 		return User{}, false
 	}
-	u, err := s.auth.authenticate(r.Context(), user, key)
+	u, err := s.auth.authenticate(r.Context(), user, key, s.clientAddr(r))
 	if err != nil {
+		s.logAuthError(r, user, err)
 		s.koFail(w, err)
 		return User{}, false
 	}
@@ -159,9 +165,19 @@ func (s *Service) koAuth(w http.ResponseWriter, r *http.Request) (User, bool) {
 }
 
 // koFail answers a failed authentication or store call: 401 2001 for
-// credentials (wrong, changed meanwhile, account gone), 502 1000 when the
-// store is unreachable, 502 2000 otherwise.
+// credentials (wrong, changed meanwhile, account gone), 429 or 503 with
+// Retry-After when throttled, 502 1000 when the store is unreachable, 502
+// 2000 otherwise.
 func (s *Service) koFail(w http.ResponseWriter, err error) {
+	if secs := retryAfterSeconds(err); secs > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		if errors.Is(err, errHashBusy) {
+			writeJSON(w, http.StatusServiceUnavailable, koBusy)
+		} else {
+			writeJSON(w, http.StatusTooManyRequests, koTooManyAttempts)
+		}
+		return
+	}
 	switch {
 	case errors.Is(err, errUnauthorized), errors.Is(err, ErrStale), errors.Is(err, ErrUserNotFound):
 		writeJSON(w, http.StatusUnauthorized, koUnauthorized)
@@ -227,8 +243,17 @@ func (s *Service) handleCreateUser(w http.ResponseWriter, r *http.Request) {
 		s.koFail(w, err)
 		return
 	}
+	// A registration costs a hash: it counts as an attempt of its address.
+	from := s.clientAddr(r)
+	if err := s.auth.takeAttempt(from); err != nil {
+		s.logAuthError(r, user, err)
+		s.koFail(w, err)
+		return
+	}
 	hash, err := s.auth.hashKey(key)
 	if err != nil {
+		s.auth.limit.refund(from)
+		s.logAuthError(r, user, err)
 		s.koFail(w, err)
 		return
 	}
@@ -266,12 +291,14 @@ func (s *Service) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
 	}
 	user, key, ok := authHeaders(r)
 	if !ok {
+		s.logRefused(r, reasonNoCredentials, user)
 		writeJSON(w, http.StatusUnauthorized, koUnauthorized)
 		return
 	}
 	ctx := r.Context()
 	u, err := s.opts.Store.User(ctx, user)
 	if errors.Is(err, ErrUserNotFound) {
+		s.logRefused(r, reasonUnknownUser, user)
 		writeJSON(w, http.StatusNotFound, koAccountNotFound)
 		return
 	}
@@ -279,8 +306,9 @@ func (s *Service) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
 		s.koFail(w, err)
 		return
 	}
-	if !s.auth.checkKey(u, key) {
-		writeJSON(w, http.StatusUnauthorized, koUnauthorized)
+	if err := s.auth.checkKey(u, key, s.clientAddr(r)); err != nil {
+		s.logAuthError(r, user, err)
+		s.koFail(w, err)
 		return
 	}
 	mu := s.userLock(user) // no announce of this user may follow the deletion
@@ -312,6 +340,7 @@ func (s *Service) handleSetPassword(w http.ResponseWriter, r *http.Request) {
 	}
 	user, key, ok := authHeaders(r)
 	if !ok {
+		s.logRefused(r, reasonNoCredentials, user)
 		writeJSON(w, http.StatusUnauthorized, koUnauthorized)
 		return
 	}
@@ -321,8 +350,9 @@ func (s *Service) handleSetPassword(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	u, err := s.auth.authenticate(ctx, user, key)
+	u, err := s.auth.authenticate(ctx, user, key, s.clientAddr(r))
 	if err != nil {
+		s.logAuthError(r, user, err)
 		s.koFail(w, err)
 		return
 	}

@@ -140,7 +140,9 @@ func newHTTPEnv(t *testing.T, store Store, o envOpt) *httpEnv {
 	if e.shard, err = e.hub.NewShard(e.loop); err != nil {
 		t.Fatal(err)
 	}
-	opts := Options{Store: store, Secrets: testSecrets(t), Revoker: e.rev, Hub: e.hub}
+	// Every request comes from loopback: the per-address limit is off
+	// unless a test turns it on (throttle_test.go).
+	opts := Options{Store: store, Secrets: testSecrets(t), Revoker: e.rev, Hub: e.hub, AuthFailuresPerMinute: -1}
 	if o.mod != nil {
 		o.mod(&opts)
 	}

@@ -1,14 +1,17 @@
 package kosync
 
 import (
+	"cmp"
 	"errors"
 	"log/slog"
+	"math"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/session"
 	"github.com/wsgateway/gateway/token"
 )
@@ -52,6 +55,25 @@ type Options struct {
 	TrustedProxies []netip.Prefix
 	// Version is the server_version of the hello; zero means "dev".
 	Version string
+	// HashWorkers is how many KOReader key hashes (argon2id) may run at
+	// once; zero means DefaultHashWorkers(), one less than the CPUs.
+	HashWorkers int
+	// HashQueue is how many hashes may wait for a worker; past it a
+	// request is answered 503 with Retry-After. Zero means
+	// DefaultHashQueue.
+	HashQueue int
+	// AuthFailuresPerMinute is the sustained rate of failed key
+	// verifications (and registrations) one client address may make; past
+	// it, and past AuthFailureBurst, requests that would hash get 429 with
+	// Retry-After. Zero means DefaultAuthFailuresPerMinute; negative means
+	// no limit.
+	AuthFailuresPerMinute float64
+	// AuthFailureBurst is how many such attempts may come back to back;
+	// zero means DefaultAuthFailureBurst.
+	AuthFailureBurst int
+	// AuthLimiterSlots is the size of the per-address table (8 bytes a
+	// cell, fixed); zero means DefaultAuthLimiterSlots.
+	AuthLimiterSlots int
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -63,6 +85,9 @@ type Service struct {
 	log  *slog.Logger
 	auth *authenticator
 	jwt  *jwtKeys
+	// refusals logs failed authentications and throttled requests (info,
+	// collapsed).
+	refusals *ratelog.Logger
 
 	userLocks [256]sync.Mutex // see userLock
 }
@@ -84,8 +109,11 @@ func New(o Options) (*Service, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	s := &Service{opts: o, log: o.Logger}
-	s.auth = newAuthenticator(o.Store, o.Secrets)
+	if err := o.applyHashDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Service{opts: o, log: o.Logger, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0)}
+	s.auth = newAuthenticator(o.Store, o.Secrets, o)
 	s.jwt = newJWTKeys(o.Secrets, o.JWTTTL)
 	return s, nil
 }
@@ -100,8 +128,25 @@ func (s *Service) Collectors() []prometheus.Collector {
 			ConstLabels: prometheus.Labels{"result": result},
 		}, func() float64 { return float64(read()) })
 	}
-	return []prometheus.Collector{
+	return append([]prometheus.Collector{
 		cache("hit", func() uint64 { h, _ := s.CacheStats(); return h }),
 		cache("miss", func() uint64 { _, m := s.CacheStats(); return m }),
+	}, s.auth.throttleCollectors()...)
+}
+
+// applyHashDefaults fills in the zero hashing bounds and refuses negative
+// ones.
+func (o *Options) applyHashDefaults() error {
+	if o.HashWorkers < 0 || o.HashQueue < 0 || o.AuthFailureBurst < 0 || o.AuthLimiterSlots < 0 ||
+		math.IsNaN(o.AuthFailuresPerMinute) || math.IsInf(o.AuthFailuresPerMinute, 0) {
+		return errors.New("kosync: HashWorkers, HashQueue, AuthFailureBurst and AuthLimiterSlots must not be negative, AuthFailuresPerMinute must be a number")
 	}
+	o.HashWorkers = cmp.Or(o.HashWorkers, DefaultHashWorkers())
+	o.HashQueue = cmp.Or(o.HashQueue, DefaultHashQueue)
+	if o.AuthFailuresPerMinute == 0 {
+		o.AuthFailuresPerMinute = DefaultAuthFailuresPerMinute
+	}
+	o.AuthFailureBurst = cmp.Or(o.AuthFailureBurst, DefaultAuthFailureBurst)
+	o.AuthLimiterSlots = cmp.Or(o.AuthLimiterSlots, DefaultAuthLimiterSlots)
+	return nil
 }

@@ -69,6 +69,8 @@ func (p *wsProtocol) Accept(r *gateway.Request) (gateway.Handler, error) {
 	user, claims, err := p.s.VerifyJWT(string(r.Path[len(WSPath):]))
 	if err == nil {
 		h.user, h.claims = user, claims
+	} else {
+		p.s.logRefusedFrom(p.s.clientAddrOf(r.Remote.Addr(), string(r.ForwardedFor)), authReason(err), "")
 	}
 	h.tokenOK = err == nil
 	return h, nil

@@ -101,13 +101,17 @@ func (h *conn) authenticate(msg []byte) {
 	claims, err := h.p.opts.Secrets.Verify(key, now)
 	switch {
 	case errors.Is(err, token.ErrExpired):
-		h.refuse(reasonExpired, packet.CloseUnauthorized, "access key expired")
+		h.refuseKey(reasonExpired, claims.Subject, "access key expired")
 		return
 	case err != nil:
-		h.refuse(reasonInvalid, packet.CloseUnauthorized, "invalid access key")
+		h.refuseKey(reasonInvalid, "", "invalid access key")
+		return
+	case !h.p.opts.Revoked.Known():
+		// Fail closed: the node could not load its revocations yet.
+		h.refuse(reasonUnavailable, packet.CloseTryAgainLater, "revocations not loaded yet; try again later")
 		return
 	case h.p.opts.Revoked.Check(claims):
-		h.refuse(reasonRevoked, packet.CloseUnauthorized, "access key revoked")
+		h.refuseKey(reasonRevoked, claims.Subject, "access key revoked")
 		return
 	}
 	h.p.metrics.authOK.Inc()
@@ -119,7 +123,22 @@ func (h *conn) authenticate(msg []byte) {
 
 func (h *conn) refuse(reason string, code uint16, text string) {
 	h.p.metrics.authFailures[reason].Inc()
+	h.logRefused(reason, "")
 	h.c.Close(code, text)
+}
+
+// refuseKey refuses a key that parsed: subject is its subject when its
+// signature held (expired, revoked), else "".
+func (h *conn) refuseKey(reason, subject, text string) {
+	h.p.metrics.authFailures[reason].Inc()
+	h.logRefused(reason, subject)
+	h.c.Close(packet.CloseUnauthorized, text)
+}
+
+// logRefused logs a failed authentication (info, collapsed per reason;
+// the subject of a signed key at most, never the key).
+func (h *conn) logRefused(reason, subject string) {
+	h.p.refusals.Refused("authentication failed", "native", reason, h.c.Remote().Addr(), subject)
 }
 
 // pong answers a Ping (and a successful auth) and moves the deadline.
@@ -232,6 +251,7 @@ func (h *conn) OnDeadline(c *gateway.Conn) {
 	switch {
 	case h.sess == nil:
 		h.p.metrics.authFailures[reasonTimeout].Inc()
+		h.logRefused(reasonTimeout, "")
 		c.Close(packet.CloseTimeout, fmt.Sprintf("authentication timeout: no auth message within %v", h.p.opts.HandshakeTimeout))
 	case !time.Now().Before(h.sess.Claims.Expires):
 		c.Close(packet.CloseUnauthorized, "access key expired")

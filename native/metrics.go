@@ -10,6 +10,8 @@ const (
 	reasonExpired   = "expired"
 	reasonRevoked   = "revoked"
 	reasonTimeout   = "timeout"
+	// reasonUnavailable: the revoked set is not known yet (fail closed).
+	reasonUnavailable = "unavailable"
 )
 
 type metrics struct {
@@ -31,7 +33,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "gateway_native_refusals_total", Help: "Error packets sent (refused subscribe, publish or setting).",
 	})
 	m := &metrics{authOK: ok, authFailures: map[string]prometheus.Counter{}, refusals: refusals}
-	for _, r := range []string{reasonMalformed, reasonVersion, reasonInvalid, reasonExpired, reasonRevoked, reasonTimeout} {
+	for _, r := range []string{reasonMalformed, reasonVersion, reasonInvalid, reasonExpired, reasonRevoked, reasonTimeout, reasonUnavailable} {
 		m.authFailures[r] = failures.WithLabelValues(r) // resolved once, zero series exist from the start
 	}
 	if reg != nil {

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/packet"
 	"github.com/wsgateway/gateway/session"
 	"github.com/wsgateway/gateway/token"
@@ -74,6 +75,8 @@ type Options struct {
 type Protocol struct {
 	opts    Options
 	metrics *metrics
+	// refusals logs failed authentications (info, collapsed per reason).
+	refusals *ratelog.Logger
 }
 
 // New returns the protocol.
@@ -90,7 +93,7 @@ func New(o Options) *Protocol {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Protocol{opts: o, metrics: newMetrics(o.Registerer)}
+	return &Protocol{opts: o, metrics: newMetrics(o.Registerer), refusals: ratelog.New(o.Logger, slog.LevelInfo, 0)}
 }
 
 // Route returns the gateway route of the protocol: binary only, on Path.

@@ -134,6 +134,10 @@ type Node struct {
 	sweeping bool
 	redisUp  atomic.Bool
 	broker   session.Broker
+	// dataLost counts the times Redis came back without its data;
+	// lastDataLost is when the last one was noticed (see redisDataLost).
+	dataLost     atomic.Uint64
+	lastDataLost atomic.Pointer[time.Time]
 }
 
 // brokerCollectors exports the Redis broker's counters.
@@ -176,12 +180,41 @@ func (n *Node) watchRedis(ctx context.Context) {
 	}
 }
 
-// down lists the optional dependencies that are down, for /readyz.
+// down lists the optional dependencies that are down or degraded, for
+// /readyz: "redis" while Redis does not answer, "redis_data_lost" for
+// DataLossDegradedFor after Redis came back without its data.
 func (n *Node) down() []string {
+	var down []string
 	if n.redis != nil && !n.redisUp.Load() {
-		return []string{"redis"}
+		down = append(down, "redis")
 	}
-	return nil
+	if n.recentDataLoss() {
+		down = append(down, "redis_data_lost")
+	}
+	return down
+}
+
+// DataLossDegradedFor is how long /readyz says "degraded" (down:
+// "redis_data_lost") after a node noticed that Redis came back without its
+// data. The node serves on (the loss is Redis's, and the revocations it
+// knew are written back); gateway_redis_data_lost_total keeps the count.
+const DataLossDegradedFor = 15 * time.Minute
+
+func (n *Node) recentDataLoss() bool {
+	at := n.lastDataLost.Load()
+	return at != nil && time.Since(*at) < DataLossDegradedFor
+}
+
+// redisDataLost is the Revoker's OnDataLost: Redis lost its data (a restart
+// without persistence, a flush). The Revoker has written back the
+// revocations; the KOReader accounts and progress are gone for good.
+func (n *Node) redisDataLost() {
+	now := time.Now() // keeps its monotonic reading for recentDataLoss
+	n.lastDataLost.Store(&now)
+	n.dataLost.Add(1)
+	n.log.Error("Redis came back without its data (the node's marker key is gone): KOReader accounts and reading "+
+		"progress stored there are lost, revocations known to this node were written back. "+
+		"Run Redis with persistence (--appendonly yes)", "redis", n.redis.Options().Addr)
 }
 
 // checkAdminBind refuses an admin listener reachable from other hosts
@@ -243,6 +276,10 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		go n.watchRedis(ctx)
 	}
 	n.Revoker = token.NewRevoker(n.store, token.NewRevoked(), n.revoked, n.log)
+	if n.redis != nil {
+		n.Revoker.KeepSnapshot(filepath.Join(cfg.DataDir, token.SnapshotName))
+		n.Revoker.OnDataLost(n.redisDataLost)
+	}
 	// The KOsync service exists before the revoker calls back into it.
 	if cfg.Only != OnlyWsify {
 		if err := n.newKosync(cfg, secrets); err != nil {
@@ -312,7 +349,10 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 				return 1
 			}
 			return 0
-		}))
+		}), prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gateway_redis_data_lost_total",
+			Help: "Times the node found Redis back without its data (its marker key gone): KOReader data lost, revocations written back.",
+		}, func() float64 { return float64(n.dataLost.Load()) }))
 	}
 	n.wsify = w
 	if cfg.Only == OnlyWsify {
@@ -462,6 +502,11 @@ func (n *Node) sweepRevoked() {
 	defer close(n.done)
 	set := n.Revoker.Set()
 	for range n.sweep {
+		if !set.Known() {
+			// An announcement before the first load: no session holds a
+			// key yet, and Check would hit the keyless ones (wsify).
+			continue
+		}
 		n.Hub.EachShard(func(sh *session.Shard) {
 			sh.Each(func(s *session.Session) {
 				if set.Check(s.Claims) {

@@ -64,6 +64,10 @@ const (
 	// CloseServerError: the server failed internally and dropped the
 	// connection.
 	CloseServerError uint16 = 3005
+	// CloseTryAgainLater (RFC 6455's 1013): the server cannot
+	// authenticate yet (its revoked set is not loaded); reconnect later
+	// with the same key.
+	CloseTryAgainLater uint16 = 1013
 )
 
 // Codes carried by the Error packet. They borrow HTTP status numbers so

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -430,15 +429,11 @@ func TestClusterRedisRestart(t *testing.T) {
 // TestRedisDownNodeServesLocally: a node whose Redis is not running starts
 // anyway and its own clients still publish to each other; the next packet
 // the subscriber reads is the Message, not a Subscribed.
+// The node has a saved revoked set (without one it refuses every key until
+// Redis answers: TestRevocationFailClosedRedisDown).
 func TestRedisDownNodeServesLocally(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close() // nothing listens there now
-	n := startNode(t, func(c *node.Config) { c.RedisURL = "redis://" + addr })
+	n := durNodeRedisDown(t)
 
 	sub := connect(t, n, "bob")
 	// No Subscribed while Redis cannot confirm (PROTOCOL.md §5), but local

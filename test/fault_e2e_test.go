@@ -154,9 +154,8 @@ func faultPost(t testing.TB, url, body string, header ...string) (int, string) {
 }
 
 // faultKillRedis makes the redis-server of srv exit (SHUTDOWN NOSAVE) and
-// waits until its port refuses connections. It does not use srv.Stop:
-// redistest's Restart refuses a server after Stop (Stop forgets the
-// process), while after SHUTDOWN it starts a new one on the same port.
+// waits until its port refuses connections: a clean exit, where srv.Stop
+// kills the process. srv.Restart then starts a new one on the same port.
 func faultKillRedis(t testing.TB, srv *redistest.Server) {
 	t.Helper()
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
@@ -347,7 +346,9 @@ func TestFaultRedisOutage(t *testing.T) {
 
 	srv.Restart(t)
 	for _, p := range []*e2eProc{a, b} {
-		faultWaitReadyz(t, p.admin, faultReady)
+		// The new redis-server starts empty (no persistence here): the
+		// nodes notice (TestRevocationRedisRestartedEmpty).
+		faultWaitReadyz(t, p.admin, `{"status":"degraded","down":["redis_data_lost"]}`)
 		if v := faultMetric(t, p.admin, "gateway_redis_up"); v != 1 {
 			t.Fatalf("gateway_redis_up = %v after the restart, want 1", v)
 		}
@@ -391,16 +392,11 @@ func TestFaultRedisOutage(t *testing.T) {
 // port starts, says 200 degraded on /readyz (never 503) and
 // gateway_redis_up 0, and serves its own clients. (Bringing a Redis up on
 // that very port afterwards is TestFaultRedisOutage's restart: redistest
-// cannot choose a port.)
+// cannot choose a port.) The node has a saved revoked set: without one it
+// refuses every key until Redis answers (TestRevocationFailClosedRedisDown).
 func TestFaultRedisDownAtStart(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	n := startNode(t, func(c *node.Config) { c.RedisURL = "redis://" + addr })
+	n := durNodeRedisDown(t)
 	first, firstBody, err := faultGet(adminURL(n) + "/readyz")
 	if err != nil || first != http.StatusOK {
 		t.Fatalf("first readyz: %d %q %v", first, firstBody, err)

@@ -63,9 +63,19 @@
 // immediate on the node that revoked and takes effect on the others within
 // the pub/sub latency, or after a reconnect.
 //
-// If the Redis data is lost (a restart without persistence), the reload
-// after the reconnect replaces the set with what Redis still has: configure
-// Redis persistence if revocations must survive it.
+// Revocation fails closed. A Revoker over a shared store keeps the last set
+// it saw in a snapshot file in the node's data dir (KeepSnapshot), written
+// atomically and fsync'd after every change. A node whose Redis is
+// unreachable at start starts from that snapshot; without one its set is
+// unknown (Revoked.Known) and Check reports every key as revoked, so
+// authentication is refused until the first load succeeds. A reload never
+// shrinks the set: it takes the union of Redis and the set, and writes back
+// to Redis the unexpired records Redis lacks. A data marker that the first
+// node writes into Redis (RedisStore.Marker) tells a node that Redis came
+// back without its data (a restart without persistence, a flush): checked
+// at every reload and every MarkerCheckInterval, a loss makes the node log
+// an error, reload (writing back what it knows) and call OnDataLost. Run Redis with persistence all the
+// same: KOReader accounts and progress have no other copy.
 //
 // A started Revoker prunes expired records from its set every PruneInterval.
 // FileStore drops expired records and compacts its log when opened.

@@ -2,6 +2,8 @@ package token
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -18,9 +20,12 @@ import (
 //	<prefix>revoked:id:<16 hex>   value: the key's expiry, unix ms
 //	<prefix>revoked:sub:<subject> value: T, unix ms (only ever raised)
 //	<prefix>revocations           the channel; messages are JSON records
+//	<prefix>marker                a random value, written once (see Marker)
 //
-// Each key expires (PEXPIREAT) with its record. Durability across a Redis
-// crash is Redis's own (AOF/RDB configuration). Safe for concurrent use.
+// Each revocation key expires (PEXPIREAT) with its record. Durability across
+// a Redis crash is Redis's own (AOF/RDB configuration): run Redis with
+// persistence. Marker lets nodes notice when it was lost anyway. Safe for
+// concurrent use.
 type RedisStore struct {
 	client  redis.UniversalClient
 	prefix  string
@@ -39,6 +44,7 @@ func (s *RedisStore) Channel() string { return s.channel }
 
 func (s *RedisStore) idKey(id KeyID) string        { return s.prefix + "revoked:id:" + id.String() }
 func (s *RedisStore) subKey(subject string) string { return s.prefix + "revoked:sub:" + subject }
+func (s *RedisStore) markerKey() string            { return s.prefix + "marker" }
 
 // revokeScript stores ARGV[1] in KEYS[1] unless the key already holds a
 // number at least as large, sets its expiry to ARGV[2] (unix ms) when it
@@ -69,11 +75,23 @@ func (s *RedisStore) Revoke(ctx context.Context, rv Revocation) error {
 	if !rv.Expires.After(now) {
 		return nil
 	}
-	payload, err := encodeRecord(rv)
+	key, args, err := s.revokeArgs(rv)
 	if err != nil {
 		return err
 	}
-	var key string
+	if err := revokeScript.Run(ctx, s.client, []string{key}, args...).Err(); err != nil {
+		return fmt.Errorf("token: redis revoke: %w", err)
+	}
+	return nil
+}
+
+// revokeArgs returns the key and arguments of revokeScript for rv, already
+// normalized.
+func (s *RedisStore) revokeArgs(rv Revocation) (key string, args []any, err error) {
+	payload, err := encodeRecord(rv)
+	if err != nil {
+		return "", nil, err
+	}
 	var value int64
 	switch rv.Kind {
 	case KindID:
@@ -81,12 +99,72 @@ func (s *RedisStore) Revoke(ctx context.Context, rv Revocation) error {
 	case KindSubject:
 		key, value = s.subKey(rv.Subject), rv.At.UnixMilli()
 	}
-	err = revokeScript.Run(ctx, s.client, []string{key},
-		value, rv.Expires.UnixMilli(), s.channel, string(payload)).Err()
+	return key, []any{value, rv.Expires.UnixMilli(), s.channel, string(payload)}, nil
+}
+
+// RevokeAll stores and announces every unexpired record of all as Revoke
+// does, in one pipeline: a node writes back with it the records Redis lost.
+func (s *RedisStore) RevokeAll(ctx context.Context, all []Revocation) error {
+	now := time.Now()
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, rv := range all {
+			rv, err := normalize(rv, now)
+			if err != nil {
+				return err
+			}
+			if !rv.Expires.After(now) {
+				continue
+			}
+			key, args, err := s.revokeArgs(rv)
+			if err != nil {
+				return err
+			}
+			revokeScript.Eval(ctx, p, []string{key}, args...)
+		}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("token: redis revoke: %w", err)
 	}
 	return nil
+}
+
+// markerScript returns the value of KEYS[1], first setting it to ARGV[1]
+// if the key does not exist.
+var markerScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur then return cur end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+`)
+
+// Marker returns the data marker: a random value the first node to find
+// none writes under <prefix>marker, without expiry, and every node
+// remembers. known is the marker the caller saw before ("" if none). lost
+// reports that Redis no longer holds it (the key is gone or was replaced):
+// the Redis data was lost since, by a restart without persistence, a flush
+// or a switch to another server. A new marker is then in place.
+func (s *RedisStore) Marker(ctx context.Context, known string) (current string, lost bool, err error) {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (Go 1.24+)
+	current, err = markerScript.Run(ctx, s.client, []string{s.markerKey()}, hex.EncodeToString(b[:])).Text()
+	if err != nil {
+		return "", false, fmt.Errorf("token: redis marker: %w", err)
+	}
+	return current, known != "" && current != known, nil
+}
+
+// PeekMarker returns the data marker without writing one: "" when there is
+// none.
+func (s *RedisStore) PeekMarker(ctx context.Context) (string, error) {
+	m, err := s.client.Get(ctx, s.markerKey()).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("token: redis marker: %w", err)
+	}
+	return m, nil
 }
 
 // Load returns every unexpired revocation, found with SCAN (on every master

@@ -116,6 +116,14 @@ type wireRecord struct {
 }
 
 func encodeRecord(rv Revocation) ([]byte, error) {
+	w, err := toWire(rv)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(w)
+}
+
+func toWire(rv Revocation) (wireRecord, error) {
 	w := wireRecord{Kind: rv.Kind.String(), At: rv.At.UnixMilli(), Expires: rv.Expires.UnixMilli()}
 	switch rv.Kind {
 	case KindID:
@@ -123,12 +131,12 @@ func encodeRecord(rv Revocation) ([]byte, error) {
 	case KindSubject:
 		w.Subject = rv.Subject
 	default:
-		return nil, fmt.Errorf("token: unknown revocation kind %d", rv.Kind)
+		return wireRecord{}, fmt.Errorf("token: unknown revocation kind %d", rv.Kind)
 	}
 	if rv.At.IsZero() {
 		w.At = 0
 	}
-	return json.Marshal(w)
+	return w, nil
 }
 
 func decodeRecord(b []byte) (Revocation, error) {
@@ -136,6 +144,10 @@ func decodeRecord(b []byte) (Revocation, error) {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return Revocation{}, err
 	}
+	return fromWire(w)
+}
+
+func fromWire(w wireRecord) (Revocation, error) {
 	var rv Revocation
 	switch w.Kind {
 	case "id":
@@ -176,6 +188,8 @@ type Revoked struct {
 type revokedSnap struct {
 	ids  map[KeyID]idEntry
 	subs map[string]subEntry
+	// unknown: the set has not been loaded yet, so Check fails closed.
+	unknown bool
 }
 
 type idEntry struct {
@@ -192,6 +206,31 @@ func NewRevoked() *Revoked {
 	r.snap.Store(&revokedSnap{ids: map[KeyID]idEntry{}, subs: map[string]subEntry{}})
 	return r
 }
+
+// NewPendingRevoked returns a set that is not known yet: until the first
+// Replace, Check reports every key as revoked (Known is false), so that a
+// node that could not load its revocations refuses authentication rather
+// than accept a revoked key.
+func NewPendingRevoked() *Revoked {
+	r := NewRevoked()
+	r.markUnknown()
+	return r
+}
+
+// markUnknown makes the set unknown again, until the next Replace; a
+// Revoker over a shared store does it at Start.
+func (r *Revoked) markUnknown() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next := r.snap.Load().clone()
+	next.unknown = true
+	r.snap.Store(next)
+}
+
+// Known reports whether the set has been loaded (see NewPendingRevoked).
+// Protocols check it before Check to tell a client "try again later"
+// rather than "revoked".
+func (r *Revoked) Known() bool { return !r.snap.Load().unknown }
 
 // merge adds rv to s in place and reports whether s now revokes more keys.
 // A record only ever widens the set: a later expiry or a later subject time
@@ -243,7 +282,7 @@ func (s *revokedSnap) wouldChange(rv Revocation) bool {
 }
 
 func (s *revokedSnap) clone() *revokedSnap {
-	return &revokedSnap{ids: maps.Clone(s.ids), subs: maps.Clone(s.subs)}
+	return &revokedSnap{ids: maps.Clone(s.ids), subs: maps.Clone(s.subs), unknown: s.unknown}
 }
 
 // Add adds rv to the set. changed is true when the set now revokes keys it
@@ -267,7 +306,7 @@ func (r *Revoked) Add(rv Revocation) (changed bool) {
 }
 
 // Replace makes the set exactly all (merged), as after a reload from the
-// store.
+// store. The set is known from then on.
 func (r *Revoked) Replace(all []Revocation) {
 	next := &revokedSnap{ids: make(map[KeyID]idEntry), subs: make(map[string]subEntry)}
 	for _, rv := range all {
@@ -278,11 +317,15 @@ func (r *Revoked) Replace(all []Revocation) {
 	r.mu.Unlock()
 }
 
-// Check reports whether the key with claims c is revoked. It is O(1), takes
-// no lock, does not allocate and does no I/O. It does not look at expiry:
-// the caller verifies the key first.
+// Check reports whether the key with claims c is revoked; every key is, while
+// the set is not known (see Known). It is O(1), takes no lock, does not
+// allocate and does no I/O. It does not look at expiry: the caller verifies
+// the key first.
 func (r *Revoked) Check(c Claims) bool {
 	s := r.snap.Load()
+	if s.unknown {
+		return true
+	}
 	if len(s.ids) != 0 {
 		if _, ok := s.ids[c.ID]; ok {
 			return true

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/internal/ratelog"
 )
 
 // verdict is an authorizer's answer.
@@ -72,7 +74,7 @@ type connFull struct {
 // anything else, a transport error or a timeout refuses with 403 and an
 // empty body. Without an authorizer it returns at once (and Route does not
 // even offer it to the gateway).
-func (p *Protocol) AuthorizeHead(head []byte, _ netip.AddrPort) (any, error) {
+func (p *Protocol) AuthorizeHead(head []byte, remote netip.AddrPort) (any, error) {
 	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
 	if err != nil {
 		return nil, &gateway.HTTPError{Status: http.StatusBadRequest}
@@ -93,7 +95,7 @@ func (p *Protocol) AuthorizeHead(head []byte, _ netip.AddrPort) (any, error) {
 	}
 	v, status, err := p.call(b)
 	if v != allow {
-		p.logVerdict("connect", id.id, v, status, err)
+		p.logVerdict("connect", id.id, remote.Addr(), v, status, err)
 		return nil, &gateway.HTTPError{Status: http.StatusForbidden}
 	}
 	return id, nil
@@ -148,13 +150,18 @@ func (p *Protocol) call(body []byte) (verdict, int, error) {
 	return v, status, err
 }
 
-// logVerdict logs a refusal: at debug level for a deny, as a warning (at
-// most one a second) when the authorizer is down. Neither the query nor
-// the headers are logged: they carry tokens.
-func (p *Protocol) logVerdict(what, connID string, v verdict, status int, err error) {
+// logVerdict logs a refusal: at info (collapsed per call) for a deny, as
+// a warning (at most one a second) when the authorizer is down. Neither
+// the query nor the headers are logged: they carry tokens.
+func (p *Protocol) logVerdict(what, connID string, remote netip.Addr, v verdict, status int, err error) {
 	switch v {
 	case deny:
-		p.log.Debug("wsify: authorizer denied", "call", what, "conn", connID, "status", status)
+		reason := "denied_connect"
+		if what != "connect" {
+			reason = "denied_message"
+		}
+		p.refusals.Refused("request refused", "wsify", reason, remote, "wsify:"+connID,
+			slog.String("command", ratelog.Truncate(what, 32)), slog.Int("status", status))
 	case unavailable, timedOut:
 		if p.warnLimit.allow() {
 			args := []any{"call", what, "conn", connID, "status", status, "timeout", v == timedOut}

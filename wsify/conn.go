@@ -170,9 +170,9 @@ func (h *conn) done(arg any) {
 	case allow:
 		h.run(r.m)
 	case deny:
-		h.p.logVerdict(r.m.command, h.id.id, r.v, r.status, r.err)
+		h.p.logVerdict(r.m.command, h.id.id, h.c.Remote().Addr(), r.v, r.status, r.err)
 	default:
-		h.p.logVerdict(r.m.command, h.id.id, r.v, r.status, r.err)
+		h.p.logVerdict(r.m.command, h.id.id, h.c.Remote().Addr(), r.v, r.status, r.err)
 		h.queue = nil
 		h.c.Close(gateway.CloseInternalError, "authorizer unavailable")
 		return

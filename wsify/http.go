@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/netip"
 	"strings"
 
 	"github.com/wsgateway/gateway/gateway"
@@ -37,6 +38,7 @@ func (p *Protocol) serveBroadcast(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.keyOK(r.URL.Query().Get("key")) {
+		p.refusals.Refused("authentication failed", "wsify", "bad_broadcasting_key", remoteAddr(r), "")
 		w.WriteHeader(http.StatusForbidden)
 		return
 	}
@@ -153,4 +155,10 @@ func cors(next http.Handler) http.Handler {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+}
+
+// remoteAddr is the peer of r, for the log; the zero Addr if unparsable.
+func remoteAddr(r *http.Request) netip.Addr {
+	ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+	return ap.Addr()
 }

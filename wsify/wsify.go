@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/session"
 )
 
@@ -121,6 +122,9 @@ type Protocol struct {
 	log        *slog.Logger
 	metrics    *metrics
 	warnLimit  logLimiter
+	// refusals logs denied calls and bad broadcasting keys (info,
+	// collapsed per reason).
+	refusals *ratelog.Logger
 
 	// route is what Route hands the gateway: the Protocol itself when an
 	// authorizer is configured (it then is a gateway.HeadAuthorizer),
@@ -189,6 +193,7 @@ func New(o Options) (*Protocol, error) {
 		client:     o.HTTPClient,
 		log:        o.Logger.With("protocol", "wsify"),
 		metrics:    newMetrics(),
+		refusals:   ratelog.New(o.Logger, slog.LevelInfo, 0),
 	}
 	p.encodeFn = p.encode
 	if p.authURL != "" {

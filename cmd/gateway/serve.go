@@ -23,7 +23,7 @@ import (
 // serverFlags declares the flags that locate the secret; serve and key
 // share them so `gateway key issue` signs with the server's secret.
 func secretFlags(fs *flag.FlagSet, cfg *node.Config) {
-	fs.StringVar(&cfg.DataDir, "data-dir", node.DefaultDataDir, "data directory (generated secret; revocations without Redis)")
+	fs.StringVar(&cfg.DataDir, "data-dir", node.DefaultDataDir, "data directory (generated secret; revocations without Redis, the saved revoked set with it)")
 	fs.StringVar(&cfg.SecretFile, "secret-file", "", "file of secrets, one per line, the first signs (default: GATEWAY_SECRET, else a secret generated in --data-dir)")
 }
 
@@ -34,7 +34,7 @@ func serve(args []string) error {
 	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "main listener: WebSocket and HTTP")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", gateway.DefaultAdminListen, "admin listener: metrics, health, admin API")
 	secretFlags(fs, &cfg)
-	fs.StringVar(&cfg.RedisURL, "redis", "", "redis:// URL for revocations and fan-out across nodes (empty: run alone)")
+	fs.StringVar(&cfg.RedisURL, "redis", "", "redis:// URL for revocations, KOsync data and fan-out across nodes; run Redis with persistence (empty: run alone)")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "gateway:", "prefix of every Redis key and channel")
 	fs.DurationVar(&cfg.PingTimeout, "ping-timeout", native.DefaultPingTimeout, "close native clients silent this long (3003)")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", gateway.DefaultHandshakeTimeout, "TCP accept to authenticated")
@@ -58,6 +58,10 @@ func serve(args []string) error {
 	fs.BoolVar(&cfg.Kosync.StrictAccept, "kosync-strict-accept", false, "KOReader sync: answer 412 to a missing or foreign Accept header, as the reference server does")
 	fs.DurationVar(&cfg.Kosync.JWTTTL, "kosync-jwt-ttl", kosync.DefaultJWTTTL, "KOsync: lifetime of the JWTs /api/auth.jwt and /api/ws hand out")
 	fs.IntVar(&cfg.Kosync.HistoryLimit, "kosync-history", kosync.DefaultHistoryLimit, "KOsync: earlier states kept per document")
+	fs.IntVar(&cfg.Kosync.HashWorkers, "kosync-hash-workers", 0, "KOReader sync: password hashes (argon2id) run at once (0: one less than the CPUs, at least 1)")
+	fs.IntVar(&cfg.Kosync.HashQueue, "kosync-hash-queue", 0, "KOReader sync: hashes that may wait for a worker; more get 503 and Retry-After (0: 32)")
+	fs.Float64Var(&cfg.Kosync.AuthFailuresPerMinute, "kosync-auth-failures-per-minute", 0, "KOReader sync: failed logins (and registrations) per minute one address may make; more get 429 and Retry-After (0: 6; negative: no limit)")
+	fs.IntVar(&cfg.Kosync.AuthFailureBurst, "kosync-auth-failure-burst", 0, "KOReader sync: failed logins one address may make back to back before the rate applies (0: 10)")
 	fs.StringVar(&cfg.Kosync.PublicURL, "public-url", "", "the URL clients reach this node at (https://... makes /api/ws answer wss://); empty: from the request")
 	fs.StringVar(&cfg.Hypothesis.Authority, "hypothesis-authority", "localhost", "Hypothesis: the authority of userids (acct:<subject>@<authority>)")
 	fs.IntVar(&cfg.Hypothesis.MaxFilterRows, "hypothesis-max-filter-rows", hypothesis.DefaultMaxFilterRows, "Hypothesis: values one socket's filter may hold (after URI version expansion); a larger filter is refused with invalid_data")

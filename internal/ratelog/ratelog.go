@@ -146,14 +146,15 @@ func (l *Logger) flush(key string) {
 }
 
 // Refused logs a failed authentication or a refusal with the fields every
-// protocol uses: protocol, remote, subject (when known) and reason,
-// collapsed per (msg, protocol, reason). Never pass a secret: a key id, a
-// user name or a token subject is fine, a key, token or password is not.
-func (l *Logger) Refused(msg, protocol, reason string, remote netip.Addr, subject string) {
+// protocol uses: protocol, remote, subject (when known) and reason, then
+// extra; collapsed per (msg, protocol, reason). Never pass a secret: a key
+// id, a user name or a token subject is fine, a key, token or password is
+// not.
+func (l *Logger) Refused(msg, protocol, reason string, remote netip.Addr, subject string, extra ...slog.Attr) {
 	if l == nil {
 		return
 	}
-	attrs := make([]slog.Attr, 0, 4)
+	attrs := make([]slog.Attr, 0, 4+len(extra))
 	attrs = append(attrs, slog.String("protocol", protocol))
 	if remote.IsValid() {
 		attrs = append(attrs, slog.String("remote", remote.Unmap().String()))
@@ -162,6 +163,7 @@ func (l *Logger) Refused(msg, protocol, reason string, remote netip.Addr, subjec
 		attrs = append(attrs, slog.String("subject", Truncate(subject, MaxSubjectLen)))
 	}
 	attrs = append(attrs, slog.String("reason", reason))
+	attrs = append(attrs, extra...)
 	l.Log(msg+"\x00"+protocol+"\x00"+reason, msg, attrs...)
 }
 

@@ -52,11 +52,11 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-// Restart stops the server and starts it again on the same port: the tool
-// for tests of reconnects. Data is not kept.
+// Restart stops the server (if it runs) and starts it again on the same
+// port: the tool for tests of reconnects. Data is not kept.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
-	if s.cmd == nil {
+	if s.dir == "" {
 		t.Fatal("redistest: Restart needs a server started by this package")
 	}
 	s.Stop()
