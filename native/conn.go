@@ -78,6 +78,8 @@ func (h *conn) check(msg []byte) bool {
 		case !ok:
 			return true
 		case n == MaxPacketsPerMessage:
+			h.p.refusals.Refused("connection closed: policy violation", "native", "too_many_packets",
+				h.c.Remote().Addr(), h.sess.Claims.Subject)
 			h.c.Close(gateway.ClosePolicyViolation, tooManyPackets)
 			return false
 		}

@@ -194,14 +194,12 @@ func (h *conn) run(m *message) {
 			return
 		}
 		if len(m.channel) > MaxChannelName {
-			h.queue = nil
-			h.c.Close(gateway.ClosePolicyViolation, channelTooLong)
+			h.closePolicy("channel_name_too_long", channelTooLong)
 			return
 		}
 		// A no-op when joined; O(1) either way.
 		if shard.Subscribe(h.sess, hubChannel(m.channel)) != nil {
-			h.queue = nil
-			h.c.Close(gateway.ClosePolicyViolation, h.p.tooManyChannels())
+			h.closePolicy("too_many_channels", h.p.tooManyChannels())
 		}
 	case "leave":
 		if m.channel != "" {
@@ -219,6 +217,14 @@ func (h *conn) run(m *message) {
 			}
 		}
 	}
+}
+
+// closePolicy closes with 1008 for a limit the client passed, with an info
+// line (collapsed per reason).
+func (h *conn) closePolicy(reason, text string) {
+	h.p.refusals.Refused("connection closed: policy violation", "wsify", reason, h.c.Remote().Addr(), "wsify:"+h.id.id)
+	h.queue = nil
+	h.c.Close(gateway.ClosePolicyViolation, text)
 }
 
 // OnDeadline pings every 30 s and closes a socket silent for 60 s with 1001.
