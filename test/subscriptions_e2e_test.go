@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os/exec"
@@ -361,7 +362,10 @@ func sfKosyncSubscribeFlood(t *testing.T) sfProbed {
 // gets 1024 Pongs.
 func TestNativePingFlood(t *testing.T) {
 	t.Parallel()
-	n := sfNode(t)
+	logs := &lockedBuffer{}
+	n := sfNode(t, func(c *node.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
 
 	c := rtConnect(t, n)
 	c.write(rtMsg(bytes.Repeat([]byte{packet.PacketPing}, native.MaxPacketsPerMessage)))
@@ -372,6 +376,10 @@ func TestNativePingFlood(t *testing.T) {
 	c = rtConnect(t, n)
 	c.write(rtMsg(bytes.Repeat([]byte{packet.PacketPing}, 60000)))
 	c.expectClose(1008, "too many packets in one message: more than 1024")
+	const line = `msg="connection closed: policy violation" protocol=native remote=127.0.0.1 subject=alice reason=too_many_packets`
+	if !strings.Contains(logs.String(), line) {
+		t.Fatalf("no log line %s in:\n%s", line, logs.String())
+	}
 }
 
 // TestProcessSubscriptionCapFlags: `gateway serve --max-subscriptions 2`
