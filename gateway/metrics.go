@@ -116,6 +116,10 @@ func newMetrics(s *Server) *metrics {
 	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "gateway_broker_refusals_total", Help: "Publishes refused because the broker's queue or an event loop's task queue was full.",
 	}, func() float64 { return float64(hs.BrokerRefusals.Load()) }))
+	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "gateway_subscription_refusals_total",
+		Help: "Subscribes refused because the connection held its cap (--max-subscriptions): native Error 429, wsify close 1008.",
+	}, func() float64 { return float64(hs.SubscriptionRefusals.Load()) }))
 	f(hubDropsCollector{hs})
 	return m
 }

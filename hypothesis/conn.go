@@ -3,6 +3,8 @@ package hypothesis
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 	"unicode/utf8"
 
@@ -151,9 +153,13 @@ func (s *socket) OnMessage(c *gateway.Conn, op ws.OpCode, payload []byte) {
 			s.invalidData(reply, id, `"filter" is missing`)
 			return
 		}
-		rows, ok := parseFilter(f, s.p.opts.MaxFilterRows)
-		if !ok {
-			s.invalidData(reply, id, "failed to parse filter")
+		rows, err := parseFilter(f, s.p.opts.MaxFilterRows)
+		switch {
+		case errors.Is(err, errFilterTooLarge):
+			s.invalidData(reply, id, fmt.Sprintf("filter too large: more than %d values", s.p.opts.MaxFilterRows))
+			return
+		case err != nil:
+			s.invalidData(reply, id, err.Error())
 			return
 		}
 		s.st.setRows(s, rows)

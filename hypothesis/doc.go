@@ -53,9 +53,13 @@
 //   - Filters: every clause must be an object with "field" (not a list or
 //     object) and "value" (a scalar or a list of scalars), whatever its
 //     field; clauses on other fields are then dropped. A bad clause keeps the
-//     old filter and answers "failed to parse filter" (§10.3), as does a
-//     filter of more than Options.MaxFilterRows rows (default 1000; rows are
-//     the distinct values of all clauses after /uri version expansion).
+//     old filter and answers "failed to parse filter" (§10.3). A filter of
+//     more than Options.MaxFilterRows rows (default 1000; rows are the
+//     distinct values of all clauses after /uri version expansion: a
+//     socket's subscriptions) keeps the old filter too and answers
+//     invalid_data "filter too large: more than N values" (h has no cap).
+//     Like every reply, the error goes only to a message with a numeric
+//     "id". Setting or dropping a filter costs O(rows).
 //   - Versions (§6.3) are supported: a filter value's ":vN"/":all" suffixes,
 //     and the annotation's "version" field (null or 0: unversioned).
 //   - URI normalisation follows h under Python 3.11.11, h's runtime

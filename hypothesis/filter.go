@@ -3,6 +3,15 @@ package hypothesis
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+)
+
+// Why parseFilter refuses a filter; each is the description of the
+// invalid_data error answered.
+var (
+	errBadFilter = errors.New("failed to parse filter")
+	// errFilterTooLarge is wrapped with the cap by the caller's reply.
+	errFilterTooLarge = errors.New("filter too large")
 )
 
 // Filter fields (§5.2). A row is one (field, value) a socket listens for.
@@ -25,55 +34,55 @@ type row struct {
 }
 
 // parseFilter checks h's FILTER_SCHEMA (§5.1) and turns the clauses into
-// rows (§5.2), deduplicated. ok is false for a schema failure, a bad clause
-// or more than maxRows rows: the caller keeps the old filter and answers
-// "failed to parse filter".
+// rows (§5.2), deduplicated. It fails with errBadFilter for a schema
+// failure or a bad clause, and errFilterTooLarge past maxRows rows: the
+// caller keeps the old filter and answers an invalid_data error.
 //
 // Every clause is checked the same way, whatever its field: it must be an
 // object with "field" (not a list or object) and "value" (a scalar, or a
 // list of scalars). Clauses on other fields than /id, /group, /uri and
 // /references are then dropped; a /uri value must be a string; other
 // non-string values can never match and produce no row.
-func parseFilter(raw json.RawMessage, maxRows int) (rows []row, ok bool) {
+func parseFilter(raw json.RawMessage, maxRows int) (rows []row, err error) {
 	var f map[string]json.RawMessage
 	if json.Unmarshal(raw, &f) != nil || f == nil {
-		return nil, false
+		return nil, errBadFilter
 	}
 	mp, hasMP := f["match_policy"]
 	clausesRaw, hasClauses := f["clauses"]
 	_, hasActions := f["actions"]
 	if !hasMP || !hasClauses || !hasActions {
-		return nil, false
+		return nil, errBadFilter
 	}
 	if s, isStr := jsonString(mp); !isStr || s != "include_any" {
-		return nil, false
+		return nil, errBadFilter
 	}
 	var clauses []json.RawMessage
 	if json.Unmarshal(clausesRaw, &clauses) != nil || clauses == nil {
-		return nil, false // not an array
+		return nil, errBadFilter // not an array
 	}
 	seen := make(map[row]struct{})
 	for _, c := range clauses {
 		var clause map[string]json.RawMessage
 		if json.Unmarshal(c, &clause) != nil || clause == nil {
-			return nil, false
+			return nil, errBadFilter
 		}
 		fieldRaw, hasField := clause["field"]
 		valueRaw, hasValue := clause["value"]
 		if !hasField || !hasValue || isComposite(fieldRaw) {
-			return nil, false
+			return nil, errBadFilter
 		}
 		var values []json.RawMessage
 		if valueRaw[0] == '[' {
 			if json.Unmarshal(valueRaw, &values) != nil {
-				return nil, false
+				return nil, errBadFilter
 			}
 		} else {
 			values = []json.RawMessage{valueRaw}
 		}
 		for _, v := range values {
 			if isComposite(v) {
-				return nil, false
+				return nil, errBadFilter
 			}
 		}
 		name, _ := jsonString(fieldRaw)
@@ -85,7 +94,7 @@ func parseFilter(raw json.RawMessage, maxRows int) (rows []row, ok bool) {
 			s, isStr := jsonString(v)
 			if !isStr {
 				if field == fieldURI {
-					return nil, false
+					return nil, errBadFilter
 				}
 				continue
 			}
@@ -102,7 +111,7 @@ func parseFilter(raw json.RawMessage, maxRows int) (rows []row, ok bool) {
 			}
 			if field != fieldURI {
 				if !add(row{field, s}) {
-					return nil, false
+					return nil, errFilterTooLarge
 				}
 				continue
 			}
@@ -113,7 +122,7 @@ func parseFilter(raw json.RawMessage, maxRows int) (rows []row, ok bool) {
 			}
 			for _, ver := range versions {
 				if !add(row{fieldURI, scopeKey(norm, ver)}) {
-					return nil, false
+					return nil, errFilterTooLarge
 				}
 			}
 		}
@@ -121,7 +130,7 @@ func parseFilter(raw json.RawMessage, maxRows int) (rows []row, ok bool) {
 	if rows == nil {
 		rows = []row{}
 	}
-	return rows, true
+	return rows, nil
 }
 
 // isComposite reports whether a JSON value is a list or an object.

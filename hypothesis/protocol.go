@@ -27,7 +27,11 @@ const Channel = "#hypothesis"
 
 // Defaults of Options.
 const (
-	DefaultAuthority     = "localhost"
+	DefaultAuthority = "localhost"
+	// DefaultMaxFilterRows caps one socket's filter rows. Higher than the
+	// channel protocols' 128 because a Hypothesis client lists every
+	// equivalent URI of a page, each version expanded; a filter costs
+	// O(rows) to set and to drop, never more.
 	DefaultMaxFilterRows = 1000
 	DefaultMaxEventSize  = 1 << 20
 )
@@ -53,8 +57,10 @@ type Options struct {
 	// means DefaultAuthority ("localhost").
 	Authority string
 	// MaxFilterRows bounds the rows of one filter (values of all clauses,
-	// after /uri version expansion); zero means DefaultMaxFilterRows. A
-	// larger filter fails with "failed to parse filter".
+	// after /uri version expansion): a socket's subscriptions. A larger
+	// filter is refused with the invalid_data error "filter too large:
+	// more than N values" and the old filter stays. Zero means
+	// DefaultMaxFilterRows (1000).
 	MaxFilterRows int
 	// MaxEventSize bounds the body of an event POST; zero means
 	// DefaultMaxEventSize (1 MiB).

@@ -76,7 +76,7 @@ func TestMessages(t *testing.T) {
 		{`{"type":"filter","id":7,"filter":{"match_policy":"include_any","clauses":[{"field":["/uri"],"value":"x"}],"actions":1}}`, err + `invalid_data","description":"failed to parse filter"},"ok":false,"reply_to":7}`},
 		{`{"type":"filter","id":7,"filter":{"match_policy":"include_any","clauses":[{"field":"/uri","value":5}],"actions":1}}`, err + `invalid_data","description":"failed to parse filter"},"ok":false,"reply_to":7}`},
 		{`{"type":"filter","id":7,"filter":{"match_policy":"include_any","clauses":[{"field":"/id","value":[["a"]]}],"actions":1}}`, err + `invalid_data","description":"failed to parse filter"},"ok":false,"reply_to":7}`},
-		{`{"type":"filter","id":7,"filter":{"match_policy":"include_any","clauses":[{"field":"/id","value":["a","b","c","d","e","f"]}],"actions":1}}`, err + `invalid_data","description":"failed to parse filter"},"ok":false,"reply_to":7}`},
+		{`{"type":"filter","id":7,"filter":{"match_policy":"include_any","clauses":[{"field":"/id","value":["a","b","c","d","e","f"]}],"actions":1}}`, err + `invalid_data","description":"filter too large: more than 5 values"},"ok":false,"reply_to":7}`},
 		{`{"type":"filter","id":7,"filter":{"match_policy":"include_any","clauses":[{"field":"/id","value":["a","a","a","a","a","a"]}],"actions":1}}`, ``},
 		{`{"type":"filter","id":7,"filter":{"match_policy":"include_any","clauses":[{"field":"/user","value":"acct:x@y"},{"field":"/id","value":5}],"actions":1,"extra":true}}`, ``},
 		{`{"type":"filter","id":7,"filter":{"match_policy":"include_any","clauses":[],"actions":{}}}`, ``},

@@ -3,7 +3,9 @@ package native
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 
@@ -43,8 +45,7 @@ func (h *conn) OnMessage(c *gateway.Conn, _ ws.OpCode, msg []byte) {
 		h.authenticate(msg)
 		return
 	}
-	if err := packet.Validate(msg); err != nil {
-		h.closeMalformed(msg, err)
+	if !h.check(msg) {
 		return
 	}
 	d := packet.NewDecoder(msg)
@@ -57,18 +58,32 @@ func (h *conn) OnMessage(c *gateway.Conn, _ ws.OpCode, msg []byte) {
 	}
 }
 
-// closeMalformed closes for a message that does not parse: nothing of it
-// runs (PROTOCOL.md "Malformed messages").
-func (h *conn) closeMalformed(msg []byte, err error) {
+// check validates a message whole before any of it runs, and closes the
+// connection for one that does not parse (1002, 1007: PROTOCOL.md
+// "Malformed messages") or holds more than MaxPacketsPerMessage packets
+// (1008), which bounds what one message can make the loop do.
+func (h *conn) check(msg []byte) bool {
 	d := packet.NewDecoder(msg)
 	var pk packet.Packet
-	for ok, e := d.Next(&pk); ok && e == nil; ok, e = d.Next(&pk) {
+	for n := 0; ; n++ {
+		ok, err := d.Next(&pk)
+		switch {
+		case err != nil:
+			code := gateway.CloseProtocolError
+			if errors.Is(err, packet.ErrInvalidUTF8) {
+				code = gateway.CloseInvalidPayload
+			}
+			h.c.Close(code, fmt.Sprintf("%v at byte %d", err, d.Offset()))
+			return false
+		case !ok:
+			return true
+		case n == MaxPacketsPerMessage:
+			h.p.refusals.Refused("connection closed: policy violation", "native", "too_many_packets",
+				h.c.Remote().Addr(), h.sess.Claims.Subject)
+			h.c.Close(gateway.ClosePolicyViolation, tooManyPackets)
+			return false
+		}
 	}
-	code := gateway.CloseProtocolError
-	if errors.Is(err, packet.ErrInvalidUTF8) {
-		code = gateway.CloseInvalidPayload
-	}
-	h.c.Close(code, fmt.Sprintf("%v at byte %d", err, d.Offset()))
 }
 
 // authenticate checks the auth message; success opens the session and
@@ -103,6 +118,7 @@ func (h *conn) authenticate(msg []byte) {
 	}
 	h.p.metrics.authOK.Inc()
 	h.sess = session.New(claims, h)
+	h.sess.MaxSubscriptions = h.p.opts.MaxSubscriptions
 	h.c.Loop().Shard().Add(h.sess)
 	h.pong(now)
 }
@@ -191,26 +207,39 @@ func (h *conn) settings(raw []byte) {
 
 func (h *conn) subscribe(channel []byte) {
 	if code, why := checkChannel(channel, h.sess.Claims.Subject, opSubscribe); code != 0 {
-		h.sendError(code, fmt.Sprintf("subscribe %q: %s", channel, why))
+		h.sendError(code, fmt.Sprintf("subscribe %s: %s", quoteChannel(channel), why))
 		return
 	}
-	name := string(channel)
-	if !h.sess.IsSubscribed(name) && h.sess.Subscriptions() >= h.p.opts.MaxSubscriptions {
-		h.sendError(packet.ErrorTooMany, fmt.Sprintf("subscribe %q: more than %d subscriptions", channel, h.p.opts.MaxSubscriptions))
-		return
+	err := h.c.Loop().Shard().Subscribe(h.sess, string(channel))
+	if errors.Is(err, session.ErrTooManySubscriptions) {
+		h.sendError(packet.ErrorTooMany, fmt.Sprintf("subscribe %s: more than %d subscriptions", quoteChannel(channel), h.p.opts.MaxSubscriptions))
 	}
-	h.c.Loop().Shard().Subscribe(h.sess, name)
 }
 
 func (h *conn) publish(channel, payload []byte) {
 	if code, why := checkChannel(channel, h.sess.Claims.Subject, opPublish); code != 0 {
-		h.sendError(code, fmt.Sprintf("publish %q: %s", channel, why))
+		h.sendError(code, fmt.Sprintf("publish %s: %s", quoteChannel(channel), why))
 		return
 	}
 	hub := h.c.Loop().Server().Hub()
 	if err := hub.Publish(string(channel), payload, h.sess.ID); err != nil {
-		h.sendError(packet.ErrorUnavailable, fmt.Sprintf("publish %q: %v; try again", channel, err))
+		h.sendError(packet.ErrorUnavailable, fmt.Sprintf("publish %s: %v; try again", quoteChannel(channel), err))
 	}
+}
+
+// quoteChannel quotes a channel name for an Error message: at most
+// MaxChannelLen bytes of it (cut on a UTF-8 boundary, then "..."), so that
+// the message stays a few hundred bytes whatever the client sent; a whole
+// 32 KiB name, escaped, would not even fit the packet's string.
+func quoteChannel(channel []byte) string {
+	if len(channel) <= MaxChannelLen {
+		return strconv.Quote(string(channel))
+	}
+	cut := MaxChannelLen
+	for cut > 0 && !utf8.RuneStart(channel[cut]) {
+		cut--
+	}
+	return strconv.Quote(string(channel[:cut])) + "..."
 }
 
 func (h *conn) sendError(code int16, text string) {

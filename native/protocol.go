@@ -1,6 +1,7 @@
 package native
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -22,8 +23,8 @@ const (
 	// closed with 3003.
 	DefaultPingTimeout = 30 * time.Second
 	// DefaultMaxSubscriptions caps one connection's channels (Error 429
-	// past it).
-	DefaultMaxSubscriptions = 128
+	// past it): the session hub's default.
+	DefaultMaxSubscriptions = session.DefaultMaxSubscriptions
 )
 
 // Limits of the protocol itself (PROTOCOL.md).
@@ -34,9 +35,17 @@ const (
 	MaxClientName = 64
 	// MaxBatchWindow is the largest batch window setting.
 	MaxBatchWindow = 1000 * time.Millisecond
+	// MaxPacketsPerMessage bounds the packets of one message, and so the
+	// work and the replies one message can cause: a message with more is
+	// refused whole (close 1008, nothing of it runs). A message of Ping
+	// packets would otherwise turn 64 KiB into 65,536 Pong frames.
+	MaxPacketsPerMessage = 1024
 	// batchFlushBytes flushes a batch early once it holds this much.
 	batchFlushBytes = 64 << 10
 )
+
+// tooManyPackets is the close reason past MaxPacketsPerMessage.
+var tooManyPackets = fmt.Sprintf("too many packets in one message: more than %d", MaxPacketsPerMessage)
 
 // encoding is the native Message frame's slot in the loops' encode caches.
 const encoding session.Encoding = 0
@@ -52,7 +61,9 @@ type Options struct {
 	// HandshakeTimeout must equal the gateway's (the auth deadline it
 	// reports in close reasons); zero means gateway.DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
-	// MaxSubscriptions: zero means DefaultMaxSubscriptions.
+	// MaxSubscriptions caps the channels one connection subscribes to at
+	// once; a Subscribe past it is answered with Error 429. Zero means
+	// DefaultMaxSubscriptions (128).
 	MaxSubscriptions int
 	// Registerer receives the protocol's metrics; zero means none.
 	Registerer prometheus.Registerer

@@ -68,6 +68,12 @@ type Config struct {
 	MaxMessageSize int
 	// MaxOutbound: zero means gateway.DefaultMaxOutbound (1 MiB).
 	MaxOutbound int
+	// MaxSubscriptions caps the channels one native or wsify connection
+	// holds at once (native: Error 429 past it; wsify: close 1008);
+	// Wsify.MaxChannels, when set, overrides it for wsify. Zero means
+	// session.DefaultMaxSubscriptions (128). Hypothesis filters have their
+	// own cap, Hypothesis.MaxFilterRows; KOsync holds one channel.
+	MaxSubscriptions int
 	// EventLoops: zero means one per CPU.
 	EventLoops int
 	// ReusePort lets several processes share Listen (SO_REUSEPORT).
@@ -298,6 +304,9 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	if err := cfg.Limits.Validate(); err != nil {
 		return err
 	}
+	if err := validateCaps(cfg); err != nil {
+		return err
+	}
 	n.Server.SetLimits(cfg.Limits)
 	if err := n.addProtocols(cfg, secrets); err != nil {
 		return err
@@ -321,6 +330,9 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 	reg := n.Server.Registry()
 	wo := cfg.Wsify
 	wo.Hub, wo.Logger = n.Hub, n.log
+	if wo.MaxChannels == 0 {
+		wo.MaxChannels = cfg.MaxSubscriptions
+	}
 	w, err := wsify.New(wo)
 	if err != nil {
 		return err
@@ -356,7 +368,8 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 
 	nat := native.New(native.Options{
 		Secrets: secrets, Revoked: n.Revoker.Set(), PingTimeout: cfg.PingTimeout,
-		HandshakeTimeout: cfg.HandshakeTimeout, Registerer: reg, Logger: n.log,
+		HandshakeTimeout: cfg.HandshakeTimeout, MaxSubscriptions: cfg.MaxSubscriptions,
+		Registerer: reg, Logger: n.log,
 	})
 	n.Server.Handle(nat.Route())
 
@@ -377,6 +390,24 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 	h.RegisterHTTP(n.Server)
 	n.Admin.Handle("POST", "/api/hypothesis/events", h.EventHandler(n.Hub))
 	reg.MustRegister(h.Collectors()...)
+	return nil
+}
+
+// validateCaps refuses negative subscription caps: zero is the default,
+// and there is no "no cap".
+func validateCaps(cfg Config) error {
+	for _, c := range []struct {
+		name string
+		v    int
+	}{
+		{"--max-subscriptions", cfg.MaxSubscriptions},
+		{"wsify channels cap", cfg.Wsify.MaxChannels},
+		{"--hypothesis-max-filter-rows", cfg.Hypothesis.MaxFilterRows},
+	} {
+		if c.v < 0 {
+			return fmt.Errorf("%s: %d is negative (0 means the default)", c.name, c.v)
+		}
+	}
 	return nil
 }
 

@@ -17,6 +17,16 @@
 // task per loop that has subscribers of the channel, never one per session,
 // and the frame each protocol needs is encoded once per loop.
 //
+// # Cost per connection
+//
+// A session holds at most Session.MaxSubscriptions channels (default
+// DefaultMaxSubscriptions, 128); Shard.Subscribe refuses one more with
+// ErrTooManySubscriptions, which each protocol answers in its own terms.
+// Subscribe, Unsubscribe and the lookup behind them are O(1) (a session
+// indexes its channels once it holds more than a few), and Remove is
+// O(the session's subscriptions): one connection cannot hold its loop for
+// long, whatever it sends.
+//
 // # Memory
 //
 // Sessions are not indexed by subject or key id: revocation is rare, so a

@@ -42,6 +42,9 @@ type HubStats struct {
 	LoopTasks      atomic.Uint64 // deliveries handed to loops (one per loop per publish)
 	BrokerRefusals atomic.Uint64 // publishes refused because the broker or a loop was busy
 	LoopDrops      atomic.Uint64 // deliveries dropped because a loop's queue was full
+	// SubscriptionRefusals counts subscribes refused because the session
+	// held its cap (ErrTooManySubscriptions).
+	SubscriptionRefusals atomic.Uint64
 }
 
 // ErrLoopBusy is returned by Publish when an event loop with subscribers of

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"errors"
 	"sync/atomic"
 
 	"github.com/wsgateway/gateway/token"
@@ -53,6 +54,17 @@ type Message struct {
 	Origin uint64
 }
 
+// DefaultMaxSubscriptions is how many channels one session may subscribe
+// to at once when Session.MaxSubscriptions is zero (Centrifugo's
+// channel_limit). It bounds what one connection costs the hub and its loop:
+// a disconnect leaves every channel, O(1) each.
+const DefaultMaxSubscriptions = 128
+
+// ErrTooManySubscriptions is returned by Shard.Subscribe for a new channel
+// of a session already at its cap; the session is unchanged. Each protocol
+// turns it into a refusal in its own terms.
+var ErrTooManySubscriptions = errors.New("session: too many subscriptions")
+
 // Session is one authenticated connection. It runs on its shard's loop.
 type Session struct {
 	// ID is unique within the node's lifetime; never zero.
@@ -61,11 +73,25 @@ type Session struct {
 	Claims token.Claims
 	// Sink is the session's connection.
 	Sink Sink
+	// MaxSubscriptions caps the channels the session subscribes to at
+	// once (live or pending): past it Shard.Subscribe refuses new ones with
+	// ErrTooManySubscriptions. Zero means DefaultMaxSubscriptions; a
+	// negative value means no cap (internal sessions only).
+	MaxSubscriptions int
 
 	shard *Shard
 	index int            // position in shard.sessions; -1 when not added
 	subs  []subscription // channels subscribed or waiting to be live
+	// byChannel indexes subs by channel once there are more than
+	// indexFrom of them, so that lookups stay O(1) whatever the cap; nil
+	// below that (a linear scan of a few entries is cheaper than a map,
+	// and most sessions hold one or two channels).
+	byChannel map[string]int
 }
+
+// indexFrom is the number of subscriptions from which a session indexes
+// them by channel.
+const indexFrom = 8
 
 // subscription records where the session stands in a shard topic so that it
 // can leave in O(1).
@@ -93,11 +119,58 @@ func (s *Session) Subscriptions() int { return len(s.subs) }
 // pending.
 func (s *Session) IsSubscribed(channel string) bool { return s.find(channel) >= 0 }
 
+// atCap reports whether the session may subscribe to no more channels.
+func (s *Session) atCap() bool {
+	limit := s.MaxSubscriptions
+	if limit == 0 {
+		limit = DefaultMaxSubscriptions
+	}
+	return limit > 0 && len(s.subs) >= limit
+}
+
+// find returns the position of channel in s.subs, or -1: O(1).
 func (s *Session) find(channel string) int {
+	if s.byChannel != nil {
+		if i, ok := s.byChannel[channel]; ok {
+			return i
+		}
+		return -1
+	}
 	for i := range s.subs {
 		if s.subs[i].channel == channel {
 			return i
 		}
 	}
 	return -1
+}
+
+// addSub appends a subscription and indexes it.
+func (s *Session) addSub(sub subscription) {
+	s.subs = append(s.subs, sub)
+	switch {
+	case s.byChannel != nil:
+		s.byChannel[sub.channel] = len(s.subs) - 1
+	case len(s.subs) > indexFrom:
+		s.byChannel = make(map[string]int, 2*len(s.subs))
+		for i := range s.subs {
+			s.byChannel[s.subs[i].channel] = i
+		}
+	}
+}
+
+// removeSub swap-removes s.subs[i] and keeps the index right.
+func (s *Session) removeSub(i int) {
+	last := len(s.subs) - 1
+	if s.byChannel != nil {
+		delete(s.byChannel, s.subs[i].channel)
+		if i != last {
+			s.byChannel[s.subs[last].channel] = i
+		}
+	}
+	s.subs[i] = s.subs[last]
+	s.subs[last] = subscription{}
+	s.subs = s.subs[:last]
+	if last == 0 {
+		s.byChannel = nil // an emptied session returns to the cheap form
+	}
 }

@@ -36,9 +36,9 @@ func (sh *Shard) Add(s *Session) {
 	sh.hub.sessions.Add(1)
 }
 
-// Remove unsubscribes s from everything and forgets it. Safe to call for a
-// session that was never added, and from inside a delivery or Each (the
-// removal then waits until the iteration ends).
+// Remove unsubscribes s from everything and forgets it: O(subscriptions of
+// s). Safe to call for a session that was never added, and from inside a
+// delivery or Each (the removal then waits until the iteration ends).
 func (sh *Shard) Remove(s *Session) {
 	if s.shard != sh || s.index < 0 {
 		return
@@ -99,13 +99,18 @@ func (sh *Shard) doneWalking() {
 // Subscribe subscribes s to channel. If the channel is already live the
 // sink's Subscribed runs before Subscribe returns; otherwise it runs once the
 // broker confirms. Subscribing twice is a no-op apart from a fresh
-// Subscribed when the subscription is live.
-func (sh *Shard) Subscribe(s *Session, channel string) {
+// Subscribed when the subscription is live. A new channel past the
+// session's cap is refused with ErrTooManySubscriptions. Cost: O(1).
+func (sh *Shard) Subscribe(s *Session, channel string) error {
 	if i := s.find(channel); i >= 0 {
 		if s.subs[i].live {
 			s.Sink.Subscribed(channel)
 		}
-		return
+		return nil
+	}
+	if s.atCap() {
+		sh.hub.stats.SubscriptionRefusals.Add(1)
+		return ErrTooManySubscriptions
 	}
 	t := sh.topics[channel]
 	if t == nil {
@@ -114,26 +119,25 @@ func (sh *Shard) Subscribe(s *Session, channel string) {
 		t.isLive = sh.hub.join(channel, sh.bit)
 	}
 	if t.isLive {
-		s.subs = append(s.subs, subscription{channel: channel, index: len(t.live), live: true})
+		s.addSub(subscription{channel: channel, index: len(t.live), live: true})
 		t.live = append(t.live, s)
 		s.Sink.Subscribed(channel)
-		return
+		return nil
 	}
-	s.subs = append(s.subs, subscription{channel: channel, index: len(t.pending)})
+	s.addSub(subscription{channel: channel, index: len(t.pending)})
 	t.pending = append(t.pending, s)
+	return nil
 }
 
 // Unsubscribe removes s from channel; a channel not subscribed is a no-op.
+// Cost: O(1).
 func (sh *Shard) Unsubscribe(s *Session, channel string) {
 	i := s.find(channel)
 	if i < 0 {
 		return
 	}
 	sub := s.subs[i]
-	last := len(s.subs) - 1
-	s.subs[i] = s.subs[last]
-	s.subs[last] = subscription{}
-	s.subs = s.subs[:last]
+	s.removeSub(i)
 
 	t := sh.topics[channel]
 	if sub.live {

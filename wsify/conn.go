@@ -105,6 +105,7 @@ func (h *conn) OnOpen(c *gateway.Conn) {
 	// The subject lets an operator revoke one wsify connection by subject
 	// ("wsify:<conn id>"); wsify has no keys of its own.
 	h.sess = session.New(token.Claims{Subject: "wsify:" + h.id.id}, h)
+	h.sess.MaxSubscriptions = h.p.maxJoins
 	c.Loop().Shard().Add(h.sess)
 	h.doneFn = h.done
 	c.SetDeadline(time.Now().Add(pingEvery))
@@ -189,8 +190,16 @@ func (h *conn) run(m *message) {
 	shard := h.c.Loop().Shard()
 	switch m.command {
 	case "join":
-		if m.channel != "" {
-			shard.Subscribe(h.sess, hubChannel(m.channel)) // a no-op when joined
+		if m.channel == "" {
+			return
+		}
+		if len(m.channel) > MaxChannelName {
+			h.closePolicy("channel_name_too_long", channelTooLong)
+			return
+		}
+		// A no-op when joined; O(1) either way.
+		if shard.Subscribe(h.sess, hubChannel(m.channel)) != nil {
+			h.closePolicy("too_many_channels", h.p.tooManyChannels())
 		}
 	case "leave":
 		if m.channel != "" {
@@ -208,6 +217,14 @@ func (h *conn) run(m *message) {
 			}
 		}
 	}
+}
+
+// closePolicy closes with 1008 for a limit the client passed, with an info
+// line (collapsed per reason).
+func (h *conn) closePolicy(reason, text string) {
+	h.p.refusals.Refused("connection closed: policy violation", "wsify", reason, h.c.Remote().Addr(), "wsify:"+h.id.id)
+	h.queue = nil
+	h.c.Close(gateway.ClosePolicyViolation, text)
 }
 
 // OnDeadline pings every 30 s and closes a socket silent for 60 s with 1001.

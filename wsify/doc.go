@@ -91,7 +91,17 @@
 //     404 everywhere but /ws and /broadcast, {"message":"Method Not
 //     Allowed"} 405 for a wrong method on them, with Echo's default CORS
 //     headers. A plain GET /ws (no Upgrade) gets 426.
-//   - No per-connection channel cap and no channel-name length cap
-//     (upstream has none); the gateway's message cap (64 KiB, 1009) and
-//     outbound budget apply.
+//   - Channels per connection are capped (Options.MaxChannels, default
+//     128; upstream has none): a join of one channel more closes the
+//     connection with 1008 "too many channels joined: more than N". wsify
+//     has no error message a refused join could answer with, and ignoring
+//     it would leave the client waiting for broadcasts that never come; a
+//     close is what wsify already does past its other limit (the
+//     authorizer backlog). Joins, leaves and the disconnect cost O(1) per
+//     channel. A join of a channel name longer than MaxChannelName (1024
+//     bytes, trimmed; upstream has no cap) closes with 1008 "channel name
+//     longer than 1024 bytes" too: 128 joins of 64 KiB names would pin
+//     8 MiB per connection in the hub. Broadcasts and leaves take any
+//     name. The gateway's message cap (64 KiB, 1009) and outbound budget
+//     apply.
 package wsify

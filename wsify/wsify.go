@@ -31,6 +31,15 @@ const (
 	// wait for (or be in) an authorizer call when Options.MaxBacklog is
 	// zero; one more closes the connection with 1008.
 	DefaultMaxBacklog = 64
+	// DefaultMaxChannels is how many channels one connection may have
+	// joined at once when Options.MaxChannels is zero: the session hub's
+	// default cap.
+	DefaultMaxChannels = session.DefaultMaxSubscriptions
+	// MaxChannelName is the longest channel name a join may hold, in
+	// bytes (after trimming); a longer one closes the connection with
+	// 1008. Upstream has no cap; without one, 128 joins of 64 KiB names
+	// would pin 8 MiB per connection in the hub.
+	MaxChannelName = 1024
 	// MaxBroadcastBody caps the body of POST /broadcast; a longer one is
 	// answered 413 with an empty body.
 	MaxBroadcastBody = 1 << 20
@@ -81,6 +90,11 @@ type Options struct {
 	// authorized included); one more closes the connection with 1008.
 	// Zero means DefaultMaxBacklog (64).
 	MaxBacklog int
+	// MaxChannels caps the channels one connection has joined at once; a
+	// join of one more closes the connection with 1008 (upstream has no
+	// cap and no error message to refuse with). Zero means
+	// DefaultMaxChannels (128).
+	MaxChannels int
 	// DisableConnIdentity leaves out the "conn" key the gateway adds to
 	// every authorizer payload (connection id, and the connect query on
 	// message calls); zero (false) means it is added.
@@ -102,6 +116,7 @@ type Protocol struct {
 	timeout    time.Duration
 	key        string
 	maxBacklog int
+	maxJoins   int
 	identity   bool
 	client     *http.Client
 	log        *slog.Logger
@@ -132,6 +147,9 @@ func New(o Options) (*Protocol, error) {
 	if o.MaxBacklog < 0 {
 		return nil, errors.New("wsify: negative MaxBacklog")
 	}
+	if o.MaxChannels < 0 {
+		return nil, errors.New("wsify: negative MaxChannels")
+	}
 	if o.AuthorizerURL != "" {
 		u, err := url.Parse(o.AuthorizerURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -143,6 +161,9 @@ func New(o Options) (*Protocol, error) {
 	}
 	if o.MaxBacklog == 0 {
 		o.MaxBacklog = DefaultMaxBacklog
+	}
+	if o.MaxChannels == 0 {
+		o.MaxChannels = DefaultMaxChannels
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -167,6 +188,7 @@ func New(o Options) (*Protocol, error) {
 		timeout:    o.AuthorizerTimeout,
 		key:        o.BroadcastingKey,
 		maxBacklog: o.MaxBacklog,
+		maxJoins:   o.MaxChannels,
 		identity:   !o.DisableConnIdentity,
 		client:     o.HTTPClient,
 		log:        o.Logger.With("protocol", "wsify"),
@@ -225,6 +247,14 @@ func (p *Protocol) WarnIfOpen(addr net.Addr) bool {
 	p.log.Warn("wsify: POST /broadcast needs no key and the listener is not loopback: anyone who reaches it may publish; set the broadcasting key",
 		"addr", fmt.Sprint(addr))
 	return true
+}
+
+// channelTooLong is the close reason of a join past MaxChannelName.
+var channelTooLong = fmt.Sprintf("channel name longer than %d bytes", MaxChannelName)
+
+// tooManyChannels is the close reason of a join past MaxChannels.
+func (p *Protocol) tooManyChannels() string {
+	return fmt.Sprintf("too many channels joined: more than %d", p.maxJoins)
 }
 
 // hubChannel returns the hub channel of a wsify channel.

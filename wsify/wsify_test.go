@@ -429,3 +429,34 @@ func TestNotFoundAndMethodNotAllowed(t *testing.T) {
 		t.Errorf("preflight: %d %v", resp.StatusCode, resp.Header)
 	}
 }
+
+// TestJoinCap: a connection holds at most MaxChannels channels; joining
+// one already held or leaving one keeps it open, one more closes it with
+// 1008.
+func TestJoinCap(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, Options{MaxChannels: 3}, nil)
+	a := dial(t, n.addr, "")
+	a.join("one")
+	a.join("two")
+	a.join("two") // held: no new place
+	a.send(`{"command":"leave","args":{"channel":"two"}}`)
+	a.join("three")
+	a.sync("four") // the third channel: the cap, still open
+	a.join("five")
+	a.expectClose(websocket.StatusPolicyViolation, "too many channels joined: more than 3")
+}
+
+// TestJoinChannelNameCap: a join of a name of MaxChannelName bytes is
+// held; one byte more closes with 1008.
+func TestJoinChannelNameCap(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, Options{}, nil)
+	a := dial(t, n.addr, "")
+	long := strings.Repeat("n", MaxChannelName)
+	a.join(long)
+	a.broadcast(long, `"at the cap"`)
+	a.expect(`"at the cap"`)
+	a.join(long + "n")
+	a.expectClose(websocket.StatusPolicyViolation, "channel name longer than 1024 bytes")
+}

@@ -13,9 +13,11 @@ import (
 	"time"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/hypothesis"
 	"github.com/wsgateway/gateway/kosync"
 	"github.com/wsgateway/gateway/native"
 	"github.com/wsgateway/gateway/node"
+	"github.com/wsgateway/gateway/session"
 )
 
 // serverFlags declares the flags that locate the secret; serve and key
@@ -38,6 +40,7 @@ func serve(args []string) error {
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", gateway.DefaultHandshakeTimeout, "TCP accept to authenticated")
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", gateway.DefaultMaxMessageSize, "largest inbound message in bytes (1009 past it)")
 	fs.IntVar(&cfg.MaxOutbound, "max-outbound", gateway.DefaultMaxOutbound, "unsent bytes per connection before it is closed as a slow consumer (1008)")
+	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", session.DefaultMaxSubscriptions, "channels one native or wsify connection may hold at once; past it native answers Error 429, wsify closes with 1008")
 	fs.IntVar(&cfg.EventLoops, "event-loops", 0, "event loops (0: one per CPU)")
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "SO_REUSEPORT: let several gateway processes share --listen")
 	fs.DurationVar(&cfg.DrainWindow, "drain-window", gateway.DefaultDrainWindow, "on SIGTERM, sessions are closed with 1001 spread over this window (at least 1000 per second)")
@@ -61,6 +64,7 @@ func serve(args []string) error {
 	fs.IntVar(&cfg.Kosync.AuthFailureBurst, "kosync-auth-failure-burst", 0, "KOReader sync: failed logins one address may make back to back before the rate applies (0: 10)")
 	fs.StringVar(&cfg.Kosync.PublicURL, "public-url", "", "the URL clients reach this node at (https://... makes /api/ws answer wss://); empty: from the request")
 	fs.StringVar(&cfg.Hypothesis.Authority, "hypothesis-authority", "localhost", "Hypothesis: the authority of userids (acct:<subject>@<authority>)")
+	fs.IntVar(&cfg.Hypothesis.MaxFilterRows, "hypothesis-max-filter-rows", hypothesis.DefaultMaxFilterRows, "Hypothesis: values one socket's filter may hold (after URI version expansion); a larger filter is refused with invalid_data")
 	fs.StringVar(&cfg.WsifyListen, "wsify-listen", ":3000", "wsify's own listener (empty: no wsify)")
 	fs.StringVar(&cfg.Wsify.AuthorizerURL, "wsify-authorizer-url", "", "wsify: authorizer webhook (empty: allow everything)")
 	fs.DurationVar(&cfg.Wsify.AuthorizerTimeout, "wsify-authorizer-timeout", 5*time.Second, "wsify: timeout of each authorizer call")
