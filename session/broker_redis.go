@@ -737,13 +737,18 @@ func (b *RedisBroker) runReader() {
 		case *redis.Subscription:
 			switch m.Kind {
 			case "subscribe":
-				_, dup := onConn[m.Channel]
-				if dup || m.Count != len(onConn)+1 {
-					if len(onConn) > 0 {
-						b.reconnects.Add(1)
-						b.readLog.warn(b.log, "redis broker: reconnected; publishes from other nodes may have been lost")
-						b.h.Reconnected()
-					}
+				// A new connection starts counting at 1: go-redis
+				// resubscribes every channel there. Counting 1 while
+				// channels are known on the old connection is the one sure
+				// sign of a reconnect. Comparing every count with what is
+				// known is not: a channel subscribed during the reconnect
+				// is subscribed twice (its own SUBSCRIBE and go-redis's
+				// resubscription), and each later count would then look
+				// like another reconnect.
+				if m.Count == 1 && len(onConn) > 0 {
+					b.reconnects.Add(1)
+					b.readLog.warn(b.log, "redis broker: reconnected; publishes from other nodes may have been lost")
+					b.h.Reconnected()
 					clear(onConn)
 				}
 				onConn[m.Channel] = struct{}{}
