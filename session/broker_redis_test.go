@@ -750,3 +750,34 @@ func TestRedisBrokerChannelName(t *testing.T) {
 		t.Fatal("A delivered something it never subscribed to")
 	}
 }
+
+// TestReaderCountsOneReconnectPerReconnect feeds the reader the replies of
+// a reconnect during which a channel was subscribed: go-redis resubscribes
+// every channel on the new connection, and the new channel's own SUBSCRIBE
+// comes too. That is one reconnect, and later subscribes are none.
+func TestReaderCountsOneReconnectPerReconnect(t *testing.T) {
+	ch := make(chan any, 16)
+	h := &fakeBrokerHandler{}
+	b := &RedisBroker{psCh: ch, stop: make(chan struct{}), h: h, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	sub := func(channel string, count int) {
+		ch <- &redis.Subscription{Kind: "subscribe", Channel: channel, Count: count}
+	}
+	sub("a", 1)
+	sub("b", 2)
+	sub("c", 3)
+	// The reconnect: a, b, c and d again, then d's own SUBSCRIBE.
+	sub("a", 1)
+	sub("b", 2)
+	sub("c", 3)
+	sub("d", 4)
+	sub("d", 4)
+	sub("e", 5)
+	ch <- &redis.Subscription{Kind: "unsubscribe", Channel: "e", Count: 4}
+	sub("e", 5)
+	close(ch)
+	b.wg.Add(1)
+	b.runReader()
+	if n := h.reconnectCount(); n != 1 || b.reconnects.Load() != 1 {
+		t.Fatalf("reconnects %d (stats %d), want 1", n, b.reconnects.Load())
+	}
+}
