@@ -45,7 +45,9 @@ type Conn struct {
 	// empty, in nanoseconds since the server's epoch).
 	tat int64
 
-	frag     []byte // a fragmented message being joined; nil otherwise
+	frag []byte // a fragmented message being joined; nil otherwise
+	// rx is a frame whose payload is still arriving; nil otherwise.
+	rx       *partialFrame
 	outbox   []byte // frames queued during a batch of tasks; nil otherwise
 	outRef   []byte // or the one encoded frame queued, by reference
 	fragOp   ws.OpCode
@@ -67,6 +69,12 @@ type Conn struct {
 	// utf8 validates a fragmented text message as its fragments come; zero
 	// otherwise (3 bytes, in what was padding).
 	utf8 utf8State
+
+	// written counts the bytes handed to gnet's Write by sendWithin, and
+	// big holds the writes over the outbound budget still in flight
+	// (outbound.go).
+	written uint64
+	big     *oversized
 }
 
 // Loop returns the connection's event loop.
@@ -131,6 +139,7 @@ func (c *Conn) Send(op ws.OpCode, payload []byte) {
 	}
 	l.scratch = AppendFrame(l.scratch[:0], op, payload)
 	c.write(l.scratch)
+	l.scratch = l.reuse(l.scratch)
 }
 
 // SendFrames writes bytes that are already whole server frames, such as a
@@ -190,10 +199,10 @@ func (c *Conn) flushOutbox() {
 	}
 	c.outbox, c.outRef = nil, nil
 	if c.state != stateClosed {
-		if c.state == stateOpen && c.gc.OutboundBuffered()+len(b) > c.loop.srv.opts.MaxOutbound {
+		if c.state != stateOpen {
+			_, _ = c.gc.Write(b) // the close frame after the rest: no budget
+		} else if !c.sendWithin(b) {
 			c.slowConsumer()
-		} else {
-			_, _ = c.gc.Write(b) // an error means gnet is closing it: OnClose follows
 		}
 		c.halfClose()
 	}
@@ -205,11 +214,9 @@ func (c *Conn) flushOutbox() {
 // write sends b now, or closes a consumer whose queued bytes would pass the
 // outbound budget: a broadcast never waits for one slow reader.
 func (c *Conn) write(b []byte) {
-	if c.gc.OutboundBuffered()+len(b) > c.loop.srv.opts.MaxOutbound {
+	if !c.sendWithin(b) {
 		c.slowConsumer()
-		return
 	}
-	_, _ = c.gc.Write(b) // an error means gnet is closing it: OnClose follows
 }
 
 func (c *Conn) slowConsumer() {
@@ -341,10 +348,22 @@ func (c *Conn) traffic(buf []byte) (int, gnet.Action) {
 }
 
 // frames parses, validates, unmasks and dispatches every complete frame at
-// the front of buf. A partial frame stays for the next OnTraffic.
+// the front of buf. The payload of a frame cut short moves into the
+// connection's own buffer (c.rx) and is consumed; only a header cut short
+// stays in gnet's buffer for the next OnTraffic.
 func (c *Conn) frames(buf []byte) (int, gnet.Action) {
-	max := c.loop.srv.opts.MaxMessageSize
+	if c.discard {
+		return len(buf), gnet.None
+	}
 	off := 0
+	if c.rx != nil {
+		n, action, done := c.moreOfFrame(buf)
+		if !done || action != gnet.None {
+			return n, action
+		}
+		off = n
+	}
+	max := c.loop.srv.opts.MaxMessageSize
 	for off < len(buf) {
 		if c.discard {
 			return len(buf), gnet.None
@@ -371,7 +390,8 @@ func (c *Conn) frames(buf []byte) (int, gnet.Action) {
 		}
 		end := off + hl + int(h.Length)
 		if end > len(buf) {
-			break
+			c.startFrame(h, buf[off+hl:])
+			return len(buf), gnet.None
 		}
 		payload := buf[off+hl : end]
 		ws.Cipher(payload, h.Mask, 0)

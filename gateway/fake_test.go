@@ -25,6 +25,11 @@ type fakeConn struct {
 	closed        bool
 	woken         int
 	writes        int
+	// carried: bytes were left over by the last OnTraffic, so Peek returns
+	// a copy of everything, as gnet's does once its ring holds some.
+	carried bool
+	peeked  []byte
+	pending int // what OutboundBuffered reports: bytes gnet would hold
 }
 
 func newFakeConn(el *fakeLoop) *fakeConn { return &fakeConn{el: el} }
@@ -36,12 +41,18 @@ func (f *fakeConn) RemoteAddr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 }
 func (f *fakeConn) LocalAddr() net.Addr           { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080} }
-func (f *fakeConn) OutboundBuffered() int         { return 0 }
+func (f *fakeConn) OutboundBuffered() int         { return f.pending }
 func (f *fakeConn) Wake(gnet.AsyncCallback) error { f.woken++; return nil }
 func (f *fakeConn) Fd() int                       { return -1 }
 func (f *fakeConn) Dup() (int, error)             { return -1, errors.New("fake connection") }
-func (f *fakeConn) Peek(int) ([]byte, error)      { return f.in, nil }
-func (f *fakeConn) Discard(n int) (int, error)    { f.in = f.in[n:]; return n, nil }
+func (f *fakeConn) Peek(int) ([]byte, error) {
+	if f.carried {
+		f.peeked = append(f.peeked[:0], f.in...)
+		return f.peeked, nil
+	}
+	return f.in, nil
+}
+func (f *fakeConn) Discard(n int) (int, error) { f.in = f.in[n:]; return n, nil }
 func (f *fakeConn) Write(p []byte) (int, error) {
 	f.written += len(p)
 	f.writes++
@@ -102,7 +113,8 @@ func (l *fakeLoop) open() *fakeConn {
 
 // feed delivers bytes as gnet's OnTraffic does and runs queued tasks.
 func (l *fakeLoop) feed(f *fakeConn, b []byte) gnet.Action {
-	if len(f.in) == 0 {
+	f.carried = len(f.in) > 0
+	if !f.carried {
 		f.in = f.inBuf[:0]
 	}
 	f.in = append(f.in, b...)

@@ -383,11 +383,12 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		_, _ = gc.Discard(n)
 	}
 	if len(l.out) > 0 {
-		_, _ = gc.Write(l.out)
-		l.out = l.out[:0]
-		if c.state == stateOpen && gc.OutboundBuffered() > s.opts.MaxOutbound {
+		if c.state != stateOpen {
+			_, _ = gc.Write(l.out) // a close frame: no budget
+		} else if !c.sendWithin(l.out) {
 			c.slowConsumer()
 		}
+		l.out = l.reuse(l.out)
 	}
 	if action == gnet.None {
 		c.halfClose()

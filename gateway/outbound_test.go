@@ -1,0 +1,64 @@
+package gateway
+
+import (
+	"testing"
+
+	"github.com/gobwas/ws"
+)
+
+// The budget counts what waits behind a write larger than it, not that
+// write itself: the pending figures stand for what gnet holds after each
+// write (the fake's OutboundBuffered).
+func TestBudgetCountsWhatIsBehindAnOversizedWrite(t *testing.T) {
+	const budget = 1 << 20
+	l := NewFakeLoop(Options{MaxMessageSize: 16 << 20, MaxOutbound: budget},
+		Route{Path: "/echo", Protocol: echoProtocol{}, Text: true})
+	f := openEcho(t, l)
+	f.discardOutput = true
+	c := f.ctx.(*Conn)
+	steps := []struct {
+		name    string
+		pending int // what gnet holds before the write
+		n       int
+		want    bool
+	}{
+		{"an 8 MiB write into an empty queue", 0, 8 << 20, true},
+		{"small writes behind it, within the budget", 6 << 20, budget / 2, true},
+		{"more behind it than the budget", 6<<20 + budget/2, budget/2 + 1, false},
+		{"a second oversized write behind the first", 5<<20 + budget/2, 4 << 20, true},
+		{"a third while two are in flight", 9<<20 + budget/2, 2 << 20, false},
+		{"the first sent, the second half sent: room behind it again", 2<<20 + budget/2, budget / 2, true},
+		{"the queue drained", 0, budget, true},
+		{"a reader that stopped: behind it passes the budget", budget, 1, false},
+	}
+	for _, s := range steps {
+		f.pending = s.pending
+		if got := c.sendWithin(make([]byte, s.n)); got != s.want {
+			t.Fatalf("%s: sendWithin = %v, want %v", s.name, got, s.want)
+		}
+	}
+}
+
+// An echo larger than the budget goes out whole to a reader that reads,
+// and a connection is closed 1008 once the bytes behind it pass the budget.
+func TestEchoLargerThanTheBudget(t *testing.T) {
+	l := NewFakeLoop(Options{MaxMessageSize: 16 << 20, MaxOutbound: 64 << 10},
+		Route{Path: "/echo", Protocol: echoProtocol{}, Text: true})
+	f := openEcho(t, l)
+	payload := pattern(1 << 20)
+	l.feed(f, maskedFrame(true, ws.OpBinary, payload, [4]byte{1, 2, 3, 4}))
+	if want := serverFrame(ws.OpBinary, payload); string(f.out) != string(want) {
+		t.Fatalf("echo of %d bytes: got %d bytes", len(want), len(f.out))
+	}
+	f.pending = 1 << 20 // the kernel took none of it: the peer does not read
+	f.out = f.out[:0]
+	for i := 0; i < 3; i++ {
+		l.feed(f, maskedFrame(true, ws.OpBinary, pattern(30<<10), [4]byte{}))
+		f.pending += len(f.out)
+		f.out = f.out[:0]
+	}
+	l.feed(f, maskedFrame(true, ws.OpBinary, pattern(30<<10), [4]byte{}))
+	if c := f.ctx.(*Conn); c.state != stateClosing || c.closeCode != CloseSlowConsumer {
+		t.Fatalf("state %v code %d, want closing with %d", c.state, c.closeCode, CloseSlowConsumer)
+	}
+}
