@@ -233,6 +233,7 @@ func (s *Server) Start() error {
 	if err := s.distinctAddrs(); err != nil {
 		return err
 	}
+	s.warnBudget()
 	if err := s.hub.Start(); err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
@@ -256,6 +257,20 @@ func (s *Server) Start() error {
 			err = errors.New("gnet stopped during start")
 		}
 		return fmt.Errorf("listen %s: %w", s.opts.Listen, err)
+	}
+}
+
+// warnBudget says at start when the outbound budget is smaller than the
+// largest message a client may send (and so be echoed): such a message
+// still goes out whole to a reader that reads (outbound.go), but only two
+// of them may be in flight at once, and what waits behind them is held to
+// the budget, so a client streaming them back to back is closed sooner than
+// the budget suggests.
+func (s *Server) warnBudget() {
+	if s.opts.MaxOutbound < s.opts.MaxMessageSize {
+		s.logger.Warn("the outbound budget is smaller than the message size limit: messages larger than the budget "+
+			"go out at most two at a time, and a connection with more queued behind them is closed as a slow consumer",
+			"max_outbound", s.opts.MaxOutbound, "max_message_size", s.opts.MaxMessageSize)
 	}
 }
 
