@@ -219,6 +219,10 @@ func (c *Conn) write(b []byte) {
 	}
 }
 
+// slowConsumer closes a connection whose output passed the budget. Its
+// close frame waits behind what gnet and the kernel already hold (up to the
+// budget and the socket's send buffer), which a slow reader takes longer
+// than the usual close grace to read: it gets slowCloseGraceSeconds.
 func (c *Conn) slowConsumer() {
 	c.loop.srv.metrics.slowConsumers.Inc()
 	if c.outbox != nil || c.outRef != nil { // the backlog is dropped: the close frame goes alone
@@ -226,7 +230,15 @@ func (c *Conn) slowConsumer() {
 		c.outbox, c.outRef = nil, nil
 	}
 	c.Close(CloseSlowConsumer, "slow consumer: outbound buffer full")
+	if c.state == stateClosing {
+		c.loop.wheel.Set(&c.timer, c.loop.srv.clock()+slowCloseGraceSeconds)
+	}
 }
+
+// slowCloseGraceSeconds is the close grace of a slow consumer: long enough
+// for a client that reads at all to reach its 1008, short enough that the
+// budget's memory is not held for long.
+const slowCloseGraceSeconds = 5
 
 // Close starts closing with a close frame carrying code and reason (cut to
 // 123 bytes). The TCP connection ends when the peer answers with its close

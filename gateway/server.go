@@ -32,6 +32,14 @@ const (
 	// DefaultMaxOutbound is the byte budget of a connection's unsent
 	// output; a consumer past it is closed with CloseSlowConsumer.
 	DefaultMaxOutbound = 1 << 20
+	// DefaultSocketSendBuffer is the kernel's send buffer per connection
+	// (SO_SNDBUF; Linux doubles it for its bookkeeping). Left to the
+	// kernel, it grows to tcp_wmem's maximum (4 MiB) for a client that does
+	// not read, before MaxOutbound counts a byte: 500 such clients then hold
+	// 2 GB of the kernel's TCP memory, past tcp_mem's pressure mark, and the
+	// kernel starves every socket, fast readers too. 256 KiB still lets one
+	// connection carry 256 KiB per round trip (25 MB/s at 10 ms).
+	DefaultSocketSendBuffer = 256 << 10
 	// DefaultDrainWindow spreads the 1001 closes of a shutdown, so that
 	// clients do not all reconnect in the same second.
 	DefaultDrainWindow = 10 * time.Second
@@ -88,6 +96,9 @@ type Options struct {
 	MaxMessageSize int
 	// MaxOutbound: zero means DefaultMaxOutbound.
 	MaxOutbound int
+	// SocketSendBuffer: zero means DefaultSocketSendBuffer; negative leaves
+	// the kernel's autotuning on.
+	SocketSendBuffer int
 	// DrainWindow: zero means DefaultDrainWindow. Sessions are closed
 	// evenly over it, at least minDrainRate (1000) per second.
 	DrainWindow time.Duration
@@ -104,6 +115,7 @@ func (o *Options) setDefaults() {
 	o.HandshakeTimeout = cmpOr(o.HandshakeTimeout, DefaultHandshakeTimeout)
 	o.MaxMessageSize = cmpOr(o.MaxMessageSize, DefaultMaxMessageSize)
 	o.MaxOutbound = cmpOr(o.MaxOutbound, DefaultMaxOutbound)
+	o.SocketSendBuffer = cmpOr(o.SocketSendBuffer, DefaultSocketSendBuffer)
 	o.DrainWindow = cmpOr(o.DrainWindow, DefaultDrainWindow)
 	o.ShutdownTimeout = max(cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout), o.DrainWindow+5*time.Second)
 	if o.Logger == nil {
@@ -243,6 +255,9 @@ func (s *Server) Start() error {
 		gnet.WithTicker(true),
 		gnet.WithTCPKeepAlive(time.Minute),
 		gnet.WithLogger(gnetLogger{s.logger}),
+	}
+	if s.opts.SocketSendBuffer > 0 { // accepted connections inherit it
+		opts = append(opts, gnet.WithSocketSendBuffer(s.opts.SocketSendBuffer))
 	}
 	addrs := make([]string, len(s.listeners))
 	for i, l := range s.listeners {
