@@ -134,7 +134,7 @@ func (c *Conn) Send(op ws.OpCode, payload []byte) {
 		return
 	}
 	if l.draining {
-		c.queue(AppendFrameHeader(l.scratch[:0], op, len(payload)), payload)
+		c.enqueue(AppendFrameHeader(l.scratch[:0], op, len(payload)), payload)
 		return
 	}
 	l.scratch = AppendFrame(l.scratch[:0], op, payload)
@@ -155,7 +155,7 @@ func (c *Conn) SendFrames(frames []byte) {
 		return
 	}
 	if l.draining {
-		c.queue(frames, nil)
+		c.enqueue(frames, nil)
 		return
 	}
 	c.write(frames)
@@ -190,6 +190,28 @@ func (c *Conn) queue(a, b []byte) {
 	}
 	c.outbox = append(append(c.outbox, a...), b...)
 }
+
+// enqueue is queue for data frames: an outbox that would pass
+// outboxChunk is written first, so a long batch (a loop that fell behind
+// a fast publisher) neither holds more than that per connection on top of
+// the budget nor keeps a fast reader waiting for the batch's end; and the
+// budget is checked as the batch goes, so a slow consumer is closed before
+// its outbox grows.
+func (c *Conn) enqueue(a, b []byte) {
+	if n := len(c.outbox) + len(c.outRef); n > 0 && n+len(a)+len(b) > outboxChunk {
+		c.flushOutbox()
+		if c.state != stateOpen {
+			return
+		}
+	}
+	c.queue(a, b)
+}
+
+// outboxChunk is the most an outbox holds before it is written in the
+// middle of a batch. A power of two: gnet keeps what the kernel did not
+// take in pooled buffers of power-of-two sizes, so chunks up to it waste
+// little there.
+const outboxChunk = 64 << 10
 
 // flushOutbox writes the outbox at the end of a batch of tasks.
 func (c *Conn) flushOutbox() {
