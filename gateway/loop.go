@@ -40,6 +40,7 @@ type Loop struct {
 	draining bool
 	dirty    []*Conn
 	free     [][]byte
+	freeLow  int // the fewest buffers free since the last tick
 
 	// The handshake parser: one Upgrader whose hooks fill hs.
 	upgrader   ws.Upgrader
@@ -187,7 +188,9 @@ func (l *Loop) releaseLarge() {
 func (l *Loop) getBuf() []byte {
 	if n := len(l.free); n > 0 {
 		b := l.free[n-1]
+		l.free[n-1] = nil
 		l.free = l.free[:n-1]
+		l.freeLow = min(l.freeLow, n-1)
 		return b
 	}
 	return make([]byte, 0, 512)
@@ -210,6 +213,16 @@ func (l *Loop) Server() *Server { return l.srv }
 func (l *Loop) tick(any) {
 	l.wheel.Advance(l.srv.clock(), fireDeadline)
 	l.releaseLarge()
+	l.trimFree()
+}
+
+// trimFree lets go of the outbox buffers the last second did not need: as
+// many as stayed free all along.
+func (l *Loop) trimFree() {
+	n := len(l.free) - l.freeLow
+	clear(l.free[n:])
+	l.free = l.free[:n]
+	l.freeLow = n
 }
 
 func fireDeadline(c *Conn) { c.deadlinePassed() }

@@ -264,6 +264,7 @@ func (s *Server) Start() error {
 		addrs[i] = "tcp://" + l.addr
 	}
 	go func() { s.stopped <- gnet.Rotate(s, addrs, opts...) }()
+	go s.releaseMemory()
 	select {
 	case <-s.booted:
 		return nil
