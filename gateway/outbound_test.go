@@ -62,3 +62,41 @@ func TestEchoLargerThanTheBudget(t *testing.T) {
 		t.Fatalf("state %v code %d, want closing with %d", c.state, c.closeCode, CloseSlowConsumer)
 	}
 }
+
+// A long batch of loop tasks writes a connection's outbox every
+// outboxChunk bytes, not all at the batch's end, and closes a slow
+// consumer as soon as the budget is passed rather than after piling up the
+// whole batch.
+func TestOutboxWrittenInChunks(t *testing.T) {
+	l := NewFakeLoop(Options{MaxOutbound: 1 << 20},
+		Route{Path: "/echo", Protocol: echoProtocol{}, Text: true})
+	f := openEcho(t, l)
+	c := f.ctx.(*Conn)
+	frame := serverFrame(ws.OpBinary, pattern(1000))
+	f.out, f.writes = f.out[:0], 0
+	c.loop.Run(func(any) {
+		for range 200 {
+			c.SendFrames(frame)
+		}
+	}, nil)
+	l.run()
+	if want := 200 * len(frame); len(f.out) != want {
+		t.Fatalf("wrote %d bytes, want %d", len(f.out), want)
+	}
+	if per := outboxChunk / len(frame); f.writes != (200+per-1)/per {
+		t.Fatalf("%d writes, want one per %d frames", f.writes, per)
+	}
+	f.pending = 1<<20 - 10<<10 // the peer stopped reading
+	c.loop.Run(func(any) {
+		for range 2000 {
+			c.SendFrames(frame)
+		}
+		if c.outbox != nil && len(c.outbox) > outboxChunk {
+			t.Errorf("outbox of %d bytes", len(c.outbox))
+		}
+	}, nil)
+	l.run()
+	if c.state != stateClosing || c.closeCode != CloseSlowConsumer {
+		t.Fatalf("state %v code %d, want closing with 1008", c.state, c.closeCode)
+	}
+}
