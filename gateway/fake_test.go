@@ -53,6 +53,19 @@ func (f *fakeConn) Peek(int) ([]byte, error) {
 	return f.in, nil
 }
 func (f *fakeConn) Discard(n int) (int, error) { f.in = f.in[n:]; return n, nil }
+func (f *fakeConn) Writev(bs [][]byte) (int, error) {
+	n := 0
+	for _, b := range bs {
+		n += len(b)
+		if !f.discardOutput {
+			f.out = append(f.out, b...)
+		}
+	}
+	f.written += n
+	f.writes++
+	return n, nil
+}
+
 func (f *fakeConn) Write(p []byte) (int, error) {
 	f.written += len(p)
 	f.writes++

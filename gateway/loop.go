@@ -34,6 +34,8 @@ type Loop struct {
 	// since the last tick.
 	spareFrame []byte
 	largeUsed  bool
+	// iov cuts a write into pieces for gnet's Writev (outbound.go).
+	iov [][]byte
 	// draining: tasks are running; connections they write to wait in
 	// dirty with their outboxes until the batch ends. free holds outbox
 	// buffers for reuse.

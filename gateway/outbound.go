@@ -1,5 +1,7 @@
 package gateway
 
+import "math/bits"
+
 // The outbound budget (Options.MaxOutbound) bounds the bytes that wait in
 // gnet's outbound buffer because the peer reads more slowly than it is
 // sent to. One write larger than the budget (an 8 MiB echo, say, under the
@@ -87,6 +89,35 @@ func (c *Conn) sendWithin(b []byte) bool {
 		return false
 	}
 	c.written += uint64(len(b))
-	_, _ = c.gc.Write(b)
+	if pending == 0 || len(b) < 2*minPiece {
+		_, _ = c.gc.Write(b)
+		return true
+	}
+	l := c.loop
+	l.iov = powerOfTwoPieces(l.iov[:0], b)
+	_, _ = c.gc.Writev(l.iov)
+	clear(l.iov)
 	return true
+}
+
+// minPiece is the smallest piece powerOfTwoPieces cuts.
+const minPiece = 512
+
+// powerOfTwoPieces cuts b into pieces whose sizes are powers of two (the
+// last one, under minPiece, excepted). gnet copies what it cannot send at
+// once into pooled buffers whose sizes are powers of two, one per piece it
+// is given: a 3,012-byte write would take 4,096 bytes there, 36% wasted, and
+// a connection's budget could cost nearly twice its size. Cut like this, a
+// write wastes less than minPiece. Used only when gnet already holds bytes
+// for the connection, so all of b goes to its buffer.
+func powerOfTwoPieces(iov [][]byte, b []byte) [][]byte {
+	for len(b) >= minPiece {
+		n := 1 << (bits.Len(uint(len(b))) - 1)
+		iov = append(iov, b[:n])
+		b = b[n:]
+	}
+	if len(b) > 0 {
+		iov = append(iov, b)
+	}
+	return iov
 }

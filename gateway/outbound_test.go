@@ -100,3 +100,21 @@ func TestOutboxWrittenInChunks(t *testing.T) {
 		t.Fatalf("state %v code %d, want closing with 1008", c.state, c.closeCode)
 	}
 }
+
+func TestPowerOfTwoPieces(t *testing.T) {
+	for _, n := range []int{0, 1, 511, 512, 513, 1004, 3012, 65536, 65537, 100000, 1 << 20} {
+		b := pattern(n)
+		var joined []byte
+		pieces := powerOfTwoPieces(nil, b)
+		for i, p := range pieces {
+			last := i == len(pieces)-1
+			if len(p)&(len(p)-1) != 0 && !(last && len(p) < minPiece) {
+				t.Errorf("%d bytes: piece %d of %d bytes is not a power of two", n, i, len(p))
+			}
+			joined = append(joined, p...)
+		}
+		if string(joined) != string(b) {
+			t.Errorf("%d bytes: pieces do not join back", n)
+		}
+	}
+}
