@@ -47,14 +47,18 @@ func TestServerClosesAfterPeerReset(t *testing.T) {
 			})
 		}},
 		{"slow consumer", true, func(l *fakeLoop, f *fakeConn, c *Conn) {
-			f.buffered = l.srv.opts.MaxOutbound
+			f.pending = l.srv.opts.MaxOutbound
 			inTask(l, c, func() { c.SendFrames([]byte{0x82, 0x01, 'a'}) })
 		}},
 		{"slow consumer at the end of a batch", true, func(l *fakeLoop, f *fakeConn, c *Conn) {
 			inTask(l, c, func() {
 				c.SendEncoded([]byte{0x82, 0x01, 'a'})
-				f.buffered = l.srv.opts.MaxOutbound
+				f.pending = l.srv.opts.MaxOutbound
 			})
+		}},
+		{"a write cut in pieces behind a queue", true, func(l *fakeLoop, f *fakeConn, c *Conn) {
+			f.pending = 100
+			inTask(l, c, func() { c.Send(ws.OpBinary, make([]byte, 5000)) })
 		}},
 		{"deadline", true, func(l *fakeLoop, f *fakeConn, c *Conn) {
 			c.SetDeadline(l.srv.epoch)
@@ -117,7 +121,7 @@ func TestPolicyClosesAreLogged(t *testing.T) {
 		run    func(l *fakeLoop, f *fakeConn, c *Conn)
 	}{
 		{"slow consumer", func(l *fakeLoop, f *fakeConn, c *Conn) {
-			f.buffered = l.srv.opts.MaxOutbound
+			f.pending = l.srv.opts.MaxOutbound
 			c.Run(func(any) { c.SendFrames([]byte{0x82, 0x01, 'a'}) }, nil)
 			l.run()
 		}},

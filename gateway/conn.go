@@ -33,8 +33,8 @@ const (
 // runs on the connection's event loop (in a Handler or session.Sink method,
 // or a task queued with Loop.Run).
 //
-// Only four methods touch the socket: sysWrite, outbound, halfClose and
-// closeNow. Each does nothing once the connection is closed, and closed
+// Only five methods touch the socket: sysWrite, sysWritev, outbound,
+// halfClose and closeNow. Each does nothing once the connection is closed, and closed
 // drops the gnet handle, because gnet closes a connection synchronously
 // inside a Write that fails (ECONNRESET, EPIPE): after any write the
 // descriptor number may already belong to another connection.
@@ -50,7 +50,9 @@ type Conn struct {
 	// empty, in nanoseconds since the server's epoch).
 	tat int64
 
-	frag     []byte // a fragmented message being joined; nil otherwise
+	frag []byte // a fragmented message being joined; nil otherwise
+	// rx is a frame whose payload is still arriving; nil otherwise.
+	rx       *partialFrame
 	outbox   []byte // frames queued during a batch of tasks; nil otherwise
 	outRef   []byte // or the one encoded frame queued, by reference
 	fragOp   ws.OpCode
@@ -76,6 +78,12 @@ type Conn struct {
 	// utf8 validates a fragmented text message as its fragments come; zero
 	// otherwise (3 bytes, in what was padding).
 	utf8 utf8State
+
+	// written counts the bytes handed to gnet's Write by sendWithin, and
+	// big holds the writes over the outbound budget still in flight
+	// (outbound.go).
+	written uint64
+	big     *oversized
 }
 
 // Loop returns the connection's event loop.
@@ -135,11 +143,12 @@ func (c *Conn) Send(op ws.OpCode, payload []byte) {
 		return
 	}
 	if l.draining {
-		c.queue(AppendFrameHeader(l.scratch[:0], op, len(payload)), payload)
+		c.enqueue(AppendFrameHeader(l.scratch[:0], op, len(payload)), payload)
 		return
 	}
 	l.scratch = AppendFrame(l.scratch[:0], op, payload)
 	c.write(l.scratch)
+	l.scratch = l.reuse(l.scratch)
 }
 
 // SendFrames writes bytes that are already whole server frames, such as a
@@ -155,7 +164,7 @@ func (c *Conn) SendFrames(frames []byte) {
 		return
 	}
 	if l.draining {
-		c.queue(frames, nil)
+		c.enqueue(frames, nil)
 		return
 	}
 	c.write(frames)
@@ -192,6 +201,28 @@ func (c *Conn) queue(a, b []byte) {
 	c.outbox = append(append(c.outbox, a...), b...)
 }
 
+// enqueue is queue for data frames: an outbox that would pass
+// outboxChunk is written first, so a long batch (a loop that fell behind
+// a fast publisher) neither holds more than that per connection on top of
+// the budget nor keeps a fast reader waiting for the batch's end; and the
+// budget is checked as the batch goes, so a slow consumer is closed before
+// its outbox grows.
+func (c *Conn) enqueue(a, b []byte) {
+	if n := len(c.outbox) + len(c.outRef); n > 0 && n+len(a)+len(b) > outboxChunk {
+		c.flushOutbox()
+		if c.state != stateOpen {
+			return
+		}
+	}
+	c.queue(a, b)
+}
+
+// outboxChunk is the most an outbox holds before it is written in the
+// middle of a batch. A power of two: gnet keeps what the kernel did not
+// take in pooled buffers of power-of-two sizes, so chunks up to it waste
+// little there.
+const outboxChunk = 64 << 10
+
 // flushOutbox writes the outbox at the end of a batch of tasks.
 func (c *Conn) flushOutbox() {
 	b, owned := c.outbox, true
@@ -199,10 +230,12 @@ func (c *Conn) flushOutbox() {
 		b, owned = c.outRef, false
 	}
 	c.outbox, c.outRef = nil, nil
-	if c.state == stateOpen && c.outbound()+len(b) > c.loop.srv.opts.MaxOutbound {
-		c.slowConsumer()
+	if c.state == stateOpen {
+		if !c.sendWithin(b) {
+			c.slowConsumer()
+		}
 	} else {
-		c.sysWrite(b)
+		c.sysWrite(b) // the close frame after the rest: no budget
 	}
 	c.halfClose()
 	if owned {
@@ -213,11 +246,9 @@ func (c *Conn) flushOutbox() {
 // write sends b now, or closes a consumer whose queued bytes would pass the
 // outbound budget: a broadcast never waits for one slow reader.
 func (c *Conn) write(b []byte) {
-	if c.outbound()+len(b) > c.loop.srv.opts.MaxOutbound {
+	if !c.sendWithin(b) {
 		c.slowConsumer()
-		return
 	}
-	c.sysWrite(b)
 }
 
 // sysWrite writes b to the socket unless the connection is closed. A failed
@@ -229,6 +260,13 @@ func (c *Conn) sysWrite(b []byte) {
 	}
 }
 
+// sysWritev is sysWrite for pieces written with one writev(2).
+func (c *Conn) sysWritev(iov [][]byte) {
+	if c.state != stateClosed {
+		_, _ = c.gc.Writev(iov)
+	}
+}
+
 // outbound returns the bytes gnet holds unsent (0 once closed).
 func (c *Conn) outbound() int {
 	if c.state == stateClosed {
@@ -237,6 +275,10 @@ func (c *Conn) outbound() int {
 	return c.gc.OutboundBuffered()
 }
 
+// slowConsumer closes a connection whose output passed the budget. Its
+// close frame waits behind what gnet and the kernel already hold (up to the
+// budget and the socket's send buffer), which a slow reader takes longer
+// than the usual close grace to read: it gets slowCloseGraceSeconds.
 func (c *Conn) slowConsumer() {
 	c.loop.srv.metrics.slowConsumers.Inc()
 	c.logPolicyClose("slow consumer")
@@ -245,6 +287,9 @@ func (c *Conn) slowConsumer() {
 		c.outbox, c.outRef = nil, nil
 	}
 	c.Close(CloseSlowConsumer, "slow consumer: outbound buffer full")
+	if c.state == stateClosing {
+		c.loop.wheel.Set(&c.timer, c.loop.srv.clock()+slowCloseGraceSeconds)
+	}
 }
 
 // logPolicyClose leaves an info line for a 1008 close the client caused,
@@ -254,6 +299,11 @@ func (c *Conn) logPolicyClose(reason string) {
 		c.loop.srv.policyLog.Refused("connection closed: policy violation", c.route.Protocol.Name(), reason, c.remote.Addr(), "")
 	}
 }
+
+// slowCloseGraceSeconds is the close grace of a slow consumer: long enough
+// for a client that reads at all to reach its 1008, short enough that the
+// budget's memory is not held for long.
+const slowCloseGraceSeconds = 5
 
 // Close starts closing with a close frame carrying code and reason (cut to
 // 123 bytes). The TCP connection ends when the peer answers with its close
@@ -382,10 +432,22 @@ func (c *Conn) traffic(buf []byte) (int, gnet.Action) {
 }
 
 // frames parses, validates, unmasks and dispatches every complete frame at
-// the front of buf. A partial frame stays for the next OnTraffic.
+// the front of buf. The payload of a frame cut short moves into the
+// connection's own buffer (c.rx) and is consumed; only a header cut short
+// stays in gnet's buffer for the next OnTraffic.
 func (c *Conn) frames(buf []byte) (int, gnet.Action) {
-	max := c.loop.srv.opts.MaxMessageSize
+	if c.discard {
+		return len(buf), gnet.None
+	}
 	off := 0
+	if c.rx != nil {
+		n, action, done := c.moreOfFrame(buf)
+		if !done || action != gnet.None {
+			return n, action
+		}
+		off = n
+	}
+	max := c.loop.srv.opts.MaxMessageSize
 	for off < len(buf) {
 		if c.discard || c.state == stateClosed {
 			return len(buf), gnet.None
@@ -412,7 +474,8 @@ func (c *Conn) frames(buf []byte) (int, gnet.Action) {
 		}
 		end := off + hl + int(h.Length)
 		if end > len(buf) {
-			break
+			c.startFrame(h, buf[off+hl:])
+			return len(buf), gnet.None
 		}
 		payload := buf[off+hl : end]
 		ws.Cipher(payload, h.Mask, 0)

@@ -30,12 +30,15 @@ type fakeConn struct {
 	// reset does in gnet: ECONNRESET, and the connection closed (OnClose
 	// run) inside Write.
 	reset bool
-	// buffered is what OutboundBuffered reports.
-	buffered int
 	// afterClose names every socket method called once the connection was
 	// closed: each is a system call on a descriptor number that may
 	// already belong to someone else.
 	afterClose []string
+	// carried: bytes were left over by the last OnTraffic, so Peek returns
+	// a copy of everything, as gnet's does once its ring holds some.
+	carried bool
+	peeked  []byte
+	pending int // what OutboundBuffered reports: bytes gnet would hold
 }
 
 func (f *fakeConn) touch(method string) {
@@ -53,12 +56,37 @@ func (f *fakeConn) RemoteAddr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 }
 func (f *fakeConn) LocalAddr() net.Addr           { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080} }
-func (f *fakeConn) OutboundBuffered() int         { f.touch("OutboundBuffered"); return f.buffered }
+func (f *fakeConn) OutboundBuffered() int         { f.touch("OutboundBuffered"); return f.pending }
 func (f *fakeConn) Wake(gnet.AsyncCallback) error { f.touch("Wake"); f.woken++; return nil }
 func (f *fakeConn) Fd() int                       { f.touch("Fd"); return -1 }
 func (f *fakeConn) Dup() (int, error)             { return -1, errors.New("fake connection") }
-func (f *fakeConn) Peek(int) ([]byte, error)      { f.touch("Peek"); return f.in, nil }
-func (f *fakeConn) Discard(n int) (int, error)    { f.touch("Discard"); f.in = f.in[n:]; return n, nil }
+func (f *fakeConn) Peek(int) ([]byte, error) {
+	f.touch("Peek")
+	if f.carried {
+		f.peeked = append(f.peeked[:0], f.in...)
+		return f.peeked, nil
+	}
+	return f.in, nil
+}
+func (f *fakeConn) Discard(n int) (int, error) { f.touch("Discard"); f.in = f.in[n:]; return n, nil }
+func (f *fakeConn) Writev(bs [][]byte) (int, error) {
+	f.touch("Writev")
+	if f.reset {
+		_ = f.el.Close(f)
+		return 0, syscall.ECONNRESET
+	}
+	n := 0
+	for _, b := range bs {
+		n += len(b)
+		if !f.discardOutput {
+			f.out = append(f.out, b...)
+		}
+	}
+	f.written += n
+	f.writes++
+	return n, nil
+}
+
 func (f *fakeConn) Write(p []byte) (int, error) {
 	f.touch("Write")
 	if f.reset {
@@ -124,7 +152,8 @@ func (l *fakeLoop) open() *fakeConn {
 
 // feed delivers bytes as gnet's OnTraffic does and runs queued tasks.
 func (l *fakeLoop) feed(f *fakeConn, b []byte) gnet.Action {
-	if len(f.in) == 0 {
+	f.carried = len(f.in) > 0
+	if !f.carried {
 		f.in = f.inBuf[:0]
 	}
 	f.in = append(f.in, b...)

@@ -31,12 +31,20 @@ type Loop struct {
 	cur *Conn
 	// scratch builds a frame written outside OnTraffic.
 	scratch []byte
+	// spareFrame is a buffer kept for the next large frame that arrives in
+	// pieces (inbound.go). largeUsed: a buffer over maxKeptScratch was used
+	// since the last tick.
+	spareFrame []byte
+	largeUsed  bool
+	// iov cuts a write into pieces for gnet's Writev (outbound.go).
+	iov [][]byte
 	// draining: tasks are running; connections they write to wait in
 	// dirty with their outboxes until the batch ends. free holds outbox
 	// buffers for reuse.
 	draining bool
 	dirty    []*Conn
 	free     [][]byte
+	freeLow  int // the fewest buffers free since the last tick
 
 	// The handshake parser: one Upgrader whose hooks fill hs.
 	upgrader   ws.Upgrader
@@ -207,10 +215,45 @@ const (
 	maxFreeBufs = 4096
 )
 
+// maxKeptScratch is the size above which the loop's out, scratch and spare
+// frame buffers count as large: a large one is kept while large messages
+// keep coming (reused, not reallocated for each) and let go at the first
+// tick of a second without one, so a burst does not pin its size on the
+// loop.
+const maxKeptScratch = 256 << 10
+
+// reuse empties b for the next use, noting when it is large.
+func (l *Loop) reuse(b []byte) []byte {
+	if cap(b) > maxKeptScratch {
+		l.largeUsed = true
+	}
+	return b[:0]
+}
+
+// releaseLarge lets the large buffers go if none was used since the last
+// tick.
+func (l *Loop) releaseLarge() {
+	if l.largeUsed {
+		l.largeUsed = false
+		return
+	}
+	if cap(l.out) > maxKeptScratch {
+		l.out = nil
+	}
+	if cap(l.scratch) > maxKeptScratch {
+		l.scratch = nil
+	}
+	if cap(l.spareFrame) > maxKeptScratch {
+		l.spareFrame = nil
+	}
+}
+
 func (l *Loop) getBuf() []byte {
 	if n := len(l.free); n > 0 {
 		b := l.free[n-1]
+		l.free[n-1] = nil
 		l.free = l.free[:n-1]
+		l.freeLow = min(l.freeLow, n-1)
 		return b
 	}
 	return make([]byte, 0, 512)
@@ -233,6 +276,17 @@ func (l *Loop) Server() *Server { return l.srv }
 func (l *Loop) tick(any) {
 	l.tickQueued.Store(false)
 	l.wheel.Advance(l.srv.clock(), fireDeadline)
+	l.releaseLarge()
+	l.trimFree()
+}
+
+// trimFree lets go of the outbox buffers the last second did not need: as
+// many as stayed free all along.
+func (l *Loop) trimFree() {
+	n := len(l.free) - l.freeLow
+	clear(l.free[n:])
+	l.free = l.free[:n]
+	l.freeLow = n
 }
 
 // queueTick queues a tick unless one is waiting already.

@@ -34,6 +34,14 @@ const (
 	// DefaultMaxOutbound is the byte budget of a connection's unsent
 	// output; a consumer past it is closed with CloseSlowConsumer.
 	DefaultMaxOutbound = 1 << 20
+	// DefaultSocketSendBuffer is the kernel's send buffer per connection
+	// (SO_SNDBUF; Linux doubles it for its bookkeeping). Left to the
+	// kernel, it grows to tcp_wmem's maximum (4 MiB) for a client that does
+	// not read, before MaxOutbound counts a byte: 500 such clients then hold
+	// 2 GB of the kernel's TCP memory, past tcp_mem's pressure mark, and the
+	// kernel starves every socket, fast readers too. 256 KiB still lets one
+	// connection carry 256 KiB per round trip (25 MB/s at 10 ms).
+	DefaultSocketSendBuffer = 256 << 10
 	// DefaultDrainWindow spreads the 1001 closes of a shutdown, so that
 	// clients do not all reconnect in the same second.
 	DefaultDrainWindow = 10 * time.Second
@@ -97,6 +105,9 @@ type Options struct {
 	MaxMessageSize int
 	// MaxOutbound: zero means DefaultMaxOutbound.
 	MaxOutbound int
+	// SocketSendBuffer: zero means DefaultSocketSendBuffer; negative leaves
+	// the kernel's autotuning on.
+	SocketSendBuffer int
 	// DrainWindow: zero means DefaultDrainWindow. Sessions are closed
 	// evenly over it, at least minDrainRate (1000) per second.
 	DrainWindow time.Duration
@@ -115,6 +126,7 @@ func (o *Options) setDefaults() {
 	o.HandshakeTimeout = cmpOr(o.HandshakeTimeout, DefaultHandshakeTimeout)
 	o.MaxMessageSize = cmpOr(o.MaxMessageSize, DefaultMaxMessageSize)
 	o.MaxOutbound = cmpOr(o.MaxOutbound, DefaultMaxOutbound)
+	o.SocketSendBuffer = cmpOr(o.SocketSendBuffer, DefaultSocketSendBuffer)
 	o.DrainWindow = cmpOr(o.DrainWindow, DefaultDrainWindow)
 	o.MaxLoopTasks = cmpOr(o.MaxLoopTasks, DefaultMaxLoopTasks)
 	o.ShutdownTimeout = max(cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout), o.DrainWindow+5*time.Second)
@@ -258,6 +270,7 @@ func (s *Server) Start() error {
 	if err := s.gate.start(); err != nil {
 		return err
 	}
+	s.warnBudget()
 	if err := s.hub.Start(); err != nil {
 		s.gate.stop()
 		return fmt.Errorf("start broker: %w", err)
@@ -271,11 +284,15 @@ func (s *Server) Start() error {
 		gnet.WithTCPKeepAlive(time.Minute),
 		gnet.WithLogger(gnetLogger{s.logger}),
 	}
+	if s.opts.SocketSendBuffer > 0 { // accepted connections inherit it
+		opts = append(opts, gnet.WithSocketSendBuffer(s.opts.SocketSendBuffer))
+	}
 	addrs := make([]string, len(s.listeners))
 	for i, l := range s.listeners {
 		addrs[i] = "tcp://" + l.addr
 	}
 	go func() { s.stopped <- gnet.Rotate(s, addrs, opts...) }()
+	go s.releaseMemory()
 	select {
 	case <-s.booted:
 		return nil
@@ -285,6 +302,20 @@ func (s *Server) Start() error {
 		}
 		s.gate.stop()
 		return fmt.Errorf("listen %s: %w", strings.Join(addrs, " "), err)
+	}
+}
+
+// warnBudget says at start when the outbound budget is smaller than the
+// largest message a client may send (and so be echoed): such a message
+// still goes out whole to a reader that reads (outbound.go), but only two
+// of them may be in flight at once, and what waits behind them is held to
+// the budget, so a client streaming them back to back is closed sooner than
+// the budget suggests.
+func (s *Server) warnBudget() {
+	if s.opts.MaxOutbound < s.opts.MaxMessageSize {
+		s.logger.Warn("the outbound budget is smaller than the message size limit: messages larger than the budget "+
+			"go out at most two at a time, and a connection with more queued behind them is closed as a slow consumer",
+			"max_outbound", s.opts.MaxOutbound, "max_message_size", s.opts.MaxMessageSize)
 	}
 }
 
@@ -436,11 +467,12 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		_, _ = gc.Discard(n)
 	}
 	if len(l.out) > 0 {
-		c.sysWrite(l.out)
-		l.out = l.out[:0]
-		if c.state == stateOpen && c.outbound() > s.opts.MaxOutbound {
+		if c.state != stateOpen {
+			c.sysWrite(l.out) // a close frame: no budget
+		} else if !c.sendWithin(l.out) {
 			c.slowConsumer()
 		}
+		l.out = l.reuse(l.out)
 	}
 	if action == gnet.None {
 		c.halfClose()

@@ -74,6 +74,9 @@ type Config struct {
 	// session.DefaultMaxSubscriptions (128). Hypothesis filters have their
 	// own cap, Hypothesis.MaxFilterRows; KOsync holds one channel.
 	MaxSubscriptions int
+	// SocketSendBuffer: zero means gateway.DefaultSocketSendBuffer
+	// (256 KiB); negative leaves the kernel's autotuning on.
+	SocketSendBuffer int
 	// EventLoops: zero means one per CPU.
 	EventLoops int
 	// ReusePort lets several processes share Listen (SO_REUSEPORT).
@@ -295,7 +298,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	n.Server = gateway.New(gateway.Options{
 		Listen: cfg.Listen, EventLoops: cfg.EventLoops, ReusePort: cfg.ReusePort,
 		HandshakeTimeout: cfg.HandshakeTimeout, MaxMessageSize: cfg.MaxMessageSize,
-		MaxOutbound: cfg.MaxOutbound, DrainWindow: cfg.DrainWindow, ShutdownTimeout: cfg.ShutdownTimeout, Logger: n.log,
+		MaxOutbound: cfg.MaxOutbound, SocketSendBuffer: cfg.SocketSendBuffer, DrainWindow: cfg.DrainWindow, ShutdownTimeout: cfg.ShutdownTimeout, Logger: n.log,
 	}, n.Hub)
 	n.Admin = gateway.NewAdmin(n.Server, gateway.AdminOptions{
 		Listen: cfg.AdminListen, Secrets: secrets, Revoker: n.Revoker, Logger: n.log,

@@ -151,6 +151,7 @@ var Scenarios = map[string]Scenario{
 	"churn":         Churn,
 	"wsify-fanout":  WsifyFanout,
 	"kosync-fanout": KosyncFanout,
+	"burst-release": BurstRelease,
 }
 
 // Order is the suite's order.

@@ -41,6 +41,7 @@ func serve(args []string) error {
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", gateway.DefaultMaxMessageSize, "largest inbound message in bytes (1009 past it)")
 	fs.IntVar(&cfg.MaxOutbound, "max-outbound", gateway.DefaultMaxOutbound, "unsent bytes per connection before it is closed as a slow consumer (1008)")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", session.DefaultMaxSubscriptions, "channels one native or wsify connection may hold at once; past it native answers Error 429, wsify closes with 1008")
+	fs.IntVar(&cfg.SocketSendBuffer, "socket-send-buffer", gateway.DefaultSocketSendBuffer, "the kernel's send buffer per connection, SO_SNDBUF (-1: the kernel's autotuning)")
 	fs.IntVar(&cfg.EventLoops, "event-loops", 0, "event loops (0: one per CPU)")
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "SO_REUSEPORT: let several gateway processes share --listen")
 	fs.DurationVar(&cfg.DrainWindow, "drain-window", gateway.DefaultDrainWindow, "on SIGTERM, sessions are closed with 1001 spread over this window (at least 1000 per second)")

@@ -190,7 +190,7 @@ func params(o options, name string) loadgen.Params {
 		p.Engine.DialRate = 0
 	case "ping":
 		p.Conns, p.Pings = o.pingConns, o.pings
-	case "fanout", "churn":
+	case "fanout", "churn", "burst-release":
 		p.Subs, p.Publishes = o.subs, o.publishes
 		p.ChurnRate = o.churnRate
 		p.Channel = o.channel
