@@ -165,3 +165,21 @@ func TestRefusedAtAcceptAfterPeerReset(t *testing.T) {
 		t.Fatalf("socket touched after close: %v", f.afterClose)
 	}
 }
+
+// TestWriteOverTheLargestMessageIsASlowConsumers: a write larger than any
+// message the node delivers is not exempt from the outbound budget, so a
+// reader that does not keep up cannot make gnet hold it.
+func TestWriteOverTheLargestMessageIsASlowConsumers(t *testing.T) {
+	l := NewFakeLoop(Options{MaxOutbound: 1024, MaxMessageSize: 1024},
+		Route{Path: "/echo", Protocol: echoProtocol{}, Text: true})
+	l.srv.logger = discardLogger
+	f := openEcho(t, l)
+	c := f.ctx.(*Conn)
+	f.pending = 1 // the kernel took less than everything so far
+	big := make([]byte, l.srv.maxWrite()+1)
+	c.Run(func(any) { c.SendFrames(big) }, nil)
+	l.run()
+	if len(f.out) > 100 || len(f.out) < 4 || f.out[0] != 0x88 || uint16(f.out[2])<<8|uint16(f.out[3]) != CloseSlowConsumer {
+		t.Fatalf("wrote %d bytes starting % x, want only the 1008 close frame", len(f.out), f.out[:min(len(f.out), 8)])
+	}
+}

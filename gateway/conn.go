@@ -33,11 +33,14 @@ const (
 // runs on the connection's event loop (in a Handler or session.Sink method,
 // or a task queued with Loop.Run).
 //
-// Only five methods touch the socket: sysWrite, sysWritev, outbound,
-// halfClose and closeNow. Each does nothing once the connection is closed, and closed
-// drops the gnet handle, because gnet closes a connection synchronously
-// inside a Write that fails (ECONNRESET, EPIPE): after any write the
-// descriptor number may already belong to another connection.
+// gnet closes a connection synchronously inside a Write that fails
+// (ECONNRESET, EPIPE): after any write the descriptor number may already
+// belong to another connection. So whatever may run after a write touches
+// the socket only through sysWrite, sysWritev, outbound, halfClose and
+// closeNow, which do nothing once the connection is closed, and closed
+// drops the gnet handle. The few other gnet calls (Peek, Discard, Wake, Dup
+// in OnTraffic and the handshake) run only before any write of theirs, on
+// a connection that OnTraffic or the upgrade found open.
 type Conn struct {
 	gc      gnet.Conn // nil once closed
 	loop    *Loop

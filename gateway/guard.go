@@ -55,8 +55,10 @@ func (c *Conn) recoverConn(where string) {
 // Run queues fn(arg) on the connection's loop like Loop.Run, for work done
 // on c's behalf off the loop (an authorizer's answer, a store's result): a
 // panic in fn fails c alone. fn runs even if c closed meanwhile; check
-// Open.
-func (c *Conn) Run(fn func(any), arg any) { c.loop.enqueue(task{fn: fn, arg: arg, conn: c}, false) }
+// Open. Unlike Conn's other methods, Run is goroutine-safe.
+func (c *Conn) Run(fn func(any), arg any) {
+	c.loop.enqueue(task{fn: fn, arg: arg, conn: c, size: -1})
+}
 
 // After is Loop.After on c's behalf: a panic in fn fails c alone.
 func (c *Conn) After(d time.Duration, fn func(any), arg any) { c.loop.after(d, fn, arg, c) }

@@ -67,7 +67,7 @@ func (l *Loop) runLater(any) {
 	now := time.Now()
 	for len(q.items) > 0 && !q.items[0].due.After(now) {
 		it := heap.Pop(&q.items).(laterItem)
-		l.runTask(&task{it.fn, it.arg, it.conn})
+		l.runTask(&task{it.fn, it.arg, it.conn, -1})
 	}
 	if len(q.items) > 0 {
 		l.armLater(q.items[0].due)

@@ -60,6 +60,9 @@ type Loop struct {
 	// tickQueued: a tick waits in tasks; a stalled loop gets one, not one
 	// per second it stalled.
 	tickQueued atomic.Bool
+	// backlog and backlogBytes count the deliveries (TryRun's tasks)
+	// queued or running, and their payload bytes: what TryRun bounds.
+	backlog, backlogBytes atomic.Int64
 
 	later laterQueue
 
@@ -82,11 +85,14 @@ func (l *Loop) SetLocal(key, v any) {
 }
 
 // task is one unit of work queued for the loop. conn, when set, is the
-// connection it works for: a panic in fn fails that connection alone.
+// connection it works for: a panic in fn fails that connection alone. size
+// is a delivery's payload bytes, counted in the backlog while it waits and
+// runs; negative for other tasks.
 type task struct {
 	fn   func(any)
 	arg  any
 	conn *Conn
+	size int
 }
 
 func newLoop(srv *Server, el gnet.EventLoop, index int) *Loop {
@@ -110,29 +116,36 @@ func newLoop(srv *Server, el gnet.EventLoop, index int) *Loop {
 // one tick and one timer wake-up at a time, one shutdown, one confirmation
 // per channel). Work whose amount others decide (a publish per task) goes
 // through TryRun, which refuses past Options.MaxLoopTasks.
-func (l *Loop) Run(fn func(any), arg any) { l.enqueue(task{fn: fn, arg: arg}, false) }
+func (l *Loop) Run(fn func(any), arg any) { l.enqueue(task{fn: fn, arg: arg, size: -1}) }
 
-// TryRun is Run for deliveries: it refuses, and reports false, when the
-// loop already has Options.MaxLoopTasks tasks waiting (a loop that stalls
-// or cannot keep up): the caller drops the work and counts it.
-func (l *Loop) TryRun(fn func(any), arg any) bool {
-	return l.enqueue(task{fn: fn, arg: arg}, true)
+// TryRun is Run for deliveries of size payload bytes: it refuses, and
+// reports false, when the deliveries queued or running on the loop already
+// number Options.MaxLoopTasks or hold Options.MaxLoopBytes (a loop that
+// stalls or cannot keep up): the caller drops the work and counts it. One
+// delivery is always taken when none waits, whatever its size.
+func (l *Loop) TryRun(fn func(any), arg any, size int) bool {
+	return l.enqueue(task{fn: fn, arg: arg, size: max(size, 0)})
 }
 
-// Busy reports whether the loop's queue is at its bound, when TryRun
-// would refuse: a publisher is told to try again rather than published to
-// a loop that would drop it.
+// Busy reports whether the loop's backlog of deliveries is at its bound,
+// when TryRun would refuse: a publisher is told to try again rather than
+// published to a loop that would drop it.
 func (l *Loop) Busy() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.tasks) >= l.srv.opts.MaxLoopTasks
+	return l.backlog.Load() >= int64(l.srv.opts.MaxLoopTasks) ||
+		l.backlogBytes.Load() >= int64(l.srv.opts.MaxLoopBytes)
 }
 
-func (l *Loop) enqueue(t task, bounded bool) bool {
+// enqueue queues t; a delivery (size >= 0) only within the backlog's bound.
+func (l *Loop) enqueue(t task) bool {
 	l.mu.Lock()
-	if bounded && len(l.tasks) >= l.srv.opts.MaxLoopTasks {
-		l.mu.Unlock()
-		return false
+	if t.size >= 0 {
+		n, bytes := l.backlog.Load(), l.backlogBytes.Load()
+		if n >= int64(l.srv.opts.MaxLoopTasks) || n > 0 && bytes+int64(t.size) > int64(l.srv.opts.MaxLoopBytes) {
+			l.mu.Unlock()
+			return false
+		}
+		l.backlog.Add(1)
+		l.backlogBytes.Add(int64(t.size))
 	}
 	l.tasks = append(l.tasks, t)
 	wake := !l.scheduled
@@ -159,8 +172,13 @@ func (l *Loop) drain(context.Context) error {
 	l.mu.Unlock()
 	l.draining = true
 	for i := range l.running {
-		l.runTask(&l.running[i])
-		l.running[i] = task{}
+		t := &l.running[i]
+		l.runTask(t)
+		if t.size >= 0 {
+			l.backlog.Add(-1)
+			l.backlogBytes.Add(-int64(t.size))
+		}
+		*t = task{}
 	}
 	l.draining = false
 	l.flushOutboxes()
@@ -180,7 +198,11 @@ func (l *Loop) runTask(t *task) {
 func (l *Loop) recoverTask(c *Conn) {
 	if v := recover(); v != nil {
 		// A task that acted as a connection's OnTraffic (an authorized
-		// upgrade) may have panicked before handing l.out back.
+		// upgrade) may have panicked before handing l.out back: what it
+		// answered (the 101) goes out before the connection fails.
+		if c != nil && l.cur == c && len(l.out) > 0 {
+			c.sysWrite(l.out)
+		}
 		l.cur, l.out = nil, l.out[:0]
 		l.srv.panicked(c, "loop task", v)
 	}

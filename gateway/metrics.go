@@ -136,6 +136,7 @@ func (hubDropsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descHubDro
 
 func (c hubDropsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHubDrops, prometheus.CounterValue, float64(c.hs.LoopDrops.Load()), "loop_backlog")
+	ch <- prometheus.MustNewConstMetric(descHubDrops, prometheus.CounterValue, float64(c.hs.TooLarge.Load()), "too_large")
 }
 
 // DroppedMessagesHelp is the help text of gateway_dropped_messages_total.

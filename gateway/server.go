@@ -48,13 +48,17 @@ const (
 	// DefaultShutdownTimeout bounds Shutdown as a whole: the drain, the
 	// close handshakes, then the engine stops whatever is left.
 	DefaultShutdownTimeout = 30 * time.Second
-	// DefaultMaxLoopTasks bounds the deliveries waiting in one event loop's
-	// task queue. Past it a loop that stalls or cannot keep up drops the
-	// deliveries that reach it from the broker (counted in
-	// gateway_dropped_messages_total{reason="loop_backlog"}), and publishes
-	// made on this node are refused as busy (HTTP 503, native Error 503).
-	// At 64 Ki a queue holds at most 64 Ki messages in memory per loop.
+	// DefaultMaxLoopTasks bounds the deliveries queued or running on one
+	// event loop. Past it, or past DefaultMaxLoopBytes, a loop that stalls
+	// or cannot keep up drops the deliveries that reach it from the broker
+	// (counted in gateway_dropped_messages_total{reason="loop_backlog"}),
+	// and publishes made on this node are refused as busy (HTTP 503, native
+	// Error 503).
 	DefaultMaxLoopTasks = 64 << 10
+	// DefaultMaxLoopBytes bounds the payload bytes of the deliveries queued
+	// or running on one event loop: a stalled loop holds at most this much
+	// of other people's messages.
+	DefaultMaxLoopBytes = 64 << 20
 	// minDrainRate is the slowest a node drains, in closes per second: a
 	// node with few connections does not wait out the whole window.
 	minDrainRate = 1000
@@ -116,6 +120,8 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// MaxLoopTasks: zero means DefaultMaxLoopTasks.
 	MaxLoopTasks int
+	// MaxLoopBytes: zero means DefaultMaxLoopBytes.
+	MaxLoopBytes int
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -129,6 +135,7 @@ func (o *Options) setDefaults() {
 	o.SocketSendBuffer = cmpOr(o.SocketSendBuffer, DefaultSocketSendBuffer)
 	o.DrainWindow = cmpOr(o.DrainWindow, DefaultDrainWindow)
 	o.MaxLoopTasks = cmpOr(o.MaxLoopTasks, DefaultMaxLoopTasks)
+	o.MaxLoopBytes = cmpOr(o.MaxLoopBytes, DefaultMaxLoopBytes)
 	o.ShutdownTimeout = max(cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout), o.DrainWindow+5*time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -182,11 +189,29 @@ func New(opts Options, hub *session.Hub) *Server {
 		httpErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 	}
 	s.metrics = newMetrics(s)
+	hub.SetMaxPayload(s.maxPayload())
 	s.policyLog = ratelog.New(opts.Logger, slog.LevelInfo, 0)
 	s.gate = newAcceptGate(s.logger, s.metrics.acceptErrors)
 	s.AddListener(MainListener, opts.Listen)
 	return s
 }
+
+// maxPayload is the largest publish the node delivers: a client's message
+// is at most MaxMessageSize, and a budget of MaxOutbound lets at least that
+// much through to one reader. A larger payload (from an outside Redis
+// publisher, say) is dropped by the hub: no reader's memory budget could
+// hold it.
+func (s *Server) maxPayload() int { return max(s.opts.MaxMessageSize, s.opts.MaxOutbound) }
+
+// maxWrite is the largest write exempt from the outbound budget while in
+// flight (see outbound.go): the largest payload, framed, with a batch of
+// smaller ones before it in the same write.
+func (s *Server) maxWrite() int { return s.maxPayload() + maxBatchSlack }
+
+// maxBatchSlack is what may share one write with the largest payload: an
+// outbox is written every 64 KiB (outboxChunk), and a protocol's batch of
+// small messages stays under that too.
+const maxBatchSlack = 128 << 10
 
 // Hub returns the session hub the server delivers through.
 func (s *Server) Hub() *session.Hub { return s.hub }
@@ -292,9 +317,9 @@ func (s *Server) Start() error {
 		addrs[i] = "tcp://" + l.addr
 	}
 	go func() { s.stopped <- gnet.Rotate(s, addrs, opts...) }()
-	go s.releaseMemory()
 	select {
 	case <-s.booted:
+		go s.releaseMemory() // until Shutdown
 		return nil
 	case err := <-s.stopped:
 		if err == nil {

@@ -70,9 +70,9 @@ func (l *httpLoop) Run(fn func(any), arg any) {
 	fn(arg)
 }
 
-func (l *httpLoop) TryRun(fn func(any), arg any) bool      { l.Run(fn, arg); return true }
-func (l *httpLoop) Busy() bool                             { return false }
-func (l *httpLoop) SinkPanicked(_ *session.Session, v any) { panic(v) }
+func (l *httpLoop) TryRun(fn func(any), arg any, _ int) bool { l.Run(fn, arg); return true }
+func (l *httpLoop) Busy() bool                               { return false }
+func (l *httpLoop) SinkPanicked(_ *session.Session, v any)   { panic(v) }
 
 // httpSink records the payloads a session receives.
 type httpSink struct {

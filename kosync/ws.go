@@ -220,16 +220,16 @@ type asyncResult struct {
 }
 
 // async runs fn off the loop; fn calls post exactly once with the outcome,
-// which comes back to the loop through Loop.Run. The socket takes no other
+// which comes back to the loop through Conn.Run. The socket takes no other
 // request meanwhile.
 func (h *wsConn) async(method string, fn func(ctx context.Context, post func(any, error))) {
 	h.busy = true
-	loop := h.c.Loop()
+	c := h.c
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		defer cancel()
 		fn(ctx, func(result any, err error) {
-			loop.Run(h.doneFn, &asyncResult{method, result, err})
+			c.Run(h.doneFn, &asyncResult{method, result, err})
 		})
 	}()
 }

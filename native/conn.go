@@ -295,7 +295,7 @@ func (h *conn) Deliver(m *session.Message, enc *session.EncodeCache) {
 		if h.flushFn == nil {
 			h.flushFn = h.flush
 		}
-		h.c.Loop().After(h.batch, h.flushFn, nil)
+		h.c.After(h.batch, h.flushFn, nil)
 	}
 	h.pending = append(h.pending, frame[len(frame)-n:]...)
 	if len(h.pending) >= batchFlushBytes {

@@ -21,6 +21,8 @@ type Hub struct {
 	broker     Broker
 	liveAtOnce bool // the broker has no other nodes to confirm with
 
+	maxPayload atomic.Int64 // SetMaxPayload; 0: no cap
+
 	mu       sync.RWMutex
 	channels map[string]*channelState
 	shards   []*Shard
@@ -36,12 +38,16 @@ type channelState struct {
 	live bool
 }
 
+// ErrTooLarge is returned by Publish for a payload over SetMaxPayload.
+var ErrTooLarge = errors.New("payload larger than the node delivers")
+
 // HubStats counts the hub's work; read it with Stats.
 type HubStats struct {
 	Publishes      atomic.Uint64 // publishes accepted, local or from the broker
 	LoopTasks      atomic.Uint64 // deliveries handed to loops (one per loop per publish)
 	BrokerRefusals atomic.Uint64 // publishes refused because the broker or a loop was busy
 	LoopDrops      atomic.Uint64 // deliveries dropped because a loop's queue was full
+	TooLarge       atomic.Uint64 // publishes from the broker dropped for a payload over SetMaxPayload
 	// SubscriptionRefusals counts subscribes refused because the session
 	// held its cap (ErrTooManySubscriptions).
 	SubscriptionRefusals atomic.Uint64
@@ -101,6 +107,9 @@ func (h *Hub) Stats() *HubStats { return &h.stats }
 // It returns ErrBrokerBusy, and delivers nothing, when the broker cannot
 // take the publish.
 func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
+	if h.tooLarge(payload) {
+		return ErrTooLarge
+	}
 	if h.loopsBusy(channel) {
 		h.stats.BrokerRefusals.Add(1)
 		return ErrLoopBusy
@@ -111,6 +120,17 @@ func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
 	}
 	h.deliverLocal(&Message{Channel: channel, Payload: append([]byte(nil), payload...), Origin: origin})
 	return nil
+}
+
+// SetMaxPayload caps the payload of a publish: larger ones are refused
+// (ErrTooLarge) when made on this node and dropped (TooLarge) when they
+// come from the broker, since no subscriber's memory budget could hold
+// them. Zero means no cap.
+func (h *Hub) SetMaxPayload(n int) { h.maxPayload.Store(int64(n)) }
+
+func (h *Hub) tooLarge(payload []byte) bool {
+	max := h.maxPayload.Load()
+	return max > 0 && int64(len(payload)) > max
 }
 
 // loopsBusy reports whether a loop with subscribers of channel is at its
@@ -137,7 +157,7 @@ func (h *Hub) mask(channel string) uint64 {
 func (h *Hub) deliverLocal(m *Message) {
 	h.stats.Publishes.Add(1)
 	h.forShards(h.mask(m.Channel), func(sh *Shard) {
-		if sh.loop.TryRun(sh.deliverTask, m) {
+		if sh.loop.TryRun(sh.deliverTask, m, len(m.Payload)) {
 			h.stats.LoopTasks.Add(1)
 		} else {
 			h.stats.LoopDrops.Add(1)
@@ -209,6 +229,10 @@ func (h *Hub) leave(channel string, bit uint64) {
 type brokerHandler struct{ h *Hub }
 
 func (b brokerHandler) Deliver(channel string, payload []byte) {
+	if b.h.tooLarge(payload) {
+		b.h.stats.TooLarge.Add(1)
+		return
+	}
 	b.h.deliverLocal(&Message{Channel: channel, Payload: payload})
 }
 

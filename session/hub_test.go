@@ -24,7 +24,7 @@ type task struct {
 
 func (q *queueLoop) Run(fn func(any), arg any) { q.tasks = append(q.tasks, task{fn, arg}) }
 
-func (q *queueLoop) TryRun(fn func(any), arg any) bool {
+func (q *queueLoop) TryRun(fn func(any), arg any, _ int) bool {
 	if q.Busy() {
 		return false
 	}
@@ -349,5 +349,25 @@ func TestFullLoopQueue(t *testing.T) {
 	l.run()
 	if !slices.Equal(sink.got, []string{"x=0", "x=1", "x=2"}) {
 		t.Fatalf("got %v", sink.got)
+	}
+}
+
+// TestMaxPayload: a payload over SetMaxPayload is refused when published
+// on this node and dropped, counted, when it comes from the broker.
+func TestMaxPayload(t *testing.T) {
+	h := NewHub(nil)
+	h.SetMaxPayload(4)
+	l := &queueLoop{}
+	sh, _ := h.NewShard(l)
+	s, sink := newSession(sh, "a")
+	sh.Subscribe(s, "x")
+	if err := h.Publish("x", []byte("12345"), 0); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("publish over the cap: %v", err)
+	}
+	brokerHandler{h}.Deliver("x", []byte("12345"))
+	brokerHandler{h}.Deliver("x", []byte("1234"))
+	l.run()
+	if h.Stats().TooLarge.Load() != 1 || !slices.Equal(sink.got, []string{"x=1234"}) {
+		t.Fatalf("too large %d got %v", h.Stats().TooLarge.Load(), sink.got)
 	}
 }

@@ -15,9 +15,9 @@ type Loop interface {
 	// for work bounded where it comes from; the hub queues deliveries with
 	// TryRun.
 	Run(fn func(arg any), arg any)
-	// TryRun is Run unless the loop's queue is at its bound: then it queues
-	// nothing and reports false.
-	TryRun(fn func(arg any), arg any) bool
+	// TryRun is Run for a delivery of size payload bytes, unless the loop's
+	// backlog is at its bound: then it queues nothing and reports false.
+	TryRun(fn func(arg any), arg any, size int) bool
 	// Busy reports whether TryRun would refuse now.
 	Busy() bool
 	// SinkPanicked is told, on the loop, that a session's Sink panicked

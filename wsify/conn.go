@@ -150,10 +150,10 @@ type authResult struct {
 // meanwhile.
 func (h *conn) authorize(m *message) {
 	h.busy = true
-	p, loop, id := h.p, h.c.Loop(), h.id
+	p, c, id := h.p, h.c, h.id
 	go func() {
 		v, status, err := p.call(p.messageBody(id, m))
-		loop.Run(h.doneFn, &authResult{m, v, status, err})
+		c.Run(h.doneFn, &authResult{m, v, status, err})
 	}()
 }
 
