@@ -327,6 +327,21 @@ func (a *authenticator) argon(key string, salt []byte, t, m uint32, p uint8, n u
 	return sum, err
 }
 
+// chargedHash hashes a new key (a registration, a password change) after
+// charging the attempt to from's bucket: every hash a client can ask for
+// at will is limited per address, not only failed logins. A hash the pool
+// refused (busy) gives the attempt back.
+func (a *authenticator) chargedHash(from netip.Addr, key string) (string, error) {
+	if err := a.takeAttempt(from); err != nil {
+		return "", err
+	}
+	hash, err := a.hashKey(key)
+	if err != nil {
+		a.limit.refund(from)
+	}
+	return hash, err
+}
+
 // hashKey returns the encoded argon2id hash of a KOReader key:
 // "$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>", base64 without padding
 // (the PHC string format).

@@ -244,15 +244,8 @@ func (s *Service) handleCreateUser(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A registration costs a hash: it counts as an attempt of its address.
-	from := s.clientAddr(r)
-	if err := s.auth.takeAttempt(from); err != nil {
-		s.logAuthError(r, user, err)
-		s.koFail(w, err)
-		return
-	}
-	hash, err := s.auth.hashKey(key)
+	hash, err := s.auth.chargedHash(s.clientAddr(r), key)
 	if err != nil {
-		s.auth.limit.refund(from)
 		s.logAuthError(r, user, err)
 		s.koFail(w, err)
 		return
@@ -356,8 +349,11 @@ func (s *Service) handleSetPassword(w http.ResponseWriter, r *http.Request) {
 		s.koFail(w, err)
 		return
 	}
-	hash, err := s.auth.hashKey(newKey)
+	// A password change costs a hash too, charged like a registration:
+	// authenticating through the key cache charged nothing.
+	hash, err := s.auth.chargedHash(s.clientAddr(r), newKey)
 	if err != nil {
+		s.logAuthError(r, user, err)
 		s.koFail(w, err)
 		return
 	}

@@ -314,3 +314,38 @@ func FuzzClientAddr(f *testing.F) {
 		t.Fatalf("X-Forwarded-For %q gave %s, neither the peer nor a listed hop", xff, got)
 	})
 }
+
+// TestPasswordChangeIsCharged: a password change costs a hash and is
+// charged to its address like a registration, even though the account
+// authenticates through the key cache (which charges nothing): a client
+// cannot keep the hash pool busy by changing its password in a loop.
+func TestPasswordChangeIsCharged(t *testing.T) {
+	e := newHTTPEnv(t, httpBackends[0].open(t), envOpt{mod: func(o *Options) {
+		o.AuthFailuresPerMinute, o.AuthFailureBurst = 1, 3
+		o.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	}})
+	key := md5hex("k")
+	h := func() map[string]string {
+		m := hdrs("alice", key)
+		m["X-Forwarded-For"] = "203.0.113.8"
+		return m
+	}
+	reg := hdrs("", "")
+	reg["X-Forwarded-For"] = "203.0.113.8"
+	if r := e.do("POST", "/users/create", reg, `{"username":"alice","password":"`+key+`"}`); r.status != 201 {
+		t.Fatalf("create: %d %s", r.status, r.body)
+	}
+	// The registration took one attempt of three; two changes (to the same
+	// key, so the cache keeps working) take the rest.
+	for i := range 2 {
+		if r := e.do("PUT", "/users/password", h(), `{"password":"`+key+`"}`); r.status != 200 {
+			t.Fatalf("change %d: %d %s", i+1, r.status, r.body)
+		}
+	}
+	if r := e.do("PUT", "/users/password", h(), `{"password":"`+key+`"}`); r.status != 429 || r.header.Get("Retry-After") == "" {
+		t.Fatalf("change past the burst: %d %s, want 429 with Retry-After", r.status, r.body)
+	}
+	if r := e.do("GET", "/users/auth", h(), ""); r.status != 200 {
+		t.Fatalf("the cached key after the refusal: %d %s", r.status, r.body)
+	}
+}
