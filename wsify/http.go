@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/session"
 )
 
 // Echo's error bodies, byte for byte (its JSON encoder ends with a newline).
@@ -65,10 +66,27 @@ func (p *Protocol) serveBroadcast(w http.ResponseWriter, r *http.Request) {
 		if p.warnLimit.allow() {
 			p.log.Warn("wsify: POST /broadcast refused by the broker", "err", err)
 		}
-		w.WriteHeader(http.StatusInternalServerError)
+		status := broadcastRefusal(err)
+		if status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
+		w.WriteHeader(status)
 		return
 	}
 	w.WriteHeader(http.StatusCreated)
+}
+
+// broadcastRefusal is the status of a refused broadcast: 503 (try again)
+// while the node is busy, 413 for content re-encoded past the largest
+// payload the node delivers, 500 as upstream for any other broker error.
+func broadcastRefusal(err error) int {
+	switch {
+	case errors.Is(err, session.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, session.ErrBrokerBusy):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 // parseBroadcast reads a /broadcast body: an object whose "channel" is a
