@@ -55,6 +55,14 @@ const (
 	// made on this node are refused as busy (HTTP 503, native Error 503).
 	// At 64 Ki a queue holds at most 64 Ki messages in memory per loop.
 	DefaultMaxLoopTasks = 64 << 10
+	// DefaultMaxAuthorizing bounds the upgrade requests waiting for a
+	// HeadAuthorizer (wsify's connect webhook) at once, server-wide. Each
+	// holds a goroutine and an outgoing call; past the bound an upgrade is
+	// answered 503 at once, without a call, so a flood of upgrade heads
+	// cannot queue thousands of calls in front of real clients'. 1024 is
+	// four times the connections wsify keeps to its authorizer (256): a
+	// burst of clients waits a little in that queue, no more.
+	DefaultMaxAuthorizing = 1024
 	// minDrainRate is the slowest a node drains, in closes per second: a
 	// node with few connections does not wait out the whole window.
 	minDrainRate = 1000
@@ -116,6 +124,10 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// MaxLoopTasks: zero means DefaultMaxLoopTasks.
 	MaxLoopTasks int
+	// MaxAuthorizing caps the upgrade requests waiting for a
+	// HeadAuthorizer at once; past it an upgrade is answered 503 with
+	// Retry-After: 1, without the call. Zero means DefaultMaxAuthorizing.
+	MaxAuthorizing int
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -129,6 +141,7 @@ func (o *Options) setDefaults() {
 	o.SocketSendBuffer = cmpOr(o.SocketSendBuffer, DefaultSocketSendBuffer)
 	o.DrainWindow = cmpOr(o.DrainWindow, DefaultDrainWindow)
 	o.MaxLoopTasks = cmpOr(o.MaxLoopTasks, DefaultMaxLoopTasks)
+	o.MaxAuthorizing = cmpOr(o.MaxAuthorizing, DefaultMaxAuthorizing)
 	o.ShutdownTimeout = max(cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout), o.DrainWindow+5*time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -161,6 +174,7 @@ type Server struct {
 	stopped      chan error
 	draining     atomic.Bool
 	conns        atomic.Int64
+	authorizing  atomic.Int64 // HeadAuthorizer calls running (Options.MaxAuthorizing)
 
 	loopsMu sync.Mutex
 	loops   []*Loop

@@ -1,6 +1,7 @@
 package wsify
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"time"
@@ -152,7 +153,7 @@ func (h *conn) authorize(m *message) {
 	h.busy = true
 	p, loop, id := h.p, h.c.Loop(), h.id
 	go func() {
-		v, status, err := p.call(p.messageBody(id, m))
+		v, status, err := p.call(context.Background(), p.messageBody(id, m))
 		loop.Run(h.doneFn, &authResult{m, v, status, err})
 	}()
 }
