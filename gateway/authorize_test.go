@@ -2,12 +2,15 @@ package gateway
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/wsgateway/gateway/internal/ratelog"
 )
 
 // blockingAuthorizer is a HeadAuthorizer whose calls wait until their
@@ -134,5 +137,28 @@ func TestMaxAuthorizing(t *testing.T) {
 	waitDecisions(t, l)
 	if !strings.HasPrefix(string(h.out), "HTTP/1.1 101 ") {
 		t.Fatalf("an upgrade once the first call ended: %q", h.out)
+	}
+}
+
+// TestHandOffFailureAnswers503: a plain HTTP request that cannot be handed
+// to net/http (the fake connection's Dup fails, as it does out of
+// descriptors) is answered 503 with Retry-After on the loop and closed;
+// the warning is logged once for a flood of them.
+func TestHandOffFailureAnswers503(t *testing.T) {
+	l := echoLoop(nil)
+	var log strings.Builder
+	l.srv.handOffLog = ratelog.New(slog.New(slog.NewTextHandler(&log, nil)), slog.LevelWarn, 0)
+	for range 3 {
+		f := l.open()
+		l.feed(f, []byte("GET /metrics HTTP/1.1\r\nHost: example.com\r\n\r\n"))
+		if string(f.out) != string(response503HandOff) || !f.closed {
+			t.Fatalf("answer %q (closed %v), want %q", f.out, f.closed, response503HandOff)
+		}
+	}
+	if !strings.HasPrefix(string(response503HandOff), "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n") {
+		t.Fatalf("response %q", response503HandOff)
+	}
+	if n := strings.Count(log.String(), "http hand-off failed"); n != 1 {
+		t.Fatalf("%d log lines for 3 failed hand-offs, want 1: %q", n, log.String())
 	}
 }

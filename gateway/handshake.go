@@ -164,7 +164,10 @@ func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
 		return c.refuse(response400Path, resultBadRequest)
 	}
 	if !isUpgrade(head) {
-		srv.handOff(c.gc, c.listener, buf)
+		if !c.handOff(buf) {
+			c.sysWrite(response503HandOff)
+			return 0, gnet.Close
+		}
 		return len(buf), gnet.Close
 	}
 	route := srv.match(srv.listeners[c.listener].name, path)

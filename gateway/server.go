@@ -184,6 +184,9 @@ type Server struct {
 	// policyLog writes the closes a client causes by misbehaving (slow
 	// consumer, message rate), collapsed when they repeat.
 	policyLog *ratelog.Logger
+	// handOffLog writes the plain HTTP requests that could not be handed
+	// to net/http (out of descriptors), collapsed when they repeat.
+	handOffLog *ratelog.Logger
 }
 
 // New returns a server that delivers publishes through hub. Add routes and
@@ -197,6 +200,7 @@ func New(opts Options, hub *session.Hub) *Server {
 	}
 	s.metrics = newMetrics(s)
 	s.policyLog = ratelog.New(opts.Logger, slog.LevelInfo, 0)
+	s.handOffLog = ratelog.New(opts.Logger, slog.LevelWarn, 0)
 	s.gate = newAcceptGate(s.logger, s.metrics.acceptErrors)
 	s.AddListener(MainListener, opts.Listen)
 	return s
