@@ -54,8 +54,9 @@ type Limits struct {
 	MaxConnsPerIP int
 	// MaxConns caps the upgraded connections of this server; an upgrade
 	// past it is answered 503 with Retry-After, before any HeadAuthorizer
-	// call. A place is held from then until the connection closes. Zero
-	// means no limit.
+	// call. A place is held from then until the connection closes (one
+	// that closes while a HeadAuthorizer decides: until the call ended).
+	// Zero means no limit.
 	MaxConns int
 	// AllowedOrigins lists the origins browser routes (Route.Browser)
 	// accept: "scheme://host[:port]" (default ports may be left out),
