@@ -113,17 +113,22 @@ func acceptErrorReason(err error) string {
 // acceptGate is the gnet accept error handler: it pauses the listeners
 // that failed, holds the spare descriptors and resumes the listeners when
 // descriptors are free again. Its methods are goroutine-safe; failed runs
-// on the event loop that accepts and never blocks.
+// on the event loop that accepts and never blocks, and shed, which every
+// loop's OnOpen calls, takes no lock. Nothing is logged while mu is held:
+// a slow log writer must not hold up a loop waiting for mu.
 type acceptGate struct {
 	logger *slog.Logger
 	errors map[string]prometheus.Counter // by reason, resolved once
 	paused atomic.Bool
+	// pausedLns holds the addresses of the paused listeners (gnet's own
+	// *net.TCPAddr values), for shed to read without a lock: a map never
+	// changed once stored, replaced under mu.
+	pausedLns atomic.Pointer[map[net.Addr]bool]
 
 	mu         sync.Mutex
 	reserve    []int
-	resumes    []func()          // of the paused listeners
-	pausedLns  map[net.Addr]bool // their addresses (gnet's own *net.TCPAddr values)
-	retrying   bool              // a retry goroutine runs
+	resumes    []func() // of the paused listeners
+	retrying   bool     // a retry goroutine runs
 	stopped    bool
 	done       chan struct{} // closed by stop: the retry goroutine ends
 	since      time.Time     // when the pause began
@@ -193,21 +198,26 @@ func closeAll(fds []int) {
 func (g *acceptGate) failed(listener net.Addr, err error, resume func()) {
 	reason := acceptErrorReason(err)
 	g.errors[reason].Inc()
+	if args := g.pause(listener, err, reason, resume); args != nil {
+		g.logger.Error("accept failed: new connections wait until descriptors free up; open sessions are unaffected", args...)
+	}
+}
+
+// pause is failed's work under mu. It returns the log line's arguments,
+// or nil when the line is suppressed (rate limited).
+func (g *acceptGate) pause(listener net.Addr, err error, reason string, resume func()) []any {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if resume != nil {
 		g.resumes = append(g.resumes, resume)
-		if g.pausedLns == nil {
-			g.pausedLns = map[net.Addr]bool{}
-		}
-		g.pausedLns[listener] = true
+		g.addPausedListener(listener)
 	}
 	now := time.Now()
 	if !g.paused.Load() {
 		closeAll(g.reserve)
 		g.reserve = g.reserve[:0]
 		g.since, g.cause = now, "accept: "+errnoText(err)
-		g.paused.Store(true)
+		g.paused.Store(true) // after pausedLns: shed must not close the failed listener's connections
 	}
 	if !g.retrying && !g.stopped {
 		g.retrying = true
@@ -215,14 +225,30 @@ func (g *acceptGate) failed(listener net.Addr, err error, resume func()) {
 	}
 	if now.Before(g.nextLog) {
 		g.suppressed++
-		return
+		return nil
 	}
 	args := []any{"reason", reason, "err", err, "open_files_limit", openFilesLimit()}
 	if g.suppressed > 0 {
 		args = append(args, "suppressed", g.suppressed)
 	}
 	g.suppressed, g.nextLog = 0, now.Add(acceptLogEvery)
-	g.logger.Error("accept failed: new connections wait until descriptors free up; open sessions are unaffected", args...)
+	return args
+}
+
+// addPausedListener adds listener to pausedLns (a copy: readers hold the
+// old map without a lock). Under mu.
+func (g *acceptGate) addPausedListener(listener net.Addr) {
+	old := g.pausedLns.Load()
+	if old != nil && (*old)[listener] {
+		return
+	}
+	m := map[net.Addr]bool{listener: true}
+	if old != nil {
+		for a := range *old {
+			m[a] = true
+		}
+	}
+	g.pausedLns.Store(&m)
 }
 
 // retry tries to take the spares back after doubling pauses, then resumes
@@ -245,40 +271,49 @@ func (g *acceptGate) retry() {
 // tryResume resumes the paused listeners if the spares could be taken
 // back, and reports whether it did.
 func (g *acceptGate) tryResume() bool {
+	done, logArgs := g.resume()
+	if logArgs != nil {
+		g.logger.Warn("accepting new connections again", logArgs...)
+	}
+	return done
+}
+
+// resume is tryResume's work under mu. It returns the arguments of the
+// line that says accepting resumed, or nil when none is due.
+func (g *acceptGate) resume() (done bool, logArgs []any) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.stopped {
 		g.retrying = false
-		return true
+		return true, nil
 	}
 	if !g.fill() {
-		return false
+		return false, nil
 	}
 	g.paused.Store(false) // first: OnOpen closes what is accepted while paused
 	for _, resume := range g.resumes {
 		resume()
 	}
 	g.resumes, g.retrying = nil, false
-	clear(g.pausedLns)
+	g.pausedLns.Store(nil)
 	if now := time.Now(); !now.Before(g.nextResume) {
 		g.nextResume = now.Add(acceptLogEvery)
-		g.logger.Warn("accepting new connections again", "paused_for", now.Sub(g.since).Round(time.Millisecond).String(),
-			"cause", g.cause)
+		logArgs = []any{"paused_for", now.Sub(g.since).Round(time.Millisecond).String(), "cause", g.cause}
 	}
-	return true
+	return true, logArgs
 }
 
 // shed reports whether OnOpen must close a connection that a listener
 // accepted: while paused, one that has not failed (yet) would hand the
 // spares kept for the admin listener to new clients. Connections the
-// failed listener accepted before its error are kept.
+// failed listener accepted before its error are kept. It takes no lock:
+// every loop calls it for every connection it accepts.
 func (g *acceptGate) shed(listener net.Addr) bool {
 	if !g.paused.Load() {
 		return false
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.paused.Load() && !g.pausedLns[listener]
+	lns := g.pausedLns.Load()
+	return lns == nil || !(*lns)[listener]
 }
 
 // state reports whether accepting is paused, and why.

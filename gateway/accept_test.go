@@ -231,3 +231,55 @@ func TestGatedListenerReportsAcceptErrors(t *testing.T) {
 		t.Errorf("errors counted = %v, want 1 (a closed listener is not one)", v)
 	}
 }
+
+// blockingWriter is a log writer that stalls until released: a log
+// shipper that fell behind.
+type blockingWriter struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (w *blockingWriter) Write(p []byte) (int, error) {
+	select {
+	case w.entered <- struct{}{}:
+	default:
+	}
+	<-w.release
+	return len(p), nil
+}
+
+// TestAcceptGateLogsOutsideItsLock: while the accept error's log line is
+// stuck in a slow writer, the gate answers shed (every loop's OnOpen) and
+// state (/readyz) at once: nothing is logged under its mutex.
+func TestAcceptGateLogsOutsideItsLock(t *testing.T) {
+	w := &blockingWriter{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	errs := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "e"}, []string{"reason"})
+	g := newAcceptGate(slog.New(slog.NewTextHandler(w, nil)), errs)
+	if err := g.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.stop)
+	g.mu.Lock()
+	g.stopped = true // no retry goroutine: the pause lasts
+	g.mu.Unlock()
+	go g.failed(lnA, acceptErr(syscall.EMFILE), func() {})
+	select {
+	case <-w.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the accept error was not logged")
+	}
+	answered := make(chan [3]bool, 1)
+	go func() {
+		_, paused := g.state()
+		answered <- [3]bool{g.shed(lnA), g.shed(lnB), paused}
+	}()
+	select {
+	case got := <-answered:
+		if got != [3]bool{false, true, true} {
+			t.Errorf("shed(failed listener), shed(other), paused = %v, want [false true true]", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("shed and state wait for the log writer")
+	}
+	close(w.release)
+}

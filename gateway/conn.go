@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -64,9 +65,12 @@ type Conn struct {
 	shutWR   bool   // half-close our side once the close frame is flushed
 	scanned  uint16 // how far the request head was searched for its end
 	listener uint8  // index in Server.listeners
-	// authorizing: a HeadAuthorizer is deciding; bytes wait in gnet's buffer.
+	// authorizing: a HeadAuthorizer is deciding; bytes wait in gnet's
+	// buffer. cancelAuth ends its call (closed); set and cleared on the
+	// loop only.
 	authorizing bool
 	authState   any // what it decided, for Accept
+	cancelAuth  context.CancelFunc
 	// carry: bytes read before gnet had the connection (net/http gave it
 	// back for an upgrade); OnTraffic reads them first. nil otherwise.
 	carry []byte
@@ -401,7 +405,13 @@ func (c *Conn) closed() {
 	c.gc = nil
 	c.loop.wheel.Stop(&c.timer)
 	c.frag = nil
-	c.releaseLimits()
+	if c.authorizing {
+		// The call ends now; its decision still comes back (authorized),
+		// and gives the places back then, not before.
+		c.cancelAuth()
+	} else {
+		c.releaseLimits()
+	}
 	if upgraded {
 		c.loop.srv.metrics.disconnect(c.route.Protocol, c.closeCode, c.byPeer)
 		c.notifyClosed()

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -163,7 +164,10 @@ func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
 		return c.refuse(response400Path, resultBadRequest)
 	}
 	if !isUpgrade(head) {
-		srv.handOff(c.gc, c.listener, buf)
+		if !c.handOff(buf) {
+			c.sysWrite(response503HandOff)
+			return 0, gnet.Close
+		}
 		return len(buf), gnet.Close
 	}
 	route := srv.match(srv.listeners[c.listener].name, path)
@@ -180,22 +184,43 @@ func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
 		c.admitted = true
 	}
 	if a, ok := route.Protocol.(HeadAuthorizer); ok {
-		c.authorize(a, head)
+		if !c.authorize(a, head) {
+			srv.metrics.handshake(route.Protocol, resultAuthorizerBusy)
+			c.sysWrite(response503Authorizing)
+			return 0, gnet.Close
+		}
 		return end, gnet.None
 	}
 	return c.upgrade(head)
 }
 
+// response503Authorizing answers an upgrade past Options.MaxAuthorizing.
+var response503Authorizing = fixedResponse(http.StatusServiceUnavailable,
+	"too many upgrades waiting for authorization", "Retry-After: 1")
+
 // authorize hands a copy of the head to the HeadAuthorizer off the loop;
-// the decision comes back as a task. Later bytes wait in gnet's buffer.
-func (c *Conn) authorize(a HeadAuthorizer, head []byte) {
-	c.authorizing = true
+// the decision comes back as a task (authorized). Later bytes wait in
+// gnet's buffer. If the connection closes meanwhile, closed cancels the
+// call and leaves the connection's limit places to authorized, so that
+// an address cannot have more calls running than its cap of connections.
+// It reports false, starting nothing, when Options.MaxAuthorizing calls
+// run already.
+func (c *Conn) authorize(a HeadAuthorizer, head []byte) bool {
+	srv := c.loop.srv
+	if srv.authorizing.Add(1) > int64(srv.opts.MaxAuthorizing) {
+		srv.authorizing.Add(-1)
+		return false
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.authorizing, c.cancelAuth = true, cancel
 	copied := append([]byte(nil), head...)
 	l := c.loop
 	go func() {
-		state, err := a.AuthorizeHead(copied, c.remote)
+		state, err := a.AuthorizeHead(ctx, copied, c.remote)
+		srv.authorizing.Add(-1)
 		c.Run(l.authorizedFn, &authDecision{c, copied, state, err})
 	}()
+	return true
 }
 
 type authDecision struct {
@@ -210,10 +235,15 @@ type authDecision struct {
 func (l *Loop) authorized(arg any) {
 	d := arg.(*authDecision)
 	c := d.c
+	c.authorizing = false
+	c.cancelAuth() // frees the context; the call is over
+	c.cancelAuth = nil
 	if c.state != stateHandshake {
+		if c.state == stateClosed {
+			c.releaseLimits() // closed left them for now
+		}
 		return // gone meanwhile
 	}
-	c.authorizing = false
 	if d.err != nil {
 		status := 403
 		var he *HTTPError

@@ -5,33 +5,60 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/panjf2000/gnet/v2"
 )
 
 // handOff passes a plain HTTP request to net/http. It runs on the loop: it
-// duplicates the socket (gnet closes its own descriptor when OnTraffic
-// returns gnet.Close) and copies the bytes already read; the rest happens on
-// a goroutine, off the loop.
+// duplicates the socket as a net.Conn (gnet closes its own descriptor when
+// OnTraffic returns gnet.Close) and copies the bytes already read; a
+// goroutine queues it for net/http's Accept, off the loop. The
+// connection's place in its address's cap goes with it, given back when
+// net/http closes the connection.
+//
+// It reports false when the socket cannot be duplicated (out of
+// descriptors, say): the caller answers 503, and the failure is logged,
+// collapsed when it repeats.
 //
 // net/http keeps the connection alive for more requests. If one of them
 // asks for a WebSocket upgrade, upgradeBack gives the connection back to
 // the loop it came from, which upgrades it as if it were new (routes,
 // limits, handshake deadline and all): an upgrade is served whether or not
 // it is the connection's first request.
-func (s *Server) handOff(gc gnet.Conn, listener uint8, buffered []byte) {
+func (c *Conn) handOff(buffered []byte) bool {
+	s := c.loop.srv
+	nc, err := dupConn(c.gc)
+	if err != nil {
+		s.handOffLog.Log("dup", "http hand-off failed: request answered 503", slog.String("err", err.Error()))
+		return false
+	}
+	pc := &prefixConn{Conn: nc, prefix: append([]byte(nil), buffered...), el: c.gc.EventLoop(), release: c.handOffPlace()}
+	s.metrics.httpHandOffs.Inc()
+	go s.listeners[c.listener].ln.deliver(pc)
+	return true
+}
+
+// response503HandOff answers a plain request that could not be handed to
+// net/http.
+var response503HandOff = fixedResponse(http.StatusServiceUnavailable, "server busy: try again", "Retry-After: 1")
+
+// dupConn duplicates gc's socket as a net.Conn of its own: a few system
+// calls that do not block.
+func dupConn(gc gnet.Conn) (net.Conn, error) {
 	fd, err := gc.Dup()
 	if err != nil {
-		s.logger.Warn("http hand-off: dup failed", "err", err)
-		return
+		return nil, err
 	}
-	prefix := append([]byte(nil), buffered...)
-	s.metrics.httpHandOffs.Inc()
-	go s.listeners[listener].ln.deliver(fd, prefix, gc.EventLoop())
+	f := os.NewFile(uintptr(fd), "handoff")
+	nc, err := net.FileConn(f) // dups again; the *os.File is ours to close
+	_ = f.Close()
+	return nc, err
 }
 
 // upgradeBack is the net/http side of every listener: requests that ask
@@ -72,6 +99,7 @@ func (s *Server) returnToLoop(w http.ResponseWriter, r *http.Request) error {
 		_ = nc.Close()
 		return fmt.Errorf("unexpected connection type %T", nc)
 	}
+	pc.releasePlace() // the loop takes a place again (OnOpen)
 	carry := rebuildHead(r)
 	ahead, _ := brw.Reader.Peek(brw.Reader.Buffered())
 	carry = append(append(carry, ahead...), pc.prefix...)
@@ -127,20 +155,13 @@ func newHandoffListener(addr net.Addr) *handoffListener {
 	return &handoffListener{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
 }
 
-// deliver wraps a duplicated descriptor as a net.Conn whose first reads
-// return prefix, and queues it for Accept.
-func (l *handoffListener) deliver(fd int, prefix []byte, el gnet.EventLoop) {
-	f := os.NewFile(uintptr(fd), "handoff")
-	nc, err := net.FileConn(f) // dups again; the *os.File is ours to close
-	_ = f.Close()
-	if err != nil {
-		return
-	}
-	c := &prefixConn{Conn: nc, prefix: prefix, el: el}
+// deliver queues c for Accept, or closes it once the listener is
+// closed.
+func (l *handoffListener) deliver(c *prefixConn) {
 	select {
 	case l.conns <- c:
 	case <-l.done:
-		_ = nc.Close()
+		_ = c.Close()
 	}
 }
 
@@ -161,11 +182,28 @@ func (l *handoffListener) Close() error {
 func (l *handoffListener) Addr() net.Addr { return l.addr }
 
 // prefixConn replays the bytes the loop already read before reading the
-// socket.
+// socket, and holds the connection's place in its address's cap until it
+// is closed or given back to the loop.
 type prefixConn struct {
 	net.Conn
 	prefix []byte
 	el     gnet.EventLoop // the loop it came from, for upgradeBack
+	// release gives the place back (nil: none held); released makes that
+	// happen once, whoever comes first.
+	release  func()
+	released atomic.Bool
+}
+
+// Close closes the socket and gives the place back.
+func (c *prefixConn) Close() error {
+	c.releasePlace()
+	return c.Conn.Close()
+}
+
+func (c *prefixConn) releasePlace() {
+	if c.release != nil && c.released.CompareAndSwap(false, true) {
+		c.release()
+	}
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) {

@@ -40,19 +40,23 @@ type Limits struct {
 	// back to back before MessageRate applies. Zero means
 	// DefaultMessageBurst. Ignored without MessageRate.
 	MessageBurst int
-	// MaxConnsPerIP caps the connections from one remote IP address on
-	// the event loops: upgraded ones and those still sending their request
-	// head or waiting for a HeadAuthorizer, so one address cannot hold
-	// thousands of half-open upgrades. A place is taken at accept and given
-	// back at close; a plain HTTP request gives it back once handed to
-	// net/http. A connection past the cap is answered 429 with Retry-After
-	// at once, before its request is read, and closed. Zero means no
-	// limit.
+	// MaxConnsPerIP caps the connections from one remote address: an IPv4
+	// address, or an IPv6 /64 (one host usually owns a whole /64). It
+	// counts upgraded connections, those still sending their request head
+	// or waiting for a HeadAuthorizer, and plain HTTP connections net/http
+	// serves (kept alive up to its idle timeout), so one address can
+	// neither hold thousands of half-open upgrades nor thousands of idle
+	// keep-alive connections. A place is taken at accept and given back
+	// when the connection closes: on the loop, once a HeadAuthorizer's
+	// call has ended; in net/http, when it closes the connection. A
+	// connection past the cap is answered 429 with Retry-After at once,
+	// before its request is read, and closed. Zero means no limit.
 	MaxConnsPerIP int
 	// MaxConns caps the upgraded connections of this server; an upgrade
 	// past it is answered 503 with Retry-After, before any HeadAuthorizer
-	// call. A place is held from then until the connection closes. Zero
-	// means no limit.
+	// call. A place is held from then until the connection closes (one
+	// that closes while a HeadAuthorizer decides: until the call ended).
+	// Zero means no limit.
 	MaxConns int
 	// AllowedOrigins lists the origins browser routes (Route.Browser)
 	// accept: "scheme://host[:port]" (default ports may be left out),
@@ -179,9 +183,21 @@ func (c *Conn) releaseLimits() {
 		lim.conns.Add(-1)
 	}
 	if c.ipHeld {
-		lim.perIP.release(c.remote.Addr().Unmap())
+		lim.perIP.release(c.remote.Addr())
 	}
 	c.admitted, c.ipHeld = false, false
+}
+
+// handOffPlace moves the connection's place in its address's cap to the
+// connection handed to net/http: it returns the func that gives the place
+// back (when net/http closes the connection), or nil if none is held.
+func (c *Conn) handOffPlace() func() {
+	if !c.ipHeld {
+		return nil
+	}
+	c.ipHeld = false
+	lim, addr := c.loop.limiter(), c.remote.Addr()
+	return func() { lim.perIP.release(addr) }
 }
 
 // overRate charges one message to a connection's bucket (GCRA: one int64
@@ -216,7 +232,26 @@ func (c *ipCounter) shard(a netip.Addr) *ipShard {
 	return &c.shards[maphash.Bytes(c.seed, b[:])%uint64(len(c.shards))]
 }
 
+// ipKey is what an address counts as in the per-address cap: an IPv4
+// address (IPv4-mapped IPv6 included) alone, an IPv6 address as its /64.
+// One host, or one subscriber's router, usually owns a whole /64: counted
+// address by address, it could open the cap again from each of 2^64
+// addresses.
+func ipKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if !a.Is6() {
+		return a
+	}
+	p, err := a.WithZone("").Prefix(64)
+	if err != nil {
+		return a
+	}
+	return p.Addr()
+}
+
+// acquire takes a place for a (counted as ipKey(a)) unless max are taken.
 func (c *ipCounter) acquire(a netip.Addr, max int) bool {
+	a = ipKey(a)
 	sh := c.shard(a)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -230,7 +265,9 @@ func (c *ipCounter) acquire(a netip.Addr, max int) bool {
 	return true
 }
 
+// release gives back a place acquire took for a.
 func (c *ipCounter) release(a netip.Addr) {
+	a = ipKey(a)
 	sh := c.shard(a)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -241,8 +278,9 @@ func (c *ipCounter) release(a netip.Addr) {
 	}
 }
 
-// count returns the connections counted for a.
+// count returns the connections counted for a's key.
 func (c *ipCounter) count(a netip.Addr) int {
+	a = ipKey(a)
 	sh := c.shard(a)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()

@@ -138,3 +138,47 @@ func TestIPCounter(t *testing.T) {
 		t.Fatal("counts left behind")
 	}
 }
+
+// TestIPKey: the per-address cap counts an IPv4 address alone (mapped
+// into IPv6 or not) and an IPv6 address as its /64.
+func TestIPKey(t *testing.T) {
+	for _, tc := range []struct{ addr, key string }{
+		{"192.0.2.1", "192.0.2.1"},
+		{"::ffff:192.0.2.1", "192.0.2.1"},
+		{"2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"},
+		{"2001:db8:1:2::", "2001:db8:1:2::"},
+		{"2001:db8:1:3::1", "2001:db8:1:3::"},
+		{"fe80::1%eth0", "fe80::"},
+		{"::1", "::"},
+	} {
+		if got := ipKey(netip.MustParseAddr(tc.addr)); got != netip.MustParseAddr(tc.key) {
+			t.Errorf("ipKey(%s) = %s, want %s", tc.addr, got, tc.key)
+		}
+	}
+}
+
+// TestPerIPCapGroups: addresses of one IPv6 /64 share a cap; other /64s
+// and IPv4 addresses have their own.
+func TestPerIPCapGroups(t *testing.T) {
+	var c ipCounter
+	for _, tc := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"2001:db8::1", true},
+		{"2001:db8::2", false}, // same /64
+		{"2001:db8:0:0:ffff:ffff:ffff:ffff", false},
+		{"2001:db8:0:1::1", true}, // next /64
+		{"192.0.2.1", true},
+		{"::ffff:192.0.2.1", false}, // the same IPv4 address
+		{"192.0.2.2", true},
+	} {
+		if got := c.acquire(netip.MustParseAddr(tc.addr), 1); got != tc.ok {
+			t.Errorf("acquire(%s) = %v, want %v", tc.addr, got, tc.ok)
+		}
+	}
+	c.release(netip.MustParseAddr("2001:db8::ffff")) // another address of the /64 gives it back
+	if !c.acquire(netip.MustParseAddr("2001:db8::3"), 1) {
+		t.Error("the /64's place was not given back")
+	}
+}

@@ -22,6 +22,9 @@ const (
 	resultTimeout    = "timeout"
 	resultTooLarge   = "too_large"
 	resultShutdown   = "shutdown"
+	// resultAuthorizerBusy: Options.MaxAuthorizing upgrades were waiting
+	// for a HeadAuthorizer already (503).
+	resultAuthorizerBusy = "authorizer_busy"
 )
 
 // maxProtocols bounds the protocols one server registers; per-loop counters

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"net/netip"
 
 	"github.com/gobwas/ws"
@@ -26,9 +27,12 @@ type Protocol interface {
 // (parse it with net/http's ReadRequest); meanwhile the connection waits.
 // A nil error upgrades, and state reaches Accept as Request.Authorized; an
 // *HTTPError refuses with its status and an empty body, any other error
-// with 403.
+// with 403. ctx is canceled when the connection closes meanwhile (the
+// client left, the handshake timed out, the server stops): end the call
+// then, its answer is dropped. At most Options.MaxAuthorizing calls run at
+// once, server-wide.
 type HeadAuthorizer interface {
-	AuthorizeHead(head []byte, remote netip.AddrPort) (state any, err error)
+	AuthorizeHead(ctx context.Context, head []byte, remote netip.AddrPort) (state any, err error)
 }
 
 // Handler is one connection's protocol state. Every method runs on the

@@ -59,6 +59,14 @@ const (
 	// or running on one event loop: a stalled loop holds at most this much
 	// of other people's messages.
 	DefaultMaxLoopBytes = 64 << 20
+	// DefaultMaxAuthorizing bounds the upgrade requests waiting for a
+	// HeadAuthorizer (wsify's connect webhook) at once, server-wide. Each
+	// holds a goroutine and an outgoing call; past the bound an upgrade is
+	// answered 503 at once, without a call, so a flood of upgrade heads
+	// cannot queue thousands of calls in front of real clients'. 1024 is
+	// four times the connections wsify keeps to its authorizer (256): a
+	// burst of clients waits a little in that queue, no more.
+	DefaultMaxAuthorizing = 1024
 	// minDrainRate is the slowest a node drains, in closes per second: a
 	// node with few connections does not wait out the whole window.
 	minDrainRate = 1000
@@ -122,6 +130,10 @@ type Options struct {
 	MaxLoopTasks int
 	// MaxLoopBytes: zero means DefaultMaxLoopBytes.
 	MaxLoopBytes int
+	// MaxAuthorizing caps the upgrade requests waiting for a
+	// HeadAuthorizer at once; past it an upgrade is answered 503 with
+	// Retry-After: 1, without the call. Zero means DefaultMaxAuthorizing.
+	MaxAuthorizing int
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -136,6 +148,7 @@ func (o *Options) setDefaults() {
 	o.DrainWindow = cmpOr(o.DrainWindow, DefaultDrainWindow)
 	o.MaxLoopTasks = cmpOr(o.MaxLoopTasks, DefaultMaxLoopTasks)
 	o.MaxLoopBytes = cmpOr(o.MaxLoopBytes, DefaultMaxLoopBytes)
+	o.MaxAuthorizing = cmpOr(o.MaxAuthorizing, DefaultMaxAuthorizing)
 	o.ShutdownTimeout = max(cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout), o.DrainWindow+5*time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -168,6 +181,7 @@ type Server struct {
 	stopped      chan error
 	draining     atomic.Bool
 	conns        atomic.Int64
+	authorizing  atomic.Int64 // HeadAuthorizer calls running (Options.MaxAuthorizing)
 
 	loopsMu sync.Mutex
 	loops   []*Loop
@@ -177,6 +191,9 @@ type Server struct {
 	// policyLog writes the closes a client causes by misbehaving (slow
 	// consumer, message rate), collapsed when they repeat.
 	policyLog *ratelog.Logger
+	// handOffLog writes the plain HTTP requests that could not be handed
+	// to net/http (out of descriptors), collapsed when they repeat.
+	handOffLog *ratelog.Logger
 }
 
 // New returns a server that delivers publishes through hub. Add routes and
@@ -191,6 +208,7 @@ func New(opts Options, hub *session.Hub) *Server {
 	s.metrics = newMetrics(s)
 	hub.SetMaxPayload(s.maxPayload())
 	s.policyLog = ratelog.New(opts.Logger, slog.LevelInfo, 0)
+	s.handOffLog = ratelog.New(opts.Logger, slog.LevelWarn, 0)
 	s.gate = newAcceptGate(s.logger, s.metrics.acceptErrors)
 	s.AddListener(MainListener, opts.Listen)
 	return s

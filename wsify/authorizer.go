@@ -27,6 +27,7 @@ const (
 	deny                       // any other status below 500
 	unavailable                // 5xx or a transport error
 	timedOut                   // the call's timeout passed
+	canceled                   // the caller gave up: the client left first
 )
 
 // identity is what a connection is known by in authorizer payloads (§6).
@@ -73,8 +74,10 @@ type connFull struct {
 // It runs off the loop with a copy of the request head. A 200 upgrades;
 // anything else, a transport error or a timeout refuses with 403 and an
 // empty body. Without an authorizer it returns at once (and Route does not
-// even offer it to the gateway).
-func (p *Protocol) AuthorizeHead(head []byte, remote netip.AddrPort) (any, error) {
+// even offer it to the gateway). The gateway cancels ctx when the client
+// leaves first: the call ends then, not at the timeout, and is neither
+// logged nor counted as the authorizer's failure.
+func (p *Protocol) AuthorizeHead(ctx context.Context, head []byte, remote netip.AddrPort) (any, error) {
 	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
 	if err != nil {
 		return nil, &gateway.HTTPError{Status: http.StatusBadRequest}
@@ -93,7 +96,7 @@ func (p *Protocol) AuthorizeHead(head []byte, remote netip.AddrPort) (any, error
 	if err != nil {
 		return nil, &gateway.HTTPError{Status: http.StatusForbidden}
 	}
-	v, status, err := p.call(b)
+	v, status, err := p.call(ctx, b)
 	if v != allow {
 		p.logVerdict("connect", id.id, remote.Addr(), v, status, err)
 		return nil, &gateway.HTTPError{Status: http.StatusForbidden}
@@ -112,9 +115,10 @@ func (p *Protocol) messageBody(id *identity, m *message) []byte {
 
 // call POSTs body to the authorizer and classifies the answer. It blocks
 // for up to the timeout: never call it on a loop. The response body is
-// ignored (read up to 64 KiB so the connection can be reused).
-func (p *Protocol) call(body []byte) (verdict, int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+// ignored (read up to 64 KiB so the connection can be reused). Canceling
+// parent ends the call at once (verdict canceled).
+func (p *Protocol) call(parent context.Context, body []byte) (verdict, int, error) {
+	ctx, cancel := context.WithTimeout(parent, p.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.authURL, bytes.NewReader(body))
 	if err != nil {
@@ -127,6 +131,8 @@ func (p *Protocol) call(body []byte) (verdict, int, error) {
 	var v verdict
 	status := 0
 	switch {
+	case err != nil && errors.Is(parent.Err(), context.Canceled):
+		v = canceled
 	case err != nil:
 		v = unavailable
 		var ne net.Error

@@ -1,6 +1,7 @@
 package wsify
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"time"
@@ -95,6 +96,7 @@ type conn struct {
 	sess *session.Session
 
 	busy   bool       // an authorizer call is in flight
+	cancel func()     // cancels it
 	queue  []*message // messages waiting behind it
 	doneFn func(any)
 }
@@ -146,13 +148,17 @@ type authResult struct {
 }
 
 // authorize asks the authorizer about m off the loop; the answer comes
-// back through Loop.Run to done. The connection takes no other call
-// meanwhile.
+// back through Conn.Run to done. The connection takes no other call
+// meanwhile, and a call still running when it closes is canceled: a client
+// that sends a message and leaves, again and again, cannot pile calls up.
 func (h *conn) authorize(m *message) {
 	h.busy = true
 	p, c, id := h.p, h.c, h.id
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
 	go func() {
-		v, status, err := p.call(p.messageBody(id, m))
+		defer cancel()
+		v, status, err := p.call(ctx, p.messageBody(id, m))
 		c.Run(h.doneFn, &authResult{m, v, status, err})
 	}()
 }
@@ -161,7 +167,7 @@ func (h *conn) authorize(m *message) {
 // next queued message.
 func (h *conn) done(arg any) {
 	r := arg.(*authResult)
-	h.busy = false
+	h.busy, h.cancel = false, nil
 	if !h.c.Open() {
 		h.queue = nil
 		return
@@ -237,6 +243,9 @@ func (h *conn) OnClose(c *gateway.Conn) {
 		c.Loop().Shard().Remove(h.sess)
 	}
 	h.queue = nil
+	if h.cancel != nil {
+		h.cancel()
+	}
 }
 
 // Deliver implements session.Sink: the payload is the whole frame's

@@ -25,9 +25,11 @@
 //
 //   - the connect call: the Protocol is a gateway.HeadAuthorizer, and the
 //     gateway runs AuthorizeHead on a goroutine of its own with a copy of
-//     the request head. Without an authorizer, Route hands the gateway a
-//     view of the Protocol that is not a HeadAuthorizer, so connections
-//     upgrade at once with no goroutine.
+//     the request head, and cancels its context when the client leaves
+//     first: the call ends then (verdict "canceled", not logged). Without
+//     an authorizer, Route hands the gateway a view of the Protocol that
+//     is not a HeadAuthorizer, so connections upgrade at once with no
+//     goroutine.
 //   - message calls: conn.authorize starts one goroutine per call; it
 //     builds the body, POSTs it and hands the answer back through
 //     Loop.Run (FIFO) to conn.done, on the loop. A connection has at most

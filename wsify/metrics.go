@@ -15,7 +15,7 @@ type metrics struct {
 	duration prometheus.Histogram
 	dropped  *prometheus.CounterVec
 
-	results     [4]prometheus.Counter // by verdict
+	results     [5]prometheus.Counter // by verdict
 	droppedUTF8 prometheus.Counter
 }
 
@@ -23,7 +23,7 @@ func newMetrics() *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gateway_webhook_requests_total",
-			Help: "wsify authorizer calls by result: allow (200), deny (other status below 500), error (5xx or transport error), timeout.",
+			Help: "wsify authorizer calls by result: allow (200), deny (other status below 500), error (5xx or transport error), timeout, canceled (the client left first).",
 		}, []string{"result"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gateway_webhook_duration_seconds",
@@ -40,6 +40,7 @@ func newMetrics() *metrics {
 	m.results[deny] = m.requests.WithLabelValues("deny")
 	m.results[unavailable] = m.requests.WithLabelValues("error")
 	m.results[timedOut] = m.requests.WithLabelValues("timeout")
+	m.results[canceled] = m.requests.WithLabelValues("canceled")
 	m.droppedUTF8 = m.dropped.WithLabelValues("invalid_utf8")
 	return m
 }
