@@ -162,3 +162,32 @@ func TestHandOffFailureAnswers503(t *testing.T) {
 		t.Fatalf("%d log lines for 3 failed hand-offs, want 1: %q", n, log.String())
 	}
 }
+
+// panickingAuthorizer is a HeadAuthorizer that panics.
+type panickingAuthorizer struct{ echoProtocol }
+
+func (panickingAuthorizer) Name() string { return "echo-panic" }
+func (panickingAuthorizer) AuthorizeHead(context.Context, []byte, netip.AddrPort) (any, error) {
+	panic("authorizer bug")
+}
+
+// TestAuthorizerPanicIsContained: a HeadAuthorizer that panics (in its own
+// goroutine, where nothing of the loops' guards runs) fails only its
+// request, with a 500; the panic is counted and every place comes back.
+func TestAuthorizerPanicIsContained(t *testing.T) {
+	l := NewFakeLoop(Options{}, Route{Path: "/echo", Protocol: panickingAuthorizer{}, Text: true})
+	l.srv.logger = discardLogger
+	l.srv.SetLimits(Limits{MaxConnsPerIP: 1})
+	f := l.open()
+	l.feed(f, []byte(upgradeHead))
+	waitDecisions(t, l)
+	if !strings.HasPrefix(string(f.out), "HTTP/1.1 500 ") || !f.closed {
+		t.Fatalf("answer %q closed %v, want a 500 and the connection closed", f.out, f.closed)
+	}
+	if got := counterValue(t, l.srv.metrics.panics); got != 1 {
+		t.Fatalf("panics counted %v, want 1", got)
+	}
+	if l.srv.authorizing.Load() != 0 || l.srv.limits.perIP.count(netip.MustParseAddr("127.0.0.1")) != 0 {
+		t.Fatalf("authorizing %d, places of 127.0.0.1 %d", l.srv.authorizing.Load(), l.srv.limits.perIP.count(netip.MustParseAddr("127.0.0.1")))
+	}
+}

@@ -45,6 +45,27 @@ func (c *Conn) failAfterPanic() {
 	}
 }
 
+// panickedOffLoop records a panic recovered in a goroutine working for c
+// (an authorizer call, a store request): counted and logged like one on a
+// loop; the caller still delivers its outcome, or c fails through
+// RecoverOffLoop.
+func (s *Server) panickedOffLoop(c *Conn, where string, v any) {
+	s.metrics.panics.Inc()
+	s.logger.Error("panic recovered off the event loops", "where", where, "remote", c.remote,
+		"panic", v, "stack", string(debug.Stack()))
+}
+
+// RecoverOffLoop is deferred in a goroutine a protocol starts on c's
+// behalf: a panic there would end the process. It is counted and logged,
+// and c fails on its loop with its protocol's internal-error code. It is
+// goroutine-safe.
+func (c *Conn) RecoverOffLoop(where string) {
+	if v := recover(); v != nil {
+		c.loop.srv.panickedOffLoop(c, where, v)
+		c.Run(func(any) { c.failAfterPanic() }, nil)
+	}
+}
+
 // recoverConn is deferred around a call into c's code.
 func (c *Conn) recoverConn(where string) {
 	if v := recover(); v != nil {

@@ -216,12 +216,22 @@ func (c *Conn) authorize(a HeadAuthorizer, head []byte) bool {
 	copied := append([]byte(nil), head...)
 	l := c.loop
 	go func() {
-		state, err := a.AuthorizeHead(ctx, copied, c.remote)
-		srv.authorizing.Add(-1)
-		c.Run(l.authorizedFn, &authDecision{c, copied, state, err})
+		var state any
+		var err error = errAuthorizerFailed // what a panic below leaves
+		defer func() {
+			if v := recover(); v != nil {
+				srv.panickedOffLoop(c, "head authorizer", v)
+			}
+			srv.authorizing.Add(-1)
+			c.Run(l.authorizedFn, &authDecision{c, copied, state, err})
+		}()
+		state, err = a.AuthorizeHead(ctx, copied, c.remote)
 	}()
 	return true
 }
+
+// errAuthorizerFailed is the decision of a HeadAuthorizer that panicked.
+var errAuthorizerFailed = &HTTPError{Status: http.StatusInternalServerError, Text: "authorizer failed"}
 
 type authDecision struct {
 	c     *Conn

@@ -99,25 +99,38 @@ func (s *Server) returnToLoop(w http.ResponseWriter, r *http.Request) error {
 		_ = nc.Close()
 		return fmt.Errorf("unexpected connection type %T", nc)
 	}
-	pc.releasePlace() // the loop takes a place again (OnOpen)
+	// The per-IP place goes with the connection: OnOpen keeps it rather
+	// than take one again, which another connection of the address could
+	// have taken meanwhile.
+	place := pc.takePlace()
 	carry := rebuildHead(r)
 	ahead, _ := brw.Reader.Peek(brw.Reader.Buffered())
 	carry = append(append(carry, ahead...), pc.prefix...)
-	ctx := gnet.NewContext(context.Background(), &returnedConn{carry: carry})
+	ctx := gnet.NewContext(context.Background(), &returnedConn{carry: carry, placeHeld: place != nil})
 	res, err := pc.el.Enroll(ctx, tcp) // dups the socket, then closes tcp
 	if err != nil {
 		_ = nc.Close()
+		if place != nil {
+			place()
+		}
 		return err
 	}
 	if r := <-res; r.Err != nil {
+		if place != nil {
+			place()
+		}
 		return r.Err
 	}
 	return nil
 }
 
 // returnedConn is the gnet context of a connection net/http gave back: the
-// bytes OnOpen must treat as already read.
-type returnedConn struct{ carry []byte }
+// bytes OnOpen must treat as already read, and whether it brings its
+// per-IP place along.
+type returnedConn struct {
+	carry     []byte
+	placeHeld bool
+}
 
 // rebuildHead writes a parsed request's head again.
 func rebuildHead(r *http.Request) []byte {
@@ -198,6 +211,16 @@ type prefixConn struct {
 func (c *prefixConn) Close() error {
 	c.releasePlace()
 	return c.Conn.Close()
+}
+
+// takePlace takes the place over from the connection, for whoever holds
+// it next: it returns the function that gives it back (nil when none was
+// held or it was given back already), and Close will not give it back.
+func (c *prefixConn) takePlace() func() {
+	if c.release != nil && c.released.CompareAndSwap(false, true) {
+		return c.release
+	}
+	return nil
 }
 
 func (c *prefixConn) releasePlace() {

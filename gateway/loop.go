@@ -156,6 +156,12 @@ func (l *Loop) enqueue(t task) bool {
 			// The engine is stopping: nothing will run any more.
 			l.mu.Lock()
 			l.scheduled = false
+			for _, t := range l.tasks {
+				if t.size >= 0 {
+					l.backlog.Add(-1)
+					l.backlogBytes.Add(-int64(t.size))
+				}
+			}
 			clear(l.tasks)
 			l.tasks = l.tasks[:0]
 			l.mu.Unlock()

@@ -17,8 +17,10 @@ import "math/bits"
 // unsent part is known without any callback from gnet.
 //
 // A connection thus holds in gnet's buffer at most MaxOutbound plus
-// maxOversized writes, each at most Server.maxWrite: the hub drops larger
-// payloads (Server.maxPayload), and a larger write is a slow consumer's.
+// maxOversized writes, each at most Server.maxWrite (the hub drops larger
+// payloads, Server.maxPayload) or a protocol's own larger reply (KOsync's
+// documents.all lists a whole library), which goes out only to a reader
+// that has taken everything before it.
 
 // maxOversized is how many writes larger than the budget may wait in gnet's
 // buffer at once: the one being written and the one behind it.
@@ -85,7 +87,7 @@ func (c *Conn) sendWithin(b []byte) bool {
 		if behind+len(b) > budget {
 			return false
 		}
-	} else if len(b) > c.loop.srv.maxWrite() || behind > budget || !c.noteOversized(c.written, len(b)) {
+	} else if pending > 0 && len(b) > c.loop.srv.maxWrite() || behind > budget || !c.noteOversized(c.written, len(b)) {
 		return false
 	}
 	c.written += uint64(len(b))

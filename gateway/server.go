@@ -455,7 +455,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: s.sinceEpoch(),
 		listener: s.listenerOf(gc.Fd())}
 	if r, ok := gc.Context().(*returnedConn); ok { // an upgrade net/http gave back
-		c.carry = r.carry
+		c.carry, c.ipHeld = r.carry, r.placeHeld
 		_ = gc.Wake(nil) // OnTraffic reads the carried head
 	}
 	c.timer.Init(c)
@@ -463,7 +463,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	gc.SetContext(c)
 	s.conns.Add(1)
 	s.metrics.accepted.Inc()
-	if lim := s.limits; lim != nil {
+	if lim := s.limits; lim != nil && !c.ipHeld {
 		var refusal []byte
 		if c.ipHeld, refusal = lim.acceptIP(c.remote.Addr().Unmap()); refusal != nil {
 			s.metrics.handshake(nil, resultOverLimit)

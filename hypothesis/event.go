@@ -93,7 +93,11 @@ func (p *Protocol) EventHandler(hub *session.Hub) http.Handler {
 			return
 		}
 		if err := hub.Publish(Channel, payload, 0); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
+			status := http.StatusServiceUnavailable // busy: try again
+			if errors.Is(err, session.ErrTooLarge) {
+				status = http.StatusRequestEntityTooLarge // never fits
+			}
+			writeJSON(w, status, map[string]any{"error": err.Error()})
 			return
 		}
 		p.counted[in.Action].Inc()

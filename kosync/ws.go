@@ -226,6 +226,7 @@ func (h *wsConn) async(method string, fn func(ctx context.Context, post func(any
 	h.busy = true
 	c := h.c
 	go func() {
+		defer c.RecoverOffLoop("kosync " + method)
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		defer cancel()
 		fn(ctx, func(result any, err error) {

@@ -157,6 +157,7 @@ func (h *conn) authorize(m *message) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {
+		defer c.RecoverOffLoop("wsify authorizer call")
 		defer cancel()
 		v, status, err := p.call(ctx, p.messageBody(id, m))
 		c.Run(h.doneFn, &authResult{m, v, status, err})
