@@ -10,7 +10,9 @@ import (
 // gnet or the task queue is guarded here: OnTraffic (handshake, frames,
 // OnMessage), OnClose, deadlines from the wheel, loop tasks (Loop.Run,
 // Conn.Run, After) and the hub's calls into a session's Sink
-// (Loop.SinkPanicked). A recovered panic is counted in
+// (Loop.SinkPanicked); and off the loops, the goroutines that work for a
+// connection (the head authorizer's call, and a protocol's through
+// RecoverOffLoop). A recovered panic is counted in
 // gateway_handler_panics_total, logged with its stack, and fails only the
 // connection concerned.
 
