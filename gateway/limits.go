@@ -160,6 +160,9 @@ func (lim *limiter) acceptIP(remote netip.Addr) (held bool, refusal []byte) {
 func (lim *limiter) admit(r *Route, origin []byte) (string, []byte) {
 	if r.Browser && len(origin) > 0 && !lim.origins.allowed(origin) {
 		lim.metrics.origin.Inc()
+		if r.Forbidden != nil {
+			return resultOriginForbidden, r.Forbidden
+		}
 		return resultOriginForbidden, lim.reject403
 	}
 	if max := lim.l.MaxConns; max > 0 {

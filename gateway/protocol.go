@@ -73,6 +73,11 @@ type Route struct {
 	// WebSocket hijacking. Native clients are not browsers: their routes
 	// ignore Origin.
 	Browser bool
+	// Forbidden is the whole HTTP response (status line to body) answering
+	// an upgrade refused by its Origin, for a protocol with its own error
+	// shape; it must close the connection (Connection: close). Zero means
+	// the gateway's 403 text/plain "origin not allowed".
+	Forbidden []byte
 	// InternalError is the close code sent when the protocol's handler
 	// panics (the panic is logged and the server goes on); zero means
 	// CloseInternalError (1011).

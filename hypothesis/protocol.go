@@ -3,6 +3,7 @@ package hypothesis
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -122,10 +123,21 @@ func (p *Protocol) Collectors() []prometheus.Collector { return []prometheus.Col
 // Name implements gateway.Protocol.
 func (p *Protocol) Name() string { return "hypothesis" }
 
-// Route returns the gateway route of /ws on the main listener.
+// Route returns the gateway route of /ws on the main listener. An upgrade
+// refused by --allowed-origins (when the route is marked Browser) gets h's
+// 403 forbidden JSON.
 func (p *Protocol) Route() gateway.Route {
-	return gateway.Route{Path: Path, Protocol: p, Text: true}
+	return gateway.Route{Path: Path, Protocol: p, Text: true, Forbidden: response403}
 }
+
+// forbidden is h's answer to a refused origin (§1).
+const forbidden = `{"ok": false, "error": "forbidden", "reason": "You are not allowed here. Are you connecting from an allowed origin?"}`
+
+// response403 is the whole HTTP answer carrying forbidden, written as is
+// by the loop; it closes the connection.
+var response403 = []byte(fmt.Sprintf("HTTP/1.1 403 Forbidden\r\n"+
+	"Connection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+	len(forbidden), forbidden))
 
 // badHandshake is h's answer to a plain request on /ws.
 const badHandshake = `{"ok": false, "error": "bad_handshake", "reason": "Handshake failed. Are you a WebSocket client?"}`
