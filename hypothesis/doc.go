@@ -6,6 +6,10 @@
 //
 //   - GET /ws on the main listener: the WebSocket (Route). A plain request
 //     without a valid upgrade gets h's 400 bad_handshake JSON (RegisterHTTP).
+//     With --allowed-origins (the node marks the route Browser), an upgrade
+//     whose Origin header is not listed gets h's 403 forbidden JSON
+//     (Route.Forbidden) before Accept; one without Origin is not a browser
+//     and passes.
 //   - POST /api/hypothesis/events on the admin listener (EventHandler): the
 //     annotation events, since the gateway has no database.
 //
@@ -73,7 +77,9 @@
 //     accepts, are invalid JSON here (close 1000). A binary frame that is not
 //     UTF-8 is invalid JSON.
 //   - Keepalive: a Ping every 30 s; 60 s without any frame closes with 1001.
-//   - debug=1 is accepted and ignored (it only turns on logging in h). No
-//     Origin allowlist (h has none). access_token is never logged.
+//   - debug=1 is accepted and ignored (it only turns on logging in h).
+//     access_token is never logged.
+//   - Origin: h checks none, despite its 403 text; here --allowed-origins
+//     applies (off by default: every origin is accepted).
 //   - session-change events are not implemented.
 package hypothesis
