@@ -1,6 +1,7 @@
 package wsify
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -459,4 +460,48 @@ func TestJoinChannelNameCap(t *testing.T) {
 	a.expect(`"at the cap"`)
 	a.join(long + "n")
 	a.expectClose(websocket.StatusPolicyViolation, "channel name longer than 1024 bytes")
+}
+
+// TestSubprotocolEcho: a lone offered subprotocol is echoed, as wsify's
+// x/net/websocket server does (browsers fail the connection otherwise);
+// with several offered none is selected (documented in doc.go).
+func TestSubprotocolEcho(t *testing.T) {
+	t.Parallel()
+	az := newAuthorizer(t, func(*http.Request, map[string]any) int { return 200 })
+	for _, n := range []*node{
+		startNode(t, Options{}, nil),
+		startNode(t, Options{AuthorizerURL: az.srv.URL}, nil),
+	} {
+		rows := []struct{ offer, want string }{
+			{"Sec-WebSocket-Protocol: chat\r\n", "chat"},
+			{"Sec-WebSocket-Protocol:  chat \r\n", "chat"},
+			{"Sec-WebSocket-Protocol: chat, superchat\r\n", ""},
+			{"", ""},
+		}
+		for _, r := range rows {
+			resp, body := rawUpgradeWith(t, n.addr, "/ws", r.offer)
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("%q: status %d %q", r.offer, resp.StatusCode, body)
+			}
+			got, present := resp.Header["Sec-Websocket-Protocol"]
+			if r.want == "" && present {
+				t.Errorf("%q: Sec-WebSocket-Protocol %q, want none", r.offer, got)
+			}
+			if r.want != "" && (len(got) != 1 || got[0] != r.want) {
+				t.Errorf("%q: Sec-WebSocket-Protocol %q, want exactly %q", r.offer, got, r.want)
+			}
+		}
+
+		// An independent client that checks the answer, as browsers do.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, _, err := websocket.Dial(ctx, "ws://"+n.addr+"/ws", &websocket.DialOptions{Subprotocols: []string{"chat"}})
+		cancel()
+		if err != nil {
+			t.Fatalf("dial offering chat: %v", err)
+		}
+		if c.Subprotocol() != "chat" {
+			t.Errorf("coder/websocket sees subprotocol %q, want chat", c.Subprotocol())
+		}
+		_ = c.CloseNow()
+	}
 }
