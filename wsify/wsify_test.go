@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsgateway/gateway/session"
 )
 
 func TestBroadcastBytes(t *testing.T) {
@@ -503,5 +505,47 @@ func TestSubprotocolEcho(t *testing.T) {
 			t.Errorf("coder/websocket sees subprotocol %q, want chat", c.Subprotocol())
 		}
 		_ = c.CloseNow()
+	}
+}
+
+// TestJoinBurstOnConnect: with an authorizer and the default limits, a
+// client that sends 130 joins at once (every channel it may hold, and two
+// repeats) while the authorizer is slow is not closed, and every join takes
+// effect (issue 11 item 3: the old backlog of 64 closed it with 1008).
+func TestJoinBurstOnConnect(t *testing.T) {
+	t.Parallel()
+	az := newAuthorizer(t, func(*http.Request, map[string]any) int {
+		time.Sleep(2 * time.Millisecond)
+		return 200
+	})
+	n := startNode(t, Options{AuthorizerURL: az.srv.URL}, nil)
+	if want := BacklogPerChannel * DefaultMaxChannels; n.p.maxBacklog != want || want < DefaultMaxChannels+2 {
+		t.Fatalf("default backlog %d, want %d (more than the channel cap)", n.p.maxBacklog, want)
+	}
+	a := dial(t, n.addr, "")
+	for i := range DefaultMaxChannels {
+		a.join(fmt.Sprint("c", i))
+	}
+	a.join("c0")
+	a.join("c1")
+	// Authorized after every join: once it is back, all joins ran.
+	a.broadcast("c0", `"synced"`)
+	a.expect(`"synced"`)
+	for i := range DefaultMaxChannels {
+		url := "http://" + n.addr + "/broadcast"
+		if code, _, _ := httpDo(t, "POST", url, "application/json", fmt.Sprintf(`{"channel":"c%d","content":%d}`, i, i)); code != http.StatusCreated {
+			t.Fatalf("broadcast to c%d: %d", i, code)
+		}
+		a.expect(fmt.Sprint(i)) // one copy each: the repeated joins were no-ops
+	}
+	a.quiet(50 * time.Millisecond)
+
+	// The default follows the channel cap.
+	wide, err := New(Options{Hub: session.NewHub(nil), MaxChannels: 300, Logger: discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wide.maxBacklog != 600 {
+		t.Errorf("backlog with 300 channels: %d, want 600", wide.maxBacklog)
 	}
 }
