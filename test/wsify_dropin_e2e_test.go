@@ -5,7 +5,10 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,4 +142,74 @@ func listeningPorts(t *testing.T, pid int) []string {
 	}
 	slices.Sort(ports)
 	return slices.Compact(ports)
+}
+
+// TestWsifyMaxBacklogFlags: -max-backlog (gateway wsify) and
+// --wsify-max-backlog (gateway serve) set the bound of messages awaiting
+// the authorizer: with 2, a third message while the authorizer hangs
+// closes the connection with 1008.
+func TestWsifyMaxBacklogFlags(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	az := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if bytes.Contains(body, []byte(`"hang"`)) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(az.Close)
+	t.Cleanup(func() { close(release) })
+
+	// gateway wsify -max-backlog 2
+	listen := e2eFreeAddr(t)
+	cmd := exec.Command(e2eGatewayBinary(t), "wsify", "-listen-addr", listen, "-authorizer-url", az.URL, "-max-backlog", "2")
+	cmd.Dir = t.TempDir()
+	cmd.Env = withoutGatewayEnv(os.Environ())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("gateway wsify stderr:\n%s", stderr.String())
+		}
+	})
+	expectBacklogClose(t, "ws://"+listen+"/ws")
+
+	// gateway serve --wsify-max-backlog 2
+	wsifyAddr := e2eFreeAddr(t)
+	if _, err := e2eServeAt(t, e2eEnv(), e2eFreeAddr(t), e2eFreeAddr(t), wsifyAddr, "--data-dir", t.TempDir(),
+		"--wsify-authorizer-url", az.URL, "--wsify-max-backlog", "2"); err != nil {
+		t.Fatal(err)
+	}
+	expectBacklogClose(t, "ws://"+wsifyAddr+"/ws")
+}
+
+// expectBacklogClose dials url (retrying until it listens), sends a join
+// the authorizer holds and two more messages: the third unprocessed one
+// passes a backlog of 2 and closes the connection with 1008.
+func expectBacklogClose(t *testing.T, url string) {
+	t.Helper()
+	var c *websocket.Conn
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(50 * time.Millisecond) {
+		var err error
+		if c, _, err = websocket.Dial(testCtx(t), url, nil); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not listening: %v", url, err)
+		}
+	}
+	t.Cleanup(func() { _ = c.CloseNow() })
+	writeText(t, c, `{"command":"join","args":{"channel":"hang"}}`)
+	writeText(t, c, `{"command":"join","args":{"channel":"a"}}`)
+	writeText(t, c, `{"command":"join","args":{"channel":"b"}}`)
+	expectClose(t, c, websocket.StatusPolicyViolation, "too many messages awaiting the authorizer")
 }
