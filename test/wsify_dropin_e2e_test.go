@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsgateway/gateway/internal/redistest"
 )
 
 // TestWsifyDropInBindsOnlyListenAddr: `gateway wsify` with only wsify's
@@ -34,9 +36,24 @@ func TestWsifyDropInBindsOnlyListenAddr(t *testing.T) {
 	} else if !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("hold 127.0.0.1:8081: %v", err)
 	} // else someone else holds it: just as good
+	t.Run("memory", func(t *testing.T) {
+		t.Parallel()
+		dropInBindsOnlyListenAddr(t, "-broker-driver", "memory")
+	})
+	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
+		dropInBindsOnlyListenAddr(t, "-broker-driver", "redis", "-broker-dsn", redistest.Start(t).URL)
+	})
+}
+
+// dropInBindsOnlyListenAddr starts `gateway wsify` with wsify's flags
+// (broker ones given) in an empty directory and checks it serves, listens
+// on -listen-addr alone and writes nothing.
+func dropInBindsOnlyListenAddr(t *testing.T, broker ...string) {
 	dir := t.TempDir()
 	listen := e2eFreeAddr(t)
-	cmd := exec.Command(e2eGatewayBinary(t), "wsify", "-listen-addr", listen, "-broker-driver", "memory", "-broadcasting-key", "k1")
+	args := append([]string{"wsify", "-listen-addr", listen, "-broadcasting-key", "k1"}, broker...)
+	cmd := exec.Command(e2eGatewayBinary(t), args...)
 	cmd.Dir = dir
 	cmd.Env = withoutGatewayEnv(os.Environ())
 	var stderr bytes.Buffer
