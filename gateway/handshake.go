@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 
+	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
 )
@@ -76,21 +77,39 @@ func (l *Loop) initUpgrader() {
 			}
 			return nil
 		},
-		Protocol: func(offered []byte) bool {
-			if hs.route == nil {
-				return false
-			}
-			for _, p := range hs.route.Subprotocols {
-				if string(offered) == p {
-					return true
-				}
-			}
-			return false
-		},
+		ProtocolCustom: hs.selectProtocol,
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
 			return nil, l.accept()
 		},
 	}
+}
+
+// selectProtocol answers one Sec-WebSocket-Protocol header line: the first
+// offered subprotocol the route lists; else, on a route with
+// EchoLoneSubprotocol, the offer itself when the line offers exactly one.
+// ok is false for a malformed line (400). gobwas stops calling it once a
+// line selected one, so a second header line is ignored then.
+func (hs *handshakeState) selectProtocol(line []byte) (selected string, ok bool) {
+	if hs.route == nil {
+		return "", true
+	}
+	var offers int
+	var lone []byte
+	ok = httphead.ScanTokens(line, func(offered []byte) bool {
+		offers++
+		lone = offered
+		for _, p := range hs.route.Subprotocols {
+			if string(offered) == p {
+				selected = p
+				return false
+			}
+		}
+		return true
+	})
+	if ok && selected == "" && offers == 1 && hs.route.EchoLoneSubprotocol {
+		selected = string(lone) // rare: only a client that offers one pays
+	}
+	return selected, ok
 }
 
 var (

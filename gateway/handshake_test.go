@@ -267,3 +267,45 @@ func FuzzTraffic(f *testing.F) {
 		}
 	})
 }
+
+// TestSubprotocolSelection: the route's list wins, in the client's order;
+// EchoLoneSubprotocol echoes a lone unlisted offer and nothing else; a
+// route without it selects only listed ones.
+func TestSubprotocolSelection(t *testing.T) {
+	tests := []struct {
+		name   string
+		list   []string
+		echo   bool
+		offer  string // header lines
+		want   string // "" means no Sec-WebSocket-Protocol header
+		status string
+	}{
+		{"listed", []string{"a", "b"}, false, "Sec-WebSocket-Protocol: x, b, a\r\n", "b", "101"},
+		{"unlisted, no echo", []string{"a"}, false, "Sec-WebSocket-Protocol: chat\r\n", "", "101"},
+		{"lone, echo", nil, true, "Sec-WebSocket-Protocol: chat\r\n", "chat", "101"},
+		{"lone, spaces", nil, true, "Sec-WebSocket-Protocol:  chat  \r\n", "chat", "101"},
+		{"two, echo", nil, true, "Sec-WebSocket-Protocol: chat, superchat\r\n", "", "101"},
+		{"listed beats lone echo", []string{"a"}, true, "Sec-WebSocket-Protocol: chat, a\r\n", "a", "101"},
+		{"first line lone", nil, true, "Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: b\r\n", "chat", "101"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := NewFakeLoop(Options{}, Route{Path: "/echo", Protocol: echoProtocol{}, Subprotocols: tt.list, EchoLoneSubprotocol: tt.echo})
+			f := l.open()
+			head := strings.Replace(upgradeHead, "\r\n\r\n", "\r\n"+tt.offer+"\r\n", 1)
+			l.feed(f, []byte(head))
+			out := string(f.out)
+			if !strings.HasPrefix(out, "HTTP/1.1 "+tt.status) {
+				t.Fatalf("response %q, want %s", out, tt.status)
+			}
+			got := ""
+			if i := strings.Index(out, "Sec-WebSocket-Protocol: "); i >= 0 {
+				got = out[i+len("Sec-WebSocket-Protocol: "):]
+				got = got[:strings.Index(got, "\r\n")]
+			}
+			if got != tt.want {
+				t.Fatalf("selected %q, want %q\n%s", got, tt.want, out)
+			}
+		})
+	}
+}

@@ -67,6 +67,12 @@ type Route struct {
 	// one the client offers that is in this list; none if the client offers
 	// only others. Zero means the route selects none.
 	Subprotocols []string
+	// EchoLoneSubprotocol selects the subprotocol a client offers when it
+	// offers exactly one and Subprotocols does not list it, whatever it is,
+	// as wsify's x/net/websocket server does: browsers fail a connection
+	// whose offer got no answer. With several offered, none of them listed,
+	// none is selected. Zero (false) means only Subprotocols are selected.
+	EchoLoneSubprotocol bool
 	// Browser marks a protocol browsers speak (KOsync, Hypothesis, wsify,
 	// echo): its upgrades carrying an Origin header are checked against
 	// Limits.AllowedOrigins (403 when not allowed), against cross-site

@@ -48,6 +48,17 @@ type Config struct {
 	AdminListen string
 	// DataDir: zero means DefaultDataDir.
 	DataDir string
+	// NoDataDir makes the node write nothing to disk (the drop-in mode of
+	// `gateway wsify` without -data-dir): without Secret or SecretFile a
+	// random secret lives in memory for the process's life; without Redis
+	// revocations live in memory; with Redis no snapshot of the revoked
+	// set is kept. It suits OnlyWsify, which has no keys and no KOsync
+	// store. Zero (false) means DataDir is used.
+	NoDataDir bool
+	// NoAdmin runs the node without the admin listener (the drop-in mode
+	// of `gateway wsify` without -admin-listen); zero (false) means it
+	// listens on AdminListen.
+	NoAdmin bool
 	// RedisURL ("redis://host:port/db"): zero means no Redis: the node runs
 	// alone, revocations persist in DataDir.
 	RedisURL string
@@ -247,8 +258,13 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.DataDir == "" {
 		cfg.DataDir = DefaultDataDir
 	}
-	if err := checkAdminBind(cfg.AdminListen, cfg.AdminToken); err != nil {
-		return nil, err
+	if cfg.NoDataDir && cfg.Only != OnlyWsify {
+		return nil, errors.New("node: NoDataDir needs OnlyWsify (KOsync keeps its store in the data dir)")
+	}
+	if !cfg.NoAdmin {
+		if err := checkAdminBind(cfg.AdminListen, cfg.AdminToken); err != nil {
+			return nil, err
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, log: cfg.Logger, cancel: cancel, sweep: make(chan struct{}, 1), done: make(chan struct{})}
@@ -261,7 +277,7 @@ func Start(cfg Config) (*Node, error) {
 
 // start builds and starts the parts in order; Start undoes them on error.
 func (n *Node) start(ctx context.Context, cfg Config) error {
-	secrets, source, err := token.LoadSecrets(cfg.Secret, cfg.SecretFile, cfg.DataDir)
+	secrets, source, err := loadSecrets(cfg)
 	if err != nil {
 		return fmt.Errorf("secret: %w", err)
 	}
@@ -279,7 +295,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		go n.watchRedis(ctx)
 	}
 	n.Revoker = token.NewRevoker(n.store, token.NewRevoked(), n.revoked, n.log)
-	if n.redis != nil {
+	if n.redis != nil && !cfg.NoDataDir {
 		n.Revoker.KeepSnapshot(filepath.Join(cfg.DataDir, token.SnapshotName))
 		n.Revoker.OnDataLost(n.redisDataLost)
 	}
@@ -300,10 +316,12 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		HandshakeTimeout: cfg.HandshakeTimeout, MaxMessageSize: cfg.MaxMessageSize,
 		MaxOutbound: cfg.MaxOutbound, SocketSendBuffer: cfg.SocketSendBuffer, DrainWindow: cfg.DrainWindow, ShutdownTimeout: cfg.ShutdownTimeout, Logger: n.log,
 	}, n.Hub)
-	n.Admin = gateway.NewAdmin(n.Server, gateway.AdminOptions{
-		Listen: cfg.AdminListen, Secrets: secrets, Revoker: n.Revoker, Logger: n.log,
-		Token: cfg.AdminToken, Dependencies: n.down,
-	})
+	if !cfg.NoAdmin {
+		n.Admin = gateway.NewAdmin(n.Server, gateway.AdminOptions{
+			Listen: cfg.AdminListen, Secrets: secrets, Revoker: n.Revoker, Logger: n.log,
+			Token: cfg.AdminToken, Dependencies: n.down,
+		})
+	}
 	if err := cfg.Limits.Validate(); err != nil {
 		return err
 	}
@@ -319,6 +337,9 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	}
 	if n.wsify != nil && n.WsifyAddr() != nil {
 		n.wsify.WarnIfOpen(n.WsifyAddr())
+	}
+	if n.Admin == nil {
+		return nil
 	}
 	if err := n.Admin.Start(); err != nil {
 		_ = n.Server.Shutdown(context.Background())
@@ -391,7 +412,9 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 	}
 	n.Server.Handle(browser(h.Route()))
 	h.RegisterHTTP(n.Server)
-	n.Admin.Handle("POST", "/api/hypothesis/events", h.EventHandler(n.Hub))
+	if n.Admin != nil {
+		n.Admin.Handle("POST", "/api/hypothesis/events", h.EventHandler(n.Hub))
+	}
 	reg.MustRegister(h.Collectors()...)
 	return nil
 }
@@ -465,6 +488,10 @@ func cmpOr(v, def string) string {
 // openStores picks where revocations live and how publishes cross nodes:
 // Redis when configured, else the data dir and a standalone broker.
 func (n *Node) openStores(cfg Config) (session.Broker, error) {
+	if cfg.RedisURL == "" && cfg.NoDataDir {
+		n.store = &memoryStore{}
+		return &session.Standalone{}, nil
+	}
 	if cfg.RedisURL == "" {
 		fs, err := token.OpenFileStore(cfg.DataDir)
 		if err != nil {
@@ -523,8 +550,14 @@ func (n *Node) sweepRevoked() {
 // Addr is the main listener's address.
 func (n *Node) Addr() net.Addr { return n.Server.Addr() }
 
-// AdminAddr is the admin listener's address.
-func (n *Node) AdminAddr() net.Addr { return n.Admin.Addr() }
+// AdminAddr is the admin listener's address, or nil without one
+// (Config.NoAdmin).
+func (n *Node) AdminAddr() net.Addr {
+	if n.Admin == nil {
+		return nil
+	}
+	return n.Admin.Addr()
+}
 
 // Shutdown drains the node (sessions closed with 1001) and stops it.
 func (n *Node) Shutdown(ctx context.Context) error {

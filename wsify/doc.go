@@ -64,7 +64,14 @@
 //     drops the message silently. On connect, anything but 200 is 403 with
 //     an empty body.
 //   - Backlog: MaxBacklog counts the message in flight and those queued;
-//     the message that would pass it closes the connection with 1008.
+//     the message that would pass it closes the connection with 1008. Its
+//     default is BacklogPerChannel × MaxChannels (256): a client may join
+//     every channel it may hold at once on connect, with headroom.
+//   - Subprotocols: a lone offered subprotocol is echoed
+//     (gateway.Route.EchoLoneSubprotocol), as x/net/websocket does for
+//     upstream; browsers fail a connection whose offer got no answer. With
+//     several offered none is selected and the upgrade goes on without the
+//     header (upstream answers 400: x/net/websocket will not choose).
 //   - join/leave of an empty (trimmed) channel are ignored, join is
 //     idempotent, leave of a channel not joined is a no-op; a broadcast to
 //     an empty channel is ignored (upstream published to "", which nobody

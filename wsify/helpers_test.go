@@ -293,6 +293,12 @@ func hang(r *http.Request) int {
 // rawUpgrade sends an upgrade request over TCP and returns the answer.
 func rawUpgrade(t *testing.T, addr, target string) (*http.Response, []byte) {
 	t.Helper()
+	return rawUpgradeWith(t, addr, target, "")
+}
+
+// rawUpgradeWith is rawUpgrade with extra header lines, each ending "\r\n".
+func rawUpgradeWith(t *testing.T, addr, target, extra string) (*http.Response, []byte) {
+	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -300,7 +306,7 @@ func rawUpgrade(t *testing.T, addr, target string) (*http.Response, []byte) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", target, addr)
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n", target, addr, extra)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -27,10 +27,15 @@ const (
 	// DefaultAuthorizerTimeout bounds one authorizer call when
 	// Options.AuthorizerTimeout is zero.
 	DefaultAuthorizerTimeout = 5 * time.Second
-	// DefaultMaxBacklog is the most messages of one connection that may
-	// wait for (or be in) an authorizer call when Options.MaxBacklog is
-	// zero; one more closes the connection with 1008.
-	DefaultMaxBacklog = 64
+	// BacklogPerChannel sets the default backlog: when Options.MaxBacklog
+	// is zero, a connection may have BacklogPerChannel × MaxChannels
+	// messages waiting for (or in) an authorizer call, 256 with the
+	// default 128 channels, so a client that joins as many channels as
+	// it may at once on connect fits, with as much again of headroom for
+	// its broadcasts; one more message closes the connection with 1008.
+	BacklogPerChannel = 2
+	// DefaultMaxBacklog is the backlog with the default channel cap.
+	DefaultMaxBacklog = BacklogPerChannel * DefaultMaxChannels
 	// DefaultMaxChannels is how many channels one connection may have
 	// joined at once when Options.MaxChannels is zero: the session hub's
 	// default cap.
@@ -88,7 +93,9 @@ type Options struct {
 	// MaxBacklog is the most messages of one connection that may be
 	// unprocessed at once with an authorizer configured (the one being
 	// authorized included); one more closes the connection with 1008.
-	// Zero means DefaultMaxBacklog (64).
+	// Zero means BacklogPerChannel × MaxChannels (DefaultMaxBacklog, 256,
+	// with the default MaxChannels): room to join every channel at once
+	// on connect, and headroom.
 	MaxBacklog int
 	// MaxChannels caps the channels one connection has joined at once; a
 	// join of one more closes the connection with 1008 (upstream has no
@@ -159,11 +166,11 @@ func New(o Options) (*Protocol, error) {
 	if o.AuthorizerTimeout == 0 {
 		o.AuthorizerTimeout = DefaultAuthorizerTimeout
 	}
-	if o.MaxBacklog == 0 {
-		o.MaxBacklog = DefaultMaxBacklog
-	}
 	if o.MaxChannels == 0 {
 		o.MaxChannels = DefaultMaxChannels
+	}
+	if o.MaxBacklog == 0 {
+		o.MaxBacklog = BacklogPerChannel * o.MaxChannels
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -208,9 +215,10 @@ func New(o Options) (*Protocol, error) {
 func (p *Protocol) Name() string { return "wsify" }
 
 // Route returns the WebSocket route of wsify (GET /ws, text and binary
-// messages) on the named listener.
+// messages) on the named listener. A lone offered subprotocol is echoed,
+// as wsify does (see doc.go).
 func (p *Protocol) Route(listener string) gateway.Route {
-	return gateway.Route{Listener: listener, Path: Path, Protocol: p.route, Text: true}
+	return gateway.Route{Listener: listener, Path: Path, Protocol: p.route, Text: true, EchoLoneSubprotocol: true}
 }
 
 // Accept implements gateway.Protocol. It never refuses: the connect

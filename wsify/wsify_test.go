@@ -1,6 +1,7 @@
 package wsify
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsgateway/gateway/session"
 )
 
 func TestBroadcastBytes(t *testing.T) {
@@ -459,4 +462,90 @@ func TestJoinChannelNameCap(t *testing.T) {
 	a.expect(`"at the cap"`)
 	a.join(long + "n")
 	a.expectClose(websocket.StatusPolicyViolation, "channel name longer than 1024 bytes")
+}
+
+// TestSubprotocolEcho: a lone offered subprotocol is echoed, as wsify's
+// x/net/websocket server does (browsers fail the connection otherwise);
+// with several offered none is selected (documented in doc.go).
+func TestSubprotocolEcho(t *testing.T) {
+	t.Parallel()
+	az := newAuthorizer(t, func(*http.Request, map[string]any) int { return 200 })
+	for _, n := range []*node{
+		startNode(t, Options{}, nil),
+		startNode(t, Options{AuthorizerURL: az.srv.URL}, nil),
+	} {
+		rows := []struct{ offer, want string }{
+			{"Sec-WebSocket-Protocol: chat\r\n", "chat"},
+			{"Sec-WebSocket-Protocol:  chat \r\n", "chat"},
+			{"Sec-WebSocket-Protocol: chat, superchat\r\n", ""},
+			{"", ""},
+		}
+		for _, r := range rows {
+			resp, body := rawUpgradeWith(t, n.addr, "/ws", r.offer)
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("%q: status %d %q", r.offer, resp.StatusCode, body)
+			}
+			got, present := resp.Header["Sec-Websocket-Protocol"]
+			if r.want == "" && present {
+				t.Errorf("%q: Sec-WebSocket-Protocol %q, want none", r.offer, got)
+			}
+			if r.want != "" && (len(got) != 1 || got[0] != r.want) {
+				t.Errorf("%q: Sec-WebSocket-Protocol %q, want exactly %q", r.offer, got, r.want)
+			}
+		}
+
+		// An independent client that checks the answer, as browsers do.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, _, err := websocket.Dial(ctx, "ws://"+n.addr+"/ws", &websocket.DialOptions{Subprotocols: []string{"chat"}})
+		cancel()
+		if err != nil {
+			t.Fatalf("dial offering chat: %v", err)
+		}
+		if c.Subprotocol() != "chat" {
+			t.Errorf("coder/websocket sees subprotocol %q, want chat", c.Subprotocol())
+		}
+		_ = c.CloseNow()
+	}
+}
+
+// TestJoinBurstOnConnect: with an authorizer and the default limits, a
+// client that sends 130 joins at once (every channel it may hold, and two
+// repeats) while the authorizer is slow is not closed, and every join takes
+// effect (issue 11 item 3: the old backlog of 64 closed it with 1008).
+func TestJoinBurstOnConnect(t *testing.T) {
+	t.Parallel()
+	az := newAuthorizer(t, func(*http.Request, map[string]any) int {
+		time.Sleep(2 * time.Millisecond)
+		return 200
+	})
+	n := startNode(t, Options{AuthorizerURL: az.srv.URL}, nil)
+	if want := BacklogPerChannel * DefaultMaxChannels; n.p.maxBacklog != want || want < DefaultMaxChannels+2 {
+		t.Fatalf("default backlog %d, want %d (more than the channel cap)", n.p.maxBacklog, want)
+	}
+	a := dial(t, n.addr, "")
+	for i := range DefaultMaxChannels {
+		a.join(fmt.Sprint("c", i))
+	}
+	a.join("c0")
+	a.join("c1")
+	// Authorized after every join: once it is back, all joins ran.
+	a.broadcast("c0", `"synced"`)
+	a.expect(`"synced"`)
+	for i := range DefaultMaxChannels {
+		url := "http://" + n.addr + "/broadcast"
+		if code, _, _ := httpDo(t, "POST", url, "application/json", fmt.Sprintf(`{"channel":"c%d","content":%d}`, i, i)); code != http.StatusCreated {
+			t.Fatalf("broadcast to c%d: %d", i, code)
+		}
+		a.expect(fmt.Sprint(i)) // one copy each: the repeated joins were no-ops
+	}
+	a.quiet(50 * time.Millisecond)
+
+	// The default follows the channel cap.
+	wide, err := New(Options{Hub: session.NewHub(nil), MaxChannels: 300, Logger: discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wide.maxBacklog != 600 {
+		t.Errorf("backlog with 300 channels: %d, want 600", wide.maxBacklog)
+	}
 }

@@ -70,6 +70,7 @@ func serve(args []string) error {
 	fs.StringVar(&cfg.Wsify.AuthorizerURL, "wsify-authorizer-url", "", "wsify: authorizer webhook (empty: allow everything)")
 	fs.DurationVar(&cfg.Wsify.AuthorizerTimeout, "wsify-authorizer-timeout", 5*time.Second, "wsify: timeout of each authorizer call")
 	fs.StringVar(&cfg.Wsify.BroadcastingKey, "wsify-broadcasting-key", "", "wsify: key POST /broadcast?key= must give (empty: none)")
+	fs.IntVar(&cfg.Wsify.MaxBacklog, "wsify-max-backlog", 0, "wsify: messages of one connection that may await the authorizer; one more closes it with 1008 (0: twice the channel cap, 256 by default)")
 	fs.StringVar(&cfg.WsifyRedisPrefix, "wsify-redis-prefix", "", "wsify: prefix of its Redis channels (empty: the raw channel names, as wsify)")
 	proxies := fs.String("trusted-proxies", "", "comma-separated IPs or CIDRs whose X-Forwarded-Proto/-Host and Forwarded headers are believed")
 	if err := parseFlags(fs, args); err != nil {
@@ -103,8 +104,11 @@ func runNode(cfg node.Config, logLevel string) error {
 	if err != nil {
 		return err
 	}
-	cfg.Logger.Info("gateway listening", "addr", n.Addr().String(), "admin", "http://"+n.AdminAddr().String(),
-		"redis", cfg.RedisURL != "")
+	admin := "none"
+	if a := n.AdminAddr(); a != nil {
+		admin = "http://" + a.String()
+	}
+	cfg.Logger.Info("gateway listening", "addr", n.Addr().String(), "admin", admin, "redis", cfg.RedisURL != "")
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
