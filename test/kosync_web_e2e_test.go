@@ -1,11 +1,14 @@
 package test
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/coder/websocket"
 
 	"github.com/wsgateway/gateway/node"
 )
@@ -166,5 +169,66 @@ func TestKosyncCORS(t *testing.T) {
 			ksWantJSON(t, "strict GET /users/auth without Accept", r, http.StatusPreconditionFailed, `{"code":100,"message":"Accept header not set."}`)
 			kwWantCORS(t, "strict 412", r, kwSimpleCORS)
 		}
+	}
+}
+
+// TestKosyncWSJSON: GET /api/ws answers 200 {"url": <the ws:// URI>} when
+// Accept prefers application/json, and keeps its 303 otherwise (issue 11
+// item 6); the URI opens the KOsync WebSocket.
+func TestKosyncWSJSON(t *testing.T) {
+	t.Parallel()
+	n := startNode(t)
+	base, addr := ksBase(n), n.Addr().String()
+	key := ksRegister(t, base, "alice", "alice-pw")
+	creds := []string{"x-auth-user: alice", "x-auth-key: " + key}
+	prefix := "ws://" + addr + "/api/ws/"
+
+	for _, accept := range []string{"application/json", "application/json, */*;q=0.1", "application/*", "text/plain;q=0.5, application/json;q=0.9"} {
+		what := "GET /api/ws, Accept: " + accept
+		r := kwDo(t, http.MethodGet, base+"/api/ws", "", append([]string{kwOrigin, "Accept: " + accept}, creds...)...)
+		if r.status != http.StatusOK || r.header.Get("Content-Type") != "application/json" || r.header.Get("Location") != "" {
+			t.Fatalf("%s: %d %q Content-Type %q Location %q, want 200 application/json and no Location",
+				what, r.status, r.body, r.header.Get("Content-Type"), r.header.Get("Location"))
+		}
+		if r.header.Get("Cache-Control") != "no-store" || r.header.Get("Vary") != "Accept" {
+			t.Errorf("%s: Cache-Control %q Vary %q, want no-store and Accept", what, r.header.Get("Cache-Control"), r.header.Get("Vary"))
+		}
+		kwWantCORS(t, what, r, kwSimpleCORS)
+		var answer map[string]string
+		if err := json.Unmarshal(r.body, &answer); err != nil || len(answer) != 1 {
+			t.Fatalf("%s: body %s, want exactly {\"url\": ...}", what, r.body)
+		}
+		uri := answer["url"]
+		if !strings.HasPrefix(uri, prefix) || len(uri) == len(prefix) || strings.ContainsAny(uri[len(prefix):], "/?# ") {
+			t.Fatalf("%s: url %q, want %s<jwt>", what, uri, prefix)
+		}
+		c, _, err := websocket.Dial(testCtx(t), uri, nil)
+		if err != nil {
+			t.Fatalf("%s: dial %s: %v", what, uri, err)
+		}
+		ksCheckHello(t, ksRead(t, c))
+		_ = c.Close(websocket.StatusNormalClosure, "")
+	}
+
+	// Every other Accept keeps the 303 (a tie with text/plain included).
+	for _, accept := range []string{"", "*/*", "application/json, text/plain, */*", "application/json;q=0.5, */*",
+		"application/vnd.koreader.v1+json", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"} {
+		hdr := append([]string{kwOrigin}, creds...)
+		if accept != "" {
+			hdr = append(hdr, "Accept: "+accept)
+		}
+		r := kwDo(t, http.MethodGet, base+"/api/ws", "", hdr...)
+		loc := r.header.Get("Location")
+		if r.status != http.StatusSeeOther || !strings.HasPrefix(loc, prefix) || string(r.body) != loc ||
+			!strings.HasPrefix(r.header.Get("Content-Type"), "text/plain") || r.header.Get("Vary") != "Accept" {
+			t.Fatalf("GET /api/ws, Accept %q: %d %q Location %q Vary %q, want the 303", accept, r.status, r.body, loc, r.header.Get("Vary"))
+		}
+		kwWantCORS(t, "303, Accept "+accept, r, kwSimpleCORS)
+	}
+
+	// Unauthenticated: 401 whatever Accept says.
+	r := kwDo(t, http.MethodGet, base+"/api/ws", "", kwOrigin, "Accept: application/json")
+	if r.status != http.StatusUnauthorized || string(r.body) != "Unauthorized" {
+		t.Fatalf("unauthenticated GET /api/ws asking for JSON: %d %q, want 401 Unauthorized", r.status, r.body)
 	}
 }
