@@ -31,10 +31,6 @@ const (
 // are arrays indexed by protocol.
 const maxProtocols = 8
 
-// Version is the gateway's version, set at build time with
-// -ldflags "-X github.com/wsgateway/gateway/gateway.Version=...".
-var Version = "dev"
-
 // metrics holds the server's Prometheus series. Children with fixed labels
 // are resolved once; per-message counts live in per-loop atomics summed at
 // scrape time, so the hot path never looks up a label.

@@ -10,6 +10,11 @@ package kosync
 // (which has a catch-all "/") or on Handler's own mux. GET routes also
 // answer HEAD.
 //
+// Every route sends CORS headers and answers preflights (OPTIONS), the
+// KOReader endpoints as well as /api/*: the original KOsync applied CORS to
+// every route, and browser clients (Readest's web build on a LAN server)
+// call the KOReader API directly. See cors.
+//
 // Request bodies are capped at maxBodyBytes. A larger KOReader body gets
 // 413 with the body-framing error {"code":103,"message":"Could not parse
 // JSON in body."}: the reference's nginx refuses large bodies with 413 too
@@ -42,24 +47,23 @@ const maxDocumentIDLen = 1024
 type route struct {
 	pattern string // path pattern for http.ServeMux, without method
 	method  string // GET routes also answer HEAD
-	api     bool   // under /api/: CORS headers and OPTIONS preflights
 	h       http.HandlerFunc
 }
 
 func (s *Service) routes() []route {
 	ws := s.wsURLBuilder()
 	return []route{
-		{"/healthcheck", http.MethodGet, false, s.handleHealthcheck},
-		{"/users/create", http.MethodPost, false, s.handleCreateUser},
-		{"/users/auth", http.MethodGet, false, s.handleAuthUser},
-		{"/users/me", http.MethodDelete, false, s.handleDeleteUser},
-		{"/users/password", http.MethodPut, false, s.handleSetPassword},
-		{"/syncs/progress", http.MethodPut, false, s.handlePush},
-		{"/syncs/progress/{document...}", http.MethodGet, false, s.handlePull},
-		{"/api/documents.all", http.MethodGet, true, s.handleDocumentsAll},
-		{"/api/documents.update", http.MethodPut, true, s.handleDocumentsUpdate},
-		{"/api/auth.jwt", http.MethodGet, true, s.handleAuthJWT},
-		{"/api/ws", http.MethodGet, true, ws.handle},
+		{"/healthcheck", http.MethodGet, s.handleHealthcheck},
+		{"/users/create", http.MethodPost, s.handleCreateUser},
+		{"/users/auth", http.MethodGet, s.handleAuthUser},
+		{"/users/me", http.MethodDelete, s.handleDeleteUser},
+		{"/users/password", http.MethodPut, s.handleSetPassword},
+		{"/syncs/progress", http.MethodPut, s.handlePush},
+		{"/syncs/progress/{document...}", http.MethodGet, s.handlePull},
+		{"/api/documents.all", http.MethodGet, s.handleDocumentsAll},
+		{"/api/documents.update", http.MethodPut, s.handleDocumentsUpdate},
+		{"/api/auth.jwt", http.MethodGet, s.handleAuthJWT},
+		{"/api/ws", http.MethodGet, ws.handle},
 	}
 }
 
@@ -82,15 +86,13 @@ func (s *Service) RegisterHTTP(srv interface {
 	}
 }
 
-// wrap adds the method dispatch and, under /api/, CORS.
+// wrap adds CORS and the method dispatch.
 func (rt route) wrap() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if rt.api {
-			w.Header().Set("Access-Control-Allow-Origin", "*")
-			if r.Method == http.MethodOptions {
-				preflight(w)
-				return
-			}
+		cors(w.Header())
+		if r.Method == http.MethodOptions {
+			preflight(w, r)
+			return
 		}
 		if r.Method != rt.method && !(rt.method == http.MethodGet && r.Method == http.MethodHead) {
 			http.NotFound(w, r)
@@ -100,14 +102,42 @@ func (rt route) wrap() http.Handler {
 	})
 }
 
-// preflight answers a CORS preflight. Allowing any origin is safe: no
-// authentication is ambient (no cookies), every credential is an explicit
-// header.
-func preflight(w http.ResponseWriter) {
+// CORS header values. Allowing any origin is safe: no authentication is
+// ambient (no cookies, so never Access-Control-Allow-Credentials), every
+// credential is an explicit header.
+const (
+	corsAllowOrigin = "*"
+	// corsExposeHeaders lets a page read how long to wait after a 429 or
+	// 503.
+	corsExposeHeaders = "Retry-After"
+	// corsAllowMethods covers every route's method (one list for all
+	// routes; a method a route does not serve still answers 404).
+	corsAllowMethods = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+	// corsAllowHeaders are the request headers the APIs read. Accept is
+	// listed because browsers safelist it only when short and made of
+	// safe characters.
+	corsAllowHeaders = "Accept, Authorization, Content-Type, x-auth-user, x-auth-key"
+	// corsMaxAge lets a browser cache a preflight for a day.
+	corsMaxAge = "86400"
+)
+
+// cors sets the headers every answer carries.
+func cors(h http.Header) {
+	h.Set("Access-Control-Allow-Origin", corsAllowOrigin)
+	h.Set("Access-Control-Expose-Headers", corsExposeHeaders)
+}
+
+// preflight answers a CORS preflight: 204 with the allowed methods and
+// headers. A page on a public origin calling a server on a private address
+// is allowed too (Chrome's Private Network Access preflight).
+func preflight(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
-	h.Set("Access-Control-Allow-Methods", "GET, PUT, OPTIONS")
-	h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, x-auth-user, x-auth-key")
-	h.Set("Access-Control-Max-Age", "86400")
+	h.Set("Access-Control-Allow-Methods", corsAllowMethods)
+	h.Set("Access-Control-Allow-Headers", corsAllowHeaders)
+	h.Set("Access-Control-Max-Age", corsMaxAge)
+	if r.Header.Get("Access-Control-Request-Private-Network") == "true" {
+		h.Set("Access-Control-Allow-Private-Network", "true")
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

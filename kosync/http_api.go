@@ -355,7 +355,9 @@ func (s *Service) wsURLBuilder() *wsURLs {
 	return b
 }
 
-// GET /api/ws
+// GET /api/ws: 303 to the WebSocket URI with a fresh JWT (also the
+// text/plain body), or 200 {"url": <the URI>} when Accept prefers
+// application/json to text/plain (prefersJSON).
 func (b *wsURLs) handle(w http.ResponseWriter, r *http.Request) {
 	s := b.s
 	u, ok := s.apiAuth(w, r)
@@ -368,9 +370,21 @@ func (b *wsURLs) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	uri := b.base(r) + "/api/ws/" + tok
 	h := w.Header()
-	h.Set("Location", uri)
 	h.Set("Cache-Control", "no-store")
+	h.Set("Vary", "Accept")
+	if prefersJSON(r) {
+		// A page's fetch follows a 303 to ws:// and fails: it asks for
+		// JSON and opens the URI itself.
+		writeJSON(w, http.StatusOK, marshal(wsURLAnswer{uri}))
+		return
+	}
+	h.Set("Location", uri)
 	writeText(w, http.StatusSeeOther, uri)
+}
+
+// wsURLAnswer is GET /api/ws's JSON answer.
+type wsURLAnswer struct {
+	URL string `json:"url"`
 }
 
 // base returns "<scheme>://<host>[<path prefix>]".

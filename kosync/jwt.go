@@ -13,9 +13,10 @@ package kosync
 // Claims: sub = "kosync:" + username (the revocation subject: revoking it
 // at T revokes every token of the user issued at or before T), username,
 // jti (16 lowercase hex characters, the token.KeyID for revocation by id),
-// iat and exp. Verification requires exp (30 s leeway), iat, jti and a sub
-// matching the username, then checks the node's revoked set, in memory: it
-// does no I/O and may run on an event loop.
+// iat and exp in whole seconds, and iat_ms (see below). Verification
+// requires exp (30 s leeway), iat, jti and a sub matching the username,
+// then checks the node's revoked set, in memory: it does no I/O and may run
+// on an event loop.
 
 import (
 	"crypto/rand"
@@ -32,32 +33,31 @@ import (
 	"github.com/wsgateway/gateway/token"
 )
 
-func init() {
-	// Millisecond dates. A subject revocation at T revokes the tokens
-	// issued at or before T (token.Revoked compares milliseconds); with
-	// jwt's default second precision, a token issued in the same second but
-	// after the revocation (say, right after a password change) would carry
-	// iat <= T and be revoked at birth.
-	//
-	// golang-jwt also decodes a NumericDate through a float64 and then
-	// truncates, which can turn x.504 into x.503 and make a token issued
-	// 1 ms after a revocation look revoked; so iat and exp are encoded and
-	// decoded by msDate, exactly, and this setting only covers any
-	// NumericDate made with jwt.NewNumericDate (none today). It is a
-	// package-level setting of golang-jwt: other users of the library in
-	// the binary would emit fractional NumericDates too (RFC 7519 allows
-	// them); today kosync is the only user.
-	jwt.TimePrecision = time.Millisecond
-}
+// Whole-second dates. iat and exp are integers, as the many clients that
+// decode a NumericDate into an integer need (RFC 7519 also allows
+// fractions). Revocation still needs the issue time to the millisecond: a
+// subject revocation at T revokes the tokens issued at or before T
+// (token.Revoked compares milliseconds), and a token issued in the same
+// second but after the revocation (say, right after a password change) must
+// live. So the token also carries "iat_ms", the exact issue time in Unix
+// milliseconds, which verification uses when present (tokens issued before
+// it existed carry a fractional iat instead, read exactly by msDate).
+// golang-jwt's process-wide jwt.TimePrecision is left alone: iat and exp are
+// encoded and decoded by msDate, never through jwt.NewNumericDate.
 
-// msDate is a NumericDate ("iat") with exactly three decimals, decoded
-// without going through a float when it has that form.
+// msDate is a NumericDate held in milliseconds: an integer when it is a
+// whole second (what issue writes), else three decimals. It is decoded
+// without going through a float when it has that form (golang-jwt decodes
+// through a float64 and truncates, which can turn x.504 into x.503).
 type msDate struct{ ms int64 }
 
 func (d msDate) MarshalJSON() ([]byte, error) {
 	sec, frac := d.ms/1000, d.ms%1000
 	if frac < 0 {
 		sec, frac = sec-1, frac+1000
+	}
+	if frac == 0 {
+		return strconv.AppendInt(nil, sec, 10), nil
 	}
 	return []byte(fmt.Sprintf("%d.%03d", sec, frac)), nil
 }
@@ -123,8 +123,13 @@ type kosyncClaims struct {
 	jwt.RegisteredClaims
 	// IssuedAtMs and ExpiresMs shadow RegisteredClaims.IssuedAt and
 	// ExpiresAt (the shallower field wins in encoding/json); see msDate.
+	// issue writes whole seconds.
 	IssuedAtMs *msDate `json:"iat,omitempty"`
 	ExpiresMs  *msDate `json:"exp,omitempty"`
+	// IssuedAtExact is the issue time in Unix milliseconds, for
+	// revocation; its second must be iat's. Absent from tokens issued
+	// before it existed, whose iat has the milliseconds.
+	IssuedAtExact *int64 `json:"iat_ms,omitempty"`
 }
 
 // GetExpirationTime gives the validator the exact exp.
@@ -171,7 +176,8 @@ func (k *jwtKeys) issue(user string) (string, token.Claims, error) {
 		return "", token.Claims{}, fmt.Errorf("kosync: jti: %w", err)
 	}
 	now := k.now().UnixMilli()
-	exp := now + k.ttl.Milliseconds()
+	iat := now / 1000 * 1000                                // whole seconds, down
+	exp := (now + k.ttl.Milliseconds() + 999) / 1000 * 1000 // up: the token lives at least ttl
 	c.Subject, c.IssuedAt, c.Expires = sub, time.UnixMilli(now).UTC(), time.UnixMilli(exp).Add(jwtLeeway).UTC()
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, &kosyncClaims{
 		Username: user,
@@ -179,8 +185,9 @@ func (k *jwtKeys) issue(user string) (string, token.Claims, error) {
 			Subject: sub,
 			ID:      hex.EncodeToString(c.ID[:]),
 		},
-		IssuedAtMs: &msDate{now},
-		ExpiresMs:  &msDate{exp},
+		IssuedAtMs:    &msDate{iat},
+		ExpiresMs:     &msDate{exp},
+		IssuedAtExact: &now,
 	})
 	s, err := tok.SignedString(k.keys[0])
 	if err != nil {
@@ -205,8 +212,22 @@ func (k *jwtKeys) verify(tok string) (string, token.Claims, error) {
 	if err != nil {
 		return "", token.Claims{}, errBadJWT
 	}
-	return kc.Username, token.Claims{ID: id, Subject: kc.Subject, IssuedAt: time.UnixMilli(kc.IssuedAtMs.ms).UTC(),
+	issued, ok := kc.issuedMs()
+	if !ok {
+		return "", token.Claims{}, errBadJWT
+	}
+	return kc.Username, token.Claims{ID: id, Subject: kc.Subject, IssuedAt: time.UnixMilli(issued).UTC(),
 		Expires: time.UnixMilli(kc.ExpiresMs.ms).Add(jwtLeeway).UTC()}, nil
+}
+
+// issuedMs is the exact issue time: iat_ms when present (it must fall in
+// iat's second), else iat.
+func (c *kosyncClaims) issuedMs() (int64, bool) {
+	if c.IssuedAtExact == nil {
+		return c.IssuedAtMs.ms, true
+	}
+	ms := *c.IssuedAtExact
+	return ms, ms >= 0 && ms/1000*1000 == c.IssuedAtMs.ms
 }
 
 // IssueJWT returns a fresh JWT for user, valid for Options.JWTTTL.

@@ -1,12 +1,12 @@
 package kosync
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -60,11 +60,15 @@ func TestJWTRoundTrip(t *testing.T) {
 	if err != nil || user != "alice" {
 		t.Fatalf("VerifyJWT = %q, %v", user, err)
 	}
-	if c.Subject != "kosync:alice" || c.IssuedAt.IsZero() || c.Expires.Sub(c.IssuedAt) != DefaultJWTTTL+jwtLeeway {
+	if c.Subject != "kosync:alice" || c.IssuedAt.IsZero() {
 		t.Fatalf("claims %+v", c)
 	}
+	// exp is rounded up to a whole second: the token lives at least the TTL.
+	if life := c.Expires.Sub(c.IssuedAt); life < DefaultJWTTTL+jwtLeeway || life >= DefaultJWTTTL+jwtLeeway+time.Second {
+		t.Fatalf("claims %+v: life %v", c, life)
+	}
 	// The payload: the claims the contract names, jti as 16 lowercase hex,
-	// iat with millisecond precision.
+	// iat and exp as JSON integers, iat_ms the exact issue time.
 	seg, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
 	var payload map[string]any
 	if err := json.Unmarshal(seg, &payload); err != nil {
@@ -76,9 +80,26 @@ func TestJWTRoundTrip(t *testing.T) {
 	if !regexp.MustCompile(`^[0-9a-f]{16}$`).MatchString(payload["jti"].(string)) {
 		t.Fatalf("jti %v", payload["jti"])
 	}
-	if m := regexp.MustCompile(`"iat":(\d+\.\d{3})[,}]`).FindSubmatch(seg); m == nil ||
-		string(m[1]) != fmt.Sprintf("%d.%03d", c.IssuedAt.UnixMilli()/1000, c.IssuedAt.UnixMilli()%1000) {
-		t.Fatalf("iat in %s, want %d ms", seg, c.IssuedAt.UnixMilli())
+	dec := json.NewDecoder(bytes.NewReader(seg))
+	dec.UseNumber()
+	var nums map[string]any
+	if err := dec.Decode(&nums); err != nil {
+		t.Fatal(err)
+	}
+	ints := map[string]int64{}
+	for _, k := range []string{"iat", "exp", "iat_ms"} {
+		n, ok := nums[k].(json.Number)
+		if !ok || !regexp.MustCompile(`^[0-9]+$`).MatchString(n.String()) {
+			t.Fatalf("%s is %v in %s, want a JSON integer", k, nums[k], seg)
+		}
+		ints[k], _ = n.Int64()
+	}
+	if ints["iat"] != c.IssuedAt.Unix() || ints["iat_ms"] != c.IssuedAt.UnixMilli() ||
+		ints["exp"] != c.Expires.Add(-jwtLeeway).Unix() {
+		t.Fatalf("dates %v in %s, claims %+v", ints, seg, c)
+	}
+	if jwt.TimePrecision != time.Second {
+		t.Fatalf("jwt.TimePrecision = %v: kosync must not change golang-jwt's process-wide setting", jwt.TimePrecision)
 	}
 	head, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
 	if !strings.Contains(string(head), `"alg":"HS256"`) {
@@ -136,6 +157,8 @@ func TestJWTRejects(t *testing.T) {
 		"sub mismatch":      signRaw(t, claims(func(c *kosyncClaims) { c.Subject = "kosync:bob" }), key),
 		"foreign sub":       signRaw(t, claims(func(c *kosyncClaims) { c.Subject = "alice" }), key),
 		"no username":       signRaw(t, claims(func(c *kosyncClaims) { c.Username = ""; c.Subject = "kosync:" }), key),
+		"iat_ms off iat":    signRaw(t, claims(func(c *kosyncClaims) { ms := c.IssuedAtMs.ms + 1000; c.IssuedAtExact = &ms }), key),
+		"negative iat_ms":   signRaw(t, claims(func(c *kosyncClaims) { ms := int64(-1); c.IssuedAtExact = &ms }), key),
 		"not yet valid nbf": signRaw(t, claims(func(c *kosyncClaims) { c.NotBefore = jwt.NewNumericDate(now.Add(time.Hour)) }), key),
 	}
 	for name, tok := range cases {
@@ -253,10 +276,11 @@ func TestJWTIssuedAtExact(t *testing.T) {
 		t.Fatalf("exponent form: %d %v", d.ms, err)
 	}
 
-	// A token issued one millisecond after a subject revocation passes;
-	// one issued in the same millisecond does not.
+	// A token issued one millisecond after a subject revocation passes
+	// (iat is the same whole second; iat_ms tells them apart); one issued
+	// in the same millisecond does not.
 	svc, rev := newJWTService(t, testSecrets(t))
-	at := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	at := time.Now().Add(-time.Minute).Truncate(time.Second).Add(500 * time.Millisecond)
 	if err := rev.RevokeSubject(context.Background(), "kosync:carol", at); err != nil {
 		t.Fatal(err)
 	}
@@ -270,5 +294,18 @@ func TestJWTIssuedAtExact(t *testing.T) {
 	}
 	if _, _, err := svc.VerifyJWT(after); err != nil {
 		t.Fatalf("issued 1 ms after the revocation: %v", err)
+	}
+
+	// A token issued before iat_ms existed (fractional iat, no iat_ms)
+	// still verifies, with its iat to the millisecond.
+	key := testSecrets(t).Derive("kosync-jwt-v1")[0]
+	legacy := signRaw(t, &kosyncClaims{Username: "dave", RegisteredClaims: jwt.RegisteredClaims{
+		Subject: "kosync:dave", ID: "0123456789abcdef",
+	}, IssuedAtMs: &msDate{at.UnixMilli()}, ExpiresMs: &msDate{at.Add(time.Hour).UnixMilli()}}, key)
+	if seg, _ := base64.RawURLEncoding.DecodeString(strings.Split(legacy, ".")[1]); !strings.Contains(string(seg), `.500,`) {
+		t.Fatalf("legacy payload %s has no fractional iat", seg)
+	}
+	if _, c, err := svc.VerifyJWT(legacy); err != nil || !c.IssuedAt.Equal(at) {
+		t.Fatalf("legacy token: %v, iat %v, want %v", err, c.IssuedAt, at)
 	}
 }

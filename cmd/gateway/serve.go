@@ -56,7 +56,7 @@ func serve(args []string) error {
 	fs.StringVar(&cfg.AdminToken, "admin-token", "", "bearer token the admin API requires (needed for a non-loopback --admin-listen)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	registration := fs.Bool("kosync-registration", true, "KOReader sync: allow POST /users/create")
-	fs.BoolVar(&cfg.Kosync.StrictAccept, "kosync-strict-accept", false, "KOReader sync: answer 412 to a missing or foreign Accept header, as the reference server does")
+	fs.BoolVar(&cfg.Kosync.StrictAccept, "kosync-strict-accept", false, "KOReader sync: answer 412 to a missing or foreign Accept header, as the reference server does; this locks out clients that send no application/vnd.koreader.v1+json Accept (Readest's proxy route, curl, most scripts), so leave it off unless every client is KOReader")
 	fs.DurationVar(&cfg.Kosync.JWTTTL, "kosync-jwt-ttl", kosync.DefaultJWTTTL, "KOsync: lifetime of the JWTs /api/auth.jwt and /api/ws hand out")
 	fs.IntVar(&cfg.Kosync.HistoryLimit, "kosync-history", kosync.DefaultHistoryLimit, "KOsync: earlier states kept per document")
 	fs.IntVar(&cfg.Kosync.HashWorkers, "kosync-hash-workers", 0, "KOReader sync: password hashes (argon2id) run at once (0: one less than the CPUs, at least 1)")
