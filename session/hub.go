@@ -23,9 +23,10 @@ type Hub struct {
 
 	maxPayload atomic.Int64 // SetMaxPayload; 0: no cap
 
-	mu       sync.RWMutex
-	channels map[string]*channelState
-	shards   []*Shard
+	mu          sync.RWMutex
+	channels    map[string]*channelState
+	shards      []*Shard
+	onReconnect []func(*Shard) // OnReconnect; appended only, read under mu
 
 	sessions atomic.Int64
 	stats    HubStats
@@ -173,6 +174,17 @@ func (h *Hub) EachShard(fn func(*Shard)) {
 	})
 }
 
+// OnReconnect registers fn to run on every shard's own loop, through
+// EachShard, each time the broker reports that it lost and regained its
+// server: publishes from other nodes made meanwhile were lost, and fn may
+// tell the shard's sessions to resync. A broker with no other nodes never
+// reports one. fn picks its own sessions; the hub walks none.
+func (h *Hub) OnReconnect(fn func(*Shard)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.onReconnect = append(h.onReconnect, fn)
+}
+
 func (h *Hub) forShards(mask uint64, fn func(*Shard)) {
 	if mask == 0 {
 		return
@@ -249,7 +261,17 @@ func (b brokerHandler) Live(channel string) {
 	h.forShards(mask, func(sh *Shard) { sh.loop.Run(sh.liveTask, &channel) })
 }
 
-// Reconnected is a no-op for channels: go-redis resubscribes by itself, and
-// publishes lost meanwhile are lost (PROTOCOL.md says so). Revocations have
-// their own resync in package token.
-func (brokerHandler) Reconnected() {}
+// Reconnected runs the OnReconnect callbacks on every shard's loop. The
+// channels need nothing: go-redis resubscribes by itself, and publishes
+// lost meanwhile are lost (PROTOCOL.md says so); the callbacks let a
+// protocol tell its sessions so. Revocations have their own resync in
+// package token.
+func (b brokerHandler) Reconnected() {
+	h := b.h
+	h.mu.RLock()
+	fns := h.onReconnect
+	h.mu.RUnlock()
+	for _, fn := range fns {
+		h.EachShard(fn)
+	}
+}

@@ -371,3 +371,25 @@ func TestMaxPayload(t *testing.T) {
 		t.Fatalf("too large %d got %v", h.Stats().TooLarge.Load(), sink.got)
 	}
 }
+
+func TestReconnectedRunsOnReconnectOnEveryLoop(t *testing.T) {
+	h := NewHub(nil)
+	l1, l2 := &queueLoop{}, &queueLoop{}
+	sh1, _ := h.NewShard(l1)
+	sh2, _ := h.NewShard(l2)
+	var ran []*Shard
+	h.OnReconnect(func(sh *Shard) { ran = append(ran, sh) })
+	h.OnReconnect(func(sh *Shard) { ran = append(ran, sh) })
+	brokerHandler{h}.Reconnected()
+	if len(ran) != 0 {
+		t.Fatal("ran before the loops did")
+	}
+	l1.run()
+	if !slices.Equal(ran, []*Shard{sh1, sh1}) {
+		t.Fatalf("after loop 1 ran on %v, want shard 1 twice", ran)
+	}
+	l2.run()
+	if !slices.Equal(ran, []*Shard{sh1, sh1, sh2, sh2}) {
+		t.Fatalf("ran on %v, want each shard once per callback", ran)
+	}
+}
