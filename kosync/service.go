@@ -90,6 +90,11 @@ type Service struct {
 	refusals *ratelog.Logger
 
 	userLocks [256]sync.Mutex // see userLock
+
+	// subscribers holds each loop's subscribed sockets, for
+	// closeSubscribers: *session.Shard → socketSet, a set touched only on
+	// that shard's loop.
+	subscribers sync.Map
 }
 
 // New checks the options and builds the service.
@@ -115,6 +120,7 @@ func New(o Options) (*Service, error) {
 	s := &Service{opts: o, log: o.Logger, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0)}
 	s.auth = newAuthenticator(o.Store, o.Secrets, o)
 	s.jwt = newJWTKeys(o.Secrets, o.JWTTTL)
+	o.Hub.OnReconnect(s.closeSubscribers)
 	return s, nil
 }
 

@@ -30,6 +30,13 @@ const (
 	storeTimeout = 10 * time.Second
 	// encoding is the KOsync text frame's slot in the loops' encode caches.
 	encoding session.Encoding = 1
+	// closeMissedAnnounces (1012, service restart) closes the subscribed
+	// sockets of a node whose Redis subscription reconnected: announces
+	// from other nodes may have been lost meanwhile, and a client
+	// reconnects, subscribes again and calls documents.all (reference
+	// B.7). The protocol has no message meaning "refetch".
+	closeMissedAnnounces  uint16 = 1012
+	missedAnnouncesReason        = "announces may have been missed; reconnect and call documents.all"
 )
 
 var (
@@ -87,6 +94,8 @@ type wsConn struct {
 	user    string
 	claims  token.Claims
 	sess    *session.Session
+	// subscribed: the socket is in its loop's socketSet.
+	subscribed bool
 
 	busy   bool
 	queue  [][]byte
@@ -209,7 +218,38 @@ func (h *wsConn) pubsub(payload json.RawMessage) {
 		h.rpcError("pubsub", "Unknown PubSub topic: '"+topic+"'")
 		return
 	}
-	h.c.Loop().Shard().Subscribe(h.sess, userChannel(h.user))
+	sh := h.c.Loop().Shard()
+	if !h.subscribed {
+		h.subscribed = true
+		h.s.socketsOn(sh)[h] = struct{}{}
+	}
+	sh.Subscribe(h.sess, userChannel(h.user))
+}
+
+// socketSet is one loop's subscribed sockets.
+type socketSet map[*wsConn]struct{}
+
+// socketsOn returns sh's set; call it on sh's loop.
+func (s *Service) socketsOn(sh *session.Shard) socketSet {
+	if set, ok := s.subscribers.Load(sh); ok {
+		return set.(socketSet)
+	}
+	set, _ := s.subscribers.LoadOrStore(sh, socketSet{})
+	return set.(socketSet)
+}
+
+// closeSubscribers runs on sh's loop after a Redis reconnect (hub
+// OnReconnect): it closes the loop's subscribed sockets with 1012 so their
+// clients reconnect and refetch. Sockets that never subscribed missed
+// nothing and stay open.
+func (s *Service) closeSubscribers(sh *session.Shard) {
+	set, ok := s.subscribers.Load(sh)
+	if !ok {
+		return
+	}
+	for h := range set.(socketSet) {
+		h.c.Close(closeMissedAnnounces, missedAnnouncesReason)
+	}
 }
 
 // asyncResult carries a store request's outcome back to the loop.
@@ -290,6 +330,9 @@ func (h *wsConn) OnDeadline(c *gateway.Conn) { c.KeepAlive(pingEvery, idleLimit)
 func (h *wsConn) OnClose(c *gateway.Conn) {
 	if h.sess != nil {
 		c.Loop().Shard().Remove(h.sess)
+	}
+	if h.subscribed {
+		delete(h.s.socketsOn(c.Loop().Shard()), h)
 	}
 	h.queue = nil
 }
