@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"reflect"
@@ -57,33 +56,11 @@ type ksResp struct {
 // headers when user is not empty. extra adds headers ("Name: value").
 func ksDo(t testing.TB, method, url, user, key, body string, extra ...string) ksResp {
 	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(testCtx(t), method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "application/vnd.koreader.v1+json")
+	headers := []string{"Accept: application/vnd.koreader.v1+json"}
 	if user != "" {
-		req.Header.Set("x-auth-user", user)
-		req.Header.Set("x-auth-key", key)
+		headers = append(headers, "x-auth-user: "+user, "x-auth-key: "+key)
 	}
-	for _, h := range extra {
-		k, v, _ := strings.Cut(h, ": ")
-		req.Header.Set(k, v)
-	}
-	resp, err := ksHTTP.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: read body: %v", method, url, err)
-	}
-	return ksResp{resp.StatusCode, b, resp.Header}
+	return kwDo(t, method, url, body, append(headers, extra...)...)
 }
 
 // ksWantJSON checks a JSON answer: status, Content-Type application/json and

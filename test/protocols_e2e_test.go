@@ -174,6 +174,38 @@ func TestHypothesisRevokedSocketCloses3004(t *testing.T) {
 	}
 }
 
+// wsifyMember dials a `gateway wsify` process on listen until it answers
+// (failing if exited, when not nil, reports the process gone), joins
+// "news" and waits for its own broadcast there: once it is back, the join
+// ran.
+func wsifyMember(t *testing.T, listen string, exited chan error) *websocket.Conn {
+	t.Helper()
+	var member *websocket.Conn
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(50 * time.Millisecond) {
+		select {
+		case err := <-exited: // a nil channel never answers
+			exited <- err
+			t.Fatalf("gateway wsify exited: %v", err)
+		default:
+		}
+		c, _, err := websocket.Dial(testCtx(t), "ws://"+listen+"/ws", nil)
+		if err == nil {
+			member = c
+			t.Cleanup(func() { _ = c.CloseNow() })
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway wsify not listening: %v", err)
+		}
+	}
+	writeText(t, member, `{"command":"join","args":{"channel":"news"}}`)
+	writeText(t, member, `{"command":"broadcast","args":{"channel":"news","content":"self"}}`)
+	if got := readText(t, member); got != `"self"` {
+		t.Fatalf("member got %s", got)
+	}
+	return member
+}
+
 // TestWsifyDropInProcess runs `gateway wsify` with wsify's own flag names:
 // a member receives a broadcast and /broadcast checks its key.
 func TestWsifyDropInProcess(t *testing.T) {
@@ -193,24 +225,7 @@ func TestWsifyDropInProcess(t *testing.T) {
 			t.Logf("stderr:\n%s", stderr.String())
 		}
 	})
-	var member *websocket.Conn
-	for deadline := time.Now().Add(waitFor); ; time.Sleep(50 * time.Millisecond) {
-		c, _, err := websocket.Dial(testCtx(t), "ws://"+listen+"/ws", nil)
-		if err == nil {
-			member = c
-			t.Cleanup(func() { _ = c.CloseNow() })
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gateway wsify not listening: %v", err)
-		}
-	}
-	writeText(t, member, `{"command":"join","args":{"channel":"news"}}`)
-	// A member receives its own broadcast: once it is back, the join ran.
-	writeText(t, member, `{"command":"broadcast","args":{"channel":"news","content":"self"}}`)
-	if got := readText(t, member); got != `"self"` {
-		t.Fatalf("member got %s", got)
-	}
+	member := wsifyMember(t, listen, nil)
 	if code, _ := post(t, "http://"+listen+"/broadcast?key=wrong", "application/json", `{"channel":"news","content":1}`); code != http.StatusForbidden {
 		t.Fatalf("wrong key answered %d, want 403", code)
 	}

@@ -70,29 +70,7 @@ func dropInBindsOnlyListenAddr(t *testing.T, broker ...string) {
 			t.Logf("stderr:\n%s", stderr.String())
 		}
 	})
-	var member *websocket.Conn
-	for deadline := time.Now().Add(waitFor); ; time.Sleep(50 * time.Millisecond) {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("gateway wsify exited: %v", err)
-		default:
-		}
-		c, _, err := websocket.Dial(testCtx(t), "ws://"+listen+"/ws", nil)
-		if err == nil {
-			member = c
-			t.Cleanup(func() { _ = c.CloseNow() })
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gateway wsify not listening: %v", err)
-		}
-	}
-	writeText(t, member, `{"command":"join","args":{"channel":"news"}}`)
-	writeText(t, member, `{"command":"broadcast","args":{"channel":"news","content":"self"}}`)
-	if got := readText(t, member); got != `"self"` {
-		t.Fatalf("member got %s", got)
-	}
+	wsifyMember(t, listen, exited)
 
 	if runtime.GOOS == "linux" {
 		_, port, _ := net.SplitHostPort(listen)
