@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"sync/atomic"
 	"time"
 
 	"github.com/wsgateway/gateway/gateway"
@@ -169,13 +168,12 @@ func (p *Protocol) logVerdict(what, connID string, remote netip.Addr, v verdict,
 		p.refusals.Refused("request refused", "wsify", reason, remote, "wsify:"+connID,
 			slog.String("command", ratelog.Truncate(what, 32)), slog.Int("status", status))
 	case unavailable, timedOut:
-		if p.warnLimit.allow() {
-			args := []any{"call", what, "conn", connID, "status", status, "timeout", v == timedOut}
-			if err != nil {
-				args = append(args, "err", redactURLError(err))
-			}
-			p.log.Warn("wsify: authorizer unavailable", args...)
+		attrs := []slog.Attr{slog.String("call", ratelog.Truncate(what, 32)), slog.String("conn", connID),
+			slog.Int("status", status), slog.Bool("timeout", v == timedOut)}
+		if err != nil {
+			attrs = append(attrs, slog.String("err", redactURLError(err)))
 		}
+		p.warns.Log("authorizer", "wsify: authorizer unavailable", attrs...)
 	}
 }
 
@@ -187,13 +185,4 @@ func redactURLError(err error) string {
 		return ue.Op + ": " + ue.Err.Error()
 	}
 	return err.Error()
-}
-
-// logLimiter lets one line a second through.
-type logLimiter struct{ next atomic.Int64 }
-
-func (l *logLimiter) allow() bool {
-	now := time.Now().UnixNano()
-	next := l.next.Load()
-	return now >= next && l.next.CompareAndSwap(next, now+int64(time.Second))
 }

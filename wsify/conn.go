@@ -3,6 +3,7 @@ package wsify
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -219,9 +220,8 @@ func (h *conn) run(m *message) {
 		if err := h.p.hub.Publish(hubChannel(m.channel), m.content, h.sess.ID); err != nil {
 			// Counted by the hub (gateway_broker_refusals_total); the
 			// client is not told, as upstream tells it nothing.
-			if h.p.warnLimit.allow() {
-				h.p.log.Warn("wsify: broadcast refused by the broker", "conn", h.id.id, "err", err)
-			}
+			h.p.warns.Log("ws_broadcast", "wsify: broadcast refused by the broker",
+				slog.String("conn", h.id.id), slog.String("err", err.Error()))
 		}
 	}
 }

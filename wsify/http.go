@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"mime"
 	"net/http"
 	"net/netip"
@@ -63,9 +64,7 @@ func (p *Protocol) serveBroadcast(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := p.hub.Publish(hubChannel(channel), content, 0); err != nil {
-		if p.warnLimit.allow() {
-			p.log.Warn("wsify: POST /broadcast refused by the broker", "err", err)
-		}
+		p.warns.Log("http_broadcast", "wsify: POST /broadcast refused by the broker", slog.String("err", err.Error()))
 		status := broadcastRefusal(err)
 		if status == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "1")

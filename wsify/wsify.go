@@ -128,10 +128,10 @@ type Protocol struct {
 	client     *http.Client
 	log        *slog.Logger
 	metrics    *metrics
-	warnLimit  logLimiter
 	// refusals logs denied calls and bad broadcasting keys (info,
-	// collapsed per reason).
-	refusals *ratelog.Logger
+	// collapsed per reason); warns logs failures of the authorizer and
+	// the broker (warn, collapsed per kind).
+	refusals, warns *ratelog.Logger
 
 	// route is what Route hands the gateway: the Protocol itself when an
 	// authorizer is configured (it then is a gateway.HeadAuthorizer),
@@ -201,6 +201,7 @@ func New(o Options) (*Protocol, error) {
 		log:        o.Logger.With("protocol", "wsify"),
 		metrics:    newMetrics(),
 		refusals:   ratelog.New(o.Logger, slog.LevelInfo, 0),
+		warns:      ratelog.New(o.Logger.With("protocol", "wsify"), slog.LevelWarn, time.Second),
 	}
 	p.encodeFn = p.encode
 	if p.authURL != "" {
