@@ -50,6 +50,7 @@ type Conn struct {
 	timer   session.Timer[Conn]
 	remote  netip.AddrPort
 	accept  time.Duration // the TCP accept, on the server's monotonic clock
+	seq     uint64        // ConnID.Seq (connid.go)
 	// tat is the message rate's token bucket (GCRA: when the bucket is next
 	// empty, in nanoseconds since the server's epoch).
 	tat int64

@@ -181,6 +181,8 @@ type Server struct {
 	stopped      chan error
 	draining     atomic.Bool
 	conns        atomic.Int64
+	tag          uint32        // this server's part of every ConnID
+	lastSeq      atomic.Uint64 // the last ConnID.Seq handed out
 	authorizing  atomic.Int64 // HeadAuthorizer calls running (Options.MaxAuthorizing)
 
 	loopsMu sync.Mutex
@@ -202,7 +204,7 @@ func New(opts Options, hub *session.Hub) *Server {
 	opts.setDefaults()
 	s := &Server{
 		opts: opts, logger: opts.Logger, hub: hub,
-		epoch: time.Now(), booted: make(chan struct{}), stopped: make(chan error, 1),
+		epoch: time.Now(), booted: make(chan struct{}), stopped: make(chan error, 1), tag: randomTag(),
 		httpErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 	}
 	s.metrics = newMetrics(s)
@@ -453,7 +455,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		return nil, gnet.Close
 	}
 	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: s.sinceEpoch(),
-		listener: s.listenerOf(gc.Fd())}
+		listener: s.listenerOf(gc.Fd()), seq: s.lastSeq.Add(1)}
 	if r, ok := gc.Context().(*returnedConn); ok { // an upgrade net/http gave back
 		c.carry, c.ipHeld = r.carry, r.placeHeld
 		_ = gc.Wake(nil) // OnTraffic reads the carried head
