@@ -183,7 +183,7 @@ type Server struct {
 	conns        atomic.Int64
 	tag          uint32        // this server's part of every ConnID
 	lastSeq      atomic.Uint64 // the last ConnID.Seq handed out
-	authorizing  atomic.Int64 // HeadAuthorizer calls running (Options.MaxAuthorizing)
+	authorizing  atomic.Int64  // HeadAuthorizer calls running (Options.MaxAuthorizing)
 
 	loopsMu sync.Mutex
 	loops   []*Loop
