@@ -168,6 +168,8 @@ func (h *conn) run(pk *packet.Packet) {
 		h.c.Loop().Shard().Unsubscribe(h.sess, string(pk.Channel))
 	case packet.PacketPublish:
 		h.publish(pk.Channel, pk.Payload)
+	case packet.PacketSubscribeFrom:
+		h.subscribeFrom(pk.Channel, pk.Epoch, pk.Offset)
 	}
 }
 
@@ -214,6 +216,22 @@ func (h *conn) subscribe(channel []byte) {
 	if errors.Is(err, session.ErrTooManySubscriptions) {
 		h.sendError(packet.ErrorTooMany, fmt.Sprintf("subscribe %s: more than %d subscriptions", quoteChannel(channel), h.p.opts.MaxSubscriptions))
 	}
+}
+
+// subscribeFrom answers SubscribeFrom (PROTOCOL.md §5.1). The checks run
+// in the order the protocol lists them: the position, the channel policy,
+// then whether the channel keeps history. This node keeps none, so every
+// well-formed request ends in Error 400 and subscribes nothing.
+func (h *conn) subscribeFrom(channel []byte, epoch, offset int64) {
+	if offset < 0 || (epoch == 0 && offset != 0) {
+		h.sendError(packet.ErrorBadRequest, fmt.Sprintf("subscribe from %s: bad position (epoch %d, offset %d)", quoteChannel(channel), epoch, offset))
+		return
+	}
+	if code, why := checkChannel(channel, h.sess.Claims.Subject, opSubscribe); code != 0 {
+		h.sendError(code, fmt.Sprintf("subscribe from %s: %s", quoteChannel(channel), why))
+		return
+	}
+	h.sendError(packet.ErrorBadRequest, fmt.Sprintf("subscribe from %s: channel keeps no history", quoteChannel(channel)))
 }
 
 func (h *conn) publish(channel, payload []byte) {

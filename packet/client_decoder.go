@@ -2,14 +2,19 @@ package packet
 
 // ServerPacket is one decoded client-bound packet. Only the fields of its
 // ID are set: Millis (Pong), Channel and Payload (Message), Code and Text
-// (Error), Channel (Subscribed). The slices alias the message.
+// (Error), Channel (Subscribed), Channel, Offset and Payload (Publication),
+// Channel, Epoch, Offset and Recovered (SubscribedFrom). The slices alias
+// the message.
 type ServerPacket struct {
-	ID      byte
-	Millis  int64
-	Code    int16
-	Channel []byte
-	Payload []byte
-	Text    []byte
+	ID        byte
+	Millis    int64
+	Code      int16
+	Channel   []byte
+	Payload   []byte
+	Text      []byte
+	Epoch     int64
+	Offset    int64
+	Recovered byte // SubscribedFrom: 0 or 1 on the wire; any other value is kept as read
 }
 
 // ClientDecoder reads the client-bound packets of one message, for
@@ -63,6 +68,20 @@ func (d *ClientDecoder) decode(p *ServerPacket) error {
 		}
 	case PacketSubscribed:
 		p.Channel, err = d.cur.readString()
+	case PacketPublication:
+		if p.Channel, err = d.cur.readString(); err == nil {
+			if p.Offset, err = d.cur.readInt64(); err == nil {
+				p.Payload, err = d.cur.readBytes()
+			}
+		}
+	case PacketSubscribedFrom:
+		if p.Channel, err = d.cur.readString(); err == nil {
+			if p.Epoch, err = d.cur.readInt64(); err == nil {
+				if p.Offset, err = d.cur.readInt64(); err == nil {
+					p.Recovered, err = d.cur.readByte()
+				}
+			}
+		}
 	default:
 		d.cur.pos = start
 		err = ErrUnknownPacket

@@ -8,6 +8,8 @@ func TestClientDecoder(t *testing.T) {
 	msgMessage := []byte{0x01, 0x00, 0x02, 'a', 'b', 0, 0, 0, 1, 9}
 	msgError := []byte{0x02, 0x01, 0x93, 0x00, 0x04, 'n', 'o', 'p', 'e'}
 	msgSubscribed := []byte{0x03, 0x00, 0x01, 'c'}
+	msgPublication := []byte{0x04, 0x00, 0x01, 'c', 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 2, 9, 8}
+	msgSubscribedFrom := []byte{0x05, 0x00, 0x01, 'c', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb, 0, 0, 0, 0, 0, 0, 0, 3, 1}
 	tests := []struct {
 		name       string
 		msg        []byte
@@ -30,7 +32,14 @@ func TestClientDecoder(t *testing.T) {
 				pong,
 			}, nil, 4 + 10 + 10 + 9},
 
-		{"unknown packet", []byte{0x04}, nil, ErrUnknownPacket, 0},
+		{"publication", msgPublication,
+			[]ServerPacket{{ID: PacketPublication, Channel: []byte("c"), Offset: 258, Payload: []byte{9, 8}}}, nil, len(msgPublication)},
+		{"subscribed from", msgSubscribedFrom,
+			[]ServerPacket{{ID: PacketSubscribedFrom, Channel: []byte("c"), Epoch: -5, Offset: 3, Recovered: 1}}, nil, len(msgSubscribedFrom)},
+		{"publication without offset", []byte{0x04, 0x00, 0x01, 'c', 0, 0}, nil, ErrTruncated, 4},
+		{"publication without payload", []byte{0x04, 0x00, 0x01, 'c', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0}, nil, ErrTruncated, 12},
+		{"subscribed from without recovered", msgSubscribedFrom[:len(msgSubscribedFrom)-1], nil, ErrTruncated, len(msgSubscribedFrom) - 1},
+		{"unknown packet", []byte{0x06}, nil, ErrUnknownPacket, 0},
 		{"unknown packet after pong", cat(msgPong, []byte{0xff}), []ServerPacket{pong}, ErrUnknownPacket, 9},
 		{"pong cut short", []byte{0x00, 1, 2, 3}, nil, ErrTruncated, 1},
 		{"error without code", []byte{0x02, 0x01}, nil, ErrTruncated, 1},

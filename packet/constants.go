@@ -27,6 +27,9 @@ const (
 	PacketSubscribe   byte = 0x02 // channel string
 	PacketUnsubscribe byte = 0x03 // channel string
 	PacketPublish     byte = 0x04 // channel string, payload bytes
+	// PacketSubscribeFrom subscribes with recovery: channel string, epoch
+	// long, offset long (PROTOCOL.md §5.1).
+	PacketSubscribeFrom byte = 0x05
 )
 
 // Client-bound packet ids (server -> client).
@@ -35,6 +38,12 @@ const (
 	PacketMessage    byte = 0x01 // channel string, payload bytes
 	PacketError      byte = 0x02 // code short, message string
 	PacketSubscribed byte = 0x03 // channel string
+	// PacketPublication is a publish on a channel with history: channel
+	// string, offset long, payload bytes.
+	PacketPublication byte = 0x04
+	// PacketSubscribedFrom answers SubscribeFrom (and tells of a gap):
+	// channel string, epoch long, offset long, recovered byte (0 or 1).
+	PacketSubscribedFrom byte = 0x05
 )
 
 // Setting ids inside a Settings packet, with the type of their value.

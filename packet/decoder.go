@@ -3,8 +3,10 @@ package packet
 // Packet is one decoded server-bound packet. The slices alias the message.
 type Packet struct {
 	ID       byte
-	Channel  []byte // Subscribe, Unsubscribe, Publish: subslice of the message
+	Channel  []byte // Subscribe, Unsubscribe, Publish, SubscribeFrom: subslice of the message
 	Payload  []byte // Publish
+	Epoch    int64  // SubscribeFrom
+	Offset   int64  // SubscribeFrom
 	Settings []byte // Settings: the raw setting bytes, terminator excluded; iterate with SettingsReader
 }
 
@@ -59,6 +61,12 @@ func (d *Decoder) decode(p *Packet) error {
 	case PacketPublish:
 		if p.Channel, err = d.cur.readString(); err == nil {
 			p.Payload, err = d.cur.readBytes()
+		}
+	case PacketSubscribeFrom:
+		if p.Channel, err = d.cur.readString(); err == nil {
+			if p.Epoch, err = d.cur.readInt64(); err == nil {
+				p.Offset, err = d.cur.readInt64()
+			}
 		}
 	default:
 		d.cur.pos = start

@@ -13,6 +13,8 @@ var (
 	msgPublish     = []byte{0x04, 0x00, 0x01, 'c', 0x00, 0x00, 0x00, 0x02, 9, 8}
 	msgPublishZero = []byte{0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00}
 	msgSettings0   = []byte{0x01, 0xff}
+	// SubscribeFrom("c", epoch 0x0102030405060708, offset 7).
+	msgSubscribeFrom = []byte{0x05, 0x00, 0x01, 'c', 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 7}
 	// echo=1, client name "bot", batch window 50 (0x0032).
 	settingsBody = []byte{0x01, 0x01, 0x02, 0x00, 0x03, 'b', 'o', 't', 0x03, 0x00, 0x32}
 	msgSettings  = cat([]byte{0x01}, settingsBody, []byte{0xff})
@@ -46,8 +48,19 @@ func TestDecoder(t *testing.T) {
 				{ID: PacketUnsubscribe, Channel: []byte("ab")}, ping},
 			nil, 1 + 5 + 10 + len(msgSettings) + 5 + 1},
 
+		{"subscribe from", msgSubscribeFrom,
+			[]Packet{{ID: PacketSubscribeFrom, Channel: []byte("c"), Epoch: 0x0102030405060708, Offset: 7}}, nil, len(msgSubscribeFrom)},
+		{"subscribe from without replay", []byte{0x05, 0x00, 0x01, 'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+			[]Packet{{ID: PacketSubscribeFrom, Channel: []byte("c")}}, nil, 20},
+		// Negative epochs and offsets are well-formed; the server answers
+		// Error 400 for a negative offset (a value, not a structure, rule).
+		{"subscribe from negative offset", []byte{0x05, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe},
+			[]Packet{{ID: PacketSubscribeFrom, Channel: []byte{}, Epoch: -1, Offset: -2}}, nil, 19},
+		{"subscribe from without epoch", []byte{0x05, 0x00, 0x01, 'c', 0, 0, 0}, nil, ErrTruncated, 4},
+		{"subscribe from without offset", []byte{0x05, 0x00, 0x01, 'c', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0}, nil, ErrTruncated, 12},
+
 		// Unknown ids: Offset points at the id byte.
-		{"unknown packet", []byte{0x05}, nil, ErrUnknownPacket, 0},
+		{"unknown packet", []byte{0x06}, nil, ErrUnknownPacket, 0},
 		{"unknown packet after ping", []byte{0x00, 0xff, 0x00}, []Packet{ping}, ErrUnknownPacket, 1},
 		{"unknown setting 0x00", []byte{0x01, 0x00, 0xff}, nil, ErrUnknownSetting, 1},
 		{"unknown setting 0x04 after echo", []byte{0x01, 0x01, 0x00, 0x04, 0xff}, nil, ErrUnknownSetting, 3},

@@ -29,12 +29,14 @@
 //   - A Decoder (or Validate) reads each later client message; a
 //     SettingsReader walks the body of a Settings packet.
 //   - AppendPong, AppendMessage, AppendMessageBytes, AppendError,
-//     AppendSubscribed and AppendSubscribedBytes build outgoing messages;
-//     MessageLen sizes buffers for fan-out.
+//     AppendSubscribed, AppendSubscribedBytes, AppendPublication and
+//     AppendSubscribedFrom build outgoing messages; MessageLen and
+//     PublicationLen size buffers for fan-out.
 //
 // Client side (tests, the CLI, the load generator):
 //   - AppendAuth, AppendPing, AppendSettings, AppendSubscribe,
-//     AppendUnsubscribe and AppendPublish build outgoing messages.
+//     AppendUnsubscribe, AppendPublish and AppendSubscribeFrom build
+//     outgoing messages.
 //   - A ClientDecoder reads the server's messages.
 //
 // # Concurrency

@@ -40,6 +40,32 @@ func MessageLen(channel, payload int) int {
 	return 1 + stringPrefixLen + channel + bytesPrefixLen + payload
 }
 
+// AppendPublication appends a client-bound Publication: a publish on a
+// channel with history, at its offset.
+func AppendPublication(dst []byte, channel string, offset int64, payload []byte) []byte {
+	dst = appendChannel(dst, PacketPublication, channel)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(offset))
+	return appendBytes(dst, payload)
+}
+
+// PublicationLen returns the encoded size of a Publication with a channel
+// and a payload of the given byte lengths.
+func PublicationLen(channel, payload int) int {
+	return MessageLen(channel, payload) + 8
+}
+
+// AppendSubscribedFrom appends a client-bound SubscribedFrom; recovered is
+// written as 1 or 0.
+func AppendSubscribedFrom(dst []byte, channel string, epoch, offset int64, recovered bool) []byte {
+	dst = appendChannel(dst, PacketSubscribedFrom, channel)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(epoch))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(offset))
+	if recovered {
+		return append(dst, 1)
+	}
+	return append(dst, 0)
+}
+
 // AppendError appends a client-bound Error; code is one of the Error*
 // constants and message a short human-readable explanation.
 func AppendError(dst []byte, code int16, message string) []byte {
@@ -71,6 +97,14 @@ func AppendSubscribe(dst []byte, channel string) []byte {
 // AppendUnsubscribe appends a server-bound Unsubscribe.
 func AppendUnsubscribe(dst []byte, channel string) []byte {
 	return appendChannel(dst, PacketUnsubscribe, channel)
+}
+
+// AppendSubscribeFrom appends a server-bound SubscribeFrom: subscribe and
+// replay what followed offset in epoch (epoch 0, offset 0: no replay).
+func AppendSubscribeFrom(dst []byte, channel string, epoch, offset int64) []byte {
+	dst = appendChannel(dst, PacketSubscribeFrom, channel)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(epoch))
+	return binary.BigEndian.AppendUint64(dst, uint64(offset))
 }
 
 // AppendPublish appends a server-bound Publish.

@@ -19,6 +19,13 @@ func TestEncodeExactBytes(t *testing.T) {
 		{"error", AppendError(nil, ErrorTooMany, "slow"), []byte{0x02, 0x01, 0xad, 0x00, 0x04, 's', 'l', 'o', 'w'}},
 		{"subscribed", AppendSubscribed(nil, "c"), []byte{0x03, 0x00, 0x01, 'c'}},
 		{"subscribed bytes", AppendSubscribedBytes(nil, []byte("c")), []byte{0x03, 0x00, 0x01, 'c'}},
+		{"publication", AppendPublication(nil, "c", 258, []byte{9, 8}),
+			[]byte{0x04, 0x00, 0x01, 'c', 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 2, 9, 8}},
+		{"subscribed from, recovered", AppendSubscribedFrom(nil, "c", -5, 3, true),
+			[]byte{0x05, 0x00, 0x01, 'c', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb, 0, 0, 0, 0, 0, 0, 0, 3, 1}},
+		{"subscribed from, not recovered", AppendSubscribedFrom(nil, "c", 1, 0, false),
+			[]byte{0x05, 0x00, 0x01, 'c', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
+		{"subscribe from", AppendSubscribeFrom(nil, "c", 0x0102030405060708, 7), msgSubscribeFrom},
 		{"ping", AppendPing(nil), msgPing},
 		{"subscribe", AppendSubscribe(nil, "ab"), msgSubscribeAB},
 		{"unsubscribe", AppendUnsubscribe(nil, "ab"), msgUnsubAB},
@@ -46,6 +53,15 @@ func TestMessageLen(t *testing.T) {
 		msg := AppendMessage(nil, strings.Repeat("c", n[0]), make([]byte, n[1]))
 		if got := MessageLen(n[0], n[1]); got != len(msg) {
 			t.Errorf("MessageLen(%d, %d) = %d, want %d", n[0], n[1], got, len(msg))
+		}
+	}
+}
+
+func TestPublicationLen(t *testing.T) {
+	for _, n := range [][2]int{{0, 0}, {2, 1}, {100, 4096}} {
+		msg := AppendPublication(nil, strings.Repeat("c", n[0]), 1, make([]byte, n[1]))
+		if got := PublicationLen(n[0], n[1]); got != len(msg) {
+			t.Errorf("PublicationLen(%d, %d) = %d, want %d", n[0], n[1], got, len(msg))
 		}
 	}
 }

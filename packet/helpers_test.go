@@ -28,6 +28,8 @@ func reencode(dst []byte, p *Packet) []byte {
 		return AppendUnsubscribe(dst, string(p.Channel))
 	case PacketPublish:
 		return AppendPublish(dst, string(p.Channel), p.Payload)
+	case PacketSubscribeFrom:
+		return AppendSubscribeFrom(dst, string(p.Channel), p.Epoch, p.Offset)
 	}
 	panic("reencode: unknown packet id")
 }
@@ -42,6 +44,12 @@ func reencodeServer(dst []byte, p *ServerPacket) []byte {
 		return AppendError(dst, p.Code, string(p.Text))
 	case PacketSubscribed:
 		return AppendSubscribedBytes(dst, p.Channel)
+	case PacketPublication:
+		return AppendPublication(dst, string(p.Channel), p.Offset, p.Payload)
+	case PacketSubscribedFrom:
+		dst = AppendSubscribedFrom(dst, string(p.Channel), p.Epoch, p.Offset, false)
+		dst[len(dst)-1] = p.Recovered // as read: the decoder keeps values other than 0 and 1
+		return dst
 	}
 	panic("reencodeServer: unknown packet id")
 }
@@ -89,6 +97,7 @@ func packetsEqual(a, b []Packet) bool {
 			!bytes.Equal(a[i].Channel, b[i].Channel) ||
 			!bytes.Equal(a[i].Payload, b[i].Payload) ||
 			!bytes.Equal(a[i].Settings, b[i].Settings) ||
+			a[i].Epoch != b[i].Epoch || a[i].Offset != b[i].Offset ||
 			(a[i].Settings == nil) != (b[i].Settings == nil) {
 			return false
 		}
@@ -102,6 +111,7 @@ func serverPacketsEqual(a, b []ServerPacket) bool {
 	}
 	for i := range a {
 		if a[i].ID != b[i].ID || a[i].Millis != b[i].Millis || a[i].Code != b[i].Code ||
+			a[i].Epoch != b[i].Epoch || a[i].Offset != b[i].Offset || a[i].Recovered != b[i].Recovered ||
 			!bytes.Equal(a[i].Channel, b[i].Channel) ||
 			!bytes.Equal(a[i].Payload, b[i].Payload) ||
 			!bytes.Equal(a[i].Text, b[i].Text) {

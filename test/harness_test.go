@@ -195,6 +195,10 @@ func describe(p packet.ServerPacket) string {
 		return fmt.Sprintf("Error(%d, %q)", p.Code, p.Text)
 	case packet.PacketSubscribed:
 		return fmt.Sprintf("Subscribed(%q)", p.Channel)
+	case packet.PacketPublication:
+		return fmt.Sprintf("Publication(%q, %d, %q)", p.Channel, p.Offset, p.Payload)
+	case packet.PacketSubscribedFrom:
+		return fmt.Sprintf("SubscribedFrom(%q, %d, %d, %d)", p.Channel, p.Epoch, p.Offset, p.Recovered)
 	}
 	return fmt.Sprintf("packet %#x", p.ID)
 }

@@ -163,6 +163,7 @@ func TestNative(t *testing.T) {
 		{"BatchWindow", neTestBatchWindow},
 		{"MessageEncoding", neTestMessageEncoding},
 		{"SubscribeUnsubscribe", neTestSubscribeUnsubscribe},
+		{"SubscribeFromWithoutHistory", neTestSubscribeFromWithoutHistory},
 		{"ChannelPolicy", neTestChannelPolicy},
 		{"SubscriptionLimit", neTestSubscriptionLimit},
 		{"FanOut", neTestFanOut},
@@ -660,6 +661,40 @@ func neTestSubscribeUnsubscribe(t *testing.T, n *node.Node) {
 	subscribe(t, sub, "su-a")
 	nePublishSync(t, pub, "su-a", []byte("a3"))
 	neCheckMessage(t, readOne(t, sub), "su-a", []byte("a3"))
+}
+
+// neTestSubscribeFromWithoutHistory: on a node that keeps no history every
+// SubscribeFrom is refused with Error 400, checked in the protocol's order
+// (position, policy, history), and subscribes nothing.
+func neTestSubscribeFromWithoutHistory(t *testing.T, n *node.Node) {
+	pub := connect(t, n, "alice")
+	sub := connect(t, n, "bob")
+	for _, tc := range []struct {
+		channel       string
+		epoch, offset int64
+		code          int16
+		want          string
+	}{
+		{"sf-a", 0, 0, packet.ErrorBadRequest, `subscribe from "sf-a": channel keeps no history`},
+		{"sf-a", 7, 3, packet.ErrorBadRequest, `subscribe from "sf-a": channel keeps no history`},
+		{"sf-a", 0, 5, packet.ErrorBadRequest, `subscribe from "sf-a": bad position (epoch 0, offset 5)`},
+		{"sf-a", 7, -1, packet.ErrorBadRequest, `subscribe from "sf-a": bad position (epoch 7, offset -1)`},
+		{"user:alice", 0, 0, packet.ErrorForbidden, `subscribe from "user:alice": `},
+		{"#kosync:x", 0, 0, packet.ErrorForbidden, `subscribe from "#kosync:x": `},
+	} {
+		send(t, sub, packet.AppendSubscribeFrom(nil, tc.channel, tc.epoch, tc.offset))
+		p := readOne(t, sub)
+		neCheckError(t, p, tc.code, tc.want)
+		if tc.code == packet.ErrorBadRequest && string(p.Text) != tc.want {
+			t.Fatalf("Error text %q, want %q", p.Text, tc.want)
+		}
+	}
+	// Nothing was subscribed: a publish on sf-a does not arrive, the
+	// marker on a plain subscription does.
+	subscribe(t, sub, "sf-marker")
+	nePublishSync(t, pub, "sf-a", []byte("lost"))
+	nePublishSync(t, pub, "sf-marker", []byte("marker"))
+	neCheckMessage(t, readOne(t, sub), "sf-marker", []byte("marker"))
 }
 
 func neTestChannelPolicy(t *testing.T, n *node.Node) {
