@@ -1,0 +1,160 @@
+package history
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// memEntryOverhead is what a kept publication costs besides its payload:
+// its entry in the ring (offset, time, slice header) and the allocation
+// rounding of its copy, about.
+const memEntryOverhead = 48
+
+// MemoryStore keeps history in this process: a node running alone. The
+// memory it holds is at most, per channel, Size × (payload + about 48
+// bytes), and a channel's memory is released once its last publication
+// expired and its epoch outlived MetaTTL (Sweep, which the owner calls
+// now and then). Nothing survives the process: a new MemoryStore gives
+// every channel a new epoch.
+type MemoryStore struct {
+	opts Options
+	now  func() time.Time // time.Now; tests replace it
+
+	mu       sync.Mutex
+	channels map[string]*memChannel
+}
+
+// memChannel is one channel's history: ring holds publications
+// ring[head], ring[head+1], ... (modulo len) with offsets top-n+1 .. top.
+type memChannel struct {
+	mu      sync.Mutex
+	epoch   int64
+	top     int64
+	ring    []memEntry
+	head, n int
+	touched time.Time // last Append or Recover, for MetaTTL
+}
+
+type memEntry struct {
+	offset  int64
+	at      time.Time
+	payload []byte
+}
+
+// NewMemoryStore returns an empty store; o.Size must be positive.
+func NewMemoryStore(o Options) *MemoryStore {
+	return &MemoryStore{opts: o.WithDefaults(), now: time.Now, channels: map[string]*memChannel{}}
+}
+
+// channel returns channel's history, made (with a new epoch) if needed.
+func (s *MemoryStore) channel(name string) *memChannel {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.channels[name]
+	if c == nil {
+		c = &memChannel{epoch: newEpoch()}
+		s.channels[name] = c
+	}
+	return c
+}
+
+// Append implements Store.
+func (s *MemoryStore) Append(_ context.Context, channel string, payload []byte) (Position, error) {
+	return s.AppendFunc(channel, payload, nil), nil
+}
+
+// AppendFunc is Append that also calls then(position) while the channel is
+// still locked, so that what then does (queueing the deliveries) happens in
+// offset order across concurrent publishers. then must not block and must
+// not call the store.
+func (s *MemoryStore) AppendFunc(channel string, payload []byte, then func(Position)) Position {
+	c := s.channel(channel)
+	now := s.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.top++
+	c.push(memEntry{offset: c.top, at: now, payload: append([]byte(nil), payload...)}, s.opts.Size)
+	c.expire(now.Add(-s.opts.TTL))
+	c.touched = now
+	pos := Position{Epoch: c.epoch, Offset: c.top}
+	if then != nil {
+		then(pos)
+	}
+	return pos
+}
+
+// Recover implements Store.
+func (s *MemoryStore) Recover(_ context.Context, channel string, since Position) (Recovery, error) {
+	c := s.channel(channel)
+	now := s.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.expire(now.Add(-s.opts.TTL))
+	c.touched = now
+	r := Recovery{Top: Position{Epoch: c.epoch, Offset: c.top}}
+	switch {
+	case since.Epoch == 0:
+		r.Recovered = true
+	case since.Epoch != c.epoch || since.Offset > c.top:
+	case since.Offset == c.top:
+		r.Recovered = true
+	case c.n > 0 && c.at(0).offset <= since.Offset+1:
+		r.Recovered = true
+		for i := int(since.Offset + 1 - c.at(0).offset); i < c.n; i++ {
+			e := c.at(i)
+			r.Publications = append(r.Publications, Publication{Offset: e.offset, Payload: e.payload})
+		}
+	}
+	return r, nil
+}
+
+// Sweep forgets the channels whose publications all expired and whose
+// epoch was last used more than MetaTTL ago; it returns how many are left.
+func (s *MemoryStore) Sweep() int {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, c := range s.channels {
+		c.mu.Lock()
+		c.expire(now.Add(-s.opts.TTL))
+		idle := c.n == 0 && now.Sub(c.touched) > s.opts.MetaTTL
+		c.mu.Unlock()
+		if idle {
+			delete(s.channels, name)
+		}
+	}
+	return len(s.channels)
+}
+
+func (c *memChannel) at(i int) *memEntry { return &c.ring[(c.head+i)%len(c.ring)] }
+
+// push appends e, dropping the oldest entry once size are kept.
+func (c *memChannel) push(e memEntry, size int) {
+	if c.n < len(c.ring) {
+		c.ring[(c.head+c.n)%len(c.ring)] = e
+		c.n++
+		return
+	}
+	if len(c.ring) < size { // grow: unroll the ring into a larger slice
+		grown := make([]memEntry, c.n, min(max(2*len(c.ring), 16), size))
+		for i := range c.n {
+			grown[i] = *c.at(i)
+		}
+		c.ring, c.head = grown[:cap(grown)], 0
+		c.ring[c.n] = e
+		c.n++
+		return
+	}
+	c.ring[c.head] = e // full: overwrite the oldest
+	c.head = (c.head + 1) % len(c.ring)
+}
+
+// expire drops the entries kept at or before cutoff (the oldest first).
+func (c *memChannel) expire(cutoff time.Time) {
+	for c.n > 0 && !c.at(0).at.After(cutoff) {
+		*c.at(0) = memEntry{}
+		c.head = (c.head + 1) % len(c.ring)
+		c.n--
+	}
+}

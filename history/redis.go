@@ -1,0 +1,201 @@
+package history
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisStore keeps history in Redis, shared by every node of a cluster.
+//
+// Keys, for a channel C under the prefix P (both keys of a channel share
+// the hash tag {C}, so a Redis Cluster keeps them on one shard):
+//
+//	P history:{C}:m   hash: e = epoch (8 bytes, big-endian), t = top offset
+//	P history:{C}:l   list of publications, oldest first; each is
+//	                  offset (8 bytes) | Redis time in ms (8 bytes) | payload
+//
+// The list expires TTL after the last publish, the hash MetaTTL after the
+// last publish or recovery. A list found without its hash (the hash was
+// evicted or expired) is dropped with it: its offsets belong to a finished
+// epoch.
+type RedisStore struct {
+	c    redis.UniversalClient
+	opts Options
+	pfx  string
+}
+
+// NewRedisStore returns a store on c with keys under prefix (the node's
+// --redis-prefix).
+func NewRedisStore(c redis.UniversalClient, prefix string, o Options) *RedisStore {
+	return &RedisStore{c: c, opts: o.WithDefaults(), pfx: prefix}
+}
+
+func (s *RedisStore) keys(channel string) []string {
+	tag := s.pfx + "history:{" + channel + "}:"
+	return []string{tag + "l", tag + "m"}
+}
+
+// The scripts' shared prelude: Redis time in ms, big-endian 8-byte
+// packing of non-negative integers below 2^53 (offsets, times), and the
+// loading (or start) of the channel's epoch and top.
+const luaPrelude = `
+local function pack8(n)
+  local hi = math.floor(n / 4294967296)
+  return struct.pack('>I4I4', hi, n - hi * 4294967296)
+end
+local function unpack8(s, at)
+  local hi, lo = struct.unpack('>I4I4', s, at)
+  return hi * 4294967296 + lo
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local epoch = redis.call('HGET', KEYS[2], 'e')
+local top = 0
+if epoch then
+  top = tonumber(redis.call('HGET', KEYS[2], 't') or '0')
+else
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'e', epoch, 't', 0)
+end
+local ttl = tonumber(ARGV[2])
+local function expire()
+  while true do
+    local h = redis.call('LINDEX', KEYS[1], 0)
+    if not h or unpack8(h, 9) > now - ttl then return end
+    redis.call('LPOP', KEYS[1])
+  end
+end
+`
+
+// appendScript: KEYS list, meta; ARGV new epoch, ttl ms, meta ttl ms,
+// size, pub/sub channel ("" for none), message head, payload. It keeps
+// the payload as the next offset, trims by size and age, publishes
+// head | epoch | offset | payload on the pub/sub channel and returns
+// {epoch, offset}.
+var appendScript = redis.NewScript(luaPrelude + `
+top = top + 1
+redis.call('HSET', KEYS[2], 't', top)
+redis.call('RPUSH', KEYS[1], pack8(top) .. pack8(now) .. ARGV[7])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
+expire()
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], ARGV[6] .. epoch .. pack8(top) .. ARGV[7])
+end
+return {epoch, top}
+`)
+
+// recoverScript: KEYS list, meta; ARGV new epoch, ttl ms, meta ttl ms,
+// asked epoch ("" for none), asked offset. It returns {epoch, top,
+// recovered (0/1), entries...}: the entries after the asked offset when
+// all of them are kept.
+var recoverScript = redis.NewScript(luaPrelude + `
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local out = {epoch, top, 0}
+if ARGV[4] == '' then out[3] = 1; return out end
+local since = tonumber(ARGV[5])
+if ARGV[4] ~= epoch or since > top then return out end
+if since == top then out[3] = 1; return out end
+expire()
+local h = redis.call('LINDEX', KEYS[1], 0)
+if not h then return out end
+local first = unpack8(h, 1)
+if first > since + 1 then return out end
+out[3] = 1
+local rest = redis.call('LRANGE', KEYS[1], since + 1 - first, -1)
+for i = 1, #rest do out[3 + i] = rest[i] end
+return out
+`)
+
+func epochBytes(e int64) string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(e))
+	return string(b[:])
+}
+
+func readEpoch(v any) (int64, error) {
+	s, ok := v.(string)
+	if !ok || len(s) != 8 {
+		return 0, fmt.Errorf("history: bad epoch %q in Redis", v)
+	}
+	return int64(binary.BigEndian.Uint64([]byte(s))), nil
+}
+
+func (s *RedisStore) ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
+
+// Append implements Store; it publishes nothing.
+func (s *RedisStore) Append(ctx context.Context, channel string, payload []byte) (Position, error) {
+	return s.AppendPublish(ctx, channel, payload, "", nil)
+}
+
+// AppendPublish is Append that also publishes head | epoch (8 bytes) |
+// offset (8 bytes) | payload on the Redis pub/sub channel pubsub, in the
+// same atomic step, so pub/sub order is offset order. An empty pubsub
+// publishes nothing.
+func (s *RedisStore) AppendPublish(ctx context.Context, channel string, payload []byte, pubsub string, head []byte) (Position, error) {
+	v, err := appendScript.Run(ctx, s.c, s.keys(channel),
+		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), s.opts.Size, pubsub, head, payload).Slice()
+	if err != nil {
+		return Position{}, unavailable(err)
+	}
+	if len(v) != 2 {
+		return Position{}, fmt.Errorf("history: append answered %d values", len(v))
+	}
+	e, err := readEpoch(v[0])
+	if err != nil {
+		return Position{}, err
+	}
+	off, _ := v[1].(int64)
+	return Position{Epoch: e, Offset: off}, nil
+}
+
+// Recover implements Store.
+func (s *RedisStore) Recover(ctx context.Context, channel string, since Position) (Recovery, error) {
+	asked := ""
+	if since.Epoch != 0 {
+		asked = epochBytes(since.Epoch)
+	}
+	v, err := recoverScript.Run(ctx, s.c, s.keys(channel),
+		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), asked, since.Offset).Slice()
+	if err != nil {
+		return Recovery{}, unavailable(err)
+	}
+	if len(v) < 3 {
+		return Recovery{}, fmt.Errorf("history: recover answered %d values", len(v))
+	}
+	e, err := readEpoch(v[0])
+	if err != nil {
+		return Recovery{}, err
+	}
+	top, _ := v[1].(int64)
+	rec, _ := v[2].(int64)
+	r := Recovery{Top: Position{Epoch: e, Offset: top}, Recovered: rec == 1}
+	for _, x := range v[3:] {
+		entry, _ := x.(string)
+		if len(entry) < 16 {
+			return Recovery{}, fmt.Errorf("history: entry of %d bytes in Redis", len(entry))
+		}
+		r.Publications = append(r.Publications, Publication{
+			Offset:  int64(binary.BigEndian.Uint64([]byte(entry[:8]))),
+			Payload: []byte(entry[16:]),
+		})
+	}
+	return r, nil
+}
+
+// unavailable marks a failure to reach Redis (as opposed to a script bug)
+// as ErrUnavailable.
+func unavailable(err error) error {
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		return err // Redis answered: a script error, not an outage
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
