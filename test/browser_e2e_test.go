@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,6 +110,8 @@ type browserResult struct {
 	// Console holds what the page logged, its uncaught errors and failed
 	// requests (Chromium logs CORS refusals there).
 	Console []string `json:"console"`
+	// MS is the page's time from its tab's opening to its result.
+	MS int64 `json:"ms"`
 }
 
 // browserRunTimeout bounds one runner: Chromium's start, every page and
@@ -132,6 +135,11 @@ func browserRun(t testing.TB, pages ...browserPage) map[string]browserResult {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, nodeBin, "run.mjs", string(spec))
 	cmd.Dir = browserDir
+	// Chromium's processes are the runner's children: a timeout kills
+	// the whole group, not the runner alone.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -143,15 +151,20 @@ func browserRun(t testing.TB, pages ...browserPage) map[string]browserResult {
 	for sc.Scan() {
 		var line struct {
 			browserResult
-			Done bool  `json:"done"`
-			MS   int64 `json:"ms"`
+			Done     bool  `json:"done"`
+			LaunchMS int64 `json:"launch_ms"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
 			t.Fatalf("runner printed %q: %v", sc.Text(), err)
 		}
 		if line.Done {
 			done = true
-			t.Logf("browser: %d pages in %d ms (runner %v)", len(pages), line.MS, time.Since(start).Round(time.Millisecond))
+			var each []string
+			for _, p := range pages {
+				each = append(each, fmt.Sprintf("%s %d ms", p.Name, results[p.Name].MS))
+			}
+			t.Logf("browser: Chromium started in %d ms, then %s; runner %d ms, node included %v",
+				line.LaunchMS, strings.Join(each, ", "), line.MS, time.Since(start).Round(time.Millisecond))
 			continue
 		}
 		results[line.Page] = line.browserResult

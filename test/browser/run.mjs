@@ -16,9 +16,10 @@
 // Output: one JSON line per page on stdout, as each finishes:
 //   {"page": name, "result": <window.testResult or null>, "error": "" | why
 //    the runner could not get a result, "console": [lines the page logged,
-//    page errors and failed requests]}
-// then {"done": true, "ms": <wall time>}. The exit status is 0 whenever
-// every page was visited; the Go test judges the results.
+//    page errors and failed requests], "ms": <time from the page's open>}
+// then {"done": true, "launch_ms": <Chromium's start>, "ms": <wall time>}.
+// The exit status is 0 whenever every page was visited; the Go test judges
+// the results.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,9 +41,11 @@ const browser = await chromium.launchPersistentContext(profile, {
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
+const launched = Date.now();
 
 async function visit(p) {
-  const out = { page: p.name, result: null, error: '', console: [] };
+  const opened = Date.now();
+  const out = { page: p.name, result: null, error: '', console: [], ms: 0 };
   const page = await browser.newPage();
   page.on('console', (m) => out.console.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => out.console.push(`pageerror: ${e.message}`));
@@ -59,6 +62,7 @@ async function visit(p) {
     if (p.wait !== 'load') out.result = await page.evaluate(() => window.testResult ?? null).catch(() => null);
   }
   await page.close().catch(() => {});
+  out.ms = Date.now() - opened;
   emit(out);
 }
 
@@ -68,4 +72,4 @@ try {
   await browser.close();
   rmSync(profile, { recursive: true, force: true });
 }
-emit({ done: true, ms: Date.now() - started });
+emit({ done: true, launch_ms: launched - started, ms: Date.now() - started });
