@@ -42,7 +42,7 @@ if ! command -v npm >/dev/null 2>&1; then
 	warn "npm is missing: install Node.js 20 or later"
 elif ! cmp -s package-lock.json node_modules/.installed-lock 2>/dev/null; then
 	echo "browser-deps: npm ci in test/browser" >&2
-	if npm ci --no-audit --no-fund --loglevel=error >&2; then
+	if npm ci --no-audit --no-fund --no-update-notifier --fetch-retries=1 --loglevel=error >&2; then
 		cp package-lock.json node_modules/.installed-lock
 	else
 		warn "npm ci failed in test/browser (no network?)"
