@@ -349,7 +349,7 @@ func TestBrowser(t *testing.T) {
 
 	// result decodes a page's result, failing with what the page and
 	// the browser said when the page did not finish.
-	result := func(name string, into any) bool {
+	result := func(t *testing.T, name string, into any) bool {
 		t.Helper()
 		r := res[name]
 		var base struct {
@@ -374,7 +374,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("kosync", func(t *testing.T) { browserCheckKosync(t, result, addr, "0123abcd") })
 	t.Run("hypothesis", func(t *testing.T) {
 		var r struct{ Protocol, Whoami, Notification, Pong string }
-		if !result("hypothesis", &r) {
+		if !result(t, "hypothesis", &r) {
 			return
 		}
 		want := map[string][2]string{
@@ -397,7 +397,7 @@ func TestBrowser(t *testing.T) {
 			A         []string `json:"a"`
 			B         []string `json:"b"`
 		}
-		if !result("wsify", &r) {
+		if !result(t, "wsify", &r) {
 			return
 		}
 		if r.AProtocol != "chat" || r.BProtocol != "" {
@@ -413,6 +413,10 @@ func TestBrowser(t *testing.T) {
 	})
 }
 
+// browserResultFunc decodes a page's result into a value, or reports
+// why the page did not finish.
+type browserResultFunc func(t *testing.T, name string, into any) bool
+
 func equalStrings(a, b []string) bool {
 	return len(a) == len(b) && strings.Join(a, "\x00") == strings.Join(b, "\x00")
 }
@@ -420,7 +424,7 @@ func equalStrings(a, b []string) bool {
 // browserCheckNative checks the native page: hellos, auth Pongs,
 // Subscribed and both Messages byte for byte, every frame an ArrayBuffer,
 // and the page's own decoding of them.
-func browserCheckNative(t *testing.T, result func(string, any) bool, start time.Time, channel string, pagePayload, goPayload []byte) {
+func browserCheckNative(t *testing.T, result browserResultFunc, start time.Time, channel string, pagePayload, goPayload []byte) {
 	type decoded struct {
 		Hex    string `json:"hex"`
 		Packet struct {
@@ -440,7 +444,7 @@ func browserCheckNative(t *testing.T, result func(string, any) bool, start time.
 		FromGo         decoded `json:"from_go"`
 		NotArrayBuffer string  `json:"not_array_buffer"`
 	}
-	if !result("native", &r) {
+	if !result(t, "native", &r) {
 		return
 	}
 	if r.NotArrayBuffer != "" {
@@ -478,7 +482,7 @@ func browserCheckNative(t *testing.T, result func(string, any) bool, start time.
 // browserCheckKosync checks the KOsync page: each KOReader call made
 // through CORS, GET /api/ws's JSON and the socket it names, and the
 // announce of the page's own push.
-func browserCheckKosync(t *testing.T, result func(string, any) bool, addr, doc string) {
+func browserCheckKosync(t *testing.T, result browserResultFunc, addr, doc string) {
 	type answer struct {
 		Status int
 		Type   string
@@ -491,7 +495,7 @@ func browserCheckKosync(t *testing.T, result func(string, any) bool, addr, doc s
 		Subscribed         string
 		Announce           string
 	}
-	if !result("kosync", &r) {
+	if !result(t, "kosync", &r) {
 		return
 	}
 	check := func(what string, a answer, status int, body string) {
