@@ -1,6 +1,6 @@
 // run.mjs drives Debian's Chromium through playwright-core for
 // test/browser_e2e_test.go (see browserRun there). One browser launch, every
-// page in its own context, all at once.
+// page in a tab of its own (one fresh profile), all at once.
 //
 //   node run.mjs '<spec>'
 //
