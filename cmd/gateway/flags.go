@@ -30,7 +30,8 @@ type usageError struct {
 func (e *usageError) Error() string { return e.err.Error() }
 func (e *usageError) Unwrap() error { return e.err }
 
-// exitError is an error with its own exit status (client's refusals).
+// exitCodeError is an error with its own exit status (client's refusals
+// and closes).
 type exitCodeError struct {
 	err  error
 	code int
