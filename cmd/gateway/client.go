@@ -146,8 +146,9 @@ func clientAuth(ctx context.Context, ws *websocket.Conn, key []byte) error {
 	return nil
 }
 
-// clientEnded turns the error that ended a read into the close line and the
-// exit status: before authentication any close is a refusal.
+// clientEnded turns the error that ended a read or write into the close
+// line and the exit status: before authentication any close is a refusal.
+// when says where a connection lost without a close frame was.
 func clientEnded(err error, authenticated bool, when string) error {
 	if when != "" {
 		when = " " + when
@@ -156,7 +157,7 @@ func clientEnded(err error, authenticated bool, when string) error {
 	if errors.As(err, &ce) {
 		if !authenticated {
 			return &exitCodeError{code: clientExitRefused,
-				err: fmt.Errorf("client: refused: the server closed the connection%s with %d %q before authenticating it", when, ce.Code, ce.Reason)}
+				err: fmt.Errorf("client: refused: the server closed the connection with %d %q before authenticating it", ce.Code, ce.Reason)}
 		}
 		return &exitCodeError{code: clientExitClosed, err: fmt.Errorf("client: closed by the server: %d %q", ce.Code, ce.Reason)}
 	}
