@@ -563,17 +563,24 @@ func TestKustomization(t *testing.T) {
 	for _, r := range list(k, "resources") {
 		listed = append(listed, fmt.Sprint(r))
 	}
+	// Every manifest but the example Secret: `kubectl apply -k` must never
+	// create or overwrite the Secret (a new secret invalidates every key).
 	files, _ := filepath.Glob("k8s/*.yaml")
 	var want []string
 	for _, f := range files {
-		if b := filepath.Base(f); b != "kustomization.yaml" {
+		if b := filepath.Base(f); b != "kustomization.yaml" && !strings.HasSuffix(b, ".example.yaml") {
 			want = append(want, b)
 		}
 	}
 	slices.Sort(listed)
 	slices.Sort(want)
 	if !slices.Equal(listed, want) {
-		t.Errorf("kustomization.yaml resources %v, want every manifest of k8s/: %v", listed, want)
+		t.Errorf("kustomization.yaml resources %v, want every manifest of k8s/ but the *.example.yaml ones: %v", listed, want)
+	}
+	for _, objs := range k8sObjects(t) {
+		if str(objs.doc, "kind") == "Secret" && slices.Contains(listed, filepath.Base(objs.file)) {
+			t.Errorf("kustomization.yaml lists %s, a Secret: kubectl apply -k would overwrite the real one", objs.file)
+		}
 	}
 
 	// kubectl kustomize builds offline when kubectl is installed.
@@ -665,8 +672,9 @@ func TestCompose(t *testing.T) {
 			}
 		}
 	}
-	if !strings.Contains(secret, "CHANGE-ME") && !strings.HasPrefix(secret, "${") {
-		t.Errorf("compose: GATEWAY_SECRET %q should come from the env file with a clearly fake default", secret)
+	// No default: a secret written in compose.yaml is public.
+	if !strings.HasPrefix(secret, "${GATEWAY_SECRET:?") || !strings.HasPrefix(token, "${GATEWAY_ADMIN_TOKEN:?") {
+		t.Errorf("compose: GATEWAY_SECRET %q and GATEWAY_ADMIN_TOKEN %q must be required from deploy/.env (${VAR:?message}), with no default", secret, token)
 	}
 	m := regexp.MustCompile(`^redis://([a-z0-9-]+):6379(/\d+)?$`).FindStringSubmatch(redis)
 	if m == nil {

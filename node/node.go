@@ -232,9 +232,13 @@ func (n *Node) redisDataLost() {
 }
 
 // checkAdminBind refuses an admin listener reachable from other hosts
-// without a token: it can publish and revoke.
-func checkAdminBind(addr, token string) error {
-	if token != "" {
+// without a token: it can publish and revoke. A token copied from the
+// deployment examples (token.IsPlaceholder) is no token.
+func checkAdminBind(addr, adminToken string) error {
+	if token.IsPlaceholder(adminToken) {
+		return errors.New("--admin-token (GATEWAY_ADMIN_TOKEN) is a placeholder from the deployment examples, not a secret; generate one with: head -c 32 /dev/urandom | base64")
+	}
+	if adminToken != "" {
 		return nil
 	}
 	host, _, err := net.SplitHostPort(cmpOr(addr, gateway.DefaultAdminListen))

@@ -81,7 +81,7 @@ func acServeSomeTraffic(t *testing.T, p *e2eProc, key, wsify string) []*websocke
 // wsify ports, twice in a row.
 func TestProcessRestartSamePorts(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := e2eDataDir(t)
 	text := e2eKeyIssue(t, e2eEnv(), "--subject", "alice", "--data-dir", dir)
 	listen, admin, wsify := e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t)
 	p := acServeAt(t, dir, listen, admin, wsify)

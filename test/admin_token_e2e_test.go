@@ -152,7 +152,7 @@ func tokHasIPv6Loopback() bool {
 // with 3004.
 func TestAdminTokenProcessKeyRevoke(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := e2eDataDir(t)
 	env := e2eEnv()
 	text := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
 	p := e2eServe(t, env, "--data-dir", dir, "--admin-token", tokAdminToken)

@@ -125,7 +125,7 @@ func TestFDLimitReusePortAcceptPausesAndRecovers(t *testing.T) {
 }
 
 func fdExhaustAndRecover(t *testing.T, args ...string) {
-	dir := t.TempDir()
+	dir := e2eDataDir(t)
 	env := e2eEnv()
 	key := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
 	// A long handshake deadline keeps the idle connections open.

@@ -288,22 +288,22 @@ func e2eConnectURL(t testing.TB, url, keyText string) *websocket.Conn {
 }
 
 // TestProcessServeIssueConnect: a key issued by the CLI with the same data
-// dir (the generated secret) authenticates on `gateway serve`.
+// dir (the secret `gateway serve` generated there) authenticates on it.
 func TestProcessServeIssueConnect(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	env := e2eEnv()
+	p := e2eServe(t, env, "--data-dir", dir)
 	text := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
 	raw, err := token.DecodeText(text)
 	if err != nil || len(raw) != token.MinKeyLen+len("alice")-1 {
 		t.Fatalf("issued key %q: %d bytes, %v", text, len(raw), err)
 	}
-	p := e2eServe(t, env, "--data-dir", dir)
 	c := e2eConnectURL(t, p.ws, text)
 	subscribe(t, c, "room")
 	e2ePing(t, c)
 	// A key issued with another data dir has another secret.
-	stranger := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", t.TempDir())
+	stranger := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", e2eDataDir(t))
 	s := e2eDialURL(t, p.ws)
 	strangerRaw, _ := token.DecodeText(stranger)
 	e2eAuth(t, s, strangerRaw)
@@ -326,7 +326,7 @@ func TestProcessEnvConfig(t *testing.T) {
 // through the admin API close the live sessions with 3004.
 func TestProcessKeyRevoke(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := e2eDataDir(t)
 	env := e2eEnv()
 	text := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
 	bobText := e2eKeyIssue(t, env, "--subject", "bob", "--data-dir", dir)
@@ -366,7 +366,7 @@ func TestProcessKeyRevoke(t *testing.T) {
 // exits 0.
 func TestProcessSIGTERM(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := e2eDataDir(t)
 	env := e2eEnv()
 	text := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
 	p := e2eServe(t, env, "--data-dir", dir)
@@ -471,7 +471,7 @@ func (c *e2eClient) quit(t testing.TB) error {
 // and ends on "quit".
 func TestProcessClient(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := e2eDataDir(t)
 	env := e2eEnv()
 	text := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
 	p := e2eServe(t, env, "--data-dir", dir)
@@ -492,7 +492,7 @@ func TestProcessClient(t *testing.T) {
 // every time (the quit races the client's reader, so try several times).
 func TestProcessClientQuitExitsZero(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := e2eDataDir(t)
 	env := e2eEnv()
 	text := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
 	p := e2eServe(t, env, "--data-dir", dir)

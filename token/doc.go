@@ -35,7 +35,9 @@
 // reissued, then drop it. The secret id byte picks the candidate secrets;
 // two secrets sharing an id byte (a 1 in 256 chance) are both tried.
 // LoadSecrets chooses GATEWAY_SECRET, then a secret file, then a secret
-// generated once into the data directory.
+// generated once into the data directory; ReadSecrets (for `gateway key
+// issue`) does the same but never generates one. Both refuse a secret copied
+// from the deployment examples (IsPlaceholder) as they refuse a short one.
 //
 // # Revocation
 //

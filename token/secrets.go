@@ -15,11 +15,48 @@ import (
 // generated secret when neither GATEWAY_SECRET nor a secret file is given.
 const SecretFileName = "secret"
 
+// ErrNoSecret is the error of ReadSecrets when no secret is configured and
+// the data directory holds none.
+var ErrNoSecret = errors.New("token: no secret")
+
+// Placeholders are the stand-in secret values the deployment examples ship
+// (deploy/: k8s secret.example.yaml, example.env, systemd
+// gateway.env.example, compose.yaml's defaults). IsPlaceholder refuses them
+// and anything shaped like them; a test extracts every placeholder from
+// deploy/ and checks that it is refused, so a new example value cannot slip
+// through. They are public: never a secret.
+var Placeholders = []string{
+	"REPLACE-ME",
+	"REPLACE-ME-with-32-random-bytes-base64",
+	"REPLACE-ME-with-another-32-random-bytes-base64",
+	"REPLACE-with-32-random-bytes-base64",
+	"REPLACE-with-another-32-random-bytes-base64",
+	"example-secret-CHANGE-ME-0123456789abcdef",
+	"example-admin-token-CHANGE-ME",
+}
+
+// IsPlaceholder reports whether a secret (or an admin token) is a stand-in
+// copied from an example rather than a secret: one of Placeholders, or,
+// ignoring case, a value that begins with "REPLACE" or contains "CHANGE-ME"
+// or "CHANGEME". A random 32-byte secret never looks like that.
+func IsPlaceholder(s string) bool {
+	s = strings.TrimSpace(s)
+	for _, p := range Placeholders {
+		if strings.EqualFold(s, p) {
+			return true
+		}
+	}
+	u := strings.ToUpper(s)
+	return strings.HasPrefix(u, "REPLACE") || strings.Contains(u, "CHANGE-ME") || strings.Contains(u, "CHANGEME")
+}
+
 // ParseSecrets parses secrets separated by newlines or commas. Each entry is
 // trimmed of surrounding white space and its bytes are the secret (a
 // 64-character hex string is used as 64 bytes of text, not decoded). Blank
-// entries are ignored. The first secret signs. Errors never include secret
-// material.
+// entries are ignored. The first secret signs. A placeholder (IsPlaceholder)
+// is refused: the examples' values work as well as any 32 bytes, and a node
+// running on a published value is open to anyone. Errors never include
+// secret material.
 func ParseSecrets(text string) (*Secrets, error) {
 	fields := strings.FieldsFunc(text, func(r rune) bool { return r == '\n' || r == ',' })
 	var list [][]byte
@@ -27,6 +64,9 @@ func ParseSecrets(text string) (*Secrets, error) {
 		f = strings.TrimSpace(f)
 		if f == "" {
 			continue
+		}
+		if IsPlaceholder(f) {
+			return nil, fmt.Errorf("token: secret #%d is a placeholder from the deployment examples, not a secret; generate one with: head -c 32 /dev/urandom | base64", len(list)+1)
 		}
 		list = append(list, []byte(f))
 	}
@@ -50,6 +90,19 @@ func ParseSecrets(text string) (*Secrets, error) {
 // source describes where the secrets came from, for a log line; it never
 // contains secret material.
 func LoadSecrets(envValue, file, dataDir string) (s *Secrets, source string, err error) {
+	return loadSecrets(envValue, file, dataDir, true)
+}
+
+// ReadSecrets is LoadSecrets without step 3's generation: when neither
+// envValue nor file is given and dataDir/secret does not exist, it fails
+// with an error that wraps ErrNoSecret and writes nothing. It is for the
+// tools that sign keys for a running node (`gateway key issue`): a secret
+// made up on the spot signs keys that no node accepts.
+func ReadSecrets(envValue, file, dataDir string) (s *Secrets, source string, err error) {
+	return loadSecrets(envValue, file, dataDir, false)
+}
+
+func loadSecrets(envValue, file, dataDir string, generate bool) (s *Secrets, source string, err error) {
 	if envValue != "" {
 		s, err := ParseSecrets(envValue)
 		if err != nil {
@@ -65,7 +118,7 @@ func LoadSecrets(envValue, file, dataDir string) (s *Secrets, source string, err
 		return s, fmt.Sprintf("file %s (%d secret(s))", file, s.Len()), nil
 	}
 	if dataDir == "" {
-		return nil, "", errors.New("token: no secret: GATEWAY_SECRET, secret file and data directory are all unset")
+		return nil, "", fmt.Errorf("%w: GATEWAY_SECRET, secret file and data directory are all unset", ErrNoSecret)
 	}
 	path := filepath.Join(dataDir, SecretFileName)
 	s, err = readSecretFile(path)
@@ -74,6 +127,9 @@ func LoadSecrets(envValue, file, dataDir string) (s *Secrets, source string, err
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return nil, "", err
+	}
+	if !generate {
+		return nil, "", fmt.Errorf("%w: %s does not exist", ErrNoSecret, path)
 	}
 	created, err := generateSecretFile(dataDir, path)
 	if err != nil {

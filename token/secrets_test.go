@@ -1,6 +1,7 @@
 package token
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -158,4 +159,69 @@ func TestLoadSecrets(t *testing.T) {
 			t.Error("no source accepted")
 		}
 	})
+}
+
+// TestReadSecretsNeverGenerates: ReadSecrets finds what LoadSecrets would,
+// but an empty data directory is ErrNoSecret and stays empty.
+func TestReadSecretsNeverGenerates(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	_, _, err := ReadSecrets("", "", data)
+	if !errors.Is(err, ErrNoSecret) || !strings.Contains(err.Error(), filepath.Join(data, SecretFileName)) {
+		t.Fatalf("ReadSecrets of an empty data dir: %v, want ErrNoSecret naming the path", err)
+	}
+	if _, err := os.Stat(data); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("ReadSecrets created %s (%v)", data, err)
+	}
+	generated, _, err := LoadSecrets("", "", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read, src, err := ReadSecrets("", "", data)
+	if err != nil || !strings.Contains(src, filepath.Join(data, SecretFileName)) {
+		t.Fatalf("ReadSecrets after generation: %q, %v", src, err)
+	}
+	raw, _ := mustIssue(t, read, "alice", time.Hour, t0)
+	if _, err := generated.Verify(raw, t0); err != nil {
+		t.Fatalf("ReadSecrets found another secret than LoadSecrets generated: %v", err)
+	}
+	if _, _, err := ReadSecrets("", "", ""); !errors.Is(err, ErrNoSecret) {
+		t.Fatalf("ReadSecrets with nothing: %v, want ErrNoSecret", err)
+	}
+}
+
+// TestPlaceholdersRefused: the examples' values are refused wherever a
+// secret is parsed (GATEWAY_SECRET, a secret file), alone or in a rotation
+// list, without echoing them; real secrets that merely contain the words
+// elsewhere pass.
+func TestPlaceholdersRefused(t *testing.T) {
+	bad := append([]string{"replace-me-0123456789-0123456789-0123456789", "REPLACEMENT-0123456789-0123456789-0123456789",
+		"my-secret-changeme-0123456789-0123456789"}, Placeholders...)
+	for _, p := range bad {
+		if !IsPlaceholder(p) {
+			t.Errorf("IsPlaceholder(%q) = false", p)
+		}
+		if _, err := ParseSecrets(p); err == nil || !strings.Contains(err.Error(), "placeholder") {
+			t.Errorf("ParseSecrets(%q): %v, want a placeholder error", p, err)
+		}
+		_, err := ParseSecrets(strings.Repeat("k", MinSecretLen) + "," + p)
+		if err == nil || !strings.Contains(err.Error(), "secret #2 is a placeholder") || strings.Contains(err.Error(), p) {
+			t.Errorf("ParseSecrets(good,%q): %v, want secret #2 refused without its value", p, err)
+		}
+		_, _, err = LoadSecrets(p, "", t.TempDir())
+		if err == nil || !strings.HasPrefix(err.Error(), "GATEWAY_SECRET: ") {
+			t.Errorf("LoadSecrets(%q): %v, want an error naming GATEWAY_SECRET", p, err)
+		}
+		file := filepath.Join(t.TempDir(), "secrets")
+		if err := os.WriteFile(file, []byte(p+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err = LoadSecrets("", file, t.TempDir()); err == nil || !strings.Contains(err.Error(), file) {
+			t.Errorf("LoadSecrets(file %q): %v, want an error naming the file", p, err)
+		}
+	}
+	for _, good := range []string{string(secretA), "0123456789-replace-me-0123456789-0123456789", "x-CHANGE-0123456789-ME-0123456789-012"} {
+		if IsPlaceholder(good) {
+			t.Errorf("IsPlaceholder(%q) = true", good)
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 
 func key(args []string) error {
 	if len(args) == 0 {
-		return fmt.Errorf("key: want issue, revoke or revoke-subject\n%s", usage)
+		return usageErr("key", errors.New("want a subcommand: issue, revoke or revoke-subject"))
 	}
 	switch args[0] {
 	case "issue":
@@ -28,37 +29,74 @@ func key(args []string) error {
 		return keyRevoke(args[1:])
 	case "revoke-subject":
 		return keyRevokeSubject(args[1:])
+	case "-h", "-help", "--help", "help":
+		printHelp(os.Stdout, newFlagSet("key"))
+		return errHelped
 	}
-	return fmt.Errorf("key: unknown subcommand %q", args[0])
+	return usageErr("key", fmt.Errorf("unknown subcommand %q", args[0]))
 }
 
 // keyIssue prints one key signed with the server's secret (same
-// --data-dir / --secret-file / GATEWAY_SECRET as serve).
+// --data-dir / --secret-file / GATEWAY_SECRET as serve). It never creates
+// a secret: one made up here would sign keys no node accepts.
 func keyIssue(args []string) error {
-	var cfg node.Config
-	var subject string
+	var dataDir, secretFile, subject string
 	var ttl time.Duration
-	fs := flag.NewFlagSet("key issue", flag.ContinueOnError)
-	secretFlags(fs, &cfg)
-	fs.StringVar(&subject, "subject", "", "whom the key identifies (1 to 64 bytes)")
+	fs := newFlagSet("key issue")
+	fs.StringVar(&dataDir, "data-dir", node.DefaultDataDir, "the node's data directory: its secret is read from <data-dir>/secret (never created here)")
+	fs.StringVar(&secretFile, "secret-file", "", "file of secrets, one per line, the first signs (wins over --data-dir; GATEWAY_SECRET wins over both)")
+	fs.StringVar(&subject, "subject", "", "whom the key identifies (1 to 64 bytes; required)")
 	fs.DurationVar(&ttl, "ttl", token.DefaultKeyTTL, "lifetime (at most 8784h)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if subject == "" {
-		return errors.New("key issue: --subject is required")
+		return usageErr("key issue", errors.New("--subject is required"))
 	}
-	secrets, _, err := token.LoadSecrets(os.Getenv("GATEWAY_SECRET"), cfg.SecretFile, cfg.DataDir)
-	if err != nil {
-		return err
+	if fs.NArg() > 0 {
+		return usageErr("key issue", fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	// Absolute paths, so that every message says where exactly it looked.
+	if secretFile != "" {
+		secretFile = absPath(secretFile)
+	}
+	if dataDir != "" {
+		dataDir = absPath(dataDir)
+	}
+	env := os.Getenv("GATEWAY_SECRET")
+	secrets, _, err := token.ReadSecrets(env, secretFile, dataDir)
+	switch {
+	case errors.Is(err, token.ErrNoSecret):
+		return fmt.Errorf("key issue: no secret to sign with, and none is created here: GATEWAY_SECRET is unset, "+
+			"--secret-file is not given, and %s does not exist. Give the node's --data-dir (or --secret-file, or "+
+			"GATEWAY_SECRET), or start `gateway serve --data-dir %s` once so it generates the secret",
+			filepath.Join(dataDir, token.SecretFileName), dataDir)
+	case err != nil:
+		return fmt.Errorf("key issue: %w", err)
+	}
+	switch {
+	case env != "":
+		fmt.Fprintf(os.Stderr, "gateway: signing with GATEWAY_SECRET (%d secret(s), the first signs)\n", secrets.Len())
+	case secretFile != "":
+		fmt.Fprintf(os.Stderr, "gateway: signing with the secret in %s (--secret-file)\n", secretFile)
+	default:
+		fmt.Fprintf(os.Stderr, "gateway: signing with the secret in %s\n", filepath.Join(dataDir, token.SecretFileName))
 	}
 	raw, claims, err := secrets.Issue(subject, ttl, time.Now())
 	if err != nil {
-		return err
+		return fmt.Errorf("key issue: %w", err)
 	}
 	fmt.Println(token.EncodeText(raw))
 	fmt.Fprintf(os.Stderr, "key id %s, subject %q, expires %s\n", claims.ID, claims.Subject, claims.Expires.Format(time.RFC3339))
 	return nil
+}
+
+// absPath is p made absolute (p itself if the working directory is gone).
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }
 
 func adminFlag(fs *flag.FlagSet) *string {
@@ -70,7 +108,7 @@ func adminFlag(fs *flag.FlagSet) *string {
 var adminToken string
 
 func keyRevoke(args []string) error {
-	fs := flag.NewFlagSet("key revoke", flag.ContinueOnError)
+	fs := newFlagSet("key revoke")
 	admin := adminFlag(fs)
 	id := fs.String("id", "", "revoke by key id (16 hex digits) instead of by key")
 	if err := parseFlags(fs, args); err != nil {
@@ -83,19 +121,19 @@ func keyRevoke(args []string) error {
 	case *id == "" && fs.NArg() == 1:
 		body["key"] = fs.Arg(0)
 	default:
-		return errors.New("key revoke: give one KEY argument or --id")
+		return usageErr("key revoke", errors.New("give one KEY argument or --id"))
 	}
 	return postAdmin(*admin, "/api/revoke", body)
 }
 
 func keyRevokeSubject(args []string) error {
-	fs := flag.NewFlagSet("key revoke-subject", flag.ContinueOnError)
+	fs := newFlagSet("key revoke-subject")
 	admin := adminFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return errors.New("key revoke-subject: give one SUBJECT argument")
+		return usageErr("key revoke-subject", errors.New("give one SUBJECT argument"))
 	}
 	return postAdmin(*admin, "/api/revoke/subject", map[string]string{"subject": fs.Arg(0)})
 }

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"flag"
+	"errors"
 	"fmt"
 	"os"
 
@@ -19,7 +19,7 @@ import (
 func wsifyMain(args []string) error {
 	var cfg node.Config
 	var driver, dsn string
-	fs := flag.NewFlagSet("wsify", flag.ContinueOnError)
+	fs := newFlagSet("wsify")
 	fs.StringVar(&cfg.Listen, "listen-addr", ":3000", "HTTP listen address")
 	fs.StringVar(&cfg.Wsify.AuthorizerURL, "authorizer-url", "", "authorizer webhook URL; empty allows everything")
 	fs.StringVar(&driver, "broker-driver", "memory", "memory (one process) or redis")
@@ -29,18 +29,18 @@ func wsifyMain(args []string) error {
 	fs.IntVar(&cfg.Wsify.MaxBacklog, "max-backlog", 0, "messages of one connection that may await the authorizer; one more closes it with 1008 (0: twice -max-channels, 256 by default)")
 	adminListen := fs.String("admin-listen", "", "admin listener (metrics, health, admin API), e.g. 127.0.0.1:8081; empty: none, as wsify")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "data directory (the generated secret; revocations without Redis); empty: nothing is written, a random secret lives in memory")
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	switch driver {
 	case "memory":
 	case "redis":
 		if dsn == "" {
-			return fmt.Errorf("-broker-driver redis needs -broker-dsn")
+			return usageErr("wsify", errors.New("-broker-driver redis needs -broker-dsn"))
 		}
 		cfg.RedisURL = dsn
 	default:
-		return fmt.Errorf("-broker-driver %q: want memory or redis", driver)
+		return usageErr("wsify", fmt.Errorf("-broker-driver %q: want memory or redis", driver))
 	}
 	cfg.Only = node.OnlyWsify
 	cfg.AdminListen, cfg.NoAdmin = *adminListen, *adminListen == ""
