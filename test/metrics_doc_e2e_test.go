@@ -149,3 +149,65 @@ func readmeMetrics(t *testing.T) map[string]map[string]bool {
 	}
 	return out
 }
+
+// TestKosyncHTTPMetrics: the KOReader HTTP API counts requests by route
+// pattern (never the raw path, so the label's values stay bounded) and
+// status code, and times them.
+func TestKosyncHTTPMetrics(t *testing.T) {
+	n := startNode(t)
+	base := "http://" + n.Addr().String()
+	do := func(method, path string, want int) {
+		t.Helper()
+		req, err := http.NewRequest(method, base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", "application/vnd.koreader.v1+json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s: %d, want %d", method, path, resp.StatusCode, want)
+		}
+	}
+	do("GET", "/healthcheck", 200)
+	do("GET", "/healthcheck", 200)
+	do("POST", "/healthcheck", 404) // a known path with another method
+	do("GET", "/syncs/progress/first-document", 401)
+	do("GET", "/syncs/progress/second-document", 401)
+	do("GET", "/users/auth", 401)
+	do("OPTIONS", "/users/auth", 204) // a CORS preflight
+
+	resp, err := http.Get(adminURL(n) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var got []string
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if strings.HasPrefix(line, "gateway_kosync_http_requests_total{") ||
+			strings.HasPrefix(line, "gateway_kosync_http_request_duration_seconds_count{") {
+			got = append(got, line)
+		}
+	}
+	want := []string{
+		`gateway_kosync_http_request_duration_seconds_count{route="/healthcheck"} 3`,
+		`gateway_kosync_http_request_duration_seconds_count{route="/syncs/progress/{document...}"} 2`,
+		`gateway_kosync_http_request_duration_seconds_count{route="/users/auth"} 2`,
+		`gateway_kosync_http_requests_total{code="200",route="/healthcheck"} 2`,
+		`gateway_kosync_http_requests_total{code="204",route="/users/auth"} 1`,
+		`gateway_kosync_http_requests_total{code="401",route="/syncs/progress/{document...}"} 2`,
+		`gateway_kosync_http_requests_total{code="401",route="/users/auth"} 1`,
+		`gateway_kosync_http_requests_total{code="404",route="/healthcheck"} 1`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("/metrics:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if strings.Contains(string(body), "first-document") {
+		t.Errorf("/metrics carries a raw request path")
+	}
+}

@@ -470,6 +470,8 @@ func TestListenerInUseNamesFlag(t *testing.T) {
 			func(c *node.Config, a string) { c.WsifyListen = a }},
 		{"main", "main listener (--listen %s): listen tcp %s: bind: address already in use",
 			func(c *node.Config, a string) { c.Listen = a }},
+		{"admin", "admin listener (--admin-listen %s): listen tcp %s: bind: address already in use",
+			func(c *node.Config, a string) { c.AdminListen = a }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l, err := net.Listen("tcp", "127.0.0.1:0")
