@@ -1,6 +1,6 @@
 // Package hypothesis is the Hypothesis Real Time API (h's streamer,
 // wss://hypothes.is/ws) as a protocol of the gateway, normative reference
-// /work/shared/reference/hypothesis.md.
+// REFERENCE.md in this directory (cited by section, "§5.2").
 //
 // # Endpoints
 //

@@ -7,7 +7,7 @@ package kosync
 // argon2id hash of it (the 32-character string is the password). Hashing
 // costs tens of milliseconds and 19 MiB, and KOReader times progress calls
 // out after 5 s, so successful verifications are cached for a few minutes
-// (the verified-key cache, conventions.md §4):
+// (the verified-key cache):
 //
 //   - the cache key is HMAC-SHA256(derived server secret, user ‖ 0x00 ‖ key):
 //     the key itself is never kept;

@@ -71,7 +71,7 @@ func (s *Service) routes() []route {
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
-		mux.Handle(rt.pattern, rt.wrap())
+		mux.Handle(rt.pattern, s.httpMetrics.instrument(rt.pattern, rt.wrap()))
 	}
 	return mux
 }
@@ -82,7 +82,7 @@ func (s *Service) RegisterHTTP(srv interface {
 	HandleHTTP(pattern string, h http.Handler)
 }) {
 	for _, rt := range s.routes() {
-		srv.HandleHTTP(rt.pattern, rt.wrap())
+		srv.HandleHTTP(rt.pattern, s.httpMetrics.instrument(rt.pattern, rt.wrap()))
 	}
 }
 

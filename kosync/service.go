@@ -88,6 +88,8 @@ type Service struct {
 	// refusals logs failed authentications and throttled requests (info,
 	// collapsed).
 	refusals *ratelog.Logger
+	// httpMetrics counts and times the HTTP requests by route.
+	httpMetrics *httpMetrics
 
 	userLocks [256]sync.Mutex // see userLock
 
@@ -117,7 +119,7 @@ func New(o Options) (*Service, error) {
 	if err := o.applyHashDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Service{opts: o, log: o.Logger, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0)}
+	s := &Service{opts: o, log: o.Logger, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0), httpMetrics: newHTTPMetrics()}
 	s.auth = newAuthenticator(o.Store, o.Secrets, o)
 	s.jwt = newJWTKeys(o.Secrets, o.JWTTTL)
 	o.Hub.OnReconnect(s.closeSubscribers)
@@ -137,7 +139,7 @@ func (s *Service) Collectors() []prometheus.Collector {
 	return append([]prometheus.Collector{
 		cache("hit", func() uint64 { h, _ := s.CacheStats(); return h }),
 		cache("miss", func() uint64 { _, m := s.CacheStats(); return m }),
-	}, s.auth.throttleCollectors()...)
+	}, append(s.auth.throttleCollectors(), s.httpMetrics.collectors()...)...)
 }
 
 // applyHashDefaults fills in the zero hashing bounds and refuses negative

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -337,7 +338,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if err := n.Server.Start(); err != nil {
-		return err
+		return n.listenError(err)
 	}
 	if n.wsify != nil && n.WsifyAddr() != nil {
 		n.wsify.WarnIfOpen(n.WsifyAddr())
@@ -347,7 +348,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	}
 	if err := n.Admin.Start(); err != nil {
 		_ = n.Server.Shutdown(context.Background())
-		return fmt.Errorf("admin listener: %w", err)
+		return fmt.Errorf("admin listener (%s %s): %w", n.flagName("--admin-listen"), cmpOr(cfg.AdminListen, gateway.DefaultAdminListen), err)
 	}
 	return nil
 }
@@ -421,6 +422,66 @@ func (n *Node) addProtocols(cfg Config, secrets *token.Secrets) error {
 	}
 	reg.MustRegister(h.Collectors()...)
 	return nil
+}
+
+// listenError names the listener, and the flag that sets it, in a failure
+// to bind. gateway.Server reports only "listen tcp :3000: bind: address
+// already in use", and a node has up to three ports: two nodes started on
+// one machine with the defaults collide on wsify's :3000 although their
+// --listen differ, and the bare message sends the operator to the wrong
+// flag. A port in use also gets the way out.
+func (n *Node) listenError(err error) error {
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "listen" || oe.Addr == nil {
+		return err
+	}
+	type port struct{ what, flag, addr string }
+	ports := []port{{"main listener", n.flagName("--listen"), cmpOr(n.cfg.Listen, gateway.DefaultListen)}}
+	if n.cfg.Only == OnlyWsify {
+		ports[0].what = "wsify listener"
+	} else if n.cfg.WsifyListen != "" {
+		ports = append(ports, port{"wsify listener", "--wsify-listen", n.cfg.WsifyListen})
+	}
+	for _, p := range ports {
+		if !sameTCPAddr(p.addr, oe.Addr) {
+			continue
+		}
+		if errors.Is(err, syscall.EADDRINUSE) {
+			hint := "choose another port with " + p.flag
+			if p.flag == "--wsify-listen" {
+				hint += ` (each node on one machine needs its own; --wsify-listen "" runs no wsify)`
+			}
+			return fmt.Errorf("%s (%s %s): %w: another process listens there; %s", p.what, p.flag, p.addr, err, hint)
+		}
+		return fmt.Errorf("%s (%s %s): %w", p.what, p.flag, p.addr, err)
+	}
+	return err
+}
+
+// flagName is a serve flag's name as the running command spells it:
+// `gateway wsify` has wsify v3's own single-dash flags.
+func (n *Node) flagName(serveFlag string) string {
+	if n.cfg.Only != OnlyWsify {
+		return serveFlag
+	}
+	switch serveFlag {
+	case "--listen":
+		return "-listen-addr"
+	case "--admin-listen":
+		return "-admin-listen"
+	}
+	return serveFlag
+}
+
+// sameTCPAddr reports whether a configured address ("host:port", host
+// possibly empty or a name) is the one a listen error names.
+func sameTCPAddr(configured string, got net.Addr) bool {
+	want, err := net.ResolveTCPAddr("tcp", configured)
+	if err != nil {
+		return false
+	}
+	g, ok := got.(*net.TCPAddr)
+	return ok && g.Port == want.Port && (g.IP.Equal(want.IP) || len(g.IP) == 0 && len(want.IP) == 0)
 }
 
 // validateCaps refuses negative subscription caps: zero is the default,

@@ -11,7 +11,7 @@ import (
 
 // TestHypothesisOriginRefusalIsJSON: with --allowed-origins, an upgrade of
 // Hypothesis's /ws from an origin not listed gets h's own 403 JSON
-// (shared/reference/hypothesis.md §1), while KOsync's /api/ws/ keeps the
+// (hypothesis/REFERENCE.md §1), while KOsync's /api/ws/ keeps the
 // gateway's text/plain 403, and a listed origin still upgrades /ws.
 func TestHypothesisOriginRefusalIsJSON(t *testing.T) {
 	t.Parallel()

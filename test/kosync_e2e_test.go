@@ -25,7 +25,7 @@ import (
 )
 
 // End-to-end tests of the KOsync WebSocket API and the HTTP endpoints it
-// depends on (reference kosync.md, Part B and Part C), against real nodes.
+// depends on (kosync/REFERENCE.md, Part B and Part C), against real nodes.
 // Helpers are prefixed ks to stay clear of the other files of the package.
 
 // ---- helpers ----

@@ -23,7 +23,8 @@
 //     in place with the gateway's own codec (package packet) and keys are
 //     verified with the gateway's own code (package token, GATEWAY_SECRET).
 //   - Limits: messages over 64 KiB close with 1009 (gorilla's read limit),
-//     128 subscriptions per connection, the channel-name policy of §5.
+//     128 subscriptions per connection, the channel-name policy of
+//     PROTOCOL.md §5.
 //   - Timeouts: 10 s to send the request head and 10 s more to
 //     authenticate (3003). After that there is no ping timer: a plain read
 //     deadline of 60 s, moved forward by every data message (any packet,
