@@ -442,17 +442,18 @@ func (r *readmeRun) waitReady(p *readmeProc, admin string) {
 	}
 }
 
-// waitOutput waits for want on a line of p's standard output.
+// waitOutput waits for want on a line p printed: standard output or
+// error, both of which the reader's terminal shows.
 func (r *readmeRun) waitOutput(line string, p *readmeProc, want string) {
 	deadline := time.Now().Add(waitFor)
 	for {
-		for l := range strings.SplitSeq(p.stdout.String(), "\n") {
+		for l := range strings.SplitSeq(p.stdout.String()+"\n"+p.stderr.String(), "\n") {
 			if strings.Contains(l, want) {
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("README line %q says %q is printed; within %v the output was:\n%s", line, want, waitFor, p.stdout.String())
+			r.t.Fatalf("README line %q says %q is printed; within %v the output was:\n%s\n--- stderr:\n%s", line, want, waitFor, p.stdout.String(), p.stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
