@@ -246,7 +246,7 @@ const wsifyChannelPrefix = "#wsify:"
 
 // errReservedChannel answers a publish on a reserved channel.
 const errReservedChannel = "channels starting with '#' are reserved for the gateway's protocols; " +
-	"of those only #wsify:<name> may be published here"
+	"of those only #wsify:NAME may be published here"
 
 // reservedChannel reports whether the admin API refuses to publish on
 // channel. Hub channels starting with '#' carry the protocols' own frames

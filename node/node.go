@@ -147,14 +147,15 @@ type Node struct {
 	// sweeping: the sweep goroutine runs and stopParts must end it.
 	sweeping bool
 	redisUp  atomic.Bool
-	// controlLive: the control channel's subscription is confirmed
-	// (control.go).
-	controlLive atomic.Bool
 	broker   session.Broker
 	// dataLost counts the times Redis came back without its data;
 	// lastDataLost is when the last one was noticed (see redisDataLost).
 	dataLost     atomic.Uint64
 	lastDataLost atomic.Pointer[time.Time]
+
+	// controlLive: the control channel's subscription is confirmed
+	// (control.go).
+	controlLive atomic.Bool
 }
 
 // brokerCollectors exports the Redis broker's counters.

@@ -38,7 +38,7 @@ func dcWantRaw(t *testing.T, n *node.Node, path, contentType, body string, statu
 func TestAdminPublishRefusesReservedChannels(t *testing.T) {
 	t.Parallel()
 	n := protoNode(t, nil)
-	const refused = `{"error":"channels starting with '#' are reserved for the gateway's protocols; of those only #wsify:\u003cname\u003e may be published here"}`
+	const refused = `{"error":"channels starting with '#' are reserved for the gateway's protocols; of those only #wsify:NAME may be published here"}`
 	for _, ch := range []string{"#kosync:alice", "#hypothesis", "#", "#wsify:", "#other"} {
 		dcWantRaw(t, n, "/api/publish?channel="+url.QueryEscape(ch), "application/octet-stream", "raw", http.StatusBadRequest, refused)
 	}

@@ -128,7 +128,10 @@ func TestStatusPage(t *testing.T) {
 	// ?token= (a link, a browser harness) earns a cookie and a redirect to
 	// / that takes the token out of the address bar; so does the form.
 	for _, login := range []func() *http.Response{
-		func() *http.Response { r, _ := stGet(t, n, http.MethodGet, "/?token="+url.QueryEscape(stToken), nil, nil); return r },
+		func() *http.Response {
+			r, _ := stGet(t, n, http.MethodGet, "/?token="+url.QueryEscape(stToken), nil, nil)
+			return r
+		},
 		func() *http.Response {
 			r, _ := stGet(t, n, http.MethodPost, "/", strings.NewReader("token="+url.QueryEscape(stToken)),
 				http.Header{"Content-Type": {"application/x-www-form-urlencoded"}})
