@@ -114,7 +114,7 @@ type statusCache struct {
 // the page's cookie and redirects to / so the token leaves the address bar
 // and the history.
 func (a *Admin) statusPage(w http.ResponseWriter, r *http.Request) {
-	switch ok, given := a.statusAuth(r); {
+	switch ok, given := a.statusAuth(w, r); {
 	case ok && given:
 		http.SetCookie(w, &http.Cookie{Name: statusCookie, Value: a.statusCookieValue(), Path: "/",
 			HttpOnly: true, SameSite: http.SameSiteStrictMode})
@@ -142,7 +142,7 @@ func (a *Admin) statusPage(w http.ResponseWriter, r *http.Request) {
 // statusAuth reports whether r may see the page, and whether it brought
 // the token as ?token= or a form field (given), which earns the cookie.
 // Without a token configured every request may.
-func (a *Admin) statusAuth(r *http.Request) (ok, given bool) {
+func (a *Admin) statusAuth(w http.ResponseWriter, r *http.Request) (ok, given bool) {
 	if a.tokenSum == nil {
 		return true, false
 	}
@@ -153,7 +153,7 @@ func (a *Admin) statusAuth(r *http.Request) (ok, given bool) {
 		return a.tokenMatches(t), true
 	}
 	if r.Method == http.MethodPost {
-		r.Body = http.MaxBytesReader(nil, r.Body, maxAdminBody)
+		r.Body = http.MaxBytesReader(w, r.Body, maxAdminBody)
 		if t := r.PostFormValue("token"); t != "" {
 			return a.tokenMatches(t), true
 		}
