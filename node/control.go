@@ -120,7 +120,7 @@ func (n *Node) control(payload []byte) {
 	})
 }
 
-// clusterStatusEvery bounds how long the status page waits for Redis.
+// clusterStatusWait bounds how long the status page waits for Redis.
 const clusterStatusWait = time.Second
 
 // clusterStatus is the admin's Cluster: Redis's state and how many nodes
