@@ -19,6 +19,7 @@ import (
 	"github.com/wsgateway/gateway/internal/redistest"
 	"github.com/wsgateway/gateway/node"
 	"github.com/wsgateway/gateway/packet"
+	"github.com/wsgateway/gateway/token"
 )
 
 // Issue 12 items 7 and 8: the admin API refuses reserved channels, and
@@ -133,7 +134,7 @@ func TestDisconnectBySubjectAcrossNodes(t *testing.T) {
 	dcWaitNodes(t, srv, 2)
 
 	// alice's KOsync sockets have the subject kosync:alice; a native key
-	// issued for that subject too.
+	// issued for that subject too, used also as a Hypothesis token.
 	const subject = "kosync:alice"
 	pw := ksRegister(t, ksBase(a), "alice", "pw")
 	jwt := ksJWT(t, ksBase(a), "alice", pw)
@@ -142,12 +143,17 @@ func TestDisconnectBySubjectAcrossNodes(t *testing.T) {
 	key, _ := e2eIssue(t, a, subject)
 	natA, natB := e2eConnectKey(t, a, key), e2eConnectKey(t, b, key)
 	bystander := connect(t, b, "bob")
+	hyp := dialText(t, "ws://"+b.Addr().String()+"/ws?access_token="+token.EncodeText(key))
+	writeText(t, hyp, `{"type":"whoami","id":7}`)
+	if got := readText(t, hyp); !strings.Contains(got, `"acct:kosync:alice@localhost"`) {
+		t.Fatalf("hypothesis whoami: %s", got)
+	}
 	wsB, wsID := dcWsify(t, b, ids)
 	wsKeep, _ := dcWsify(t, b, ids)
 
 	got := e2eAdminJSON(t, a, "/api/disconnect", `{"subject":"`+subject+`"}`, http.StatusOK)
 	e2eWantFields(t, got, map[string]any{"closed": float64(2), "forwarded": true, "other_nodes": float64(1)})
-	for _, c := range []*websocket.Conn{natA, natB, ksA, ksB} {
+	for _, c := range []*websocket.Conn{natA, natB, ksA, ksB, hyp} {
 		expectClose(t, c, websocket.StatusCode(packet.CloseDisconnected), gateway.DefaultDisconnectReason)
 	}
 	e2ePing(t, bystander)
@@ -189,8 +195,8 @@ func TestDisconnectBySubjectAcrossNodes(t *testing.T) {
 		t.Fatalf(`node A gateway_operator_disconnects_total{origin="local"} = %q, want 2`, v)
 	}
 	samples, _ = e2eScrape(t, b)
-	if v := samples[`gateway_operator_disconnects_total{origin="cluster"}`]; v != "3" {
-		t.Fatalf(`node B gateway_operator_disconnects_total{origin="cluster"} = %q, want 3`, v)
+	if v := samples[`gateway_operator_disconnects_total{origin="cluster"}`]; v != "4" {
+		t.Fatalf(`node B gateway_operator_disconnects_total{origin="cluster"} = %q, want 4`, v)
 	}
 	if v := samples[`gateway_disconnects_total{code="3006",initiator="server",protocol="native"}`]; v != "1" {
 		t.Fatalf(`node B disconnects of native with 3006 = %q, want 1`, v)
