@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -38,20 +40,30 @@ type AdminOptions struct {
 	// Revoker revokes; required.
 	Revoker *token.Revoker
 	// Token, when set, must come as "Authorization: Bearer <Token>" on the
-	// admin API and the profiler; /metrics, /healthz and /readyz stay open
-	// for probes and scrapers. Zero means no token (loopback binds only:
+	// admin API and the profiler (the status page also takes it as
+	// ?token= or from its form, then from a cookie: status.go); /metrics,
+	// /healthz and /readyz stay open for probes and scrapers. Zero means no token (loopback binds only:
 	// the node refuses another bind without one).
 	Token string
 	// Dependencies reports the optional dependencies that are down (Redis);
 	// /readyz then says "degraded" but stays 200, because the node still
 	// serves its own clients. Zero means none.
 	Dependencies func() (down []string)
+	// Forward carries an operator's disconnect to the other nodes (the
+	// node publishes it on Redis) and returns how many other nodes got it;
+	// an error means none did. Zero means no other nodes: a disconnect
+	// acts on this node only.
+	Forward func(ctx context.Context, d Disconnect) (otherNodes int, err error)
+	// Cluster reports Redis and the other nodes for the status page. Zero
+	// means a node alone, without Redis.
+	Cluster func(ctx context.Context) ClusterStatus
 	// Logger: zero means slog.Default().
 	Logger *slog.Logger
 }
 
-// Admin is the operators' listener: /metrics, /healthz, /readyz and the
-// JSON API (publish, revoke). It runs on net/http, off the event loops.
+// Admin is the operators' listener: /metrics, /healthz, /readyz, the JSON
+// API (publish, revoke, disconnect) and the status page at / (status.go).
+// It runs on net/http, off the event loops.
 type Admin struct {
 	tokenSum *[32]byte // SHA-256 of the token: compared in constant time
 	refusals *ratelog.Logger
@@ -61,6 +73,8 @@ type Admin struct {
 	ln       net.Listener
 	mux      *http.ServeMux
 	allowed  map[string]string // path -> method, for 405 answers
+
+	statusCache statusCache // status.go
 }
 
 // Handle adds an endpoint to the admin listener (a protocol's event
@@ -123,6 +137,7 @@ func NewAdmin(srv *Server, o AdminOptions) *Admin {
 		{"POST", "/api/publish", http.HandlerFunc(a.publish)},
 		{"POST", "/api/revoke", http.HandlerFunc(a.revoke)},
 		{"POST", "/api/revoke/subject", http.HandlerFunc(a.revokeSubject)},
+		{"POST", "/api/disconnect", http.HandlerFunc(a.disconnect)},
 		{"GET", "/debug/pprof/", http.HandlerFunc(pprof.Index)},
 		{"GET", "/debug/pprof/profile", http.HandlerFunc(pprof.Profile)},
 		{"GET", "/debug/pprof/trace", http.HandlerFunc(pprof.Trace)},
@@ -139,6 +154,11 @@ func NewAdmin(srv *Server, o AdminOptions) *Admin {
 	for _, r := range routes {
 		a.Handle(r.method, r.path, r.h)
 	}
+	// The status page (status.go) checks the token itself: it also takes
+	// it as ?token= or from its sign-in form, then from a cookie.
+	mux.HandleFunc("GET /{$}", a.statusPage)
+	mux.HandleFunc("POST /{$}", a.statusPage)
+	allowed["/"] = "GET, POST"
 	// The catch-all answers JSON: 405 with Allow on a known path, else 404.
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := allowed[r.URL.Path]; ok {
@@ -204,6 +224,10 @@ func (a *Admin) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "query parameter channel is required (1 to 255 bytes)")
 		return
 	}
+	if reservedChannel(channel) {
+		writeError(w, http.StatusBadRequest, errReservedChannel)
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(a.srv.opts.MaxMessageSize)))
 	if err != nil {
 		writeError(w, http.StatusRequestEntityTooLarge, "body larger than the maximum message size")
@@ -214,6 +238,29 @@ func (a *Admin) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"channel": channel, "bytes": len(body)})
+}
+
+// wsifyChannelPrefix starts the hub channels of wsify (wsify.ChannelPrefix;
+// gateway cannot import wsify).
+const wsifyChannelPrefix = "#wsify:"
+
+// errReservedChannel answers a publish on a reserved channel.
+const errReservedChannel = "channels starting with '#' are reserved for the gateway's protocols; " +
+	"of those only #wsify:NAME may be published here"
+
+// reservedChannel reports whether the admin API refuses to publish on
+// channel. Hub channels starting with '#' carry the protocols' own frames
+// (KOsync announces on #kosync:<user> are whole pubsub frames, Hypothesis
+// events on #hypothesis go through POST /api/hypothesis/events): a raw body
+// there would reach those sockets as a frame their protocol does not have.
+// #wsify:<name> is the exception, a documented internal API: a wsify member
+// receives a publish's payload verbatim as a text frame, so a raw body is
+// exactly what an outside Redis publisher on a wsify channel sends
+// (payloads that are not UTF-8 are dropped and counted, as from Redis), and
+// on a node without Redis it is the only way to reach wsify members
+// verbatim.
+func reservedChannel(channel string) bool {
+	return strings.HasPrefix(channel, "#") && (!strings.HasPrefix(channel, wsifyChannelPrefix) || len(channel) == len(wsifyChannelPrefix))
 }
 
 // revoke revokes one key, given whole ({"key": text}) or by id ({"id": hex}).
@@ -278,6 +325,89 @@ func (a *Admin) finishRevoke(w http.ResponseWriter, err error, body map[string]a
 	}
 	body["revoked"] = true
 	writeJSON(w, http.StatusOK, body)
+}
+
+// DisconnectWait bounds how long POST /api/disconnect waits for the event
+// loops to do their part: a loop that stalls longer still does it, later.
+const DisconnectWait = 5 * time.Second
+
+// disconnect closes connections without revoking anything: every session
+// of a subject on every node, or one connection by the id the logs show
+// (only the node it names acts). The request goes to the other nodes first
+// (Forward): if it cannot, nothing is closed anywhere.
+func (a *Admin) disconnect(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Subject *string `json:"subject"`
+		Conn    *string `json:"conn"`
+		Code    *int    `json:"code"`
+		Reason  *string `json:"reason"`
+	}
+	if !readJSON(w, r, &req) {
+		return
+	}
+	d := Disconnect{Code: DefaultDisconnectCode, Reason: DefaultDisconnectReason}
+	switch {
+	case req.Subject != nil && req.Conn == nil:
+		if err := token.ValidSubject(*req.Subject); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		d.Subject = *req.Subject
+	case req.Conn != nil && req.Subject == nil:
+		id, err := ParseConnID(*req.Conn)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		d.Conn = id
+	default:
+		writeError(w, http.StatusBadRequest, `give exactly one of "subject" or "conn"`)
+		return
+	}
+	if req.Code != nil {
+		if *req.Code < 3000 || *req.Code > 4999 {
+			writeError(w, http.StatusBadRequest, "code must be 3000 to 4999 (the application close codes of RFC 6455)")
+			return
+		}
+		d.Code = uint16(*req.Code)
+	}
+	if req.Reason != nil {
+		if len(*req.Reason) > MaxCloseReason || !utf8.ValidString(*req.Reason) {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("reason must be UTF-8 of at most %d bytes", MaxCloseReason))
+			return
+		}
+		d.Reason = *req.Reason
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), DisconnectWait)
+	defer cancel()
+	forwarded, others := false, 0
+	if (d.Subject != "" || d.Conn.Node != a.srv.Tag()) && a.opts.Forward != nil {
+		n, err := a.opts.Forward(ctx, d)
+		if err != nil {
+			a.opts.Logger.Error("disconnect not forwarded", "err", err)
+			writeError(w, http.StatusServiceUnavailable, "cannot reach the other nodes through Redis; nothing was closed")
+			return
+		}
+		forwarded, others = true, n
+	}
+	result := make(chan int, 1)
+	a.srv.Disconnect(d, func(closed int) { result <- closed })
+	select {
+	case closed := <-result:
+		a.opts.Logger.Info("operator disconnect", "subject", d.Subject, "conn", connLabel(d.Conn), "code", d.Code,
+			"reason", d.Reason, "closed", closed, "forwarded", forwarded)
+		writeJSON(w, http.StatusOK, map[string]any{"closed": closed, "forwarded": forwarded, "other_nodes": others})
+	case <-ctx.Done():
+		writeError(w, http.StatusGatewayTimeout, fmt.Sprintf("the event loops did not answer within %v; they close the connections when they do", DisconnectWait))
+	}
+}
+
+// connLabel is a ConnID for the logs, empty for none.
+func connLabel(id ConnID) string {
+	if id == (ConnID{}) {
+		return ""
+	}
+	return id.String()
 }
 
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {

@@ -46,6 +46,8 @@ type metrics struct {
 	connections   *prometheus.GaugeVec
 	disconnects   *prometheus.CounterVec
 	acceptErrors  *prometheus.CounterVec
+	// opDisconnectsLocal, opDisconnectsCluster: disconnect.go.
+	opDisconnectsLocal, opDisconnectsCluster prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -91,6 +93,7 @@ func newMetrics(s *Server) *metrics {
 		m.handshakeDur, m.connections, m.disconnects, m.acceptErrors, &loopCollector{s}} {
 		f(c)
 	}
+	m.newOperatorDisconnects()
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "gateway_sessions", Help: "Authenticated sessions on this node.",
 	}, func() float64 { return float64(s.hub.Sessions()) }))

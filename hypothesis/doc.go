@@ -33,8 +33,11 @@
 // recipient. An event costs what it matches, not what the loop holds.
 //
 // Authenticated sockets register a session (session.New with their
-// claims) so the node's revocation sweep closes them with 3004; anonymous
-// sockets have no session but are indexed all the same.
+// claims) so the node's revocation sweep closes them with 3004, and an
+// operator's disconnect by subject (POST /api/disconnect) with 3006 "closed
+// by the operator; you may reconnect" (nothing revoked); anonymous sockets
+// have no session but are indexed all the same (a disconnect by connection
+// id reaches them).
 //
 // # Decisions where the reference leaves a choice
 //

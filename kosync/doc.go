@@ -19,5 +19,15 @@
 // "#kosync:<username>" (hub channels starting with '#' are reserved for the
 // gateway's protocols: native clients cannot name them). The payload is the
 // whole pubsub frame, encoded once; every subscribed socket of that user, on
-// every node, receives it.
+// every node, receives it. The admin API refuses to publish there
+// (POST /api/publish answers 400 for '#' channels), so nothing but those
+// frames reaches the sockets.
+//
+// # Closes
+//
+// A socket's session has the subject "kosync:<username>": a revocation of
+// it closes the user's sockets with 3004, and an operator's disconnect
+// (POST /api/disconnect) with 3006 "closed by the operator; you may
+// reconnect", a WebSocket close with no KOsync frame before it; the client
+// may reconnect with the same JWT.
 package kosync

@@ -153,6 +153,10 @@ type Node struct {
 	// lastDataLost is when the last one was noticed (see redisDataLost).
 	dataLost     atomic.Uint64
 	lastDataLost atomic.Pointer[time.Time]
+
+	// controlLive: the control channel's subscription is confirmed
+	// (control.go).
+	controlLive atomic.Bool
 }
 
 // brokerCollectors exports the Redis broker's counters.
@@ -321,11 +325,16 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		HandshakeTimeout: cfg.HandshakeTimeout, MaxMessageSize: cfg.MaxMessageSize,
 		MaxOutbound: cfg.MaxOutbound, SocketSendBuffer: cfg.SocketSendBuffer, DrainWindow: cfg.DrainWindow, ShutdownTimeout: cfg.ShutdownTimeout, Logger: n.log,
 	}, n.Hub)
+	ao := gateway.AdminOptions{
+		Listen: cfg.AdminListen, Secrets: secrets, Revoker: n.Revoker, Logger: n.log,
+		Token: cfg.AdminToken, Dependencies: n.down, Cluster: n.clusterStatus,
+	}
+	if n.redis != nil {
+		ao.Forward = n.forwardDisconnect
+		go n.watchControl(ctx, n.redis.Subscribe(ctx, n.controlChannel()))
+	}
 	if !cfg.NoAdmin {
-		n.Admin = gateway.NewAdmin(n.Server, gateway.AdminOptions{
-			Listen: cfg.AdminListen, Secrets: secrets, Revoker: n.Revoker, Logger: n.log,
-			Token: cfg.AdminToken, Dependencies: n.down,
-		})
+		n.Admin = gateway.NewAdmin(n.Server, ao)
 	}
 	if err := cfg.Limits.Validate(); err != nil {
 		return err

@@ -73,6 +73,10 @@ const (
 	// CloseServerError: the server failed internally and dropped the
 	// connection.
 	CloseServerError uint16 = 3005
+	// CloseDisconnected: an operator closed the connection (the admin
+	// API's POST /api/disconnect) without revoking anything; reconnect
+	// with the same key.
+	CloseDisconnected uint16 = 3006
 	// CloseTryAgainLater (RFC 6455's 1013): the server cannot
 	// authenticate yet (its revoked set is not loaded); reconnect later
 	// with the same key.

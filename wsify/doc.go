@@ -90,7 +90,11 @@
 //     protocols, so wsify clients cannot reach native or KOsync channels.
 //   - Sessions carry the claims {Subject: "wsify:<conn id>"}, so an
 //     operator can revoke one wsify connection by subject; wsify has no
-//     keys of its own.
+//     keys of its own. An operator's disconnect (the admin API's POST
+//     /api/disconnect, by that subject or by the gateway's connection id)
+//     closes with 3006 "closed by the operator; you may reconnect" (or the
+//     operator's code and reason); nothing is revoked and the client may
+//     reconnect at once. Upstream wsify has no such close.
 //   - Keepalive: a Ping every 30 s, close 1001 after 60 s of silence.
 //   - POST /broadcast checks key (SHA-256 digests compared in constant
 //     time), then content type (mime.ParseMediaType, application/json with

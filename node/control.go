@@ -1,0 +1,142 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/session"
+)
+
+// The control channel carries operators' requests between nodes: today a
+// disconnect (POST /api/disconnect) made on one node's admin API. It is
+// the Redis pub/sub channel <prefix>control, beside <prefix>revocations
+// (which carries revocations the same way, but for token.RedisStore): a
+// name inside the broker's namespace, so no wsify channel maps onto it
+// (wsify.RedisChannelName). Like every pub/sub message, a request is lost
+// for a node cut off from Redis when it is sent; a disconnect is a nudge,
+// not a state, so nothing replays it (a revocation is the durable tool).
+
+// controlChannel names the control channel under the broker's prefix.
+func controlChannel(prefix string) string { return prefix + "control" }
+
+// controlMessage is one request on the control channel, as JSON.
+type controlMessage struct {
+	Op      string `json:"op"`   // "disconnect"; other ops are ignored
+	From    string `json:"from"` // the sender's server tag, 8 hex digits: it acted itself
+	Subject string `json:"subject,omitempty"`
+	Conn    string `json:"conn,omitempty"` // a gateway.ConnID: only the node it names acts
+	Code    uint16 `json:"code"`
+	Reason  string `json:"reason"`
+}
+
+const opDisconnect = "disconnect"
+
+func (n *Node) controlChannel() string {
+	return controlChannel(cmpOr(n.cfg.RedisPrefix, session.DefaultRedisPrefix))
+}
+
+func (n *Node) tag() string { return fmt.Sprintf("%08x", n.Server.Tag()) }
+
+// forwardDisconnect is the admin's Forward: it publishes d on the control
+// channel and returns how many other nodes received it (Redis counts the
+// subscribers reached; this node's own subscription is one of them).
+func (n *Node) forwardDisconnect(ctx context.Context, d gateway.Disconnect) (int, error) {
+	m := controlMessage{Op: opDisconnect, From: n.tag(), Subject: d.Subject, Code: d.Code, Reason: d.Reason}
+	if d.Subject == "" {
+		m.Conn = d.Conn.String()
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return 0, err
+	}
+	got, err := n.redis.Publish(ctx, n.controlChannel(), b).Result()
+	if err != nil {
+		return 0, err
+	}
+	if n.controlLive.Load() {
+		got-- // this node's own subscription
+	}
+	return int(max(got, 0)), nil
+}
+
+// watchControl subscribes to the control channel until ctx ends and acts
+// on the requests of other nodes. go-redis resubscribes by itself after a
+// reconnect.
+func (n *Node) watchControl(ctx context.Context, ps *redis.PubSub) {
+	defer ps.Close()
+	ch := ps.ChannelWithSubscriptions()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case msg, ok := <-ch:
+			if !ok {
+				return
+			}
+			switch m := msg.(type) {
+			case *redis.Subscription:
+				n.controlLive.Store(m.Kind == "subscribe")
+			case *redis.Message:
+				n.control([]byte(m.Payload))
+			}
+		}
+	}
+}
+
+// control acts on one request from the control channel. Malformed ones
+// (another tool publishing there) are ignored.
+func (n *Node) control(payload []byte) {
+	var m controlMessage
+	if json.Unmarshal(payload, &m) != nil || m.Op != opDisconnect || m.From == n.tag() {
+		return
+	}
+	if m.Code < 3000 || m.Code > 4999 || len(m.Reason) > gateway.MaxCloseReason {
+		return
+	}
+	d := gateway.Disconnect{Subject: m.Subject, Code: m.Code, Reason: m.Reason, Remote: true}
+	switch {
+	case m.Subject != "" && m.Conn == "":
+	case m.Subject == "" && m.Conn != "":
+		id, err := gateway.ParseConnID(m.Conn)
+		if err != nil {
+			return
+		}
+		d.Conn = id
+	default:
+		return
+	}
+	if !n.Server.ForThisServer(d) {
+		return
+	}
+	from := m.From
+	n.Server.Disconnect(d, func(closed int) {
+		n.log.Info("operator disconnect from another node", "from", from, "subject", d.Subject, "conn", m.Conn,
+			"code", d.Code, "reason", d.Reason, "closed", closed)
+	})
+}
+
+// clusterStatusWait bounds how long the status page waits for Redis.
+const clusterStatusWait = time.Second
+
+// clusterStatus is the admin's Cluster: Redis's state and how many nodes
+// listen on the control channel.
+func (n *Node) clusterStatus(ctx context.Context) gateway.ClusterStatus {
+	if n.redis == nil {
+		return gateway.ClusterStatus{Nodes: -1}
+	}
+	st := gateway.ClusterStatus{Redis: n.redis.Options().Addr, RedisUp: n.redisUp.Load(), Nodes: -1}
+	ctx, cancel := context.WithTimeout(ctx, clusterStatusWait)
+	defer cancel()
+	subs, err := n.redis.PubSubNumSub(ctx, n.controlChannel()).Result()
+	if err != nil {
+		st.NodesErr = err.Error()
+		return st
+	}
+	st.Nodes = int(subs[n.controlChannel()])
+	return st
+}
