@@ -102,7 +102,9 @@ type browserPage struct {
 // browserResult is what the runner reports for a page.
 type browserResult struct {
 	Page string `json:"page"`
-	// Result is the page's window.testResult (null without one).
+	// Result is the page's window.testResult; for a page waited for with
+	// "load", {url, title, text}: its address after redirects and its
+	// rendered text.
 	Result json.RawMessage `json:"result"`
 	// Error is why the runner got no result (a timeout, a navigation
 	// error); empty otherwise.

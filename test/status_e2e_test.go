@@ -1,10 +1,12 @@
 package test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -175,4 +177,41 @@ func TestStatusPageCluster(t *testing.T) {
 	stWantPage(t, resp, page, http.StatusOK)
 	stContains(t, page, srv.Addr+": ", `<span id="redis" class="ok">up</span>`,
 		`<td id="nodes">2 listening on the control channel, this one included</td>`)
+}
+
+// TestStatusPageInChromium: the page as a browser shows it. Signing in
+// with ?token= redirects to / with a cookie, so the token leaves the
+// address bar; the rendered text holds the counts and the escaped channel
+// name as text; the page logs nothing (its CSP forbids every script, and
+// it has none). The screenshot is kept as a test artefact
+// (GATEWAY_TEST_ARTEFACTS, else $TMPDIR/wsgateway-artefacts).
+func TestStatusPageInChromium(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, func(c *node.Config) { c.AdminToken = stToken })
+	const evil = "<script>alert(1)</script>"
+	subscribe(t, connect(t, n, "reader"), evil)
+	subscribe(t, connect(t, n, "reader"), evil)
+	subscribe(t, connect(t, n, "other"), "room")
+	shot := browserArtefact(t, "status.png")
+	res := browserRun(t, browserPage{Name: "status", URL: adminURL(n) + "/?token=" + stToken, Wait: "load", Screenshot: shot})["status"]
+	if res.Error != "" || len(res.Console) != 0 {
+		t.Fatalf("status page in Chromium: error %q, console %q", res.Error, res.Console)
+	}
+	var seen struct{ URL, Title, Text string }
+	if err := json.Unmarshal(res.Result, &seen); err != nil {
+		t.Fatalf("result %s: %v", res.Result, err)
+	}
+	if seen.URL != adminURL(n)+"/" {
+		t.Fatalf("address after sign-in %q, want %q (the token must leave the address bar)", seen.URL, adminURL(n)+"/")
+	}
+	for _, want := range []string{"ready", "native\t3\t3", evil + "\t2", "room\t1", "No Redis: this node runs alone"} {
+		if !strings.Contains(seen.Text, want) {
+			t.Fatalf("rendered text lacks %q:\n%s", want, seen.Text)
+		}
+	}
+	png, err := os.ReadFile(shot)
+	if err != nil || len(png) < 1000 || string(png[1:4]) != "PNG" {
+		t.Fatalf("screenshot %s: %d bytes, %v", shot, len(png), err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", shot, len(png))
 }

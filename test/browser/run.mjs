@@ -10,7 +10,8 @@
 //
 // "result" (the default) waits until the page sets window.testResult (the
 // test pages do, through lib.js); "load" waits for the load event and no
-// network activity, for pages that are only looked at. "screenshot", when
+// network activity, for pages that are only looked at (their result is
+// {url, title, text}: the address after redirects and the rendered text). "screenshot", when
 // set, saves a full-page PNG after the wait.
 //
 // Output: one JSON line per page on stdout, as each finishes:
@@ -55,6 +56,9 @@ async function visit(p) {
     if (p.wait !== 'load') {
       await page.waitForFunction(() => window.testResult !== undefined, null, { timeout, polling: 50 });
       out.result = await page.evaluate(() => window.testResult);
+    } else {
+      // What a reader sees, for pages that run no script of their own.
+      out.result = await page.evaluate(() => ({ url: location.href, title: document.title, text: document.body.innerText }));
     }
     if (p.screenshot) await page.screenshot({ path: p.screenshot, fullPage: true });
   } catch (e) {
