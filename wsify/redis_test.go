@@ -77,6 +77,7 @@ func redisNodes(t *testing.T) (a, b *node, rc *redis.Client) {
 		t.Cleanup(func() { _ = c.Close() })
 		return session.NewHub(session.NewRedisBroker(session.RedisBrokerOptions{
 			Client: c, Logger: discard, ChannelName: RedisChannelName("", "gateway:"),
+			Raw: RedisChannelRaw("", "gateway:"),
 		}))
 	}
 	rc = redis.NewClient(opt)
