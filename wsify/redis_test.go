@@ -3,7 +3,10 @@ package wsify
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"net"
+	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -230,6 +233,78 @@ func drain(spy <-chan *redis.Message) {
 		case <-spy:
 		case <-time.After(50 * time.Millisecond):
 			return
+		}
+	}
+}
+
+// TestRedisDownBroadcast: with Redis down a broadcast reaches nobody, not
+// even the members on its own node (they take every broadcast from
+// Redis), so once the node knows Redis is down POST /broadcast answers
+// 503 with Retry-After: 1 at once (upstream answered 500 after go-redis's
+// retries) and a client's broadcast is dropped; the connection stays. When
+// Redis is back, broadcasts flow again.
+func TestRedisDownBroadcast(t *testing.T) {
+	t.Parallel()
+	if os.Getenv("REDIS_URL") != "" {
+		t.Skip("stops and restarts its redis-server: not with a shared REDIS_URL")
+	}
+	srv := redistest.Start(t)
+	opt, err := redis.ParseURL(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.MaxRetries, opt.DialTimeout = -1, 200*time.Millisecond
+	n := startNode(t, Options{}, func() *session.Hub {
+		c := redis.NewClient(opt)
+		t.Cleanup(func() { _ = c.Close() })
+		return session.NewHub(session.NewRedisBroker(session.RedisBrokerOptions{
+			Client: c, Logger: discard, ChannelName: RedisChannelName("", ""), Raw: RedisChannelRaw("", ""),
+		}))
+	})
+	member := dial(t, n.addr, "")
+	member.sync("room")
+	url := "http://" + n.addr + "/broadcast"
+	post := func(content string) (int, []byte, http.Header) {
+		return httpDo(t, "POST", url, "application/json", `{"channel":"room","content":`+content+`}`)
+	}
+
+	srv.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		status, body, h := post(`"lost"`)
+		if status == http.StatusServiceUnavailable {
+			if len(body) != 0 || h.Get("Retry-After") != "1" {
+				t.Fatalf("503 with body %q, Retry-After %q", body, h.Get("Retry-After"))
+			}
+			break
+		}
+		if status != http.StatusCreated || time.Now().After(deadline) {
+			t.Fatalf("POST /broadcast while Redis is down: %d, want 201 (not known yet) then 503", status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	member.broadcast("room", `"dropped"`) // refused: warned, not delivered, not fatal
+	member.quiet(100 * time.Millisecond)
+
+	srv.Restart(t)
+	deadline = time.Now().Add(15 * time.Second)
+	seen := map[string]bool{}
+	for try := 0; ; try++ {
+		m := fmt.Sprintf(`"back-%d"`, try)
+		seen[m] = true
+		if status, _, _ := post(m); status != http.StatusCreated && status != http.StatusServiceUnavailable {
+			t.Fatalf("POST /broadcast after the restart: %d", status)
+		}
+		select {
+		case b, ok := <-member.msgs:
+			if !ok || !seen[string(b)] {
+				t.Fatalf("member got %q (open %v) after the restart", b, ok)
+			}
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no broadcast came through after Redis came back")
 		}
 	}
 }
