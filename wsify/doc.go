@@ -14,8 +14,13 @@
 //	// after srv.Start():
 //	p.WarnIfOpen(srv.ListenerAddr("wsify"))
 //
-// With Redis, the broker maps wsify channels to raw Redis names:
-// session.RedisBrokerOptions{ChannelName: wsify.RedisChannelName(wsifyPrefix, prefix)}.
+// With Redis, the broker maps wsify channels to raw Redis names and sends
+// them without its envelope:
+//
+//	session.RedisBrokerOptions{
+//		ChannelName: wsify.RedisChannelName(wsifyPrefix, prefix),
+//		Raw:         wsify.RedisChannelRaw(wsifyPrefix, prefix),
+//	}
 //
 // # The loop boundary
 //
@@ -72,6 +77,25 @@
 //     upstream; browsers fail a connection whose offer got no answer. With
 //     several offered none is selected and the upgrade goes on without the
 //     header (upstream answers 400: x/net/websocket will not choose).
+//   - Redis (§7.2): on a wsify channel's raw Redis name the message is
+//     exactly the JSON text members receive, in both directions, as
+//     between wsify nodes: original wsify v3 nodes, gateway nodes and
+//     outside tools can share one Redis. With no envelope a node cannot
+//     tell its own publishes from others', so it does not deliver them
+//     itself: the hub only publishes (session.Echoer), and the node's
+//     members get Redis's copy like everyone else, once, in Redis's order
+//     (the sender too, when it has joined). As with wsify on Redis, a join
+//     takes effect when the node's SUBSCRIBE does: a broadcast made before,
+//     the joiner's own included, is not delivered to it. While the node
+//     knows Redis is down (a publish failed; a PING every second tells when
+//     it is back) a broadcast would reach nobody, its own node included,
+//     so it is refused (session.ErrBrokerDown): POST /broadcast answers 503
+//     with Retry-After: 1 at once (upstream: 500 once go-redis gave up),
+//     and a client's broadcast is dropped and logged (upstream: logged). A
+//     broadcast accepted in the moment Redis failed is lost for everyone.
+//     A node with no member of the channel still publishes it; nothing is
+//     counted lost for the members it does not have. Without Redis,
+//     broadcasts are delivered locally at once.
 //   - join/leave of an empty (trimmed) channel are ignored, join is
 //     idempotent, leave of a channel not joined is a no-op; a broadcast to
 //     an empty channel is ignored (upstream published to "", which nobody
