@@ -47,7 +47,7 @@ var ErrTooLarge = errors.New("payload larger than the node delivers")
 type HubStats struct {
 	Publishes      atomic.Uint64 // publishes delivered to the node's loops, local or from the broker (an echoed one counts once, when its copy comes back)
 	LoopTasks      atomic.Uint64 // deliveries handed to loops (one per loop per publish)
-	BrokerRefusals atomic.Uint64 // publishes refused because the broker or a loop was busy
+	BrokerRefusals atomic.Uint64 // publishes refused because the broker or a loop was busy (or the broker knows its server is down: ErrBrokerDown)
 	LoopDrops      atomic.Uint64 // deliveries dropped because a loop's queue was full
 	TooLarge       atomic.Uint64 // publishes from the broker dropped for a payload over SetMaxPayload
 	// SubscriptionRefusals counts subscribes refused because the session
