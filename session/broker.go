@@ -1,6 +1,7 @@
 package session
 
 import (
+	"context"
 	"errors"
 	"fmt"
 )
@@ -64,6 +65,19 @@ type Broker interface {
 // it must be goroutine-safe, quick, allocation-free and deterministic.
 type Echoer interface {
 	Echoes(channel string) bool
+}
+
+// Confirmer is implemented by a Broker that can wait for its server's
+// answer to a publish. On a channel the broker Echoes a publish that does
+// not reach the server reaches nobody, not even the publishing node, so a
+// caller that can wait (an HTTP handler, never an event loop) learns
+// whether it went out instead of hearing "accepted" and losing it.
+type Confirmer interface {
+	// PublishConfirmed is Publish, then waits until the server took the
+	// publish (nil) or failed it (an error wrapping ErrBrokerDown), or ctx
+	// ends (ctx's error: the publish may still go out). It returns
+	// Publish's refusals at once.
+	PublishConfirmed(ctx context.Context, channel string, payload []byte) error
 }
 
 // BrokerHandler receives what a Broker brings in. Its methods are

@@ -127,10 +127,11 @@ func TestRedisBrokerRawChannel(t *testing.T) {
 }
 
 // TestRedisBrokerRawRefusedWhileDown: a publish on a raw channel reaches
-// nobody while Redis is down, not even this node's subscribers, so once the
-// publisher knows Redis is down Publish refuses it (ErrBrokerDown, which
-// is an ErrBrokerBusy), while other channels are still accepted; a PING
-// notices Redis back even when only raw publishes were tried meanwhile.
+// nobody while Redis is down, not even this node's subscribers, so
+// PublishConfirmed reports the failure, and once the publisher knows Redis
+// is down Publish refuses it (ErrBrokerDown, which is an ErrBrokerBusy),
+// while other channels are still accepted; a PING notices Redis back even
+// when only raw publishes were tried meanwhile.
 func TestRedisBrokerRawRefusedWhileDown(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -149,12 +150,18 @@ func TestRedisBrokerRawRefusedWhileDown(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "own raw publish back", func() bool { return len(h.payloads("#w:room")) == 1 })
 
+	if err := br.PublishConfirmed(context.Background(), "#w:room", []byte("confirmed")); err != nil {
+		t.Fatalf("PublishConfirmed with Redis up: %v", err)
+	}
+	waitFor(t, 5*time.Second, "the confirmed publish back", func() bool { return len(h.payloads("#w:room")) == 2 })
+
 	srv.Stop()
-	var err error
-	waitFor(t, 10*time.Second, "ErrBrokerDown", func() bool {
-		err = br.Publish("#w:room", []byte("lost"))
-		return err != nil
-	})
+	// The first publish learns it from Redis; the broker knows from then on.
+	err := br.PublishConfirmed(context.Background(), "#w:room", []byte("lost"))
+	if !errors.Is(err, ErrBrokerDown) {
+		t.Fatalf("PublishConfirmed with Redis down: %v, want ErrBrokerDown", err)
+	}
+	err = br.Publish("#w:room", []byte("lost"))
 	if !errors.Is(err, ErrBrokerDown) || !errors.Is(err, ErrBrokerBusy) || !br.Stats().Down {
 		t.Fatalf("raw publish while down: %v (stats %+v), want ErrBrokerDown", err, br.Stats())
 	}

@@ -53,8 +53,9 @@ import (
 // node's publishes included; a publish that does not reach Redis reaches
 // nobody, so while the publisher knows Redis is unreachable (a batch
 // failed and no PING or batch succeeded since) Publish refuses raw
-// publishes with ErrBrokerDown; and a publish accepted just before Redis
-// failed is lost for every node, its own included.
+// publishes with ErrBrokerDown, and a publish accepted just before Redis
+// failed is lost for every node, its own included; a caller that can wait
+// uses PublishConfirmed (the broker is a Confirmer) to learn the outcome.
 //
 // The broker also sends UNSUBSCRIBE <prefix>sync:<n> (n a decimal number) on
 // its own subscription connection as an ordering barrier (see Live below).
@@ -295,7 +296,8 @@ type RedisBroker struct {
 
 type pubItem struct {
 	channel string
-	data    []byte // whole envelope, or the payload alone on a raw channel
+	data    []byte       // whole envelope, or the payload alone on a raw channel
+	done    chan<- error // PublishConfirmed's: gets the outcome (buffered); else nil
 }
 
 // redisSub is one Subscribe call's subscription; its identity tells a
@@ -404,6 +406,37 @@ func (b *RedisBroker) Start(h BrokerHandler) error {
 // drop, when the queue is full, ErrBrokerDown for a raw channel while Redis
 // is known down, and an error wrapping ErrBrokerBusy after Close.
 func (b *RedisBroker) Publish(channel string, payload []byte) error {
+	return b.publish(channel, payload, nil)
+}
+
+// PublishConfirmed implements Confirmer: Publish, then the outcome of the
+// PUBLISH command. A publish that fails (Redis unreachable, or an error
+// reply) gets an error wrapping ErrBrokerDown and the Redis error; one the
+// publisher drops unsent, during its pause after a failed batch, gets
+// ErrBrokerDown; one still queued when the broker is closed gets an error
+// wrapping ErrBrokerBusy. It costs a channel per call: it is for callers
+// that can wait, not for event loops.
+func (b *RedisBroker) PublishConfirmed(ctx context.Context, channel string, payload []byte) error {
+	done := make(chan error, 1)
+	if err := b.publish(channel, payload, done); err != nil {
+		return err
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.ctx.Done(): // closed: the publisher may be gone
+		select {
+		case err := <-done:
+			return err
+		default:
+			return errRedisBrokerClosed
+		}
+	}
+}
+
+func (b *RedisBroker) publish(channel string, payload []byte, done chan<- error) error {
 	if b.closed.Load() {
 		b.dropped.Add(1)
 		return errRedisBrokerClosed
@@ -430,7 +463,7 @@ func (b *RedisBroker) Publish(channel string, payload []byte) error {
 		copy(buf[envelopeHeaderLen:], payload)
 	}
 	select {
-	case b.queue <- pubItem{channel: channel, data: buf}:
+	case b.queue <- pubItem{channel: channel, data: buf, done: done}:
 		return nil
 	default:
 		b.dropped.Add(1)
@@ -599,8 +632,14 @@ func (p *publisher) send() {
 		clear(p.batch) // let the envelopes go
 		p.batch = p.batch[:0]
 	}()
-	if b.ctx.Err() != nil || time.Now().Before(p.downUntil) {
+	if b.ctx.Err() != nil {
 		b.publishErrors.Add(n)
+		p.answer(nil, errRedisBrokerClosed)
+		return
+	}
+	if time.Now().Before(p.downUntil) {
+		b.publishErrors.Add(n)
+		p.answer(nil, ErrBrokerDown)
 		return
 	}
 	for _, it := range p.batch {
@@ -618,6 +657,7 @@ func (p *publisher) send() {
 	if err == nil {
 		b.published.Add(n)
 		b.down.Store(false)
+		p.answer(nil, nil)
 		return
 	}
 	failed := n
@@ -628,22 +668,45 @@ func (p *publisher) send() {
 				failed++
 			}
 		}
+	} else {
+		cmds = nil
 	}
 	b.published.Add(n - failed)
 	b.publishErrors.Add(failed)
 	if b.ctx.Err() != nil {
+		p.answer(cmds, err)
 		return
 	}
 	// go-redis has retried already; an error means Redis is unreachable or
 	// failing. Drop instead of sending for a while, so the queue keeps
 	// moving (and Publish keeps accepting) rather than waiting out a dial
-	// timeout per batch.
+	// timeout per batch. The waiting PublishConfirmed callers are answered
+	// after b.down is set: a caller told "down" finds Publish refusing.
 	p.downUntil = time.Now().Add(redisDownPause)
 	if !b.down.Swap(true) {
 		p.probe.Reset(redisDownPause)
 	}
+	p.answer(cmds, err)
 	b.pubLog.warn(b.log, "redis broker: publish failed; dropping publishes to other nodes for a second",
 		"err", err, "dropped", failed)
+}
+
+// answer tells the batch's PublishConfirmed callers their outcome: err for
+// all of them, or with cmds (one per item) each command's own.
+func (p *publisher) answer(cmds []redis.Cmder, err error) {
+	for i, it := range p.batch {
+		if it.done == nil {
+			continue
+		}
+		e := err
+		if cmds != nil {
+			e = cmds[i].Err()
+		}
+		if e != nil && !errors.Is(e, ErrBrokerBusy) {
+			e = fmt.Errorf("%w: %w", ErrBrokerDown, e)
+		}
+		it.done <- e
+	}
 }
 
 // ping runs while Redis is known down: raw publishes are refused then, so

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -130,6 +131,32 @@ func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
 	}
 	h.deliverLocal(&Message{Channel: channel, Payload: append([]byte(nil), payload...), Origin: origin})
 	return nil
+}
+
+// PublishConfirmed is Publish for a caller that may wait (never an event
+// loop): on a channel the broker Echoes, where a publish that does not
+// reach the broker's server reaches nobody, it returns once the server
+// took the publish, or the error that lost it (wrapping ErrBrokerDown),
+// when the broker is a Confirmer. Anywhere else it is Publish.
+func (h *Hub) PublishConfirmed(ctx context.Context, channel string, payload []byte, origin uint64) error {
+	c, ok := h.broker.(Confirmer)
+	if !ok || h.echoer == nil || !h.echoer.Echoes(channel) {
+		return h.Publish(channel, payload, origin)
+	}
+	if h.tooLarge(payload) {
+		return ErrTooLarge
+	}
+	if h.loopsBusy(channel) {
+		h.stats.BrokerRefusals.Add(1)
+		return ErrLoopBusy
+	}
+	if err := c.PublishConfirmed(ctx, channel, payload); err != nil {
+		if ctx.Err() == nil { // not the caller giving up
+			h.stats.BrokerRefusals.Add(1)
+		}
+		return err
+	}
+	return nil // delivered here when the broker brings it back
 }
 
 // SetMaxPayload caps the payload of a publish: larger ones are refused

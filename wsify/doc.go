@@ -86,13 +86,15 @@
 //     members get Redis's copy like everyone else, once, in Redis's order
 //     (the sender too, when it has joined). As with wsify on Redis, a join
 //     takes effect when the node's SUBSCRIBE does: a broadcast made before,
-//     the joiner's own included, is not delivered to it. While the node
-//     knows Redis is down (a publish failed; a PING every second tells when
-//     it is back) a broadcast would reach nobody, its own node included,
-//     so it is refused (session.ErrBrokerDown): POST /broadcast answers 503
-//     with Retry-After: 1 at once (upstream: 500 once go-redis gave up),
-//     and a client's broadcast is dropped and logged (upstream: logged). A
-//     broadcast accepted in the moment Redis failed is lost for everyone.
+//     the joiner's own included, is not delivered to it. A broadcast that
+//     does not reach Redis reaches nobody, its own node included, so POST
+//     /broadcast waits for Redis's answer (Hub.PublishConfirmed), as
+//     upstream does: 201 once Redis took it, else 503 with Retry-After: 1
+//     (upstream: 500), at once while the node knows Redis is down (a
+//     publish failed; a PING every second tells when it is back). A
+//     client's broadcast cannot be answered: it is queued, and refused
+//     (dropped and logged, as upstream logs it) while Redis is known down;
+//     one accepted in the moment Redis failed is lost for everyone.
 //     A node with no member of the channel still publishes it; nothing is
 //     counted lost for the members it does not have. Without Redis,
 //     broadcasts are delivered locally at once.
