@@ -195,7 +195,8 @@ type BrokerStats struct {
 // per second) and counted in PublishErrors, and the publisher goes on. From
 // that failure on the broker counts Redis as down (BrokerStats.Down) until
 // a batch succeeds or a PING, sent every second meanwhile, is answered;
-// while down, Publish refuses raw-channel publishes with ErrBrokerDown. After a failed batch (go-redis has retried it already) the publisher
+// while down, Publish refuses raw-channel publishes with ErrBrokerDown.
+// After a failed batch (go-redis has retried it already) the publisher
 // drops what it takes from the queue, counting it in PublishErrors, for one
 // second before it tries Redis again: the queue keeps draining during an
 // outage instead of filling while each batch waits out go-redis's dial
