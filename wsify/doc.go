@@ -95,7 +95,10 @@
 //     client's broadcast cannot be answered: it is queued, and refused
 //     (dropped and logged, as upstream logs it) while Redis is known down;
 //     one accepted in the moment Redis failed is lost for everyone.
-//     A node with no member of the channel still publishes it; nothing is
+//     A member that leaves before Redis's copy arrives does not get it, and
+//     while a node's subscription connection reconnects its members miss
+//     what is published meanwhile, their own node's broadcasts included. A
+//     node with no member of the channel still publishes it; nothing is
 //     counted lost for the members it does not have. Without Redis,
 //     broadcasts are delivered locally at once.
 //   - join/leave of an empty (trimmed) channel are ignored, join is
