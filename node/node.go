@@ -585,6 +585,7 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 	return session.NewRedisBroker(session.RedisBrokerOptions{
 		Client: n.redis, Prefix: prefix, Logger: n.log,
 		ChannelName: wsify.RedisChannelName(cfg.WsifyRedisPrefix, prefix),
+		Raw:         wsify.RedisChannelRaw(cfg.WsifyRedisPrefix, prefix),
 	}), nil
 }
 

@@ -38,11 +38,30 @@ import (
 // arriving on a mapped name is delivered under the gateway channel that was
 // subscribed with it.
 //
+// Raw channels. A gateway channel for which RedisBrokerOptions.Raw is true
+// (wsify's channels on their raw names) carries no envelope in either
+// direction: a node PUBLISHes the payload exactly as given (for wsify, the
+// JSON text its clients receive), and every message arriving on it is
+// delivered verbatim, without looking at its bytes, so other servers and
+// tools sharing the channel (original wsify nodes, redis-cli, consumers)
+// see only payloads. With no node id to skip its own publishes by, a node
+// does not deliver its publishes on a raw channel locally: the hub only
+// publishes them (the broker is an Echoer), and the node's subscribers get
+// the copy Redis sends back, like every other subscriber of the channel.
+// Consequences, all as with an original wsify node on Redis: a subscriber
+// gets nothing published before its node's SUBSCRIBE took effect, its own
+// node's publishes included; a publish that does not reach Redis reaches
+// nobody, so while the publisher knows Redis is unreachable (a batch
+// failed and no PING or batch succeeded since) Publish refuses raw
+// publishes with ErrBrokerDown, and a publish accepted just before Redis
+// failed is lost for every node, its own included; a caller that can wait
+// uses PublishConfirmed (the broker is a Confirmer) to learn the outcome.
+//
 // The broker also sends UNSUBSCRIBE <prefix>sync:<n> (n a decimal number) on
 // its own subscription connection as an ordering barrier (see Live below).
 // Nothing is ever published on <prefix>sync:*; those names are reserved.
 //
-// Envelope. Every message a node publishes is
+// Envelope. Every message a node publishes on a channel that is not raw is
 //
 //	offset 0   0x00 'G'    magic
 //	offset 2   0x01        envelope version
@@ -56,7 +75,12 @@ import (
 // with 0x00 'G' is an outside publisher's raw payload and is delivered
 // unchanged. A message that starts with 0x00 'G' but is shorter than the
 // header or has another version is dropped and counted as Malformed: it
-// comes from a node speaking another envelope version.
+// comes from a node speaking another envelope version. On raw channels
+// none of this applies: nothing is parsed, skipped or dropped. (Gateway
+// versions before raw channels put the envelope on wsify's channels too; a
+// cluster must not mix them with this version, or their wsify publishes
+// reach the other kind's clients with the envelope's bytes in front, or
+// not at all.)
 
 const (
 	// DefaultRedisPrefix is the key and channel prefix used when
@@ -84,7 +108,8 @@ const (
 	// publishes before it cancels their Redis calls.
 	redisCloseGrace = time.Second
 	// redisDownPause is how long the publisher drops publishes without
-	// trying Redis after a batch failed.
+	// trying Redis after a batch failed, and how often it PINGs Redis
+	// while it knows it is down.
 	redisDownPause = time.Second
 	// redisLogEvery rate-limits each kind of error log line.
 	redisLogEvery = time.Second
@@ -123,6 +148,14 @@ type RedisBrokerOptions struct {
 	// broker remembers, for each channel it subscribed, which hub channel a
 	// Redis name stands for, and delivers incoming messages under it.
 	ChannelName func(hubChannel string) string
+	// Raw reports the hub channels that travel without an envelope (see
+	// "Raw channels" in the protocol comment above); zero means none. It
+	// makes the broker an Echoer: the hub delivers its publishes on those
+	// channels through Redis only. It is called on every publish and must
+	// be quick, allocation-free and deterministic, the same on every node;
+	// a raw channel must have a Redis name of its own (ChannelName), not
+	// one under <Prefix>.
+	Raw func(hubChannel string) bool
 	// OnLag, if not nil, is called with the lag in seconds (receive time
 	// minus the envelope's sent-at, clamped at zero) of every envelope
 	// delivered from another node. It is called from the broker's single
@@ -135,12 +168,13 @@ type RedisBrokerOptions struct {
 type BrokerStats struct {
 	Published     uint64        // publishes Redis accepted
 	PublishErrors uint64        // publishes lost to Redis errors (sent to no other node)
-	Dropped       uint64        // publishes refused with ErrBrokerBusy (queue full or closed)
-	Received      uint64        // publishes from other nodes or outside delivered to the handler
+	Dropped       uint64        // publishes refused with ErrBrokerBusy (queue full, closed, or ErrBrokerDown)
+	Received      uint64        // publishes from Redis delivered to the handler (other nodes', outside ones, and this node's own on raw channels)
 	Malformed     uint64        // incoming envelopes of an unknown version or truncated, dropped
 	Reconnects    uint64        // reconnects reported with BrokerHandler.Reconnected
 	QueueLen      int           // publishes waiting in the queue now
 	Lag           time.Duration // lag of the most recently delivered envelope
+	Down          bool          // Redis is known unreachable: raw publishes are refused (ErrBrokerDown)
 }
 
 // RedisBroker is a Broker over Redis pub/sub. See the protocol comment at
@@ -156,9 +190,13 @@ type BrokerStats struct {
 // Redis down: Start succeeds anyway and go-redis keeps redialling (its
 // receive loop retries about every 100 ms, its pool at least once a second).
 // A publish accepted while Redis is down reaches the local subscribers (the
-// hub delivers those) but no other node: its batch fails, is logged (at most
-// one line per second) and counted in PublishErrors, and the publisher goes
-// on. After a failed batch (go-redis has retried it already) the publisher
+// hub delivers those; on raw channels it does not, and the publish reaches
+// nobody) but no other node: its batch fails, is logged (at most one line
+// per second) and counted in PublishErrors, and the publisher goes on. From
+// that failure on the broker counts Redis as down (BrokerStats.Down) until
+// a batch succeeds or a PING, sent every second meanwhile, is answered;
+// while down, Publish refuses raw-channel publishes with ErrBrokerDown.
+// After a failed batch (go-redis has retried it already) the publisher
 // drops what it takes from the queue, counting it in PublishErrors, for one
 // second before it tries Redis again: the queue keeps draining during an
 // outage instead of filling while each batch waits out go-redis's dial
@@ -205,6 +243,7 @@ type RedisBroker struct {
 	client     redis.UniversalClient
 	chPrefix   string              // prefix + "ch:"
 	chName     func(string) string // RedisBrokerOptions.ChannelName, or nil
+	raw        func(string) bool   // RedisBrokerOptions.Raw, or nil
 	syncPrefix string              // prefix + "sync:"
 	nodeID     [8]byte
 	log        *slog.Logger
@@ -251,18 +290,21 @@ type RedisBroker struct {
 	malformed     atomic.Uint64
 	reconnects    atomic.Uint64
 	lag           atomic.Int64
+	down          atomic.Bool // a batch failed, and no batch or PING succeeded since
 
 	pubLog, subLog, readLog logLimiter
 }
 
 type pubItem struct {
 	channel string
-	data    []byte // whole envelope
+	data    []byte       // whole envelope, or the payload alone on a raw channel
+	done    chan<- error // PublishConfirmed's: gets the outcome (buffered); else nil
 }
 
 // redisSub is one Subscribe call's subscription; its identity tells a
-// Subscribe from a later one of the same channel.
-type redisSub struct{ live bool }
+// Subscribe from a later one of the same channel. raw is Raw(channel),
+// kept for the reader.
+type redisSub struct{ live, raw bool }
 
 type subOp struct {
 	channel string
@@ -298,6 +340,7 @@ func NewRedisBroker(o RedisBrokerOptions) *RedisBroker {
 		client:     o.Client,
 		chPrefix:   o.Prefix + "ch:",
 		chName:     o.ChannelName,
+		raw:        o.Raw,
 		syncPrefix: o.Prefix + "sync:",
 		nodeID:     o.NodeID,
 		log:        o.Logger.With("component", "redis-broker", "node", hex.EncodeToString(o.NodeID[:])),
@@ -319,6 +362,10 @@ func (b *RedisBroker) redisName(channel string) string {
 	}
 	return b.chPrefix + channel
 }
+
+// Echoes implements Echoer: publishes on a raw channel come back through
+// Redis, and the hub delivers only that copy.
+func (b *RedisBroker) Echoes(channel string) bool { return b.raw != nil && b.raw(channel) }
 
 // NodeID returns the node's identity in envelopes.
 func (b *RedisBroker) NodeID() [8]byte { return b.nodeID }
@@ -355,10 +402,42 @@ func (b *RedisBroker) Start(h BrokerHandler) error {
 	return nil
 }
 
-// Publish implements Broker: it copies payload into an envelope and queues
-// it. It returns ErrBrokerBusy, and counts a drop, when the queue is full,
-// and an error wrapping ErrBrokerBusy after Close.
+// Publish implements Broker: it copies payload into an envelope (on a raw
+// channel: as is) and queues it. It returns ErrBrokerBusy, and counts a
+// drop, when the queue is full, ErrBrokerDown for a raw channel while Redis
+// is known down, and an error wrapping ErrBrokerBusy after Close.
 func (b *RedisBroker) Publish(channel string, payload []byte) error {
+	return b.publish(channel, payload, nil)
+}
+
+// PublishConfirmed implements Confirmer: Publish, then the outcome of the
+// PUBLISH command. A publish that fails (Redis unreachable, or an error
+// reply) gets an error wrapping ErrBrokerDown and the Redis error; one the
+// publisher drops unsent, during its pause after a failed batch, gets
+// ErrBrokerDown; one still queued when the broker is closed gets an error
+// wrapping ErrBrokerBusy. It costs a channel per call: it is for callers
+// that can wait, not for event loops.
+func (b *RedisBroker) PublishConfirmed(ctx context.Context, channel string, payload []byte) error {
+	done := make(chan error, 1)
+	if err := b.publish(channel, payload, done); err != nil {
+		return err
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.ctx.Done(): // closed: the publisher may be gone
+		select {
+		case err := <-done:
+			return err
+		default:
+			return errRedisBrokerClosed
+		}
+	}
+}
+
+func (b *RedisBroker) publish(channel string, payload []byte, done chan<- error) error {
 	if b.closed.Load() {
 		b.dropped.Add(1)
 		return errRedisBrokerClosed
@@ -367,13 +446,25 @@ func (b *RedisBroker) Publish(channel string, payload []byte) error {
 		b.dropped.Add(1)
 		return ErrBrokerBusy
 	}
-	buf := make([]byte, envelopeHeaderLen+len(payload))
-	buf[0], buf[1], buf[2] = 0x00, 'G', envelopeVersion
-	copy(buf[3:11], b.nodeID[:])
-	binary.BigEndian.PutUint64(buf[11:19], uint64(time.Now().UnixNano()))
-	copy(buf[envelopeHeaderLen:], payload)
+	var buf []byte
+	if b.Echoes(channel) {
+		if b.down.Load() {
+			b.dropped.Add(1)
+			return ErrBrokerDown
+		}
+		buf = append([]byte(nil), payload...)
+		if buf == nil {
+			buf = []byte{} // an empty payload is still a publish
+		}
+	} else {
+		buf = make([]byte, envelopeHeaderLen+len(payload))
+		buf[0], buf[1], buf[2] = 0x00, 'G', envelopeVersion
+		copy(buf[3:11], b.nodeID[:])
+		binary.BigEndian.PutUint64(buf[11:19], uint64(time.Now().UnixNano()))
+		copy(buf[envelopeHeaderLen:], payload)
+	}
 	select {
-	case b.queue <- pubItem{channel: channel, data: buf}:
+	case b.queue <- pubItem{channel: channel, data: buf, done: done}:
 		return nil
 	default:
 		b.dropped.Add(1)
@@ -388,8 +479,9 @@ func (b *RedisBroker) Subscribe(channel string) {
 		return
 	}
 	name := b.redisName(channel)
+	raw := b.Echoes(channel)
 	b.mu.Lock()
-	b.subs[channel] = &redisSub{}
+	b.subs[channel] = &redisSub{raw: raw}
 	b.hubOf[name] = channel
 	b.ops = append(b.ops, subOp{channel: channel, sub: true})
 	b.mu.Unlock()
@@ -474,6 +566,7 @@ func (b *RedisBroker) Stats() BrokerStats {
 		Reconnects:    b.reconnects.Load(),
 		QueueLen:      len(b.queue),
 		Lag:           time.Duration(b.lag.Load()),
+		Down:          b.down.Load(),
 	}
 }
 
@@ -486,6 +579,7 @@ type publisher struct {
 	batch     []pubItem
 	names     map[string]string // gateway channel -> Redis channel
 	downUntil time.Time         // after a failed batch: drop without sending until then
+	probe     *time.Timer       // while b.down: when to PING Redis
 }
 
 func (b *RedisBroker) runPublisher() {
@@ -495,13 +589,18 @@ func (b *RedisBroker) runPublisher() {
 		pipe:  b.client.Pipeline(),
 		batch: make([]pubItem, 0, redisPublishBatch),
 		names: make(map[string]string),
+		probe: time.NewTimer(redisDownPause),
 	}
+	p.probe.Stop()
+	defer p.probe.Stop()
 	for {
 		select {
 		case it := <-b.queue:
 			p.batch = append(p.batch, it)
 			p.fill()
 			p.send()
+		case <-p.probe.C:
+			p.ping()
 		case <-b.stop:
 			// Flush what is queued; Close cancels b.ctx after its grace.
 			for {
@@ -534,8 +633,14 @@ func (p *publisher) send() {
 		clear(p.batch) // let the envelopes go
 		p.batch = p.batch[:0]
 	}()
-	if b.ctx.Err() != nil || time.Now().Before(p.downUntil) {
+	if b.ctx.Err() != nil {
 		b.publishErrors.Add(n)
+		p.answer(nil, errRedisBrokerClosed)
+		return
+	}
+	if time.Now().Before(p.downUntil) {
+		b.publishErrors.Add(n)
+		p.answer(nil, ErrBrokerDown)
 		return
 	}
 	for _, it := range p.batch {
@@ -552,6 +657,8 @@ func (p *publisher) send() {
 	cmds, err := p.pipe.Exec(b.ctx)
 	if err == nil {
 		b.published.Add(n)
+		b.down.Store(false)
+		p.answer(nil, nil)
 		return
 	}
 	failed := n
@@ -562,19 +669,67 @@ func (p *publisher) send() {
 				failed++
 			}
 		}
+	} else {
+		cmds = nil
 	}
 	b.published.Add(n - failed)
 	b.publishErrors.Add(failed)
 	if b.ctx.Err() != nil {
+		p.answer(cmds, err)
 		return
 	}
 	// go-redis has retried already; an error means Redis is unreachable or
 	// failing. Drop instead of sending for a while, so the queue keeps
 	// moving (and Publish keeps accepting) rather than waiting out a dial
-	// timeout per batch.
+	// timeout per batch. The waiting PublishConfirmed callers are answered
+	// after b.down is set: a caller told "down" finds Publish refusing.
 	p.downUntil = time.Now().Add(redisDownPause)
+	if !b.down.Swap(true) {
+		p.probe.Reset(redisDownPause)
+	}
+	p.answer(cmds, err)
 	b.pubLog.warn(b.log, "redis broker: publish failed; dropping publishes to other nodes for a second",
 		"err", err, "dropped", failed)
+}
+
+// answer tells the batch's PublishConfirmed callers their outcome: err for
+// all of them, or with cmds (one per item) each command's own.
+func (p *publisher) answer(cmds []redis.Cmder, err error) {
+	for i, it := range p.batch {
+		if it.done == nil {
+			continue
+		}
+		e := err
+		if cmds != nil {
+			e = cmds[i].Err()
+		}
+		if e != nil && !errors.Is(e, ErrBrokerBusy) {
+			e = fmt.Errorf("%w: %w", ErrBrokerDown, e)
+		}
+		it.done <- e
+	}
+}
+
+// ping runs while Redis is known down: raw publishes are refused then, so
+// no batch may come to prove Redis is back; a PING does. It runs on the
+// publisher goroutine, like a batch would, so it waits out go-redis's dial
+// like one.
+func (p *publisher) ping() {
+	b := p.b
+	if !b.down.Load() || b.ctx.Err() != nil {
+		return
+	}
+	if time.Now().Before(p.downUntil) {
+		p.probe.Reset(time.Until(p.downUntil))
+		return
+	}
+	if err := b.client.Ping(b.ctx).Err(); err == nil {
+		p.downUntil = time.Time{}
+		b.down.Store(false)
+		return
+	}
+	p.downUntil = time.Now().Add(redisDownPause)
+	p.probe.Reset(redisDownPause)
 }
 
 // ---- subscriber ----
@@ -810,15 +965,22 @@ func (b *RedisBroker) barrier(round uint64) {
 func (b *RedisBroker) deliver(m *redis.Message) {
 	b.mu.Lock()
 	channel, known := b.hubOf[m.Channel]
-	_, wanted := b.subs[channel]
+	s := b.subs[channel]
 	b.mu.Unlock()
 	if !known {
 		return // not ours (or unsubscribed already)
 	}
-	if !wanted {
+	if s == nil {
 		return // unsubscribed; Redis has not caught up yet
 	}
 	p := m.Payload
+	if s.raw {
+		// Verbatim: nothing here is ours to parse, and this node's own
+		// publishes come back this way to be delivered (see Echoes).
+		b.received.Add(1)
+		b.h.Deliver(channel, []byte(p))
+		return
+	}
 	if len(p) >= 2 && p[0] == 0x00 && p[1] == 'G' {
 		if len(p) < envelopeHeaderLen || p[2] != envelopeVersion {
 			b.malformed.Add(1)

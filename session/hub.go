@@ -1,6 +1,7 @@
 package session
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -19,7 +20,8 @@ var ErrTooManyShards = errors.New("session: more than 64 event loops")
 // methods are goroutine-safe.
 type Hub struct {
 	broker     Broker
-	liveAtOnce bool // the broker has no other nodes to confirm with
+	echoer     Echoer // the broker, if it brings some channels' own publishes back; else nil
+	liveAtOnce bool   // the broker has no other nodes to confirm with
 
 	maxPayload atomic.Int64 // SetMaxPayload; 0: no cap
 
@@ -44,9 +46,9 @@ var ErrTooLarge = errors.New("payload larger than the node delivers")
 
 // HubStats counts the hub's work; read it with Stats.
 type HubStats struct {
-	Publishes      atomic.Uint64 // publishes accepted, local or from the broker
+	Publishes      atomic.Uint64 // publishes delivered to the node's loops, local or from the broker (an echoed one counts once, when its copy comes back)
 	LoopTasks      atomic.Uint64 // deliveries handed to loops (one per loop per publish)
-	BrokerRefusals atomic.Uint64 // publishes refused because the broker or a loop was busy
+	BrokerRefusals atomic.Uint64 // publishes refused because the broker or a loop was busy (or the broker knows its server is down: ErrBrokerDown)
 	LoopDrops      atomic.Uint64 // deliveries dropped because a loop's queue was full
 	TooLarge       atomic.Uint64 // publishes from the broker dropped for a payload over SetMaxPayload
 	// SubscriptionRefusals counts subscribes refused because the session
@@ -67,7 +69,8 @@ func NewHub(b Broker) *Hub {
 		b = &Standalone{}
 	}
 	_, alone := b.(*Standalone)
-	return &Hub{broker: b, liveAtOnce: alone, channels: make(map[string]*channelState)}
+	e, _ := b.(Echoer)
+	return &Hub{broker: b, echoer: e, liveAtOnce: alone, channels: make(map[string]*channelState)}
 }
 
 // Start starts the broker.
@@ -107,6 +110,10 @@ func (h *Hub) Stats() *HubStats { return &h.stats }
 // origin is the publishing session's id (zero for none). payload is copied.
 // It returns ErrBrokerBusy, and delivers nothing, when the broker cannot
 // take the publish.
+//
+// On a channel the broker Echoes the publish is only handed to the broker:
+// the node's subscribers get the copy the broker brings back, in the
+// broker's order, and origin is lost (see Echoer).
 func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
 	if h.tooLarge(payload) {
 		return ErrTooLarge
@@ -119,8 +126,37 @@ func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
 		h.stats.BrokerRefusals.Add(1)
 		return err
 	}
+	if h.echoer != nil && h.echoer.Echoes(channel) {
+		return nil // delivered here when the broker brings it back
+	}
 	h.deliverLocal(&Message{Channel: channel, Payload: append([]byte(nil), payload...), Origin: origin})
 	return nil
+}
+
+// PublishConfirmed is Publish for a caller that may wait (never an event
+// loop): on a channel the broker Echoes, where a publish that does not
+// reach the broker's server reaches nobody, it returns once the server
+// took the publish, or the error that lost it (wrapping ErrBrokerDown),
+// when the broker is a Confirmer. Anywhere else it is Publish.
+func (h *Hub) PublishConfirmed(ctx context.Context, channel string, payload []byte, origin uint64) error {
+	c, ok := h.broker.(Confirmer)
+	if !ok || h.echoer == nil || !h.echoer.Echoes(channel) {
+		return h.Publish(channel, payload, origin)
+	}
+	if h.tooLarge(payload) {
+		return ErrTooLarge
+	}
+	if h.loopsBusy(channel) {
+		h.stats.BrokerRefusals.Add(1)
+		return ErrLoopBusy
+	}
+	if err := c.PublishConfirmed(ctx, channel, payload); err != nil {
+		if ctx.Err() == nil { // not the caller giving up
+			h.stats.BrokerRefusals.Add(1)
+		}
+		return err
+	}
+	return nil // delivered here when the broker brings it back
 }
 
 // SetMaxPayload caps the payload of a publish: larger ones are refused

@@ -14,8 +14,13 @@
 //	// after srv.Start():
 //	p.WarnIfOpen(srv.ListenerAddr("wsify"))
 //
-// With Redis, the broker maps wsify channels to raw Redis names:
-// session.RedisBrokerOptions{ChannelName: wsify.RedisChannelName(wsifyPrefix, prefix)}.
+// With Redis, the broker maps wsify channels to raw Redis names and sends
+// them without its envelope:
+//
+//	session.RedisBrokerOptions{
+//		ChannelName: wsify.RedisChannelName(wsifyPrefix, prefix),
+//		Raw:         wsify.RedisChannelRaw(wsifyPrefix, prefix),
+//	}
 //
 // # The loop boundary
 //
@@ -72,6 +77,30 @@
 //     upstream; browsers fail a connection whose offer got no answer. With
 //     several offered none is selected and the upgrade goes on without the
 //     header (upstream answers 400: x/net/websocket will not choose).
+//   - Redis (§7.2): on a wsify channel's raw Redis name the message is
+//     exactly the JSON text members receive, in both directions, as
+//     between wsify nodes: original wsify v3 nodes, gateway nodes and
+//     outside tools can share one Redis. With no envelope a node cannot
+//     tell its own publishes from others', so it does not deliver them
+//     itself: the hub only publishes (session.Echoer), and the node's
+//     members get Redis's copy like everyone else, once, in Redis's order
+//     (the sender too, when it has joined). As with wsify on Redis, a join
+//     takes effect when the node's SUBSCRIBE does: a broadcast made before,
+//     the joiner's own included, is not delivered to it. A broadcast that
+//     does not reach Redis reaches nobody, its own node included, so POST
+//     /broadcast waits for Redis's answer (Hub.PublishConfirmed), as
+//     upstream does: 201 once Redis took it, else 503 with Retry-After: 1
+//     (upstream: 500), at once while the node knows Redis is down (a
+//     publish failed; a PING every second tells when it is back). A
+//     client's broadcast cannot be answered: it is queued, and refused
+//     (dropped and logged, as upstream logs it) while Redis is known down;
+//     one accepted in the moment Redis failed is lost for everyone.
+//     A member that leaves before Redis's copy arrives does not get it, and
+//     while a node's subscription connection reconnects its members miss
+//     what is published meanwhile, their own node's broadcasts included. A
+//     node with no member of the channel still publishes it; nothing is
+//     counted lost for the members it does not have. Without Redis,
+//     broadcasts are delivered locally at once.
 //   - join/leave of an empty (trimmed) channel are ignored, join is
 //     idempotent, leave of a channel not joined is a no-op; a broadcast to
 //     an empty channel is ignored (upstream published to "", which nobody

@@ -216,16 +216,46 @@ var seq struct {
 }
 
 // sync makes sure everything the client sent before has run: it joins ch,
-// broadcasts a unique marker there and waits for it.
+// broadcasts a unique marker there and waits for it. With a Redis broker a
+// join takes effect once Redis made the SUBSCRIBE, and the client's own
+// broadcasts come back through Redis, so a marker sent before may be lost:
+// it sends a new one every 200 ms until one arrives, skipping the earlier
+// ones (they would come before the last, in Redis's order).
 func (cl *client) sync(ch string) {
 	cl.t.Helper()
 	seq.Lock()
 	seq.n++
-	m := fmt.Sprintf(`"sync-%d"`, seq.n)
+	base := seq.n
 	seq.Unlock()
 	cl.join(ch)
-	cl.broadcast(ch, m)
-	cl.expect(m)
+	sent := map[string]bool{}
+	deadline := time.Now().Add(5 * time.Second)
+	for try := 0; ; try++ {
+		m := fmt.Sprintf(`"sync-%d-%d"`, base, try)
+		sent[m] = true
+		cl.broadcast(ch, m)
+		wait := time.After(200 * time.Millisecond)
+	read:
+		for {
+			select {
+			case b, ok := <-cl.msgs:
+				if !ok {
+					cl.t.Fatalf("connection ended: %v", <-cl.closedErr())
+				}
+				if string(b) == m {
+					return
+				}
+				if !sent[string(b)] {
+					cl.t.Fatalf("got %s while waiting for %s", b, m)
+				}
+			case <-wait:
+				break read
+			}
+		}
+		if time.Now().After(deadline) {
+			cl.t.Fatalf("sync marker never came back on %q", ch)
+		}
+	}
 }
 
 // authorizer is a real webhook whose answer a test scripts.

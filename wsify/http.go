@@ -63,7 +63,12 @@ func (p *Protocol) serveBroadcast(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusBadRequest)
 		return
 	}
-	if err := p.hub.Publish(hubChannel(channel), content, 0); err != nil {
+	// With Redis, wait for its answer: a broadcast that does not reach it
+	// reaches nobody, this node's members included (doc.go, "Redis").
+	if err := p.hub.PublishConfirmed(r.Context(), hubChannel(channel), content, 0); err != nil {
+		if r.Context().Err() != nil {
+			return // the client left; the broadcast may still go out
+		}
 		p.warns.Log("http_broadcast", "wsify: POST /broadcast refused by the broker", slog.String("err", err.Error()))
 		status := broadcastRefusal(err)
 		if status == http.StatusServiceUnavailable {
@@ -76,7 +81,8 @@ func (p *Protocol) serveBroadcast(w http.ResponseWriter, r *http.Request) {
 }
 
 // broadcastRefusal is the status of a refused broadcast: 503 (try again)
-// while the node is busy, 413 for content re-encoded past the largest
+// while the node is busy or Redis did not take the broadcast
+// (session.ErrBrokerDown wraps ErrBrokerBusy), 413 for content re-encoded past the largest
 // payload the node delivers, 500 as upstream for any other broker error.
 func broadcastRefusal(err error) int {
 	switch {

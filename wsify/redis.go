@@ -1,6 +1,7 @@
 package wsify
 
 import (
+	"cmp"
 	"strings"
 
 	"github.com/wsgateway/gateway/session"
@@ -24,17 +25,42 @@ import (
 // listen to nor inject into the gateway's own channels (nor break the
 // broker's barriers). Such wsify channels still work across gateway nodes,
 // but outside publishers must use that name.
+//
+// Give the broker RedisChannelRaw with the same prefixes as its Raw.
 func RedisChannelName(wsifyPrefix, brokerPrefix string) func(string) string {
-	if brokerPrefix == "" {
-		brokerPrefix = session.DefaultRedisPrefix
-	}
-	own := brokerPrefix + "ch:"
+	raw := RedisChannelRaw(wsifyPrefix, brokerPrefix)
+	own := cmp.Or(brokerPrefix, session.DefaultRedisPrefix) + "ch:"
 	return func(c string) string {
-		if n, ok := strings.CutPrefix(c, ChannelPrefix); ok {
-			if raw := wsifyPrefix + n; !strings.HasPrefix(raw, brokerPrefix) {
-				return raw
-			}
+		if raw(c) {
+			return wsifyPrefix + c[len(ChannelPrefix):]
 		}
 		return own + c
+	}
+}
+
+// RedisChannelRaw returns the session.RedisBrokerOptions.Raw of a node
+// that speaks wsify: true for the hub channels RedisChannelName maps to a
+// raw name (wsifyPrefix+n), so that on them the Redis message is exactly
+// the JSON text wsify clients receive, in both directions, with no
+// envelope, as original wsify nodes and any other subscriber of the
+// channel expect. The broker then delivers a node's own broadcasts back
+// to it through Redis, and the hub skips delivering them locally (see
+// session.Echoer): every node, gateway or original wsify, delivers each
+// broadcast once, in Redis's order. Channels inside the broker's namespace
+// keep the envelope. It does not allocate.
+func RedisChannelRaw(wsifyPrefix, brokerPrefix string) func(string) bool {
+	brokerPrefix = cmp.Or(brokerPrefix, session.DefaultRedisPrefix)
+	return func(c string) bool {
+		n, ok := strings.CutPrefix(c, ChannelPrefix)
+		if !ok {
+			return false
+		}
+		// Whether wsifyPrefix+n starts with brokerPrefix, without
+		// building wsifyPrefix+n.
+		if len(wsifyPrefix) >= len(brokerPrefix) {
+			return !strings.HasPrefix(wsifyPrefix, brokerPrefix)
+		}
+		rest, ok := strings.CutPrefix(brokerPrefix, wsifyPrefix)
+		return !ok || !strings.HasPrefix(n, rest)
 	}
 }
