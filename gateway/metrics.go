@@ -116,7 +116,7 @@ func newMetrics(s *Server) *metrics {
 		Name: "gateway_broadcast_loop_tasks_total", Help: "Deliveries handed to event loops: one per loop with subscribers per publish.",
 	}, func() float64 { return float64(hs.LoopTasks.Load()) }))
 	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "gateway_broker_refusals_total", Help: "Publishes refused because the broker's queue or an event loop's task queue was full.",
+		Name: "gateway_broker_refusals_total", Help: "Publishes refused because the broker's queue or an event loop's task queue was full, or, on wsify's raw channels, because Redis did not take them or is known down.",
 	}, func() float64 { return float64(hs.BrokerRefusals.Load()) }))
 	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "gateway_subscription_refusals_total",

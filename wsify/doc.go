@@ -1,8 +1,8 @@
 // Package wsify speaks wsify v3 (alash3al/wsify v3.0.0) on the gateway: its
 // WebSocket at GET /ws, its server-side POST /broadcast and its authorizer
 // webhook, so that existing wsify clients and authorizers work unchanged.
-// The normative reference is the gateway's wsify.md; README.md in this
-// directory lists flags, metrics and decisions.
+// The normative reference is REFERENCE.md in this directory; README.md
+// lists flags, metrics and decisions.
 //
 // # Wiring
 //
@@ -127,7 +127,7 @@
 //   - Keepalive: a Ping every 30 s, close 1001 after 60 s of silence.
 //   - POST /broadcast checks key (SHA-256 digests compared in constant
 //     time), then content type (mime.ParseMediaType, application/json with
-//     any parameters), then the body (≤ 1 MiB, else 413), as in wsify.md
+//     any parameters), then the body (≤ 1 MiB, else 413), as in REFERENCE.md
 //     §7.1. Every refusal has an empty body.
 //   - Plain HTTP on the listener answers like Echo: {"message":"Not Found"}
 //     404 everywhere but /ws and /broadcast, {"message":"Method Not
