@@ -35,6 +35,9 @@ const (
 	// DefaultReadLimit is the largest message the client reads when
 	// Options.ReadLimit is zero.
 	DefaultReadLimit = 16 << 20
+	// DefaultConnectTimeout bounds a reconnect's dial, upgrade and
+	// authentication when Options.ConnectTimeout is zero.
+	DefaultConnectTimeout = 10 * time.Second
 	// maxBatchPackets is the most packets the server takes in one message.
 	maxBatchPackets = 1024
 )
@@ -100,6 +103,11 @@ type Options struct {
 	// ReadLimit is the largest message the client reads; zero means
 	// DefaultReadLimit.
 	ReadLimit int64
+	// ConnectTimeout bounds each reconnect (dial, upgrade, hello, auth,
+	// settings), so that a server that accepts and then says nothing
+	// cannot hold the client; zero means DefaultConnectTimeout. Dial's own
+	// attempt is bounded by its context.
+	ConnectTimeout time.Duration
 
 	// OnState, if set, is told of every state change, with the error that
 	// caused it (nil for a change the application asked for). It runs on
@@ -130,6 +138,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.ReadLimit <= 0 {
 		o.ReadLimit = DefaultReadLimit
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
 	}
 }
 
@@ -478,7 +489,9 @@ func (c *Client) keep(l *link) {
 				return
 			}
 			c.setState(Connecting, nil)
-			l, err = c.connect(c.ctx)
+			ctx, cancel := context.WithTimeout(c.ctx, c.opts.ConnectTimeout)
+			l, err = c.connect(ctx)
+			cancel()
 			if errors.As(err, &ce) && ce.Permanent() {
 				c.finish(err)
 				return

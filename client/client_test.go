@@ -30,7 +30,8 @@ func TestOptionsDefaults(t *testing.T) {
 	var o Options
 	o.setDefaults()
 	if o.PingInterval != DefaultPingInterval || o.PongWait != DefaultPongWait || o.MinBackoff != DefaultMinBackoff ||
-		o.MaxBackoff != DefaultMaxBackoff || o.QueueSize != DefaultQueueSize || o.ReadLimit != DefaultReadLimit {
+		o.MaxBackoff != DefaultMaxBackoff || o.QueueSize != DefaultQueueSize || o.ReadLimit != DefaultReadLimit ||
+		o.ConnectTimeout != DefaultConnectTimeout {
 		t.Fatalf("defaults %+v", o)
 	}
 	o = Options{MinBackoff: time.Minute, MaxBackoff: time.Second}

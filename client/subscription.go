@@ -69,8 +69,8 @@ type Subscription struct {
 	onSubscribed func(SubscribedEvent)
 
 	epoch, offset int64         // the last position received (recovery)
-	live          chan struct{} // closed when live on the current connection
-	liveOnce      bool          // live was closed
+	firstLive     chan struct{} // closed at the first Subscribed; never replaced
+	wasLive       bool          // firstLive was closed
 	resubscribed  bool          // the current subscribe follows a reconnect
 }
 
@@ -96,7 +96,7 @@ var ErrSubscribed = errors.New("client: already subscribed")
 // live (Subscribed, or SubscribedFrom with recovery) or refused
 // (*ServerError). handler receives the channel's publications.
 func (c *Client) Subscribe(ctx context.Context, channel string, handler Handler, opts ...SubscribeOption) (*Subscription, error) {
-	s := &Subscription{c: c, channel: channel, handler: handler, live: make(chan struct{})}
+	s := &Subscription{c: c, channel: channel, handler: handler, firstLive: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}
@@ -111,8 +111,10 @@ func (c *Client) Subscribe(ctx context.Context, channel string, handler Handler,
 		c.forget(s)
 		return nil, err
 	}
+	// A reconnect between the Pong and Subscribed resubscribes s, and the
+	// new connection's Subscribed closes firstLive.
 	select {
-	case <-s.live:
+	case <-s.firstLive:
 		return s, nil
 	case <-ctx.Done():
 		_ = c.Unsubscribe(context.WithoutCancel(ctx), channel)
@@ -161,7 +163,7 @@ func (c *Client) resubscribe() {
 	c.mu.Lock()
 	subs := make([]*Subscription, 0, len(c.subs))
 	for _, s := range c.subs {
-		s.live, s.liveOnce, s.resubscribed = make(chan struct{}), false, true
+		s.resubscribed = true
 		subs = append(subs, s)
 	}
 	c.mu.Unlock()
@@ -303,9 +305,9 @@ func (c *Client) subscribed(channel string, from bool, epoch, offset int64, reco
 		s.epoch, s.offset = epoch, offset
 	}
 	ev := SubscribedEvent{Channel: channel, Resubscribed: s.resubscribed, Epoch: epoch, Offset: offset, Recovered: recovered || !from}
-	if !s.liveOnce {
-		s.liveOnce = true
-		close(s.live)
+	if !s.wasLive {
+		s.wasLive = true
+		close(s.firstLive)
 	}
 	fn := s.onSubscribed
 	c.mu.Unlock()
