@@ -153,7 +153,7 @@ interface Link {
 }
 
 const PING: ClientPacket = { type: "Ping" };
-const HELLO = "6d,73";
+const HELLO = "109,115"; // 6d 73, as Uint8Array.join writes it
 
 /**
  * A session with the gateway's native protocol that survives reconnects.
@@ -399,7 +399,7 @@ export class GatewayClient {
       return this.drop(l, new Error(`bad message from the server: ${d.message} at byte ${d.offset}`));
     }
     for (const p of packets) {
-      if (this.link !== l) return; // dropped or closed by a handler
+      if (l.err) return; // dropped or closed by a handler
       switch (p.type) {
         case "Pong":
           this.answered(l);

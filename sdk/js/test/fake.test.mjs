@@ -1,0 +1,122 @@
+// The client against a scripted server (the ws package's server speaking
+// the protocol through this package's own codec): what only a server that
+// misbehaves on purpose can show: keepalive pings, dead-peer detection,
+// the settings sent after every authentication, and recovery positions
+// carried across a reconnect (the real gateway keeps no history yet).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket, { WebSocketServer } from "ws";
+import { decode, encode, HELLO } from "../dist/index.js";
+import { recorded } from "./helpers.mjs";
+
+// fakeGateway accepts connections, sends the hello, answers the auth
+// message with a Pong and every Ping with a Pong while not silent, and
+// hands every other packet to onPacket(packet, reply).
+async function fakeGateway(onPacket = () => {}) {
+  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+  await new Promise((r) => wss.once("listening", r));
+  const g = { url: `ws://127.0.0.1:${wss.address().port}/api/ws`, silent: false, auths: [], pings: 0, conns: [], wss };
+  wss.on("connection", (ws) => {
+    g.conns.push(ws);
+    const reply = (...packets) => ws.send(encode(packets));
+    ws.send(HELLO);
+    let authed = false;
+    ws.on("message", (data) => {
+      const msg = new Uint8Array(data);
+      if (!authed) {
+        authed = true;
+        g.auths.push(Buffer.from(msg).toString("hex"));
+        return reply({ type: "Pong", millis: BigInt(Date.now()) });
+      }
+      for (const p of decode(msg, true)) {
+        if (p.type !== "Ping") onPacket(p, reply);
+        else if (!g.silent) (g.pings++, reply({ type: "Pong", millis: 1n }));
+      }
+    });
+  });
+  g.close = () => new Promise((r) => (g.conns.forEach((c) => c.terminate()), wss.close(r)));
+  return g;
+}
+
+test("keepalive pings; a silent server is dropped and the client reconnects", async () => {
+  const settings = [];
+  const g = await fakeGateway((p) => settings.push(p));
+  const [c, r] = recorded(g.url, "a2V5", { pingInterval: 50, pongWait: 100, name: "n" });
+  try {
+    await c.connect();
+    assert.deepEqual(g.auths, ["b6c400036b6579"]); // magic, version 0, "key"
+    await r.waitFor("three keepalive pings", () => g.pings >= 3);
+    g.silent = true; // answers nothing, closes nothing
+    await r.waitFor("the drop", () => r.states.length >= 3);
+    assert.match(r.states[2], /^disconnected\(closed: 1006 nothing from the server for \d+ ms\)$/);
+    g.silent = false;
+    await r.waitFor("the reconnect", () => r.states.at(-1) === "connected");
+    assert.deepEqual(r.states.slice(3), ["connecting", "connected"]);
+    // The settings went with each authentication.
+    assert.equal(g.auths.length, 2);
+    const want = { type: "Settings", settings: [{ id: "echo", value: 0 }, { id: "client_name", value: "n" }, { id: "batch_window", value: 0 }] };
+    assert.deepEqual(settings, [want, want]);
+  } finally {
+    c.close();
+    await g.close();
+  }
+});
+
+test("recovery: publications move the position; a reconnect resubscribes from it and reports what was recovered", async () => {
+  const subs = [];
+  const g = await fakeGateway((p, reply) => {
+    if (p.type !== "SubscribeFrom") return;
+    subs.push(`${p.channel} ${p.epoch} ${p.offset}`);
+    if (subs.length === 1) {
+      reply({ type: "SubscribedFrom", channel: p.channel, epoch: 1n << 62n, offset: 7n, recovered: 1 });
+      reply({ type: "Publication", channel: p.channel, offset: 8n, payload: Buffer.from("p8") });
+      reply({ type: "Publication", channel: p.channel, offset: 9n, payload: Buffer.from("p9") });
+    } else {
+      reply({ type: "SubscribedFrom", channel: p.channel, epoch: 1n << 62n, offset: 12n, recovered: 0 });
+    }
+  });
+  const [c, r] = recorded(g.url, "a2V5");
+  try {
+    await c.connect();
+    const offsets = [];
+    const sub = await c.subscribe("h", (payload, info) => (offsets.push(info.offset), r.handler(payload, info)), {
+      since: { epoch: 5n, offset: 3 },
+    });
+    await r.waitFor("two publications", () => r.pubs.h?.length === 2);
+    assert.deepEqual(offsets, [8, 9]);
+    assert.deepEqual(sub.position, { epoch: 1n << 62n, offset: 9 });
+    g.conns[0].close(1013, "try again later");
+    await r.waitFor("the resubscription", () => r.subscribed.length === 2);
+    assert.deepEqual(subs, ["h 5 3", `h ${1n << 62n} 9`]);
+    assert.deepEqual(r.subscribed, [
+      { channel: "h", resubscribed: false, epoch: 1n << 62n, offset: 7, recovered: true },
+      { channel: "h", resubscribed: true, epoch: 1n << 62n, offset: 12, recovered: false },
+    ]);
+    assert.deepEqual(r.states, ["connecting", "connected", "disconnected(closed: 1013 try again later)", "connecting", "connected"]);
+  } finally {
+    c.close();
+    await g.close();
+  }
+});
+
+test("a refused resubscription is reported and the subscription is gone", async () => {
+  let n = 0;
+  const g = await fakeGateway((p, reply) => {
+    if (p.type !== "Subscribe") return;
+    if (n++ === 0) reply({ type: "Subscribed", channel: p.channel });
+    else reply({ type: "Error", code: 403, text: "no more" });
+  });
+  const [c, r] = recorded(g.url, "a2V5");
+  try {
+    await c.connect();
+    await c.subscribe("x", r.handler);
+    g.conns[0].close(1001, "going away");
+    await r.waitFor("the refused resubscription", () => r.subscribed.length === 2);
+    assert.equal(r.subscribed[1].error.code, 403);
+    assert.equal(r.subscribed[1].resubscribed, true);
+    assert.equal(c.subscription("x"), undefined);
+  } finally {
+    c.close();
+    await g.close();
+  }
+});

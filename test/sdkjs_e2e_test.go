@@ -1,0 +1,228 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wsgateway/gateway/token"
+)
+
+// The TypeScript client (sdk/js) against real gateways: TestSDKJS builds
+// the package with tsc and runs its node:test suites once, with what the
+// integration tests need in SDKJS_E2E (JSON):
+//
+//   - ws, keys: an in-process node and keys for it (alice, bob, carol, and
+//     a bad one);
+//   - proc.ws, proc.keys: a `gateway serve` process on fixed addresses
+//     (dave, erin);
+//   - control: the base URL of a small HTTP server of this test, through
+//     which a Node test asks it to act: POST /revoke-carol revokes carol's
+//     key on the node (the session ends with 3004); POST /restart-kill and
+//     /restart-term stop the process with SIGKILL or SIGTERM and start it
+//     again on the same addresses, answering once it is ready.
+//
+// The control server is the simplest robust way for a test in one process
+// to drive another: the Node test waits for the answer, so there is no
+// polling of files, and a failure comes back as an HTTP 500 the Node test
+// reports. The suites also hold the codec's tests against
+// testdata/packets.json and the bundle size budget; the test fails on any
+// failed or skipped Node test. Without node, npm or sdk/js/node_modules
+// (`make js-deps`) it skips, and fails under CI=true.
+
+// sdkjsDir is the package, relative to the test package.
+const sdkjsDir = "../sdk/js"
+
+// sdkjsRequire returns the node and npm binaries, or skips the test when
+// they or the package's devDependencies are missing; under CI=true it
+// fails instead.
+func sdkjsRequire(t testing.TB) (nodeBin, npmBin string) {
+	t.Helper()
+	var missing []string
+	nodeBin, err := exec.LookPath("node")
+	if err != nil {
+		missing = append(missing, "Node.js (node on PATH)")
+	}
+	npmBin, err = exec.LookPath("npm")
+	if err != nil {
+		missing = append(missing, "npm")
+	}
+	lock, _ := os.ReadFile(filepath.Join(sdkjsDir, "package-lock.json"))
+	installed, err := os.ReadFile(filepath.Join(sdkjsDir, "node_modules", ".installed-lock"))
+	if err != nil || !bytes.Equal(lock, installed) {
+		missing = append(missing, "sdk/js/node_modules (missing or from another package-lock.json)")
+	}
+	if len(missing) == 0 {
+		return nodeBin, npmBin
+	}
+	why := "TYPESCRIPT CLIENT TEST NOT RUN: missing " + strings.Join(missing, ", ") + "; run `make js-deps` or `make test`"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(why + " (CI=true: the TypeScript client's tests are required)")
+	}
+	fmt.Fprintln(os.Stderr, "*** "+t.Name()+": "+why)
+	t.Skip(why)
+	return "", ""
+}
+
+func TestSDKJS(t *testing.T) {
+	t.Parallel()
+	nodeBin, npmBin := sdkjsRequire(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, npmBin, "run", "--silent", "build")
+	build.Dir = sdkjsDir
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("npm run build in sdk/js: %v\n%s", err, out)
+	}
+
+	// The in-process node and its keys.
+	n := startNode(t)
+	key := func(subject string) string { return token.EncodeText(issueKey(t, n, subject, time.Hour)) }
+	carol := issueKey(t, n, "carol", time.Hour)
+	carolClaims, err := n.Secrets.Verify(carol, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The gateway process, restarted on the same addresses when asked.
+	env := e2eEnv("GATEWAY_SECRET=sdkjs-e2e-secret-0123456789-0123456789-0123")
+	dir := t.TempDir()
+	listen, admin, wsify := e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t)
+	var procMu sync.Mutex
+	proc, err := e2eServeAt(t, env, listen, admin, wsify, "--data-dir", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keysDir := filepath.Join(dir, "keys")
+	dave := e2eKeyIssue(t, env, "--subject", "dave", "--data-dir", keysDir)
+	erin := e2eKeyIssue(t, env, "--subject", "erin", "--data-dir", keysDir)
+	restart := func(sig syscall.Signal) (string, error) {
+		procMu.Lock()
+		defer procMu.Unlock()
+		if err := proc.cmd.Process.Signal(sig); err != nil {
+			return "", err
+		}
+		select {
+		case <-proc.exited:
+		case <-time.After(waitFor):
+			return "", fmt.Errorf("gateway did not exit within %v of %v", waitFor, sig)
+		}
+		p, err := e2eServeAt(t, env, listen, admin, wsify, "--data-dir", dir)
+		if err != nil {
+			return "", err
+		}
+		proc = p
+		return "restarted", nil
+	}
+
+	// The control server.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	actions := map[string]func() (string, error){
+		"revoke-carol": func() (string, error) {
+			return "revoked", browserPost(adminURL(n)+"/api/revoke", "application/json",
+				fmt.Sprintf(`{"id":%q}`, carolClaims.ID.String()), http.StatusOK)
+		},
+		"restart-kill": func() (string, error) { return restart(syscall.SIGKILL) },
+		"restart-term": func() (string, error) { return restart(syscall.SIGTERM) },
+	}
+	var logMu sync.Mutex
+	var controlLog []string
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /{action}", func(w http.ResponseWriter, r *http.Request) {
+		act, ok := actions[r.PathValue("action")]
+		if !ok {
+			http.Error(w, "no such action", http.StatusNotFound)
+			return
+		}
+		out, err := act()
+		logMu.Lock()
+		controlLog = append(controlLog, fmt.Sprintf("%s: %q %v", r.PathValue("action"), out, err))
+		logMu.Unlock()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		_, _ = w.Write([]byte(out))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: waitFor}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	spec, err := json.Marshal(map[string]any{
+		"ws": wsURL(n),
+		"keys": map[string]string{
+			"alice": key("alice"), "bob": key("bob"), "carol": token.EncodeText(carol),
+			// Well-formed base64 of the right length, but no key: 3001.
+			"bad": token.EncodeText([]byte("\x00\x00not-a-key-at-all-but-long-enough-to-parse")),
+		},
+		"proc":    map[string]any{"ws": proc.ws, "keys": map[string]string{"dave": dave, "erin": erin}},
+		"control": "http://" + ln.Addr().String(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	files, err := filepath.Glob(filepath.Join(sdkjsDir, "test", "*.test.mjs"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no test files in sdk/js/test: %v", err)
+	}
+	for i, f := range files {
+		files[i] = strings.TrimPrefix(f, sdkjsDir+"/")
+	}
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, nodeBin, append([]string{"--test", "--test-reporter=tap"}, files...)...)
+	cmd.Dir = sdkjsDir
+	cmd.Env = append(os.Environ(), "SDKJS_E2E="+string(spec))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	out, runErr := cmd.CombinedOutput()
+	elapsed := time.Since(start).Round(time.Millisecond)
+
+	counts, bundle := sdkjsSummary(out)
+	logMu.Lock()
+	defer logMu.Unlock()
+	if runErr != nil || counts["fail"] != 0 || counts["skipped"] != 0 || counts["cancelled"] != 0 || counts["pass"] < 10 ||
+		counts["pass"] != counts["tests"] {
+		t.Fatalf("node --test in sdk/js: %v; counts %v; control %q\n%s", runErr, counts, controlLog, out)
+	}
+	t.Logf("sdk/js: %d tests passed in %v (node --test); %s; control %q", counts["pass"], elapsed, bundle, controlLog)
+}
+
+// sdkjsSummary reads the TAP summary (# tests N, # pass N, ...) and the
+// size test's line from node's output.
+func sdkjsSummary(out []byte) (map[string]int, string) {
+	counts := map[string]int{}
+	bundle := "no bundle size reported"
+	re := regexp.MustCompile(`^# (tests|pass|fail|skipped|cancelled|todo) (\d+)$`)
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 1<<22)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if m := re.FindStringSubmatch(line); m != nil {
+			counts[m[1]], _ = strconv.Atoi(m[2])
+		}
+		if strings.HasPrefix(line, "# bundle: ") {
+			bundle = strings.TrimPrefix(line, "# ")
+		}
+	}
+	return counts, bundle
+}
