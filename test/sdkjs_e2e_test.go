@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,17 +79,36 @@ func sdkjsRequire(t testing.TB) (nodeBin, npmBin string) {
 	return "", ""
 }
 
+// sdkjsBuild runs `npm run build` (tsc into sdk/js/dist) once per test
+// run, for every test that needs the package built.
+var (
+	sdkjsBuildOnce sync.Once
+	sdkjsBuildErr  error
+)
+
+func sdkjsBuild(t testing.TB, npmBin string) {
+	t.Helper()
+	sdkjsBuildOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		build := exec.CommandContext(ctx, npmBin, "run", "--silent", "build")
+		build.Dir = sdkjsDir
+		if out, err := build.CombinedOutput(); err != nil {
+			sdkjsBuildErr = fmt.Errorf("npm run build in sdk/js: %v\n%s", err, out)
+		}
+	})
+	if sdkjsBuildErr != nil {
+		t.Fatal(sdkjsBuildErr)
+	}
+}
+
 func TestSDKJS(t *testing.T) {
 	t.Parallel()
 	nodeBin, npmBin := sdkjsRequire(t)
 
+	sdkjsBuild(t, npmBin)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	build := exec.CommandContext(ctx, npmBin, "run", "--silent", "build")
-	build.Dir = sdkjsDir
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("npm run build in sdk/js: %v\n%s", err, out)
-	}
 
 	// The in-process node and its keys.
 	n := startNode(t)
@@ -225,4 +245,59 @@ func sdkjsSummary(out []byte) (map[string]int, string) {
 		}
 	}
 	return counts, bundle
+}
+
+// TestSDKJSChat runs the example chat page (sdk/js/examples/chat.html,
+// the built package beside it) in two Chromium tabs against a node: each
+// page joins the room from its URL fragment, learns of the other through
+// the presence messages, says its line, and reports once it shows both
+// lines. A screenshot of one page is kept as an artefact.
+func TestSDKJSChat(t *testing.T) {
+	t.Parallel()
+	browserRequire(t)
+	_, npmBin := sdkjsRequire(t)
+	sdkjsBuild(t, npmBin)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.FileServer(http.Dir(sdkjsDir)), ReadHeaderTimeout: waitFor}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	n := startNode(t)
+	page := func(name, say string) string {
+		v := url.Values{}
+		v.Set("url", wsURL(n))
+		v.Set("key", token.EncodeText(issueKey(t, n, name, time.Hour)))
+		v.Set("channel", "lobby")
+		v.Set("name", name)
+		v.Set("say", say)
+		v.Set("expect", "2")
+		return "http://" + ln.Addr().String() + "/examples/chat.html#" + v.Encode()
+	}
+	res := browserRun(t,
+		browserPage{Name: "ann", URL: page("ann", "hello from ann"), Screenshot: browserArtefact(t, "chat.png")},
+		browserPage{Name: "ben", URL: page("ben", "hello from ben")},
+	)
+	type message struct{ From, Text string }
+	for _, who := range [][2]string{{"ann", "ben"}, {"ben", "ann"}} {
+		r := res[who[0]]
+		var got struct {
+			Name     string
+			State    string
+			Members  []string
+			Messages []message
+		}
+		if r.Error != "" || json.Unmarshal(r.Result, &got) != nil {
+			t.Errorf("page %s did not finish: %s\nresult: %s\nconsole:\n  %s", who[0], r.Error, r.Result, strings.Join(r.Console, "\n  "))
+			continue
+		}
+		want := map[message]bool{{who[0], "hello from " + who[0]}: true, {who[1], "hello from " + who[1]}: true}
+		if got.Name != who[0] || got.State != "connected" || !equalStrings(got.Members, []string{who[1]}) ||
+			len(got.Messages) != 2 || !want[got.Messages[0]] || !want[got.Messages[1]] || got.Messages[0] == got.Messages[1] {
+			t.Errorf("page %s: %+v, want connected, %s here, and both lines", who[0], got, who[1])
+		}
+	}
 }
