@@ -19,15 +19,23 @@ export const DEFAULT_CONNECT_TIMEOUT = 10_000;
  */
 export type State = "idle" | "connecting" | "connected" | "disconnected" | "closed";
 
-/** What the client needs of a WebSocket: the browser's, or the ws package's in Node. */
+/**
+ * What the client needs of a WebSocket: the browser's, or the ws package's
+ * in Node. The handlers are typed as methods so that sockets whose events
+ * carry more (the DOM's MessageEvent, ws's) are accepted.
+ */
 export interface WebSocketLike {
   binaryType: string;
-  send(data: Uint8Array): void;
+  /** The client sends ArrayBuffers, which every WebSocket takes. */
+  send(data: ArrayBuffer): void;
   close(code?: number, reason?: string): void;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
+  onmessage: Bivariant<{ data: unknown }> | null;
+  onclose: Bivariant<{ code: number; reason: string }> | null;
+  onerror: Bivariant<unknown> | null;
 }
+
+/** A handler type checked bivariantly, as methods are. */
+type Bivariant<E> = { f(ev: E): void }["f"];
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
@@ -109,9 +117,11 @@ export class Subscription {
   /** The last position received (recovery). */
   epoch = 0n;
   offset = 0;
-  /** Resolvers of subscribe() calls waiting for Subscribed. */
+  /** @internal Resolvers of subscribe() calls waiting for Subscribed. */
   waiting: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** @internal */
   resubscribed = false;
+  /** @internal */
   constructor(
     private readonly client: GatewayClient,
     readonly channel: string,
@@ -126,7 +136,7 @@ export class Subscription {
   unsubscribe(): Promise<void> {
     return this.client.unsubscribe(this.channel);
   }
-  /** The subscribe request: with recovery, from the last position. */
+  /** @internal The subscribe request: with recovery, from the last position. */
   packet(): ClientPacket {
     const channel = this.channel;
     return this.recover
@@ -357,7 +367,7 @@ export class GatewayClient {
         if (step === 0) {
           if (msg.join() !== HELLO) return fail(new Error(`not the native protocol: hello ${hex(msg)}`));
           step = 1;
-          ws.send(encodeAuth(this.key));
+          ws.send(whole(encodeAuth(this.key)));
         } else if (step === 1) {
           let first;
           try {
@@ -536,11 +546,17 @@ function send(l: Link, msg: Uint8Array): Promise<void> {
   return new Promise((resolve, reject) => {
     l.waiters.push({ resolve, reject });
     try {
-      l.ws.send(msg);
+      l.ws.send(whole(msg));
     } catch (e) {
       l.ws.close(); // onclose fails the waiters
     }
   });
+}
+
+// whole is msg as an ArrayBuffer of its own (encode and encodeAuth
+// return messages that own their buffer, so no copy is made).
+function whole(msg: Uint8Array): ArrayBuffer {
+  return (msg.byteLength === msg.buffer.byteLength ? msg : msg.slice()).buffer as ArrayBuffer;
 }
 
 // detach silences l's socket and closes it unless gone (1000 after
