@@ -157,9 +157,12 @@ interface Link {
   ws: WebSocketLike;
   waiters: Waiter[];
   lastRead: number;
+  /** The keepalive interval and the dead-peer check. */
   timers: ReturnType<typeof setTimeout>[];
   /** Why it ended. */
   err?: Error;
+  /** Ends it for err: fails the dial, or drops the installed connection. */
+  fail?: (err: Error) => void;
 }
 
 const PING: ClientPacket = { type: "Ping" };
@@ -347,6 +350,7 @@ export class GatewayClient {
         resolve();
       };
       this.abortDial = fail;
+      l.fail = (err) => (step < 3 ? fail(err) : this.drop(l, err));
       const timer = setTimeout(
         () => fail(new CloseError(1006, `no authentication within ${this.o.connectTimeout} ms`)),
         this.o.connectTimeout,
@@ -359,10 +363,7 @@ export class GatewayClient {
       };
       ws.onmessage = (ev) => {
         l.lastRead = Date.now();
-        if (typeof ev.data === "string") {
-          const err = new Error("the server sent a text message");
-          return step < 3 ? fail(err) : this.drop(l, err);
-        }
+        if (typeof ev.data === "string") return l.fail!(new Error("the server sent a text message"));
         const msg = new Uint8Array(ev.data as ArrayBuffer);
         if (step === 0) {
           if (msg.join() !== HELLO) return fail(new Error(`not the native protocol: hello ${hex(msg)}`));
@@ -389,12 +390,12 @@ export class GatewayClient {
     this.link = l;
     this.setState("connected");
     const { pingInterval, pongWait } = this.o;
-    l.timers.push(setInterval(() => send(l, encode([PING])).catch(() => {}), pingInterval));
+    l.timers[0] = setInterval(() => send(l, encode([PING])).catch(() => {}), pingInterval);
     const check = () => {
       const silent = Date.now() - l.lastRead;
       if (silent >= pingInterval + pongWait) {
         this.drop(l, new CloseError(1006, `nothing from the server for ${silent} ms`));
-      } else l.timers.push(setTimeout(check, pingInterval + pongWait - silent));
+      } else l.timers[1] = setTimeout(check, pingInterval + pongWait - silent);
     };
     check();
   }
@@ -406,7 +407,7 @@ export class GatewayClient {
       packets = decode(msg);
     } catch (e) {
       const d = e as DecodeError;
-      return this.drop(l, new Error(`bad message from the server: ${d.message} at byte ${d.offset}`));
+      return l.fail!(new Error(`bad message from the server: ${d.message} at byte ${d.offset}`));
     }
     for (const p of packets) {
       if (l.err) return; // dropped or closed by a handler

@@ -6,12 +6,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket, { WebSocketServer } from "ws";
-import { decode, encode, HELLO } from "../dist/index.js";
+import { decode, encode, HELLO, DisconnectedError } from "../dist/index.js";
 import { recorded } from "./helpers.mjs";
 
 // fakeGateway accepts connections, sends the hello, answers the auth
 // message with a Pong and every Ping with a Pong while not silent, and
-// hands every other packet to onPacket(packet, reply).
+// hands every other packet to onPacket(packet, reply, ws).
 async function fakeGateway(onPacket = () => {}) {
   const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
   await new Promise((r) => wss.once("listening", r));
@@ -29,7 +29,7 @@ async function fakeGateway(onPacket = () => {}) {
         return reply({ type: "Pong", millis: BigInt(Date.now()) });
       }
       for (const p of decode(msg, true)) {
-        if (p.type !== "Ping") onPacket(p, reply);
+        if (p.type !== "Ping") onPacket(p, reply, ws);
         else if (!g.silent) (g.pings++, reply({ type: "Pong", millis: 1n }));
       }
     });
@@ -115,6 +115,41 @@ test("a refused resubscription is reported and the subscription is gone", async 
     assert.equal(r.subscribed[1].error.code, 403);
     assert.equal(r.subscribed[1].resubscribed, true);
     assert.equal(c.subscription("x"), undefined);
+  } finally {
+    c.close();
+    await g.close();
+  }
+});
+
+test("a malformed message from the server drops the connection; the client reconnects", async () => {
+  const g = await fakeGateway((p, reply, ws) => {
+    if (p.type === "Subscribe") ws.send(Uint8Array.from([0x03, 0x00, 0x01, 0x63, 0x07])); // Subscribed("c"), then id 07
+  });
+  const [c, r] = recorded(g.url, "a2V5");
+  try {
+    await c.connect();
+    await assert.rejects(c.subscribe("c", r.handler), DisconnectedError);
+    await r.waitFor("the reconnect", () => r.states.length === 5);
+    assert.deepEqual(r.states, [
+      "connecting", "connected", "disconnected(bad message from the server: unknown packet id at byte 4)", "connecting", "connected",
+    ]);
+  } finally {
+    c.close();
+    await g.close();
+  }
+});
+
+test("a request whose connection drops before its answer rejects with DisconnectedError, as do requests while disconnected", async () => {
+  const g = await fakeGateway((p, reply, ws) => {
+    if (p.type === "Publish") ws.terminate(); // before the Ping after it is answered
+  });
+  const [c, r] = recorded(g.url, "a2V5", { minBackoff: 300, maxBackoff: 300 });
+  try {
+    await c.connect();
+    await assert.rejects(c.publish("x", "lost?"), DisconnectedError);
+    assert.equal(c.state, "disconnected");
+    await assert.rejects(c.publish("x", "now"), DisconnectedError);
+    await r.waitFor("the reconnect", () => c.state === "connected");
   } finally {
     c.close();
     await g.close();
