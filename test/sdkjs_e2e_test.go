@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsgateway/gateway/node"
 	"github.com/wsgateway/gateway/token"
 )
 
@@ -29,6 +30,7 @@ import (
 //
 //   - ws, keys: an in-process node and keys for it (alice, bob, carol, and
 //     a bad one);
+//   - keepalive.ws, keepalive.key: a node whose ping timeout is one second;
 //   - proc.ws, proc.keys: a `gateway serve` process on fixed addresses
 //     (dave, erin);
 //   - control: the base URL of a small HTTP server of this test, through
@@ -110,8 +112,10 @@ func TestSDKJS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	// The in-process node and its keys.
+	// The in-process node and its keys; a second node with a ping timeout
+	// of one second for the keepalive test.
 	n := startNode(t)
+	short := startNode(t, func(c *node.Config) { c.PingTimeout = time.Second })
 	key := func(subject string) string { return token.EncodeText(issueKey(t, n, subject, time.Hour)) }
 	carol := issueKey(t, n, "carol", time.Hour)
 	carolClaims, err := n.Secrets.Verify(carol, time.Now())
@@ -193,8 +197,9 @@ func TestSDKJS(t *testing.T) {
 			// Well-formed base64 of the right length, but no key: 3001.
 			"bad": token.EncodeText([]byte("\x00\x00not-a-key-at-all-but-long-enough-to-parse")),
 		},
-		"proc":    map[string]any{"ws": proc.ws, "keys": map[string]string{"dave": dave, "erin": erin}},
-		"control": "http://" + ln.Addr().String(),
+		"keepalive": map[string]string{"ws": wsURL(short), "key": token.EncodeText(issueKey(t, short, "gina", time.Hour))},
+		"proc":      map[string]any{"ws": proc.ws, "keys": map[string]string{"dave": dave, "erin": erin}},
+		"control":   "http://" + ln.Addr().String(),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -119,6 +119,18 @@ test("revocation: 3004 stops the client for good, with the reason", { skip: need
   }
 });
 
+test("keepalive: with pings inside the server's ping timeout (1 s here) the session outlives several", { skip: needsGateway }, async () => {
+  const [c, r] = recorded(env.keepalive.ws, env.keepalive.key, { pingInterval: 200 });
+  await c.connect();
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    assert.equal(c.state, "connected");
+    assert.deepEqual(r.states, ["connecting", "connected"], "the session dropped");
+  } finally {
+    c.close();
+  }
+});
+
 test("without a global WebSocket the constructor says what to pass", () => {
   const saved = Object.getOwnPropertyDescriptor(globalThis, "WebSocket");
   delete globalThis.WebSocket; // Node 22 has one, Node 20 not
