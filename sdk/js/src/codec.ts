@@ -3,7 +3,7 @@
 // offsets of the Go codec (package packet), so the shared test vectors
 // (testdata/packets.json) hold for both.
 //
-// Numbers of type long are bigint here: epochs use the whole int64 range.
+// Numbers of type long are bigint here, exact over the whole int64 range.
 
 /** The server's first message after the upgrade: `6d 73`. */
 export const HELLO = new Uint8Array([0x6d, 0x73]);
