@@ -317,7 +317,13 @@ export class GatewayClient {
   private request(p: ClientPacket): Promise<void> {
     const l = this.link;
     if (!l) return Promise.reject(this.st === "closed" ? this.closeErr : new DisconnectedError());
-    return send(l, encode([p, PING]));
+    let msg;
+    try {
+      msg = encode([p, PING]); // a string over 32767 bytes throws
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return send(l, msg);
   }
 
   // dial connects, authenticates and applies the settings, then installs

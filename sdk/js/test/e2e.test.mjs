@@ -58,6 +58,7 @@ test("subscribe, publish, settings, refusals, unsubscribe and close", { skip: ne
       refused(400, `subscribe from "room": bad position (epoch 0, offset 5)`),
     );
     assert.equal(alice.subscription("room"), undefined);
+    await assert.rejects(alice.publish("x".repeat(32768), "x"), RangeError);
     // Requests in flight together: each gets its own answer.
     const answers = await Promise.allSettled([
       alice.publish("room", "n1"),
