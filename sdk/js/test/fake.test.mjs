@@ -26,6 +26,8 @@ async function fakeGateway(onPacket = () => {}) {
       if (!authed) {
         authed = true;
         g.auths.push(Buffer.from(msg).toString("hex"));
+        const refusal = g.refuseAuth?.(g.auths.length); // [code, reason] closes instead
+        if (refusal) return ws.close(...refusal);
         return reply({ type: "Pong", millis: BigInt(Date.now()) });
       }
       for (const p of decode(msg, true)) {
@@ -150,6 +152,30 @@ test("a request whose connection drops before its answer rejects with Disconnect
     assert.equal(c.state, "disconnected");
     await assert.rejects(c.publish("x", "now"), DisconnectedError);
     await r.waitFor("the reconnect", () => c.state === "connected");
+  } finally {
+    c.close();
+    await g.close();
+  }
+});
+
+test("3001 mid-session (an expired key) stops the client; 1013 at a reconnect's authentication is retried", async () => {
+  const g = await fakeGateway();
+  // The second authentication is refused with 1013, the third accepted.
+  g.refuseAuth = (n) => n === 2 && [1013, "revocations not loaded yet; try again later"];
+  const [c, r] = recorded(g.url, "a2V5");
+  try {
+    await c.connect();
+    g.conns[0].close(1001, "going away");
+    await r.waitFor("the third connection", () => g.conns.length === 3 && c.state === "connected");
+    g.conns[2].close(3001, "access key expired");
+    const err = await c.wait();
+    assert.equal(err.code, 3001);
+    assert.deepEqual(r.states, [
+      "connecting", "connected",
+      "disconnected(closed: 1001 going away)", "connecting",
+      "disconnected(closed: 1013 revocations not loaded yet; try again later)", "connecting", "connected",
+      "closed(closed: 3001 access key expired)",
+    ]);
   } finally {
     c.close();
     await g.close();
