@@ -6,7 +6,7 @@ FUZZTIME  ?= 30s
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/wsgateway/gateway/gateway.Version=$(VERSION)
 
-.PHONY: build run test browser-deps vet race bench bench-micro fuzz soak chaos clean
+.PHONY: build run test browser-deps js-deps vet race bench bench-micro fuzz soak chaos clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gateway
@@ -23,7 +23,7 @@ run: build
 # test: vet, then every test with the race detector. Redis tests start their
 # own redis-server on a free port (REDIS_URL overrides); fuzz targets run
 # their seed corpora.
-test: vet browser-deps
+test: vet browser-deps js-deps
 	$(GO) test -race -count=1 -timeout 10m ./...
 
 # browser-deps: Debian's chromium and playwright-core for the browser test,
@@ -31,6 +31,12 @@ test: vet browser-deps
 # where it cannot install).
 browser-deps:
 	@sh test/browser/install.sh
+
+# js-deps: the TypeScript client's devDependencies (typescript, esbuild,
+# ws) from sdk/js/package-lock.json, installed only when missing or stale
+# (sdk/js/install.sh; warns and goes on where it cannot install).
+js-deps:
+	@sh sdk/js/install.sh
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1)
