@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -138,6 +139,7 @@ func NewAdmin(srv *Server, o AdminOptions) *Admin {
 		{"POST", "/api/revoke", http.HandlerFunc(a.revoke)},
 		{"POST", "/api/revoke/subject", http.HandlerFunc(a.revokeSubject)},
 		{"POST", "/api/disconnect", http.HandlerFunc(a.disconnect)},
+		{"GET", "/api/history", http.HandlerFunc(a.historyPage)},
 		{"GET", "/debug/pprof/", http.HandlerFunc(pprof.Index)},
 		{"GET", "/debug/pprof/profile", http.HandlerFunc(pprof.Profile)},
 		{"GET", "/debug/pprof/trace", http.HandlerFunc(pprof.Trace)},
@@ -233,11 +235,57 @@ func (a *Admin) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, "body larger than the maximum message size")
 		return
 	}
-	if err := a.srv.hub.Publish(channel, body, 0); err != nil {
+	pos, err := a.srv.hub.PublishAt(r.Context(), channel, body)
+	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"channel": channel, "bytes": len(body)})
+	ans := map[string]any{"channel": channel, "bytes": len(body)}
+	if pos.Epoch != 0 {
+		ans["epoch"], ans["offset"] = strconv.FormatInt(pos.Epoch, 10), pos.Offset
+	}
+	writeJSON(w, http.StatusOK, ans)
+}
+
+// historyPage answers GET /api/history?channel=C[&limit=N]: the channel's
+// position and its newest N kept publications (all without limit), in
+// offset order, payloads in standard padded base64. The epoch is a decimal
+// string: it may exceed 2^53.
+func (a *Admin) historyPage(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	channel := q.Get("channel")
+	if channel == "" || len(channel) > 255 {
+		writeError(w, http.StatusBadRequest, "query parameter channel is required (1 to 255 bytes)")
+		return
+	}
+	limit := 0
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, "limit must be a positive integer")
+			return
+		}
+		limit = n
+	}
+	pos, pubs, err := a.srv.hub.History(r.Context(), channel, limit)
+	switch {
+	case errors.Is(err, session.ErrNoHistory):
+		writeError(w, http.StatusBadRequest, "channel keeps no history")
+		return
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	type pub struct {
+		Offset  int64  `json:"offset"`
+		Payload []byte `json:"payload"` // encoding/json: standard padded base64
+	}
+	out := make([]pub, len(pubs))
+	for i, p := range pubs {
+		out[i] = pub{p.Offset, p.Payload}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"channel": channel, "epoch": strconv.FormatInt(pos.Epoch, 10),
+		"offset": pos.Offset, "publications": out})
 }
 
 // wsifyChannelPrefix starts the hub channels of wsify (wsify.ChannelPrefix;

@@ -122,6 +122,10 @@ func newMetrics(s *Server) *metrics {
 		Name: "gateway_subscription_refusals_total",
 		Help: "Subscribes refused because the connection held its cap (--max-subscriptions): native Error 429, wsify close 1008.",
 	}, func() float64 { return float64(hs.SubscriptionRefusals.Load()) }))
+	f(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "gateway_recovery_gaps_total",
+		Help: "Gaps found in the publications of SubscribeFrom subscribers (a delivery a busy loop dropped, an epoch that changed), each filled from the history or told to the session.",
+	}, func() float64 { return float64(hs.RecoveryGaps.Load()) }))
 	f(hubDropsCollector{hs})
 	return m
 }

@@ -209,6 +209,9 @@ func New(opts Options, hub *session.Hub) *Server {
 	}
 	s.metrics = newMetrics(s)
 	hub.SetMaxPayload(s.maxPayload())
+	// A replay larger than half the outbound budget would close its own
+	// reader as a slow consumer; the hub answers recovered 0 instead.
+	hub.SetMaxReplay(s.opts.MaxOutbound / 2)
 	s.policyLog = ratelog.New(opts.Logger, slog.LevelInfo, 0)
 	s.handOffLog = ratelog.New(opts.Logger, slog.LevelWarn, 0)
 	s.gate = newAcceptGate(s.logger, s.metrics.acceptErrors)

@@ -120,6 +120,9 @@ type Store interface {
 	// for nothing (and since.Offset must then be zero). A channel never
 	// published to gets its epoch here and keeps it.
 	Recover(ctx context.Context, channel string, since Position) (Recovery, error)
+	// Read returns the channel's position and its newest limit kept
+	// publications (all of them when limit <= 0), in offset order.
+	Read(ctx context.Context, channel string, limit int) (Position, []Publication, error)
 }
 
 // newEpoch draws a random non-zero epoch.

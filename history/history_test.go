@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -213,6 +214,35 @@ func TestStoreConcurrentAppends(t *testing.T) {
 			if p.Offset != int64(i+1) {
 				t.Fatalf("publication %d has offset %d", i, p.Offset)
 			}
+		}
+	})
+}
+
+func TestStoreRead(t *testing.T) {
+	eachStore(t, 3, func(t *testing.T, s storeUnderTest) {
+		top := appendN(t, s, "c", 1, 5)
+		for _, tc := range []struct {
+			limit int
+			want  string
+		}{{0, "3 4 5"}, {-1, "3 4 5"}, {2, "4 5"}, {1, "5"}, {10, "3 4 5"}} {
+			pos, pubs, err := s.Read(context.Background(), "c", tc.limit)
+			if err != nil || pos != top {
+				t.Fatalf("Read(%d): %+v, %v; want top %+v", tc.limit, pos, err, top)
+			}
+			var got []string
+			for _, p := range pubs {
+				if string(p.Payload) != fmt.Sprintf("p%d", p.Offset) {
+					t.Fatalf("Read(%d): offset %d holds %q", tc.limit, p.Offset, p.Payload)
+				}
+				got = append(got, fmt.Sprint(p.Offset))
+			}
+			if g := strings.Join(got, " "); g != tc.want {
+				t.Errorf("Read(%d) = %s, want %s", tc.limit, g, tc.want)
+			}
+		}
+		s.ageOut()
+		if pos, pubs, err := s.Read(context.Background(), "c", 0); err != nil || pos != top || len(pubs) != 0 {
+			t.Fatalf("Read after TTL: %+v %d %v", pos, len(pubs), err)
 		}
 	})
 }

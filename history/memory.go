@@ -109,6 +109,26 @@ func (s *MemoryStore) Recover(_ context.Context, channel string, since Position)
 	return r, nil
 }
 
+// Read implements Store.
+func (s *MemoryStore) Read(_ context.Context, channel string, limit int) (Position, []Publication, error) {
+	c := s.channel(channel)
+	now := s.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.expire(now.Add(-s.opts.TTL))
+	c.touched = now
+	from := 0
+	if limit > 0 && c.n > limit {
+		from = c.n - limit
+	}
+	pubs := make([]Publication, 0, c.n-from)
+	for i := from; i < c.n; i++ {
+		e := c.at(i)
+		pubs = append(pubs, Publication{Offset: e.offset, Payload: e.payload})
+	}
+	return Position{Epoch: c.epoch, Offset: c.top}, pubs, nil
+}
+
 // Sweep forgets the channels whose publications all expired and whose
 // epoch was last used more than MetaTTL ago; it returns how many are left.
 func (s *MemoryStore) Sweep() int {

@@ -114,6 +114,20 @@ for i = 1, #rest do out[3 + i] = rest[i] end
 return out
 `)
 
+// readScript: KEYS list, meta; ARGV new epoch, ttl ms, meta ttl ms,
+// limit (0: all). It returns {epoch, top, entries...}, the newest limit.
+var readScript = redis.NewScript(luaPrelude + `
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+expire()
+local limit = tonumber(ARGV[4])
+local from = 0
+if limit > 0 then from = -limit end
+local out = {epoch, top}
+local rest = redis.call('LRANGE', KEYS[1], from, -1)
+for i = 1, #rest do out[2 + i] = rest[i] end
+return out
+`)
+
 func epochBytes(e int64) string {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], uint64(e))
@@ -177,17 +191,45 @@ func (s *RedisStore) Recover(ctx context.Context, channel string, since Position
 	top, _ := v[1].(int64)
 	rec, _ := v[2].(int64)
 	r := Recovery{Top: Position{Epoch: e, Offset: top}, Recovered: rec == 1}
-	for _, x := range v[3:] {
+	if len(v) > 3 {
+		r.Publications, err = readEntries(v[3:])
+	}
+	return r, err
+}
+
+// Read implements Store.
+func (s *RedisStore) Read(ctx context.Context, channel string, limit int) (Position, []Publication, error) {
+	v, err := readScript.Run(ctx, s.c, s.keys(channel),
+		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), max(limit, 0)).Slice()
+	if err != nil {
+		return Position{}, nil, unavailable(err)
+	}
+	if len(v) < 2 {
+		return Position{}, nil, fmt.Errorf("history: read answered %d values", len(v))
+	}
+	e, err := readEpoch(v[0])
+	if err != nil {
+		return Position{}, nil, err
+	}
+	top, _ := v[1].(int64)
+	pubs, err := readEntries(v[2:])
+	return Position{Epoch: e, Offset: top}, pubs, err
+}
+
+// readEntries decodes list entries: offset | time | payload.
+func readEntries(v []any) ([]Publication, error) {
+	pubs := make([]Publication, 0, len(v))
+	for _, x := range v {
 		entry, _ := x.(string)
 		if len(entry) < 16 {
-			return Recovery{}, fmt.Errorf("history: entry of %d bytes in Redis", len(entry))
+			return nil, fmt.Errorf("history: entry of %d bytes in Redis", len(entry))
 		}
-		r.Publications = append(r.Publications, Publication{
+		pubs = append(pubs, Publication{
 			Offset:  int64(binary.BigEndian.Uint64([]byte(entry[:8]))),
 			Payload: []byte(entry[16:]),
 		})
 	}
-	return r, nil
+	return pubs, nil
 }
 
 // unavailable marks a failure to reach Redis (as opposed to a script bug)

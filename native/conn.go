@@ -10,6 +10,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/history"
 	"github.com/wsgateway/gateway/packet"
 	"github.com/wsgateway/gateway/session"
 	"github.com/wsgateway/gateway/token"
@@ -220,8 +221,7 @@ func (h *conn) subscribe(channel []byte) {
 
 // subscribeFrom answers SubscribeFrom (PROTOCOL.md §5.1). The checks run
 // in the order the protocol lists them: the position, the channel policy,
-// then whether the channel keeps history. This node keeps none, so every
-// well-formed request ends in Error 400 and subscribes nothing.
+// whether the channel keeps history, the subscription cap.
 func (h *conn) subscribeFrom(channel []byte, epoch, offset int64) {
 	if offset < 0 || (epoch == 0 && offset != 0) {
 		h.sendError(packet.ErrorBadRequest, fmt.Sprintf("subscribe from %s: bad position (epoch %d, offset %d)", quoteChannel(channel), epoch, offset))
@@ -231,7 +231,13 @@ func (h *conn) subscribeFrom(channel []byte, epoch, offset int64) {
 		h.sendError(code, fmt.Sprintf("subscribe from %s: %s", quoteChannel(channel), why))
 		return
 	}
-	h.sendError(packet.ErrorBadRequest, fmt.Sprintf("subscribe from %s: channel keeps no history", quoteChannel(channel)))
+	err := h.c.Loop().Shard().SubscribeFrom(h.sess, string(channel), history.Position{Epoch: epoch, Offset: offset})
+	switch {
+	case errors.Is(err, session.ErrNoHistory):
+		h.sendError(packet.ErrorBadRequest, fmt.Sprintf("subscribe from %s: channel keeps no history", quoteChannel(channel)))
+	case errors.Is(err, session.ErrTooManySubscriptions):
+		h.sendError(packet.ErrorTooMany, fmt.Sprintf("subscribe from %s: more than %d subscriptions", quoteChannel(channel), h.p.opts.MaxSubscriptions))
+	}
 }
 
 func (h *conn) publish(channel, payload []byte) {
@@ -303,19 +309,62 @@ func (h *conn) Deliver(m *session.Message, enc *session.EncodeCache) {
 	if !h.c.Open() || (m.Origin == h.sess.ID && !h.echo) {
 		return
 	}
-	frame := enc.Get(encoding, encodeMessage)
+	h.sendShared(enc.Get(encoding, encodeMessage), packet.MessageLen(len(m.Channel), len(m.Payload)))
+}
+
+// DeliverAt implements session.PositionSink: a Publication, live (encoded
+// once per loop) or replayed (this session's own). Echo does not apply: a
+// SubscribeFrom subscriber gets its own publications, so that its offsets
+// stay contiguous.
+func (h *conn) DeliverAt(m *session.Message, enc *session.EncodeCache) {
+	if !h.c.Open() {
+		return
+	}
+	if enc == nil {
+		h.sendOwn(packet.AppendPublication(nil, m.Channel, m.Offset, m.Payload))
+		return
+	}
+	h.sendShared(enc.Get(encodingPublication, encodePublication), packet.PublicationLen(len(m.Channel), len(m.Payload)))
+}
+
+// SubscribedFrom implements session.PositionSink. What the batch window
+// holds goes first: SubscribedFrom never overtakes a Publication.
+func (h *conn) SubscribedFrom(channel string, pos history.Position, recovered bool) {
+	h.flush(nil)
+	var b [3 + MaxChannelLen + 17]byte
+	h.c.Send(ws.OpBinary, packet.AppendSubscribedFrom(b[:0], channel, pos.Epoch, pos.Offset, recovered))
+}
+
+// sendShared sends a frame from the loop's encode cache, whose last n bytes
+// are its packet; a batch window gathers the packet instead.
+func (h *conn) sendShared(frame []byte, n int) {
 	if h.batch == 0 {
 		h.c.SendEncoded(frame)
 		return
 	}
-	n := packet.MessageLen(len(m.Channel), len(m.Payload))
+	h.hold(frame[len(frame)-n:])
+}
+
+// sendOwn sends one packet of the session's own, or holds it in the batch
+// window with the others.
+func (h *conn) sendOwn(pkt []byte) {
+	if h.batch == 0 {
+		h.c.Send(ws.OpBinary, pkt)
+		return
+	}
+	h.hold(pkt)
+}
+
+// hold appends a packet to the batch window, arming its timer for the
+// first and sending early past batchFlushBytes.
+func (h *conn) hold(pkt []byte) {
 	if len(h.pending) == 0 {
 		if h.flushFn == nil {
 			h.flushFn = h.flush
 		}
 		h.c.After(h.batch, h.flushFn, nil)
 	}
-	h.pending = append(h.pending, frame[len(frame)-n:]...)
+	h.pending = append(h.pending, pkt...)
 	if len(h.pending) >= batchFlushBytes {
 		h.flush(nil)
 	}
@@ -337,4 +386,12 @@ func encodeMessage(dst []byte, m *session.Message) []byte {
 	n := packet.MessageLen(len(m.Channel), len(m.Payload))
 	dst = gateway.AppendFrameHeader(dst, ws.OpBinary, n)
 	return packet.AppendMessage(dst, m.Channel, m.Payload)
+}
+
+// encodePublication encodes a publication with its offset as a whole
+// native frame.
+func encodePublication(dst []byte, m *session.Message) []byte {
+	n := packet.PublicationLen(len(m.Channel), len(m.Payload))
+	dst = gateway.AppendFrameHeader(dst, ws.OpBinary, n)
+	return packet.AppendPublication(dst, m.Channel, m.Offset, m.Payload)
 }

@@ -50,6 +50,9 @@ var tooManyPackets = fmt.Sprintf("too many packets in one message: more than %d"
 // encoding is the native Message frame's slot in the loops' encode caches.
 const encoding session.Encoding = 0
 
+// encodingPublication is the native Publication frame's slot.
+const encodingPublication session.Encoding = 3
+
 // Options configure the protocol. Zero values mean the documented defaults.
 type Options struct {
 	// Secrets verify access keys; required.

@@ -21,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/history"
 	"github.com/wsgateway/gateway/hypothesis"
 	"github.com/wsgateway/gateway/kosync"
 	"github.com/wsgateway/gateway/native"
@@ -86,6 +87,12 @@ type Config struct {
 	// session.DefaultMaxSubscriptions (128). Hypothesis filters have their
 	// own cap, Hypothesis.MaxFilterRows; KOsync holds one channel.
 	MaxSubscriptions int
+	// History says which channels keep history for SubscribeFrom
+	// (PROTOCOL.md §5.1): Size zero (the default) means none; TTL zero
+	// means history.DefaultTTL (5m); Channels empty means every channel but
+	// the reserved "#..." ones. A node with Redis refuses a Size above zero
+	// in this version: history is kept in memory, by a node alone.
+	History history.Options
 	// SocketSendBuffer: zero means gateway.DefaultSocketSendBuffer
 	// (256 KiB); negative leaves the kernel's autotuning on.
 	SocketSendBuffer int
@@ -299,6 +306,12 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	}
 	n.broker = broker
 	n.Hub = session.NewHub(broker)
+	if err := n.Hub.SetHistory(cfg.History); err != nil {
+		return fmt.Errorf("--history-size: %w", err)
+	}
+	if cfg.History.Size > 0 {
+		go n.sweepHistory(ctx)
+	}
 	if n.redis != nil {
 		n.redisUp.Store(true) // until the first check says otherwise
 		go n.watchRedis(ctx)
@@ -619,6 +632,23 @@ func (n *Node) sweepRevoked() {
 				}
 			})
 		})
+	}
+}
+
+// historySweepEvery is how often a node forgets the channels whose
+// history expired (session.Hub.SweepHistory).
+const historySweepEvery = time.Minute
+
+func (n *Node) sweepHistory(ctx context.Context) {
+	t := time.NewTicker(historySweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n.Hub.SweepHistory()
+		}
 	}
 }
 

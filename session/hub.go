@@ -24,6 +24,8 @@ type Hub struct {
 	liveAtOnce bool   // the broker has no other nodes to confirm with
 
 	maxPayload atomic.Int64 // SetMaxPayload; 0: no cap
+	maxReplay  atomic.Int64 // SetMaxReplay; 0: no bound
+	hist       *historyState // SetHistory; nil: no channel keeps history
 
 	mu          sync.RWMutex
 	channels    map[string]*channelState
@@ -51,6 +53,10 @@ type HubStats struct {
 	BrokerRefusals atomic.Uint64 // publishes refused because the broker or a loop was busy (or the broker knows its server is down: ErrBrokerDown)
 	LoopDrops      atomic.Uint64 // deliveries dropped because a loop's queue was full
 	TooLarge       atomic.Uint64 // publishes from the broker dropped for a payload over SetMaxPayload
+	// RecoveryGaps counts the gaps found in the publications of SubscribeFrom
+	// subscribers (a delivery a busy loop dropped, an epoch that changed),
+	// each mended from the history or told to the session.
+	RecoveryGaps atomic.Uint64
 	// SubscriptionRefusals counts subscribes refused because the session
 	// held its cap (ErrTooManySubscriptions).
 	SubscriptionRefusals atomic.Uint64
@@ -115,12 +121,12 @@ func (h *Hub) Stats() *HubStats { return &h.stats }
 // the node's subscribers get the copy the broker brings back, in the
 // broker's order, and origin is lost (see Echoer).
 func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
-	if h.tooLarge(payload) {
-		return ErrTooLarge
+	if err := h.admit(channel, payload); err != nil {
+		return err
 	}
-	if h.loopsBusy(channel) {
-		h.stats.BrokerRefusals.Add(1)
-		return ErrLoopBusy
+	if h.Keeps(channel) {
+		h.publishKept(channel, payload, origin)
+		return nil
 	}
 	if err := h.broker.Publish(channel, payload); err != nil {
 		h.stats.BrokerRefusals.Add(1)
@@ -143,12 +149,8 @@ func (h *Hub) PublishConfirmed(ctx context.Context, channel string, payload []by
 	if !ok || h.echoer == nil || !h.echoer.Echoes(channel) {
 		return h.Publish(channel, payload, origin)
 	}
-	if h.tooLarge(payload) {
-		return ErrTooLarge
-	}
-	if h.loopsBusy(channel) {
-		h.stats.BrokerRefusals.Add(1)
-		return ErrLoopBusy
+	if err := h.admit(channel, payload); err != nil {
+		return err
 	}
 	if err := c.PublishConfirmed(ctx, channel, payload); err != nil {
 		if ctx.Err() == nil { // not the caller giving up
@@ -157,6 +159,19 @@ func (h *Hub) PublishConfirmed(ctx context.Context, channel string, payload []by
 		return err
 	}
 	return nil // delivered here when the broker brings it back
+}
+
+// admit refuses a publish no subscriber could take: too large, or a loop
+// with subscribers of the channel at its queue's bound.
+func (h *Hub) admit(channel string, payload []byte) error {
+	if h.tooLarge(payload) {
+		return ErrTooLarge
+	}
+	if h.loopsBusy(channel) {
+		h.stats.BrokerRefusals.Add(1)
+		return ErrLoopBusy
+	}
+	return nil
 }
 
 // SetMaxPayload caps the payload of a publish: larger ones are refused

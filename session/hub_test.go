@@ -14,6 +14,7 @@ import (
 type queueLoop struct {
 	tasks  []task
 	max    int // TryRun refuses past it; 0: no bound
+	drop   int // TryRun refuses this many more, though Busy says no (a loop filling up meanwhile)
 	panics []any
 }
 
@@ -26,6 +27,10 @@ func (q *queueLoop) Run(fn func(any), arg any) { q.tasks = append(q.tasks, task{
 
 func (q *queueLoop) TryRun(fn func(any), arg any, _ int) bool {
 	if q.Busy() {
+		return false
+	}
+	if q.drop > 0 {
+		q.drop--
 		return false
 	}
 	q.Run(fn, arg)

@@ -49,6 +49,10 @@ type Sink interface {
 type Message struct {
 	Channel string
 	Payload []byte
+	// Epoch and Offset are the publication's position on a channel that
+	// keeps history (package history); zero on other channels, and for a
+	// payload published into Redis by an outside tool.
+	Epoch, Offset int64
 	// Origin is the id of the publishing session when it lives on this
 	// node, zero otherwise; protocols use it to suppress echoes.
 	Origin uint64
@@ -97,8 +101,11 @@ const indexFrom = 8
 // can leave in O(1).
 type subscription struct {
 	channel string
-	index   int // in topic.live or topic.pending
+	index   int // in topic.live or topic.pending; with rec, in topic.positioned
 	live    bool
+	// rec is the position of a subscription made with SubscribeFrom
+	// (recovery.go); nil for a plain one.
+	rec *recovery
 }
 
 var lastSessionID atomic.Uint64

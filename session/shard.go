@@ -25,7 +25,23 @@ type Shard struct {
 type topic struct {
 	live    []*Session
 	pending []*Session
-	isLive  bool
+	// positioned are the sessions subscribed with SubscribeFrom; each
+	// keeps its position in its subscription (recovery.go).
+	positioned []*Session
+	isLive     bool
+}
+
+func (t *topic) empty() bool { return len(t.live) == 0 && len(t.pending) == 0 && len(t.positioned) == 0 }
+
+// topic returns channel's topic, joining the hub for a new one.
+func (sh *Shard) topic(channel string) *topic {
+	t := sh.topics[channel]
+	if t == nil {
+		t = &topic{}
+		sh.topics[channel] = t
+		t.isLive = sh.hub.join(channel, sh.bit)
+	}
+	return t
 }
 
 // Add registers an authenticated session with the shard.
@@ -103,21 +119,19 @@ func (sh *Shard) doneWalking() {
 // session's cap is refused with ErrTooManySubscriptions. Cost: O(1).
 func (sh *Shard) Subscribe(s *Session, channel string) error {
 	if i := s.find(channel); i >= 0 {
-		if s.subs[i].live {
-			s.Sink.Subscribed(channel)
+		if s.subs[i].rec == nil {
+			if s.subs[i].live {
+				s.Sink.Subscribed(channel)
+			}
+			return nil
 		}
-		return nil
+		sh.Unsubscribe(s, channel) // a SubscribeFrom subscription is replaced
 	}
 	if s.atCap() {
 		sh.hub.stats.SubscriptionRefusals.Add(1)
 		return ErrTooManySubscriptions
 	}
-	t := sh.topics[channel]
-	if t == nil {
-		t = &topic{}
-		sh.topics[channel] = t
-		t.isLive = sh.hub.join(channel, sh.bit)
-	}
+	t := sh.topic(channel)
 	if t.isLive {
 		s.addSub(subscription{channel: channel, index: len(t.live), live: true})
 		t.live = append(t.live, s)
@@ -140,12 +154,16 @@ func (sh *Shard) Unsubscribe(s *Session, channel string) {
 	s.removeSub(i)
 
 	t := sh.topics[channel]
-	if sub.live {
+	switch {
+	case sub.rec != nil:
+		sub.rec.state = recGone
+		t.positioned = removeAt(t.positioned, sub.index, channel)
+	case sub.live:
 		t.live = removeAt(t.live, sub.index, channel)
-	} else {
+	default:
 		t.pending = removeAt(t.pending, sub.index, channel)
 	}
-	if len(t.live) == 0 && len(t.pending) == 0 {
+	if t.empty() {
 		delete(sh.topics, channel)
 		sh.hub.leave(channel, sh.bit)
 	}
@@ -182,6 +200,9 @@ func (sh *Shard) deliver(arg any) {
 	for i := 0; i < len(t.pending); i++ {
 		sh.deliverTo(t.pending[i], m)
 	}
+	for i := 0; i < len(t.positioned); i++ {
+		sh.deliverPositioned(t.positioned[i], m, &sh.enc)
+	}
 	sh.enc.reset(nil)
 }
 
@@ -216,6 +237,9 @@ func (sh *Shard) markLive(arg any) {
 	defer sh.doneWalking()
 	for _, s := range t.live {
 		sh.subscribedTo(s, channel)
+	}
+	for i := 0; i < len(t.positioned); i++ {
+		sh.startRecovery(t.positioned[i], channel)
 	}
 }
 

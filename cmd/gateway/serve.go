@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/history"
 	"github.com/wsgateway/gateway/hypothesis"
 	"github.com/wsgateway/gateway/kosync"
 	"github.com/wsgateway/gateway/native"
@@ -41,6 +42,9 @@ func serve(args []string) error {
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", gateway.DefaultMaxMessageSize, "largest inbound message in bytes (1009 past it)")
 	fs.IntVar(&cfg.MaxOutbound, "max-outbound", gateway.DefaultMaxOutbound, "unsent bytes per connection before it is closed as a slow consumer (1008)")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", session.DefaultMaxSubscriptions, "channels one native or wsify connection may hold at once; past it native answers Error 429, wsify closes with 1008")
+	fs.IntVar(&cfg.History.Size, "history-size", 0, "publications each channel with history keeps for SubscribeFrom recovery (PROTOCOL.md 5.1); 0: no history. This version keeps history only on a node without --redis")
+	fs.DurationVar(&cfg.History.TTL, "history-ttl", history.DefaultTTL, "how long a kept publication stays recoverable")
+	historyChannels := fs.String("history-channels", "", "comma-separated channel-name prefixes that keep history, e.g. 'chat:,game:' (empty: every channel but the reserved #...)")
 	fs.IntVar(&cfg.SocketSendBuffer, "socket-send-buffer", gateway.DefaultSocketSendBuffer, "the kernel's send buffer per connection, SO_SNDBUF (-1: the kernel's autotuning)")
 	fs.IntVar(&cfg.EventLoops, "event-loops", 0, "event loops (0: one per CPU)")
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "SO_REUSEPORT: let several gateway processes share --listen")
@@ -77,6 +81,10 @@ func serve(args []string) error {
 		return err
 	}
 	cfg.Kosync.RegistrationClosed = !*registration
+	cfg.History.Channels = history.ParseChannels(*historyChannels)
+	if cfg.History.Size < 0 || cfg.History.Size > history.MaxSize {
+		return usageErr("serve", fmt.Errorf("--history-size %d: want 0..%d", cfg.History.Size, history.MaxSize))
+	}
 	for o := range strings.SplitSeq(*origins, ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			cfg.Limits.AllowedOrigins = append(cfg.Limits.AllowedOrigins, o)

@@ -1,0 +1,94 @@
+package session
+
+import (
+	"context"
+	"errors"
+
+	"github.com/wsgateway/gateway/history"
+)
+
+// ErrNoHistory is returned for a position asked of a channel that keeps
+// no history.
+var ErrNoHistory = errors.New("channel keeps no history")
+
+// ErrHistoryNeedsStandalone is returned by SetHistory on a hub whose broker
+// is not Standalone: history across nodes (in Redis) is not built yet.
+var ErrHistoryNeedsStandalone = errors.New("history is kept only by a node running alone (without --redis) in this version")
+
+// historyState is the hub's history: which channels keep one, and where.
+type historyState struct {
+	opts  history.Options
+	store *history.MemoryStore
+}
+
+// SetHistory makes the channels o.Keeps keep history (PROTOCOL.md §5.1);
+// o.Size zero turns it off. Call it before the first publish. A node
+// alone keeps it in memory (history.MemoryStore): its epochs start anew
+// with the process.
+func (h *Hub) SetHistory(o history.Options) error {
+	if o.Size <= 0 {
+		h.hist = nil
+		return nil
+	}
+	if !h.liveAtOnce {
+		return ErrHistoryNeedsStandalone
+	}
+	h.hist = &historyState{opts: o.WithDefaults(), store: history.NewMemoryStore(o)}
+	return nil
+}
+
+// SetMaxReplay bounds the payload bytes one recovery replays; past it the
+// recovery is not attempted (recovered 0), so that a replay cannot make
+// its own reader a slow consumer. Zero means no bound.
+func (h *Hub) SetMaxReplay(n int) { h.maxReplay.Store(int64(n)) }
+
+// Keeps reports whether channel keeps history.
+func (h *Hub) Keeps(channel string) bool { return h.hist != nil && h.hist.opts.Keeps(channel) }
+
+// HistoryOptions returns the history configuration (Size zero: off).
+func (h *Hub) HistoryOptions() history.Options {
+	if h.hist == nil {
+		return history.Options{}
+	}
+	return h.hist.opts
+}
+
+// publishKept appends a publish to its channel's history and queues its
+// deliveries while the channel is locked, so that every loop gets a
+// channel's publications in offset order whoever published them.
+func (h *Hub) publishKept(channel string, payload []byte, origin uint64) history.Position {
+	return h.hist.store.AppendFunc(channel, payload, func(pos history.Position) {
+		h.deliverLocal(&Message{Channel: channel, Payload: append([]byte(nil), payload...), Origin: origin,
+			Epoch: pos.Epoch, Offset: pos.Offset})
+	})
+}
+
+// PublishAt is Publish that also returns the publication's position on a
+// channel that keeps history (zero otherwise): the admin API's publish.
+func (h *Hub) PublishAt(ctx context.Context, channel string, payload []byte) (history.Position, error) {
+	if !h.Keeps(channel) {
+		return history.Position{}, h.PublishConfirmed(ctx, channel, payload, 0)
+	}
+	if err := h.admit(channel, payload); err != nil {
+		return history.Position{}, err
+	}
+	return h.publishKept(channel, payload, 0), nil
+}
+
+// History returns a channel's position and its newest limit kept
+// publications (all when limit <= 0); ErrNoHistory for a channel that
+// keeps none.
+func (h *Hub) History(ctx context.Context, channel string, limit int) (history.Position, []history.Publication, error) {
+	if !h.Keeps(channel) {
+		return history.Position{}, nil, ErrNoHistory
+	}
+	return h.hist.store.Read(ctx, channel, limit)
+}
+
+// SweepHistory forgets channels whose history expired (history.MemoryStore
+// Sweep); the node calls it now and then.
+func (h *Hub) SweepHistory() {
+	if h.hist != nil {
+		h.hist.store.Sweep()
+	}
+}
