@@ -23,8 +23,8 @@ type Hub struct {
 	echoer     Echoer // the broker, if it brings some channels' own publishes back; else nil
 	liveAtOnce bool   // the broker has no other nodes to confirm with
 
-	maxPayload atomic.Int64 // SetMaxPayload; 0: no cap
-	maxReplay  atomic.Int64 // SetMaxReplay; 0: no bound
+	maxPayload atomic.Int64  // SetMaxPayload; 0: no cap
+	maxReplay  atomic.Int64  // SetMaxReplay; 0: no bound
 	hist       *historyState // SetHistory; nil: no channel keeps history
 
 	mu          sync.RWMutex

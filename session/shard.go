@@ -31,7 +31,9 @@ type topic struct {
 	isLive     bool
 }
 
-func (t *topic) empty() bool { return len(t.live) == 0 && len(t.pending) == 0 && len(t.positioned) == 0 }
+func (t *topic) empty() bool {
+	return len(t.live) == 0 && len(t.pending) == 0 && len(t.positioned) == 0
+}
 
 // topic returns channel's topic, joining the hub for a new one.
 func (sh *Shard) topic(channel string) *topic {
