@@ -469,6 +469,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		var refusal []byte
 		if c.ipHeld, refusal = lim.acceptIP(c.remote.Addr().Unmap()); refusal != nil {
 			s.metrics.handshake(nil, resultOverLimit)
+			c.logRefused("", refusedMaxConnsIP, http.StatusTooManyRequests)
 			c.refuseAtAccept(refusal)
 		}
 	}

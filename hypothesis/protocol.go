@@ -162,7 +162,7 @@ func (p *Protocol) Accept(r *gateway.Request) (gateway.Handler, error) {
 		s.userid, s.claims, reason, subject = p.authenticate(tok)
 		s.authenticated = reason == ""
 		if !s.authenticated {
-			p.refusals.Refused("authentication failed", "hypothesis", reason, r.Remote.Addr(), subject)
+			p.refusals.Refused("authentication failed", "hypothesis", reason, r.Remote.Addr(), subject, r.ID.LogAttr())
 		}
 	}
 	return s, nil

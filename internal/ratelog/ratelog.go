@@ -145,17 +145,25 @@ func (l *Logger) flush(key string) {
 	l.after(l.interval, func() { l.flush(key) })
 }
 
+// Enabled reports whether the Logger writes lines at all (its level is
+// enabled): callers skip building what they would pass.
+func (l *Logger) Enabled() bool {
+	return l != nil && l.log.Enabled(context.Background(), l.level)
+}
+
 // Refused logs a failed authentication or a refusal with the fields every
-// protocol uses: protocol, remote, subject (when known) and reason, then
-// extra; collapsed per (msg, protocol, reason). Never pass a secret: a key
-// id, a user name or a token subject is fine, a key, token or password is
-// not.
+// protocol uses: protocol (when known), remote, subject (when known) and
+// reason, then extra; collapsed per (msg, protocol, reason). Never pass a
+// secret: a key id, a user name or a token subject is fine, a key, token
+// or password is not. With the level off it builds nothing.
 func (l *Logger) Refused(msg, protocol, reason string, remote netip.Addr, subject string, extra ...slog.Attr) {
-	if l == nil {
+	if !l.Enabled() {
 		return
 	}
 	attrs := make([]slog.Attr, 0, 4+len(extra))
-	attrs = append(attrs, slog.String("protocol", protocol))
+	if protocol != "" {
+		attrs = append(attrs, slog.String("protocol", protocol))
+	}
 	if remote.IsValid() {
 		attrs = append(attrs, slog.String("remote", remote.Unmap().String()))
 	}
