@@ -137,8 +137,8 @@ type Node struct {
 	Secrets *token.Secrets
 	Revoker *token.Revoker
 
-	cfg    Config
-	log    *slog.Logger
+	cfg Config
+	log *slog.Logger
 	// revLog writes the revocations the node applies and the sessions
 	// they close (info, collapsed per kind: a reload replays them all).
 	revLog *ratelog.Logger
