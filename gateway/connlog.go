@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"log/slog"
 	"net/netip"
 
@@ -15,10 +14,19 @@ import (
 // "Logs"): conn (ConnID), protocol, remote (the peer's IP, no port), and
 // subject, code, reason, by where they apply.
 //
+// They are rate limited like the refusals (ratelog): up to lifecycleBurst
+// lines of a kind (event, protocol, and for closes who closed) per
+// interval, then one line with the count, so that debugging a few clients
+// shows every line and a flood of connections does not flood the log.
+//
 // These lines run on the event loop. With debug off they cost one
 // Enabled call on the handler and nothing else: no attribute is built,
 // nothing is allocated. Never log the request URI or headers: the KOsync
 // JWT travels in the path, the Hypothesis key in the query.
+
+// lifecycleBurst is how many lifecycle lines of one kind are written per
+// interval (ratelog.Interval, 10 s by default) before they are counted.
+const lifecycleBurst = 10
 
 // Values of the "by" field of "connection closed".
 const (
@@ -35,9 +43,7 @@ const codeNoStatus = 1005
 
 // debugOn reports whether the server's logger writes debug lines; the
 // lifecycle lines check it before building anything.
-func (s *Server) debugOn() bool {
-	return s.logger.Enabled(context.Background(), slog.LevelDebug)
-}
+func (s *Server) debugOn() bool { return s.lifeLog.Enabled() }
 
 // LogAttr returns the connection's "conn" log field: its ConnID as a
 // string. Protocols add it to their own lines about the connection.
@@ -52,8 +58,9 @@ func (c *Conn) logOpened() {
 	if !s.debugOn() {
 		return
 	}
-	s.logger.LogAttrs(context.Background(), slog.LevelDebug, "connection opened",
-		c.LogAttr(), slog.String("protocol", c.route.Protocol.Name()), remoteAttr(c.remote.Addr()))
+	name := c.route.Protocol.Name()
+	s.lifeLog.Log("opened\x00"+name, "connection opened",
+		c.LogAttr(), slog.String("protocol", name), remoteAttr(c.remote.Addr()))
 }
 
 // Authenticated writes "authenticated" (debug) with the subject the
@@ -65,8 +72,9 @@ func (c *Conn) Authenticated(subject string) {
 	if c.route == nil || !s.debugOn() {
 		return
 	}
-	s.logger.LogAttrs(context.Background(), slog.LevelDebug, "authenticated",
-		c.LogAttr(), slog.String("protocol", c.route.Protocol.Name()), remoteAttr(c.remote.Addr()),
+	name := c.route.Protocol.Name()
+	s.lifeLog.Log("authenticated\x00"+name, "authenticated",
+		c.LogAttr(), slog.String("protocol", name), remoteAttr(c.remote.Addr()),
 		slog.String("subject", ratelog.Truncate(subject, ratelog.MaxSubjectLen)))
 }
 
@@ -89,8 +97,9 @@ func (c *Conn) logClosed() {
 	case code == 0:
 		code, reason, by = codeAbnormal, "connection lost", closedByPeer
 	}
-	s.logger.LogAttrs(context.Background(), slog.LevelDebug, "connection closed",
-		c.LogAttr(), slog.String("protocol", c.route.Protocol.Name()), remoteAttr(c.remote.Addr()),
+	name := c.route.Protocol.Name()
+	s.lifeLog.Log("closed\x00"+name+"\x00"+by, "connection closed",
+		c.LogAttr(), slog.String("protocol", name), remoteAttr(c.remote.Addr()),
 		slog.Int("code", code), slog.String("reason", reason), slog.String("by", by))
 }
 

@@ -626,17 +626,13 @@ var redisLogs struct {
 	to   atomic.Pointer[ratelog.Logger]
 }
 
-// redisLogInterval is how long go-redis's repeated lines are collapsed:
-// while Redis is down, its dial failures (about one a second per client
-// and pub/sub connection) make one line per kind per interval, with a
-// count (repeated=N).
-var redisLogInterval = ratelog.DefaultInterval
-
 // routeRedisLogs sends go-redis's own log lines (dial failures while Redis
-// is down) to the node's logger, at warn with from=go-redis, collapsed
-// per kind of line (ratelog), instead of stderr.
+// is down) to the node's logger, at warn with from=go-redis, instead of
+// stderr; collapsed per kind of line (ratelog): while Redis is down, its
+// dial failures (about one a second per client and pub/sub connection)
+// make one line per kind per interval, with a count (repeated=N).
 func routeRedisLogs(l *slog.Logger) {
-	redisLogs.to.CompareAndSwap(nil, ratelog.New(l.With("from", "go-redis"), slog.LevelWarn, redisLogInterval))
+	redisLogs.to.CompareAndSwap(nil, ratelog.New(l.With("from", "go-redis"), slog.LevelWarn, 0))
 	redisLogs.once.Do(func() { redis.SetLogger(redisLogger{}) })
 }
 
