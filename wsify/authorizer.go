@@ -170,7 +170,7 @@ func (p *Protocol) logVerdict(what, wsifyID string, gid gateway.ConnID, remote n
 			reason = "denied_message"
 		}
 		p.refusals.Refused("request refused", "wsify", reason, remote, "wsify:"+wsifyID,
-			gid.LogAttr(), slog.String("command", ratelog.Truncate(what, 32)), slog.Int("status", status))
+			slog.String("command", ratelog.Truncate(what, 32)), slog.Int("status", status), gid.LogAttr())
 	case unavailable, timedOut:
 		attrs := []slog.Attr{remoteAttr(remote), slog.String("subject", "wsify:"+wsifyID), gid.LogAttr(),
 			slog.String("call", ratelog.Truncate(what, 32)), slog.Int("status", status), slog.Bool("timeout", v == timedOut)}
