@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
 	"regexp"
 	"strings"
 	"sync"
@@ -12,8 +15,10 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/wsgateway/gateway/gateway"
 	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/internal/redistest"
+	"github.com/wsgateway/gateway/node"
 	"github.com/wsgateway/gateway/packet"
 	"github.com/wsgateway/gateway/token"
 )
@@ -344,4 +349,66 @@ func lgRedisKind(msg string) string {
 		return msg[:i]
 	}
 	return msg
+}
+
+// TestLogsLimitRefusals: the limits' refusals are logged at info as
+// "connection refused" with the reason and the HTTP status: a foreign
+// origin (403), the node's cap (503), the address's cap (429, refused at
+// accept, so without a protocol).
+func TestLogsLimitRefusals(t *testing.T) {
+	t.Parallel()
+	logs := &lockedBuffer{}
+	n := startNode(t, func(c *node.Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		c.Limits = gateway.Limits{MaxConns: 2, MaxConnsPerIP: 3, AllowedOrigins: []string{"https://ok.example"}}
+	})
+	addr := n.Addr().String()
+	dialStatus := func(url string, h http.Header) int {
+		c, resp, err := websocket.Dial(testCtx(t), url, &websocket.DialOptions{HTTPHeader: h})
+		if err == nil {
+			_ = c.CloseNow()
+			t.Fatalf("%s: upgraded, want a refusal", url)
+		}
+		if resp == nil {
+			t.Fatalf("%s: %v", url, err)
+		}
+		return resp.StatusCode
+	}
+	if got := dialStatus("ws://"+addr+"/ws", http.Header{"Origin": {"https://evil.example"}}); got != 403 {
+		t.Fatalf("foreign origin: %d, want 403", got)
+	}
+	dial(t, n)
+	dial(t, n)
+	if got := dialStatus(wsURL(n), nil); got != 503 {
+		t.Fatalf("past --max-conns: %d, want 503", got)
+	}
+	raw, err := net.Dial("tcp", addr) // a third place of the address, in its handshake
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if got := dialStatus(wsURL(n), nil); got != 429 {
+		t.Fatalf("past --max-conns-per-ip: %d, want 429", got)
+	}
+
+	var lines []lgLine
+	waitUntil(t, "three refusal lines", func() bool {
+		lines = lgParse(t, logs.String())
+		return len(lgFind(lines, "connection refused", nil)) >= 3
+	})
+	for _, want := range []map[string]any{
+		{"protocol": "hypothesis", "reason": "origin_forbidden", "status": 403},
+		{"protocol": "native", "reason": "max_conns", "status": 503},
+		{"reason": "max_conns_per_ip", "status": 429},
+	} {
+		l := lgOne(t, lines, "INFO", "connection refused", want)
+		if l.str("remote") != "127.0.0.1" || !lgConnID.MatchString(l.str("conn")) {
+			t.Errorf("refusal without remote or conn: %v", l)
+		}
+		if _, ok := want["protocol"]; !ok {
+			if _, has := l["protocol"]; has {
+				t.Errorf("a refusal at accept names a protocol: %v", l)
+			}
+		}
+	}
 }
