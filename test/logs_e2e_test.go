@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
@@ -410,5 +411,42 @@ func TestLogsLimitRefusals(t *testing.T) {
 				t.Errorf("a refusal at accept names a protocol: %v", l)
 			}
 		}
+	}
+}
+
+// TestLogsWsifyJSON: `gateway wsify -log-format json -log-level debug`
+// writes JSON lines, with its members' lifecycle under the common names;
+// a bad --log-format is refused before anything starts.
+func TestLogsWsifyJSON(t *testing.T) {
+	t.Parallel()
+	listen := e2eFreeAddr(t)
+	cmd := exec.Command(e2eGatewayBinary(t), "wsify", "-listen-addr", listen, "-log-format", "json", "-log-level", "debug")
+	cmd.Env = e2eEnv()
+	stderr := &e2eLockedBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
+	member := wsifyMember(t, listen, exited)
+	_ = member.Close(websocket.StatusGoingAway, "leaving")
+
+	var lines []lgLine
+	waitUntil(t, "the member's close line", func() bool {
+		lines = lgParse(t, stderr.String())
+		return len(lgFind(lines, "connection closed", map[string]any{"protocol": "wsify"})) > 0
+	})
+	auth := lgOne(t, lines, "DEBUG", "authenticated", map[string]any{"protocol": "wsify", "remote": "127.0.0.1"})
+	if !strings.HasPrefix(auth.str("subject"), "wsify:") {
+		t.Errorf("subject %q, want wsify:<id>", auth.str("subject"))
+	}
+	lgOne(t, lines, "DEBUG", "connection closed", map[string]any{"conn": auth.str("conn"), "protocol": "wsify",
+		"code": 1001, "reason": "leaving", "by": "peer"})
+
+	_, errOut, code := e2eRun(t, e2eEnv(), "wsify", "-listen-addr", e2eFreeAddr(t), "-log-format", "xml")
+	if code == 0 || !strings.Contains(errOut, `--log-format "xml": want text or json`) {
+		t.Errorf("-log-format xml: exit %d, stderr %q; want a refusal", code, errOut)
 	}
 }
