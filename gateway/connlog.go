@@ -118,7 +118,7 @@ const maxCloseReason = 123
 // logPolicyClose leaves an info line for a 1008 close the client caused,
 // collapsed per reason when they repeat.
 func (c *Conn) logPolicyClose(reason string) {
-	if c.state == stateOpen {
+	if c.state == stateOpen && c.loop.srv.policyLog.Enabled() {
 		c.loop.srv.policyLog.Refused("connection closed: policy violation", c.route.Protocol.Name(), reason,
 			c.remote.Addr(), "", c.LogAttr(), slog.Int("code", int(ClosePolicyViolation)))
 	}
@@ -138,6 +138,9 @@ const (
 // authorizer calls. protocol is "" when it is not known yet (the address's
 // cap is checked at accept, before the request is read).
 func (c *Conn) logRefused(protocol, reason string, status int) {
+	if !c.loop.srv.policyLog.Enabled() {
+		return
+	}
 	c.loop.srv.policyLog.Refused("connection refused", protocol, reason, c.remote.Addr(), "",
 		c.LogAttr(), slog.Int("status", status))
 }
