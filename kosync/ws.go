@@ -123,6 +123,8 @@ func (h *wsConn) OnOpen(c *gateway.Conn) {
 func (h *wsConn) OnMessage(c *gateway.Conn, _ ws.OpCode, msg []byte) {
 	if h.busy {
 		if len(h.queue) == maxQueued {
+			h.s.refusals.Refused("connection closed: policy violation", "kosync", "too_many_requests", c.Remote().Addr(), h.user,
+				c.LogAttr(), slog.Int("code", int(gateway.CloseSlowConsumer)))
 			c.Close(gateway.CloseSlowConsumer, "too many requests in flight")
 			return
 		}

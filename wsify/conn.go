@@ -131,8 +131,7 @@ func (h *conn) OnMessage(c *gateway.Conn, op ws.OpCode, payload []byte) {
 	}
 	if h.busy {
 		if 1+len(h.queue) >= h.p.maxBacklog {
-			h.queue = nil
-			c.Close(gateway.CloseSlowConsumer, "too many messages awaiting the authorizer")
+			h.closePolicy("max_backlog", "too many messages awaiting the authorizer")
 			return
 		}
 		h.queue = append(h.queue, m)
