@@ -78,8 +78,11 @@ type Conn struct {
 	// lastActive is the wheel second of the last bytes from the peer.
 	lastActive uint32
 
-	closeCode uint16 // the code sent or received, for metrics
+	closeCode uint16 // the code sent or received, for metrics and the log
 	byPeer    bool   // the peer started the close
+	// closeReason is the reason sent, or the peer's when debug lines are
+	// written, for "connection closed" (connlog.go).
+	closeReason string
 	// admitted, ipHeld: the connection holds a place in the limiter's
 	// server cap, in its address's cap (releaseLimits).
 	admitted, ipHeld bool
@@ -300,14 +303,6 @@ func (c *Conn) slowConsumer() {
 	}
 }
 
-// logPolicyClose leaves an info line for a 1008 close the client caused,
-// collapsed per reason when they repeat.
-func (c *Conn) logPolicyClose(reason string) {
-	if c.state == stateOpen {
-		c.loop.srv.policyLog.Refused("connection closed: policy violation", c.route.Protocol.Name(), reason, c.remote.Addr(), "")
-	}
-}
-
 // slowCloseGraceSeconds is the close grace of a slow consumer: long enough
 // for a client that reads at all to reach its 1008, short enough that the
 // budget's memory is not held for long.
@@ -329,7 +324,7 @@ func (c *Conn) Close(code uint16, reason string) {
 	if code == CloseInternalError {
 		code = cmpOr(c.route.InternalError, CloseInternalError)
 	}
-	c.closeCode = code
+	c.closeCode, c.closeReason = code, reason
 	l := c.loop
 	// The state moves first: a write that fails below closes the
 	// connection, and that must be the last word.
@@ -415,6 +410,7 @@ func (c *Conn) closed() {
 	}
 	if upgraded {
 		c.loop.srv.metrics.disconnect(c.route.Protocol, c.closeCode, c.byPeer)
+		c.logClosed()
 		c.notifyClosed()
 	}
 }
@@ -591,6 +587,7 @@ func (c *Conn) closeFrame(payload []byte) gnet.Action {
 	}
 	c.byPeer = true
 	c.closeCode = code
+	c.peerReason(payload)
 	c.loop.out = AppendCloseFrame(c.loop.out, code, "")
 	c.state = stateClosing
 	return gnet.Close

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
@@ -55,3 +56,13 @@ func randomTag() uint32 {
 
 // ID returns the connection's cluster-wide name (see ConnID).
 func (c *Conn) ID() ConnID { return ConnID{Node: c.loop.srv.tag, Seq: c.seq} }
+
+// connIDKey carries a ConnID in a HeadAuthorizer's context.
+type connIDKey struct{}
+
+// ConnIDFrom returns the ConnID a HeadAuthorizer's context carries (the
+// connection being authorized), or false.
+func ConnIDFrom(ctx context.Context) (ConnID, bool) {
+	id, ok := ctx.Value(connIDKey{}).(ConnID)
+	return id, ok
+}

@@ -22,7 +22,7 @@ func (s *Server) panicked(c *Conn, where string, v any) {
 	s.metrics.panics.Inc()
 	attrs := []any{"where", where, "panic", v, "stack", string(debug.Stack())}
 	if c != nil {
-		attrs = append(attrs, "remote", c.remote)
+		attrs = append(attrs, c.LogAttr(), remoteAttr(c.remote.Addr()))
 		if c.route != nil {
 			attrs = append(attrs, "protocol", c.route.Protocol.Name())
 		}
@@ -53,7 +53,7 @@ func (c *Conn) failAfterPanic() {
 // RecoverOffLoop.
 func (s *Server) panickedOffLoop(c *Conn, where string, v any) {
 	s.metrics.panics.Inc()
-	s.logger.Error("panic recovered off the event loops", "where", where, "remote", c.remote,
+	s.logger.Error("panic recovered off the event loops", "where", where, c.LogAttr(), remoteAttr(c.remote.Addr()),
 		"panic", v, "stack", string(debug.Stack()))
 }
 

@@ -129,7 +129,7 @@ func (l *Loop) accept() error {
 		URI: hs.uri, Path: pathOf(hs.uri), Host: hs.host,
 		Origin: nilIfEmpty(hs.origin), Authorization: nilIfEmpty(hs.auth),
 		ForwardedFor: nilIfEmpty(hs.xff), ForwardedProto: nilIfEmpty(hs.xfp),
-		Remote: hs.conn.remote, Authorized: hs.conn.authState,
+		Remote: hs.conn.remote, Authorized: hs.conn.authState, ID: hs.conn.ID(),
 	}
 	h, err := hs.route.Protocol.Accept(&hs.req)
 	if err != nil {
@@ -197,6 +197,7 @@ func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
 		result, response := lim.admit(route, headerValue(head, headerOrigin))
 		if response != nil {
 			srv.metrics.handshake(route.Protocol, result)
+			c.logRefused(route.Protocol.Name(), lim.refusalReason(result), responseStatus(response))
 			c.sysWrite(response)
 			return 0, gnet.Close
 		}
@@ -205,6 +206,7 @@ func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
 	if a, ok := route.Protocol.(HeadAuthorizer); ok {
 		if !c.authorize(a, head) {
 			srv.metrics.handshake(route.Protocol, resultAuthorizerBusy)
+			c.logRefused(route.Protocol.Name(), refusedAuthorizing, http.StatusServiceUnavailable)
 			c.sysWrite(response503Authorizing)
 			return 0, gnet.Close
 		}
@@ -230,7 +232,7 @@ func (c *Conn) authorize(a HeadAuthorizer, head []byte) bool {
 		srv.authorizing.Add(-1)
 		return false
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connIDKey{}, c.ID()))
 	c.authorizing, c.cancelAuth = true, cancel
 	copied := append([]byte(nil), head...)
 	l := c.loop
@@ -343,6 +345,7 @@ func (c *Conn) upgrade(head []byte) (int, gnet.Action) {
 	l.hs.conn, l.hs.handler, l.hs.route = nil, nil, nil
 	c.state = stateOpen
 	l.srv.metrics.upgraded(c.route.Protocol, l.srv.sinceEpoch()-c.accept)
+	c.logOpened()
 	c.handler.OnOpen(c)
 	return len(head), gnet.None
 }

@@ -30,7 +30,7 @@ type Protocol interface {
 // with 403. ctx is canceled when the connection closes meanwhile (the
 // client left, the handshake timed out, the server stops): end the call
 // then, its answer is dropped. At most Options.MaxAuthorizing calls run at
-// once, server-wide.
+// once, server-wide. ConnIDFrom(ctx) names the connection, for log lines.
 type HeadAuthorizer interface {
 	AuthorizeHead(ctx context.Context, head []byte, remote netip.AddrPort) (state any, err error)
 }
@@ -106,6 +106,9 @@ type Request struct {
 	Remote                                              netip.AddrPort
 	// Authorized is what the protocol's HeadAuthorizer returned, if any.
 	Authorized any
+	// ID names the connection being upgraded, for the protocol's log
+	// lines (ID.LogAttr).
+	ID ConnID
 }
 
 // HTTPError refuses an upgrade with an HTTP status and a short text.

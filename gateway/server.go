@@ -196,6 +196,8 @@ type Server struct {
 	// handOffLog writes the plain HTTP requests that could not be handed
 	// to net/http (out of descriptors), collapsed when they repeat.
 	handOffLog *ratelog.Logger
+	// lifeLog writes the connection lifecycle at debug (connlog.go).
+	lifeLog *ratelog.Logger
 }
 
 // New returns a server that delivers publishes through hub. Add routes and
@@ -214,6 +216,7 @@ func New(opts Options, hub *session.Hub) *Server {
 	hub.SetMaxReplay(s.opts.MaxOutbound / 2)
 	s.policyLog = ratelog.New(opts.Logger, slog.LevelInfo, 0)
 	s.handOffLog = ratelog.New(opts.Logger, slog.LevelWarn, 0)
+	s.lifeLog = ratelog.NewBurst(opts.Logger, slog.LevelDebug, 0, lifecycleBurst)
 	s.gate = newAcceptGate(s.logger, s.metrics.acceptErrors)
 	s.AddListener(MainListener, opts.Listen)
 	return s
@@ -472,6 +475,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		var refusal []byte
 		if c.ipHeld, refusal = lim.acceptIP(c.remote.Addr().Unmap()); refusal != nil {
 			s.metrics.handshake(nil, resultOverLimit)
+			c.logRefused("", refusedMaxConnsIP, http.StatusTooManyRequests)
 			c.refuseAtAccept(refusal)
 		}
 	}

@@ -46,6 +46,7 @@ func (s *socket) OnOpen(c *gateway.Conn) {
 	s.c, s.out = c, c
 	s.st = s.p.loopState(c.Loop())
 	if s.authenticated {
+		c.Authenticated(s.claims.Subject)
 		s.sess = session.New(s.claims, s)
 		c.Loop().Shard().Add(s.sess)
 	}

@@ -2,6 +2,7 @@ package hypothesis
 
 import (
 	"encoding/json"
+	"log/slog"
 	"slices"
 
 	"github.com/gobwas/ws"
@@ -77,7 +78,13 @@ func (d *dispatcher) Close(uint16, string) {}
 func (st *loopState) dispatch(payload []byte) {
 	var ev wireEvent
 	if err := json.Unmarshal(payload, &ev); err != nil || ev.V != wireVersion {
-		st.p.log.Warn("hypothesis: undecodable event on the hub", "err", err, "version", ev.V)
+		if st.p.warns.Enabled() {
+			attrs := []slog.Attr{slog.String("protocol", "hypothesis"), slog.Int("version", ev.V)}
+			if err != nil {
+				attrs = append(attrs, slog.String("err", err.Error()))
+			}
+			st.p.warns.Log("undecodable", "hypothesis: undecodable event on the hub", attrs...)
+		}
 		return
 	}
 	st.seq++

@@ -77,6 +77,9 @@ type Protocol struct {
 	events *prometheus.CounterVec
 	// refusals logs rejected tokens (info, collapsed per reason).
 	refusals *ratelog.Logger
+	// warns logs undecodable hub events (collapsed: an outside publisher
+	// may send them at any rate, and they reach every loop).
+	warns *ratelog.Logger
 	// counted holds the children of events, by action, resolved once.
 	counted map[string]prometheus.Counter
 	// stateKey is this protocol's key in Loop.Local.
@@ -103,7 +106,8 @@ func New(o Options) (*Protocol, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	p := &Protocol{opts: o, log: o.Logger, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0)}
+	p := &Protocol{opts: o, log: o.Logger, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0),
+		warns: ratelog.New(o.Logger, slog.LevelWarn, 0)}
 	p.stateKey = p
 	p.events = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gateway_hypothesis_events_total",
@@ -162,7 +166,7 @@ func (p *Protocol) Accept(r *gateway.Request) (gateway.Handler, error) {
 		s.userid, s.claims, reason, subject = p.authenticate(tok)
 		s.authenticated = reason == ""
 		if !s.authenticated {
-			p.refusals.Refused("authentication failed", "hypothesis", reason, r.Remote.Addr(), subject)
+			p.refusals.Refused("authentication failed", "hypothesis", reason, r.Remote.Addr(), subject, r.ID.LogAttr())
 		}
 	}
 	return s, nil

@@ -29,6 +29,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -243,7 +244,8 @@ func (s *Service) writeDocument(ctx context.Context, user, hash, id string, fn f
 		beforeAnnounce(doc)
 	}
 	if err := s.opts.Hub.Publish(userChannel(user), announceFrame(doc), 0); err != nil {
-		s.log.Warn("kosync: announce not published", "user", user, "document", id, "err", err)
+		s.warns.Log("announce", "kosync: announce not published", slog.String("protocol", "kosync"),
+			slog.String("subject", user), slog.String("document", id), slog.String("err", err.Error()))
 	}
 	return doc, nil
 }

@@ -31,6 +31,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -253,10 +254,10 @@ func (s *Service) apiFail(w http.ResponseWriter, err error) {
 	case errors.Is(err, errUnauthorized), errors.Is(err, ErrStale), errors.Is(err, ErrUserNotFound):
 		writeText(w, http.StatusUnauthorized, "Unauthorized")
 	case errors.Is(err, ErrUnavailable):
-		s.log.Warn("kosync: store unavailable", "err", err)
+		s.warns.Log("store_unavailable", "kosync: store unavailable", slog.String("protocol", "kosync"), slog.String("err", err.Error()))
 		writeText(w, http.StatusServiceUnavailable, "Service Unavailable")
 	default:
-		s.log.Error("kosync: store error", "err", err)
+		s.errs.Log("store_error", "kosync: store error", slog.String("protocol", "kosync"), slog.String("err", err.Error()))
 		writeText(w, http.StatusInternalServerError, "Internal Server Error")
 	}
 }

@@ -36,6 +36,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -182,10 +183,10 @@ func (s *Service) koFail(w http.ResponseWriter, err error) {
 	case errors.Is(err, errUnauthorized), errors.Is(err, ErrStale), errors.Is(err, ErrUserNotFound):
 		writeJSON(w, http.StatusUnauthorized, koUnauthorized)
 	case errors.Is(err, ErrUnavailable):
-		s.log.Warn("kosync: store unavailable", "err", err)
+		s.warns.Log("store_unavailable", "kosync: store unavailable", slog.String("protocol", "kosync"), slog.String("err", err.Error()))
 		writeJSON(w, http.StatusBadGateway, koStoreDown)
 	default:
-		s.log.Error("kosync: store error", "err", err)
+		s.errs.Log("store_error", "kosync: store error", slog.String("protocol", "kosync"), slog.String("err", err.Error()))
 		writeJSON(w, http.StatusBadGateway, koStoreError)
 	}
 }
@@ -202,7 +203,7 @@ func (s *Service) revokeUser(ctx context.Context, user string) {
 	ctx, cancel := background(ctx)
 	defer cancel()
 	if err := s.opts.Revoker.RevokeSubject(ctx, jwtSubject(user), time.Now()); err != nil {
-		s.log.Error("kosync: revoking the user's tokens failed", "user", user, "err", err)
+		s.log.Error("kosync: revoking the user's tokens failed", "protocol", "kosync", "subject", user, "err", err)
 	}
 }
 

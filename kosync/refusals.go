@@ -2,6 +2,7 @@ package kosync
 
 import (
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/netip"
 )
@@ -57,10 +58,10 @@ func (s *Service) logRefused(r *http.Request, reason, user string) {
 	s.logRefusedFrom(s.clientAddr(r), reason, user)
 }
 
-func (s *Service) logRefusedFrom(from netip.Addr, reason, user string) {
+func (s *Service) logRefusedFrom(from netip.Addr, reason, user string, extra ...slog.Attr) {
 	msg := "authentication failed"
 	if reason == reasonRateLimited || reason == reasonHashBusy {
 		msg = "request throttled"
 	}
-	s.refusals.Refused(msg, "kosync", reason, from, user)
+	s.refusals.Refused(msg, "kosync", reason, from, user, extra...)
 }

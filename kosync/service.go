@@ -90,6 +90,9 @@ type Service struct {
 	refusals *ratelog.Logger
 	// httpMetrics counts and times the HTTP requests by route.
 	httpMetrics *httpMetrics
+	// warns and errs log failures of the store and the broker, collapsed:
+	// during an outage every request fails the same way.
+	warns, errs *ratelog.Logger
 
 	userLocks [256]sync.Mutex // see userLock
 
@@ -119,7 +122,8 @@ func New(o Options) (*Service, error) {
 	if err := o.applyHashDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Service{opts: o, log: o.Logger, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0), httpMetrics: newHTTPMetrics()}
+	s := &Service{opts: o, log: o.Logger, refusals: ratelog.New(o.Logger, slog.LevelInfo, 0), httpMetrics: newHTTPMetrics(),
+		warns: ratelog.New(o.Logger, slog.LevelWarn, 0), errs: ratelog.New(o.Logger, slog.LevelError, 0)}
 	s.auth = newAuthenticator(o.Store, o.Secrets, o)
 	s.jwt = newJWTKeys(o.Secrets, o.JWTTTL)
 	o.Hub.OnReconnect(s.closeSubscribers)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -77,7 +78,7 @@ func (p *wsProtocol) Accept(r *gateway.Request) (gateway.Handler, error) {
 	if err == nil {
 		h.user, h.claims = user, claims
 	} else {
-		p.s.logRefusedFrom(p.s.clientAddrOf(r.Remote.Addr(), string(r.ForwardedFor)), authReason(err), "")
+		p.s.logRefusedFrom(p.s.clientAddrOf(r.Remote.Addr(), string(r.ForwardedFor)), authReason(err), "", r.ID.LogAttr())
 	}
 	h.tokenOK = err == nil
 	return h, nil
@@ -110,6 +111,7 @@ func (h *wsConn) OnOpen(c *gateway.Conn) {
 		c.Close(packet.CloseUnauthorized, "invalid access token")
 		return
 	}
+	c.Authenticated(h.user)
 	h.sess = session.New(h.claims, h)
 	c.Loop().Shard().Add(h.sess)
 	h.doneFn = h.done
@@ -121,6 +123,8 @@ func (h *wsConn) OnOpen(c *gateway.Conn) {
 func (h *wsConn) OnMessage(c *gateway.Conn, _ ws.OpCode, msg []byte) {
 	if h.busy {
 		if len(h.queue) == maxQueued {
+			h.s.refusals.Refused("connection closed: policy violation", "kosync", "too_many_requests", c.Remote().Addr(), h.user,
+				c.LogAttr(), slog.Int("code", int(gateway.CloseSlowConsumer)))
 			c.Close(gateway.CloseSlowConsumer, "too many requests in flight")
 			return
 		}
@@ -291,7 +295,8 @@ func (h *wsConn) done(arg any) {
 	case errors.As(r.err, &in):
 		h.rpcError(r.method, in.Message)
 	default:
-		h.s.log.Error("kosync websocket request failed", "method", r.method, "user", h.user, "err", r.err)
+		h.s.errs.Log("ws_request", "kosync websocket request failed", h.c.LogAttr(), slog.String("protocol", "kosync"),
+			slog.String("subject", h.user), slog.String("method", r.method), slog.String("err", r.err.Error()))
 		h.rpcError(r.method, "Internal server error")
 	}
 	for !h.busy && len(h.queue) > 0 && h.c.Open() {

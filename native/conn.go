@@ -3,6 +3,7 @@ package native
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -80,7 +81,7 @@ func (h *conn) check(msg []byte) bool {
 			return true
 		case n == MaxPacketsPerMessage:
 			h.p.refusals.Refused("connection closed: policy violation", "native", "too_many_packets",
-				h.c.Remote().Addr(), h.sess.Claims.Subject)
+				h.c.Remote().Addr(), h.sess.Claims.Subject, h.c.LogAttr(), slog.Int("code", int(gateway.ClosePolicyViolation)))
 			h.c.Close(gateway.ClosePolicyViolation, tooManyPackets)
 			return false
 		}
@@ -118,6 +119,7 @@ func (h *conn) authenticate(msg []byte) {
 		return
 	}
 	h.p.metrics.authOK.Inc()
+	h.c.Authenticated(claims.Subject)
 	h.sess = session.New(claims, h)
 	h.sess.MaxSubscriptions = h.p.opts.MaxSubscriptions
 	h.c.Loop().Shard().Add(h.sess)
@@ -126,7 +128,7 @@ func (h *conn) authenticate(msg []byte) {
 
 func (h *conn) refuse(reason string, code uint16, text string) {
 	h.p.metrics.authFailures[reason].Inc()
-	h.logRefused(reason, "")
+	h.logRefused(reason, "", code)
 	h.c.Close(code, text)
 }
 
@@ -134,14 +136,18 @@ func (h *conn) refuse(reason string, code uint16, text string) {
 // signature held (expired, revoked), else "".
 func (h *conn) refuseKey(reason, subject, text string) {
 	h.p.metrics.authFailures[reason].Inc()
-	h.logRefused(reason, subject)
+	h.logRefused(reason, subject, packet.CloseUnauthorized)
 	h.c.Close(packet.CloseUnauthorized, text)
 }
 
 // logRefused logs a failed authentication (info, collapsed per reason;
-// the subject of a signed key at most, never the key).
-func (h *conn) logRefused(reason, subject string) {
-	h.p.refusals.Refused("authentication failed", "native", reason, h.c.Remote().Addr(), subject)
+// the subject of a signed key at most, never the key) with the close code
+// it gets.
+func (h *conn) logRefused(reason, subject string, code uint16) {
+	if h.p.refusals.Enabled() {
+		h.p.refusals.Refused("authentication failed", "native", reason, h.c.Remote().Addr(), subject,
+			h.c.LogAttr(), slog.Int("code", int(code)))
+	}
 }
 
 // pong answers a Ping (and a successful auth) and moves the deadline.
@@ -277,7 +283,7 @@ func (h *conn) OnDeadline(c *gateway.Conn) {
 	switch {
 	case h.sess == nil:
 		h.p.metrics.authFailures[reasonTimeout].Inc()
-		h.logRefused(reasonTimeout, "")
+		h.logRefused(reasonTimeout, "", packet.CloseTimeout)
 		c.Close(packet.CloseTimeout, fmt.Sprintf("authentication timeout: no auth message within %v", h.p.opts.HandshakeTimeout))
 	case !time.Now().Before(h.sess.Claims.Expires):
 		c.Close(packet.CloseUnauthorized, "access key expired")

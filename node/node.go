@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"github.com/wsgateway/gateway/gateway"
 	"github.com/wsgateway/gateway/history"
 	"github.com/wsgateway/gateway/hypothesis"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/kosync"
 	"github.com/wsgateway/gateway/native"
 	"github.com/wsgateway/gateway/packet"
@@ -143,8 +145,11 @@ type Node struct {
 	Secrets *token.Secrets
 	Revoker *token.Revoker
 
-	cfg    Config
-	log    *slog.Logger
+	cfg Config
+	log *slog.Logger
+	// revLog writes the revocations the node applies and the sessions
+	// they close (info, collapsed per kind: a reload replays them all).
+	revLog *ratelog.Logger
 	redis  *redis.Client
 	store  token.Store
 	docs   kosync.Store
@@ -283,7 +288,7 @@ func Start(cfg Config) (*Node, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{cfg: cfg, log: cfg.Logger, cancel: cancel, sweep: make(chan struct{}, 1), done: make(chan struct{})}
+	n := &Node{cfg: cfg, log: cfg.Logger, revLog: ratelog.New(cfg.Logger, slog.LevelInfo, 0), cancel: cancel, sweep: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := n.start(ctx, cfg); err != nil {
 		n.stopParts() // what started before the failure
 		return nil, err
@@ -605,6 +610,15 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 // revoked is the Revoker's callback, from any goroutine: it asks for a
 // sweep. Bursts (a reload calls it once per record) coalesce into one pass.
 func (n *Node) revoked(rv token.Revocation) {
+	if n.revLog.Enabled() {
+		attrs := []slog.Attr{slog.String("kind", rv.Kind.String())}
+		if rv.Kind == token.KindID {
+			attrs = append(attrs, slog.String("id", rv.ID.String()))
+		} else {
+			attrs = append(attrs, slog.String("subject", ratelog.Truncate(rv.Subject, ratelog.MaxSubjectLen)))
+		}
+		n.revLog.Log("applied\x00"+rv.Kind.String(), "revocation applied", attrs...)
+	}
 	if n.Kosync != nil {
 		n.Kosync.Revoked(rv) // evicts the user's verified keys
 	}
@@ -628,6 +642,7 @@ func (n *Node) sweepRevoked() {
 		n.Hub.EachShard(func(sh *session.Shard) {
 			sh.Each(func(s *session.Session) {
 				if set.Check(s.Claims) {
+					n.logRevokedSession(s.Claims)
 					s.Sink.Close(packet.CloseRevoked, "access key revoked")
 				}
 			})
@@ -650,6 +665,19 @@ func (n *Node) sweepHistory(ctx context.Context) {
 			n.Hub.SweepHistory()
 		}
 	}
+}
+
+// logRevokedSession writes a session closed by the sweep (info,
+// collapsed); its connection's debug line follows with code 3004.
+func (n *Node) logRevokedSession(c token.Claims) {
+	if !n.revLog.Enabled() {
+		return
+	}
+	attrs := []slog.Attr{slog.String("subject", ratelog.Truncate(c.Subject, ratelog.MaxSubjectLen))}
+	if c.ID != (token.KeyID{}) {
+		attrs = append(attrs, slog.String("id", c.ID.String()))
+	}
+	n.revLog.Log("closed", "session closed: access key revoked", append(attrs, slog.Int("code", int(packet.CloseRevoked)))...)
 }
 
 // Addr is the main listener's address.
@@ -695,17 +723,31 @@ func (n *Node) stopParts() {
 	}
 }
 
-var redisLogOnce sync.Once
-
-// routeRedisLogs sends go-redis's own log lines (dial failures while Redis is
-// down) to the node's logger instead of stderr. go-redis has one logger per
-// process: the first node's logger wins.
-func routeRedisLogs(l *slog.Logger) {
-	redisLogOnce.Do(func() { redis.SetLogger(redisLogger{l}) })
+// redisLogs is where go-redis's own log lines go. go-redis has one logger
+// per process: the first node that uses Redis sets it, and its logger
+// wins.
+var redisLogs struct {
+	once sync.Once
+	to   atomic.Pointer[ratelog.Logger]
 }
 
-type redisLogger struct{ l *slog.Logger }
+// routeRedisLogs sends go-redis's own log lines (dial failures while Redis
+// is down) to the node's logger, at warn with from=go-redis, instead of
+// stderr; collapsed per kind of line (ratelog): while Redis is down, its
+// dial failures (about one a second per client and pub/sub connection)
+// make one line per kind per interval, with a count (repeated=N).
+func routeRedisLogs(l *slog.Logger) {
+	redisLogs.to.CompareAndSwap(nil, ratelog.New(l.With("from", "go-redis"), slog.LevelWarn, 0))
+	redisLogs.once.Do(func() { redis.SetLogger(redisLogger{}) })
+}
 
-func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
-	r.l.Warn(fmt.Sprintf(format, v...), "from", "go-redis")
+type redisLogger struct{}
+
+// Printf collapses lines per format string: go-redis's formats are
+// constants, a closed set, while the text varies (attempt counts, conn
+// numbers), so a flood of one kind of failure is one line per interval.
+func (redisLogger) Printf(_ context.Context, format string, v ...any) {
+	if to := redisLogs.to.Load(); to.Enabled() {
+		to.Log(format, strings.TrimSpace(fmt.Sprintf(format, v...)))
+	}
 }

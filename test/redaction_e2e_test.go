@@ -35,22 +35,27 @@ func (l *lockedBuffer) String() string {
 }
 
 // TestSecretsNeverLogged drives every place a credential travels (native
-// auth, KOsync and Hypothesis tokens in URLs, admin revocations, a failing
-// revocation store) with debug logging on, and checks that no key, JWT or
-// password appears in the node's log.
+// auth, KOsync and Hypothesis tokens in URLs and headers, a wsify token in
+// the query and its broadcasting key, admin revocations) with debug
+// logging on, in both log formats, and checks that no key, JWT or password
+// appears in the node's log, while the connection lifecycle lines about
+// those very connections are there.
 func TestSecretsNeverLogged(t *testing.T) {
 	t.Parallel()
-	logs := &lockedBuffer{}
+	const broadcastKey, wsifyToken = "broadcast-key-5e0c4b1d", "wsify-query-token-9a7f33e2"
+	logs, jsonLogs := &lockedBuffer{}, &lockedBuffer{}
 	n := startNode(t, func(c *node.Config) {
-		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		opts := &slog.HandlerOptions{Level: slog.LevelDebug}
+		c.Logger = slog.New(slog.NewMultiHandler(slog.NewTextHandler(logs, opts), slog.NewJSONHandler(jsonLogs, opts)))
 		c.WsifyListen = "127.0.0.1:0"
+		c.Wsify.BroadcastingKey = broadcastKey
 	})
 	raw, _, err := n.Secrets.Issue("alice", time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	keyText := token.EncodeText(raw)
-	secrets := []string{keyText, testSecret}
+	secrets := []string{keyText, testSecret, broadcastKey, wsifyToken}
 
 	// Native: a good key, then a tampered one.
 	c := dial(t, n)
@@ -83,10 +88,29 @@ func TestSecretsNeverLogged(t *testing.T) {
 		_ = ws.CloseNow()
 	}
 
-	// Hypothesis: the key in the query string.
+	// Hypothesis: the key in the query string, a tampered one as a Bearer.
 	h := dialText(t, "ws://"+n.Addr().String()+"/ws?access_token="+keyText)
 	writeText(t, h, `{"type":"whoami","id":1}`)
 	readText(t, h)
+	tamperedText := token.EncodeText(bad)
+	secrets = append(secrets, tamperedText)
+	h2, _, err := websocket.Dial(testCtx(t), "ws://"+n.Addr().String()+"/ws",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + tamperedText}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeText(t, h2, `{"type":"whoami","id":1}`)
+	readText(t, h2)
+	_ = h2.Close(websocket.StatusNormalClosure, "")
+
+	// wsify: a token in the query (the authorizer's business, never the
+	// log's), the broadcasting key in a POST.
+	w := dialText(t, "ws://"+n.WsifyAddr().String()+"/ws?token="+wsifyToken)
+	_ = w.Close(websocket.StatusNormalClosure, "done")
+	if code, body := post(t, "http://"+n.WsifyAddr().String()+"/broadcast?key="+broadcastKey, "application/json",
+		`{"channel":"c","content":1}`); code != 201 {
+		t.Fatalf("broadcast: %d %s", code, body)
+	}
 
 	// Admin: revoke by key (logged as an id at most).
 	if code, body := post(t, adminURL(n)+"/api/revoke", "application/json", `{"key":"`+keyText+`"}`); code != 200 {
@@ -95,13 +119,29 @@ func TestSecretsNeverLogged(t *testing.T) {
 	expectClose(t, c, 3004, "access key revoked")
 
 	time.Sleep(100 * time.Millisecond) // let the last log lines land
-	out := logs.String()
-	if out == "" {
-		t.Fatal("no log lines at all: the check would be vacuous")
+	out, jsonOut := logs.String(), jsonLogs.String()
+	// Not vacuous: the lines about these very connections are there.
+	for _, want := range []string{
+		`msg="connection opened" conn=`, `msg=authenticated conn=`, `protocol=native remote=127.0.0.1 subject=alice`,
+		`protocol=hypothesis remote=127.0.0.1 subject=alice`, `protocol=kosync remote=127.0.0.1 subject=redact`,
+		`protocol=wsify remote=127.0.0.1 subject=wsify:`, `msg="connection closed" conn=`,
+		`code=3001 reason="invalid access key" by=server`, `code=3004 reason="access key revoked" by=server`,
+		`msg="authentication failed" protocol=hypothesis remote=127.0.0.1 reason=invalid conn=`,
+		`msg="revocation applied" kind=id id=`, `msg="session closed: access key revoked" subject=alice`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no log line with %q", want)
+		}
+	}
+	if !strings.Contains(jsonOut, `"msg":"authenticated"`) {
+		t.Error("no JSON lifecycle line: the JSON check would be vacuous")
 	}
 	for _, s := range secrets {
-		if strings.Contains(out, s) {
-			t.Fatalf("a credential appears in the log:\n%s", out)
+		if strings.Contains(out, s) || strings.Contains(jsonOut, s) {
+			t.Errorf("a credential appears in the log: %q", s)
 		}
+	}
+	if t.Failed() || testing.Verbose() {
+		t.Logf("log:\n%s", out)
 	}
 }

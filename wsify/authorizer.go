@@ -97,7 +97,8 @@ func (p *Protocol) AuthorizeHead(ctx context.Context, head []byte, remote netip.
 	}
 	v, status, err := p.call(ctx, b)
 	if v != allow {
-		p.logVerdict("connect", id.id, remote.Addr(), v, status, err)
+		gid, _ := gateway.ConnIDFrom(ctx)
+		p.logVerdict("connect", id.id, gid, remote.Addr(), v, status, err)
 		return nil, &gateway.HTTPError{Status: http.StatusForbidden}
 	}
 	return id, nil
@@ -158,18 +159,21 @@ func (p *Protocol) call(parent context.Context, body []byte) (verdict, int, erro
 // logVerdict logs a refusal: at info (collapsed per call) for a deny, as
 // a warning (at most one a second) when the authorizer is down. Neither
 // the query nor the headers are logged: they carry tokens.
-func (p *Protocol) logVerdict(what, connID string, remote netip.Addr, v verdict, status int, err error) {
+//
+// wsifyID is wsify's own connection id (the subject is "wsify:<id>"),
+// gid the gateway's (the conn field).
+func (p *Protocol) logVerdict(what, wsifyID string, gid gateway.ConnID, remote netip.Addr, v verdict, status int, err error) {
 	switch v {
 	case deny:
 		reason := "denied_connect"
 		if what != "connect" {
 			reason = "denied_message"
 		}
-		p.refusals.Refused("request refused", "wsify", reason, remote, "wsify:"+connID,
-			slog.String("command", ratelog.Truncate(what, 32)), slog.Int("status", status))
+		p.refusals.Refused("request refused", "wsify", reason, remote, "wsify:"+wsifyID,
+			slog.String("command", ratelog.Truncate(what, 32)), slog.Int("status", status), gid.LogAttr())
 	case unavailable, timedOut:
-		attrs := []slog.Attr{slog.String("call", ratelog.Truncate(what, 32)), slog.String("conn", connID),
-			slog.Int("status", status), slog.Bool("timeout", v == timedOut)}
+		attrs := []slog.Attr{remoteAttr(remote), slog.String("subject", "wsify:"+wsifyID), gid.LogAttr(),
+			slog.String("call", ratelog.Truncate(what, 32)), slog.Int("status", status), slog.Bool("timeout", v == timedOut)}
 		if err != nil {
 			attrs = append(attrs, slog.String("err", redactURLError(err)))
 		}
@@ -186,3 +190,6 @@ func redactURLError(err error) string {
 	}
 	return err.Error()
 }
+
+// remoteAttr is the "remote" log field: the peer's IP, no port.
+func remoteAttr(a netip.Addr) slog.Attr { return slog.String("remote", a.Unmap().String()) }

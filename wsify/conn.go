@@ -108,6 +108,7 @@ func (h *conn) OnOpen(c *gateway.Conn) {
 	// The subject lets an operator revoke one wsify connection by subject
 	// ("wsify:<conn id>"); wsify has no keys of its own.
 	h.sess = session.New(token.Claims{Subject: "wsify:" + h.id.id}, h)
+	c.Authenticated(h.sess.Claims.Subject)
 	h.sess.MaxSubscriptions = h.p.maxJoins
 	c.Loop().Shard().Add(h.sess)
 	h.doneFn = h.done
@@ -130,8 +131,7 @@ func (h *conn) OnMessage(c *gateway.Conn, op ws.OpCode, payload []byte) {
 	}
 	if h.busy {
 		if 1+len(h.queue) >= h.p.maxBacklog {
-			h.queue = nil
-			c.Close(gateway.CloseSlowConsumer, "too many messages awaiting the authorizer")
+			h.closePolicy("max_backlog", "too many messages awaiting the authorizer")
 			return
 		}
 		h.queue = append(h.queue, m)
@@ -178,9 +178,9 @@ func (h *conn) done(arg any) {
 	case allow:
 		h.run(r.m)
 	case deny:
-		h.p.logVerdict(r.m.command, h.id.id, h.c.Remote().Addr(), r.v, r.status, r.err)
+		h.p.logVerdict(r.m.command, h.id.id, h.c.ID(), h.c.Remote().Addr(), r.v, r.status, r.err)
 	default:
-		h.p.logVerdict(r.m.command, h.id.id, h.c.Remote().Addr(), r.v, r.status, r.err)
+		h.p.logVerdict(r.m.command, h.id.id, h.c.ID(), h.c.Remote().Addr(), r.v, r.status, r.err)
 		h.queue = nil
 		h.c.Close(gateway.CloseInternalError, "authorizer unavailable")
 		return
@@ -221,7 +221,7 @@ func (h *conn) run(m *message) {
 			// Counted by the hub (gateway_broker_refusals_total); the
 			// client is not told, as upstream tells it nothing.
 			h.p.warns.Log("ws_broadcast", "wsify: broadcast refused by the broker",
-				slog.String("conn", h.id.id), slog.String("err", err.Error()))
+				h.c.LogAttr(), slog.String("subject", h.sess.Claims.Subject), slog.String("err", err.Error()))
 		}
 	}
 }
@@ -229,7 +229,8 @@ func (h *conn) run(m *message) {
 // closePolicy closes with 1008 for a limit the client passed, with an info
 // line (collapsed per reason).
 func (h *conn) closePolicy(reason, text string) {
-	h.p.refusals.Refused("connection closed: policy violation", "wsify", reason, h.c.Remote().Addr(), "wsify:"+h.id.id)
+	h.p.refusals.Refused("connection closed: policy violation", "wsify", reason, h.c.Remote().Addr(), h.sess.Claims.Subject,
+		h.c.LogAttr(), slog.Int("code", int(gateway.ClosePolicyViolation)))
 	h.queue = nil
 	h.c.Close(gateway.ClosePolicyViolation, text)
 }

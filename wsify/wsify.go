@@ -254,7 +254,7 @@ func (p *Protocol) WarnIfOpen(addr net.Addr) bool {
 		return false
 	}
 	p.log.Warn("wsify: POST /broadcast needs no key and the listener is not loopback: anyone who reaches it may publish; set the broadcasting key",
-		"addr", fmt.Sprint(addr))
+		"listen", fmt.Sprint(addr))
 	return true
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -30,7 +31,7 @@ func secretFlags(fs *flag.FlagSet, cfg *node.Config) {
 
 func serve(args []string) error {
 	var cfg node.Config
-	var logLevel string
+	var logLevel, logFormat string
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "main listener: WebSocket and HTTP")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", gateway.DefaultAdminListen, "admin listener: metrics, health, admin API")
@@ -59,6 +60,7 @@ func serve(args []string) error {
 	origins := fs.String("allowed-origins", "", "origins the browser protocols (KOsync, Hypothesis, wsify, echo) accept: scheme://host[:port], scheme://*.domain or *, comma separated; requests without Origin pass (empty: all)")
 	fs.StringVar(&cfg.AdminToken, "admin-token", "", "bearer token the admin API requires (needed for a non-loopback --admin-listen)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	logFormatFlag(fs, &logFormat)
 	registration := fs.Bool("kosync-registration", true, "KOReader sync: allow POST /users/create")
 	fs.BoolVar(&cfg.Kosync.StrictAccept, "kosync-strict-accept", false, "KOReader sync: answer 412 to a missing or foreign Accept header, as the reference server does; this locks out clients that send no application/vnd.koreader.v1+json Accept (Readest's proxy route, curl, most scripts), so leave it off unless every client is KOReader")
 	fs.DurationVar(&cfg.Kosync.JWTTTL, "kosync-jwt-ttl", kosync.DefaultJWTTTL, "KOsync: lifetime of the JWTs /api/auth.jwt and /api/ws hand out")
@@ -98,16 +100,15 @@ func serve(args []string) error {
 		return fmt.Errorf("--trusted-proxies: %w", err)
 	}
 	cfg.Secret = os.Getenv("GATEWAY_SECRET")
-	return runNode(cfg, logLevel)
+	return runNode(cfg, logLevel, logFormat)
 }
 
 // runNode starts a node and runs it until SIGTERM or SIGINT, then drains it.
-func runNode(cfg node.Config, logLevel string) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+func runNode(cfg node.Config, logLevel, logFormat string) error {
+	var err error
+	if cfg.Logger, err = newLogger(os.Stderr, logLevel, logFormat); err != nil {
+		return err
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	n, err := node.Start(cfg)
 	if err != nil {
 		return err
@@ -116,7 +117,7 @@ func runNode(cfg node.Config, logLevel string) error {
 	if a := n.AdminAddr(); a != nil {
 		admin = "http://" + a.String()
 	}
-	cfg.Logger.Info("gateway listening", "addr", n.Addr().String(), "admin", admin, "redis", cfg.RedisURL != "")
+	cfg.Logger.Info("gateway listening", "listen", n.Addr().String(), "admin", admin, "redis", cfg.RedisURL != "")
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -126,6 +127,34 @@ func runNode(cfg node.Config, logLevel string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cmpOr(cfg.ShutdownTimeout, gateway.DefaultShutdownTimeout)+5*time.Second)
 	defer cancel()
 	return n.Shutdown(ctx)
+}
+
+// Log formats of --log-format.
+const (
+	logFormatText = "text" // logfmt-like key=value lines (slog.TextHandler)
+	logFormatJSON = "json" // one JSON object a line (slog.JSONHandler), for log shippers
+)
+
+// logFormatFlag declares --log-format.
+func logFormatFlag(fs *flag.FlagSet, format *string) {
+	fs.StringVar(format, "log-format", logFormatText, "text, or json (one object a line, for log shippers)")
+}
+
+// newLogger builds the process's logger on w from --log-level and
+// --log-format.
+func newLogger(w io.Writer, logLevel, logFormat string) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch logFormat {
+	case logFormatText:
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case logFormatJSON:
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", logFormat)
 }
 
 func cmpOr(v, def time.Duration) time.Duration {

@@ -4,7 +4,8 @@
 //
 // Lines are grouped by a key the caller picks from a closed set (protocol
 // and reason, never client input). The first line of a key is written at
-// once. Repeats within the interval that follows are counted, not written;
+// once (the first burst lines, for a Logger from NewBurst). Repeats within
+// the interval that follows are counted, not written;
 // at the end of that interval one line stands for them all: the last
 // repeat's message and fields plus repeated=<count>. A key that stays quiet
 // for a whole interval is forgotten, so the next line is written at once
@@ -18,6 +19,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -25,8 +27,26 @@ import (
 )
 
 // DefaultInterval is how long repeats of a key are collapsed when New is
-// given zero.
+// given zero and IntervalEnv is unset.
 const DefaultInterval = 10 * time.Second
+
+// IntervalEnv names the environment variable that replaces
+// DefaultInterval for the whole process: a Go duration ("30s", "1m").
+// A value that does not parse as a positive duration is ignored. Tests of
+// the binary shorten it to see the summary lines within seconds.
+const IntervalEnv = "GATEWAY_LOG_INTERVAL"
+
+// defaultInterval is DefaultInterval, or IntervalEnv's value; read once.
+var defaultInterval = sync.OnceValue(func() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(IntervalEnv)); err == nil && d > 0 {
+		return d
+	}
+	return DefaultInterval
+})
+
+// Interval returns the interval New uses when given zero: DefaultInterval
+// or IntervalEnv's value.
+func Interval() time.Duration { return defaultInterval() }
 
 // maxKeys bounds the keys a Logger tracks. Keys come from closed sets, so
 // this is never reached in practice; past it, new keys share one overflow
@@ -45,6 +65,7 @@ type Logger struct {
 	log      *slog.Logger
 	level    slog.Level
 	interval time.Duration
+	burst    int // lines of a key written per interval before counting
 	now      func() time.Time
 	// after arms the end-of-interval flush (time.AfterFunc; tests replace
 	// it).
@@ -57,6 +78,7 @@ type Logger struct {
 // entry is the state of one key.
 type entry struct {
 	until      time.Time // end of the current interval
+	written    int       // lines written in this interval (a summary counts)
 	repeated   int       // lines counted, not written, in this interval
 	msg        string    // the last counted line
 	attrs      []slog.Attr
@@ -64,16 +86,25 @@ type entry struct {
 }
 
 // New returns a Logger writing to log at level. interval: zero means
-// DefaultInterval. A nil log means slog.Default().
+// Interval() (DefaultInterval unless IntervalEnv says otherwise). A nil
+// log means slog.Default().
 func New(log *slog.Logger, level slog.Level, interval time.Duration) *Logger {
+	return NewBurst(log, level, interval, 1)
+}
+
+// NewBurst is New for lines that are worth reading one by one until they
+// flood: up to burst lines of a key are written per interval (the summary
+// of the last interval counts as one), the rest counted. burst: zero means
+// 1, as New.
+func NewBurst(log *slog.Logger, level slog.Level, interval time.Duration, burst int) *Logger {
 	if log == nil {
 		log = slog.Default()
 	}
 	if interval <= 0 {
-		interval = DefaultInterval
+		interval = defaultInterval()
 	}
 	return &Logger{
-		log: log, level: level, interval: interval, now: time.Now,
+		log: log, level: level, interval: interval, burst: max(burst, 1), now: time.Now,
 		after: func(d time.Duration, f func()) { time.AfterFunc(d, f) },
 		keys:  make(map[string]*entry),
 	}
@@ -99,6 +130,13 @@ func (l *Logger) Log(key, msg string, attrs ...slog.Attr) {
 			l.keys[key] = e
 		}
 		e.until = now.Add(l.interval) // a flush still armed re-arms itself
+		e.written = 1
+		l.mu.Unlock()
+		l.log.LogAttrs(context.Background(), l.level, msg, attrs...)
+		return
+	}
+	if e.repeated == 0 && e.written < l.burst {
+		e.written++
 		l.mu.Unlock()
 		l.log.LogAttrs(context.Background(), l.level, msg, attrs...)
 		return
@@ -138,24 +176,32 @@ func (l *Logger) flush(key string) {
 	msg, n := e.msg, e.repeated
 	attrs := append(e.attrs[:len(e.attrs):len(e.attrs)], slog.Int("repeated", n))
 	e.repeated, e.msg, e.attrs = 0, "", nil
-	e.until = now.Add(l.interval)
+	e.until, e.written = now.Add(l.interval), 1
 	e.flushArmed = true // a quiet interval then forgets the key
 	l.mu.Unlock()
 	l.log.LogAttrs(context.Background(), l.level, msg, attrs...)
 	l.after(l.interval, func() { l.flush(key) })
 }
 
+// Enabled reports whether the Logger writes lines at all (its level is
+// enabled): callers skip building what they would pass.
+func (l *Logger) Enabled() bool {
+	return l != nil && l.log.Enabled(context.Background(), l.level)
+}
+
 // Refused logs a failed authentication or a refusal with the fields every
-// protocol uses: protocol, remote, subject (when known) and reason, then
-// extra; collapsed per (msg, protocol, reason). Never pass a secret: a key
-// id, a user name or a token subject is fine, a key, token or password is
-// not.
+// protocol uses: protocol (when known), remote, subject (when known) and
+// reason, then extra; collapsed per (msg, protocol, reason). Never pass a
+// secret: a key id, a user name or a token subject is fine, a key, token
+// or password is not. With the level off it builds nothing.
 func (l *Logger) Refused(msg, protocol, reason string, remote netip.Addr, subject string, extra ...slog.Attr) {
-	if l == nil {
+	if !l.Enabled() {
 		return
 	}
 	attrs := make([]slog.Attr, 0, 4+len(extra))
-	attrs = append(attrs, slog.String("protocol", protocol))
+	if protocol != "" {
+		attrs = append(attrs, slog.String("protocol", protocol))
+	}
 	if remote.IsValid() {
 		attrs = append(attrs, slog.String("remote", remote.Unmap().String()))
 	}

@@ -130,6 +130,43 @@ func TestKeysAreIndependent(t *testing.T) {
 	}
 }
 
+// TestBurst: NewBurst writes the first burst lines of a key in each
+// interval (the summary of the last one counts as one), counts the rest,
+// and accounts for every line.
+func TestBurst(t *testing.T) {
+	var buf bytes.Buffer
+	l, clk := newTestLogger(&buf, slog.LevelInfo)
+	l.burst = 3
+	for i := 1; i <= 10; i++ {
+		l.Log("k", "opened", slog.Int("n", i))
+		clk.advance(10 * time.Millisecond)
+	}
+	got := lines(&buf)
+	if len(got) != 3 || !strings.Contains(got[0], "n=1") || !strings.Contains(got[2], "n=3") {
+		t.Fatalf("first interval: %q, want n=1..3 written", got)
+	}
+	clk.advance(time.Second) // summary: n=10 repeated=7; a new interval
+	for i := 11; i <= 14; i++ {
+		l.Log("k", "opened", slog.Int("n", i))
+	}
+	got = lines(&buf)
+	if len(got) != 6 || !strings.Contains(got[3], "n=10 repeated=7") ||
+		!strings.Contains(got[4], "n=11") || !strings.Contains(got[5], "n=12") {
+		t.Fatalf("second interval: %q, want the summary, n=11, n=12", got)
+	}
+	clk.advance(time.Second)
+	if got = lines(&buf); len(got) != 7 || !strings.Contains(got[6], "n=14 repeated=2") {
+		t.Fatalf("second summary: %q", got)
+	}
+	clk.advance(2 * time.Second) // a quiet interval: forgotten
+	for i := 15; i <= 17; i++ {
+		l.Log("k", "opened", slog.Int("n", i))
+	}
+	if got = lines(&buf); len(got) != 10 || strings.Contains(got[9], "repeated") {
+		t.Fatalf("after a quiet interval: %q, want three more lines at once", got)
+	}
+}
+
 func TestDisabledLevelCostsNothing(t *testing.T) {
 	var buf bytes.Buffer
 	l, clk := newTestLogger(&buf, slog.LevelDebug) // the handler is at info
