@@ -197,7 +197,7 @@ func TestGoClientProtocol(t *testing.T) {
 		t.Fatalf("Publish after Close: %v", err)
 	}
 	rb.waitFor(t, "closed", 5*time.Second, func() bool { return len(rb.states) > 0 && rb.states[len(rb.states)-1] == "closed" })
-	if got := fmt.Sprint(rb.states); got != "[connecting connected closed]" {
+	if got := fmt.Sprint(rb.states); got != "[connecting authenticating connected closed]" {
 		t.Fatalf("states %s", got)
 	}
 }
@@ -219,8 +219,8 @@ func TestGoClientRevoked(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Code != int(packet.CloseRevoked) || ce.Reason != "access key revoked" {
 		t.Fatalf("Wait: %v, want CloseError 3004", err)
 	}
-	r.waitFor(t, "closed", 5*time.Second, func() bool { return len(r.states) == 3 })
-	if got := fmt.Sprint(r.states); got != "[connecting connected closed(closed by the server: 3004 access key revoked)]" {
+	r.waitFor(t, "closed", 5*time.Second, func() bool { return len(r.states) == 4 })
+	if got := fmt.Sprint(r.states); got != "[connecting authenticating connected closed(closed by the server: 3004 access key revoked)]" {
 		t.Fatalf("states %s", got)
 	}
 }
@@ -295,7 +295,7 @@ func TestGoClientKeepalive(t *testing.T) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if got := fmt.Sprint(r.states); got != "[connecting connected]" {
+	if got := fmt.Sprint(r.states); got != "[connecting authenticating connected]" {
 		t.Fatalf("states %s: the session dropped", got)
 	}
 }
