@@ -209,7 +209,7 @@ func (s *clientSession) dialFailed(err error) error {
 		return err
 	case upgraded:
 		return &exitCodeError{code: clientExitClosed,
-			err: fmt.Errorf("client: connection lost before authentication without a close frame (1006): %v", err)}
+			err: fmt.Errorf("client: the connection ended before authentication without a close frame: %v", err)}
 	}
 	return fmt.Errorf("client: %w", err)
 }
