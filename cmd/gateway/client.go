@@ -21,6 +21,11 @@ import (
 // watching, so it stays well below the package's default.
 const clientMaxBackoff = 5 * time.Second
 
+// clientCommandTimeout bounds the wait for the server's answer to one
+// command, so that a Subscribe the server cannot confirm (its Redis is
+// down: no Subscribed) does not hold up the commands typed after it.
+const clientCommandTimeout = 10 * time.Second
+
 const clientHelp = `commands: sub CH | unsub CH | pub CH TEXT | echo 0|1 | name NAME | batch MS | ping | quit`
 
 // Exit statuses of `gateway client` beyond exitOK, exitError (could not
@@ -35,7 +40,8 @@ const clientAbout = `A native-protocol client on stdin/stdout, to try a node by 
 per line on stdin (` + clientHelp + `),
 one line per event on stdout: subscribed CH, message CH TEXT (hex when the
 payload is not UTF-8), error CODE TEXT (the server refused a command), pong MS
-(the server's clock, after ping).
+(the server's clock, after ping). Each command waits for the server's answer
+(at most 10 s) before the next line is read.
 
 The state goes to stderr as it happens: "connecting to URL", "connected"
 once upgraded and greeted, "authenticated" only when the server has
@@ -95,7 +101,9 @@ func client(args []string) error {
 	ctx := context.Background()
 	for ch := range strings.SplitSeq(*subs, ",") {
 		if ch != "" {
-			s.subscribe(ctx, ch)
+			sctx, cancel := context.WithTimeout(ctx, clientCommandTimeout)
+			s.subscribe(sctx, ch)
+			cancel()
 		}
 	}
 	ended := make(chan error, 1)
@@ -251,6 +259,8 @@ func (s *clientSession) commands(ctx context.Context, in io.Reader) {
 
 // command runs one command line; false means quit.
 func (s *clientSession) command(ctx context.Context, line string) bool {
+	ctx, cancel := context.WithTimeout(ctx, clientCommandTimeout)
+	defer cancel()
 	verb, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
 	var err error
 	switch verb {
@@ -362,6 +372,8 @@ func (s *clientSession) answer(verb string, err error) {
 		s.printf("error %d %s", se.Code, se.Text)
 	case errors.Is(err, gwclient.ErrDisconnected):
 		s.stateLine("%s: not done: disconnected (the client is reconnecting); try again once authenticated", verb)
+	case errors.Is(err, context.DeadlineExceeded):
+		s.stateLine("%s: no answer from the server within %v; not done", verb, clientCommandTimeout)
 	default:
 		s.stateLine("%s: %v", verb, err)
 	}
