@@ -242,8 +242,9 @@ func (c *Client) State() State {
 	return c.state
 }
 
-// Close ends the session with 1000 "bye" (the close handshake, bounded by
-// the WebSocket library's 5 s) and stops reconnecting. Deliveries already
+// Close ends the session with 1000 "bye" (the close handshake: the
+// WebSocket library gives the write and the server's answer 5 s each) and
+// stops reconnecting. Deliveries already
 // queued still run. It may be called from a handler.
 func (c *Client) Close() error {
 	c.mu.Lock()
