@@ -1,9 +1,11 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -35,9 +37,14 @@ const (
 	// DefaultReadLimit is the largest message the client reads when
 	// Options.ReadLimit is zero.
 	DefaultReadLimit = 16 << 20
-	// DefaultConnectTimeout bounds a reconnect's dial, upgrade and
-	// authentication when Options.ConnectTimeout is zero.
-	DefaultConnectTimeout = 10 * time.Second
+	// DefaultDialTimeout bounds one connection attempt (TCP connect,
+	// upgrade, hello, authentication, settings) when Options.DialTimeout is
+	// zero: a server that accepts and then says nothing does not hold the
+	// client forever.
+	DefaultDialTimeout = 10 * time.Second
+	// maxUpgradeBody is how much of a refused upgrade's body an
+	// UpgradeError keeps.
+	maxUpgradeBody = 512
 	// maxBatchPackets is the most packets the server takes in one message.
 	maxBatchPackets = 1024
 )
@@ -45,21 +52,34 @@ const (
 // State is where the client stands.
 type State int
 
+// A connection attempt goes Connecting, Authenticating, Connected; a drop
+// goes to Disconnected, and the next attempt to Connecting again. An
+// attempt that fails before Authenticating never reached the native
+// protocol (dial, upgrade); one that fails in Authenticating was refused
+// or lost while the server checked the key.
 const (
-	// Connecting: dialing, authenticating (the first time or again).
+	// Connecting: dialing and upgrading (the first time or again).
 	Connecting State = iota + 1 // zero: not dialed yet
-	// Connected: authenticated; requests go through.
+	// Connected: authenticated (the server's Pong arrived); requests go
+	// through.
 	Connected
 	// Disconnected: the connection dropped; the client waits to reconnect.
 	Disconnected
 	// Closed: Close was called, or the server refused the key; final.
 	Closed
+	// Authenticating: upgraded and greeted with the server's hello; the
+	// key is sent and the client waits for the server's verdict (a Pong,
+	// or a close such as 3001). It comes between Connecting and Connected;
+	// its value is last only so that the others keep theirs.
+	Authenticating
 )
 
 func (s State) String() string {
 	switch s {
 	case Connecting:
 		return "connecting"
+	case Authenticating:
+		return "authenticating"
 	case Connected:
 		return "connected"
 	case Disconnected:
@@ -103,11 +123,11 @@ type Options struct {
 	// ReadLimit is the largest message the client reads; zero means
 	// DefaultReadLimit.
 	ReadLimit int64
-	// ConnectTimeout bounds each reconnect (dial, upgrade, hello, auth,
-	// settings), so that a server that accepts and then says nothing
-	// cannot hold the client; zero means DefaultConnectTimeout. Dial's own
-	// attempt is bounded by its context.
-	ConnectTimeout time.Duration
+	// DialTimeout bounds each connection attempt, from the TCP connect to
+	// the Pong of authentication and the settings' answer; zero means
+	// DefaultDialTimeout. The context given to Dial bounds the first
+	// attempt too.
+	DialTimeout time.Duration
 
 	// OnState, if set, is told of every state change, with the error that
 	// caused it (nil for a change the application asked for). It runs on
@@ -139,8 +159,8 @@ func (o *Options) setDefaults() {
 	if o.ReadLimit <= 0 {
 		o.ReadLimit = DefaultReadLimit
 	}
-	if o.ConnectTimeout <= 0 {
-		o.ConnectTimeout = DefaultConnectTimeout
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
 	}
 }
 
@@ -151,11 +171,12 @@ type Client struct {
 	opts Options
 	key  []byte
 
-	ctx     context.Context // ends with Close
-	cancel  context.CancelFunc
-	events  chan func() // to the dispatcher
-	keeper  sync.WaitGroup
-	readers sync.WaitGroup // the events channel closes after they end
+	ctx        context.Context // ends with Close
+	cancel     context.CancelFunc
+	events     chan func()   // to the dispatcher
+	dispatched chan struct{} // closed when the dispatcher has run everything and ended
+	keeper     sync.WaitGroup
+	readers    sync.WaitGroup // the events channel closes after they end
 
 	writeMu sync.Mutex // orders writes with their waiters
 
@@ -176,14 +197,18 @@ type link struct {
 
 // waiter is one request awaiting the Pong of the Ping sent after it.
 type waiter struct {
-	done chan struct{}
-	err  error // an Error packet before the Pong, or the drop
+	done   chan struct{}
+	err    error // an Error packet before the Pong, or the drop
+	millis int64 // the Pong's server clock, once done without err
 }
 
 // Dial connects and authenticates: it returns once the server's first Pong
-// arrived, or the error that prevented it (a *CloseError carries the
-// server's close code and reason, e.g. 3001 for a refused key). From then
-// on the client keeps the session up until Close.
+// arrived, or the error that prevented it: a *CloseError carries the
+// server's close code and reason (3001 for a refused key), an
+// *UpgradeError the HTTP answer of a refused upgrade, ErrNotNative an
+// endpoint that is not the native protocol. When Dial returns an error,
+// every OnState callback of the attempt has run. From then on the client
+// keeps the session up until Close.
 func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 	key, err := token.DecodeText(o.Key)
 	if err != nil {
@@ -194,7 +219,7 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 	}
 	o.setDefaults()
 	c := &Client{url: url, opts: o, key: key, subs: map[string]*Subscription{},
-		events: make(chan func(), o.QueueSize)}
+		events: make(chan func(), o.QueueSize), dispatched: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	go c.dispatch()
 	c.setState(Connecting, nil)
@@ -202,6 +227,7 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 	if err != nil {
 		c.cancel()
 		c.finish(err)
+		<-c.dispatched
 		return nil, err
 	}
 	c.keeper.Add(1)
@@ -216,30 +242,64 @@ func (c *Client) State() State {
 	return c.state
 }
 
-// Close ends the session with 1000 and stops reconnecting. Deliveries
-// already queued still run. It may be called from a handler.
+// Close ends the session with 1000 "bye" (the close handshake: the
+// WebSocket library gives the write and the server's answer 5 s each) and
+// stops reconnecting. Deliveries already
+// queued still run. It may be called from a handler.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	l := c.link
-	if c.state != Closed {
+	if c.state != Closed && c.closeErr == nil {
 		c.closeErr = ErrClosed
 	}
 	c.mu.Unlock()
-	c.cancel()
 	if l != nil {
+		// The handshake before the cancel: the reader, still reading,
+		// takes the server's close frame; cancelled, it would cut the
+		// connection first and the server would see no 1000.
 		_ = l.conn.Close(websocket.StatusNormalClosure, "bye")
 	}
+	c.cancel()
 	return nil
 }
 
+// closing reports whether Close was called.
+func (c *Client) closing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ctx.Err() != nil || errors.Is(c.closeErr, ErrClosed)
+}
+
 // Wait blocks until the client is Closed (by Close or for good by the
-// server) and returns why: ErrClosed after Close, a *CloseError for a
-// refused key.
+// server) and every handler and callback has run, and returns why:
+// ErrClosed after Close, a *CloseError for a refused key (or, with
+// NoReconnect, the close or error that ended the connection). It must not
+// be called from a handler or callback, which would wait for itself.
 func (c *Client) Wait() error {
 	c.keeper.Wait()
+	<-c.dispatched
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closeErr
+}
+
+// Ping sends a Ping and returns the server's clock from its Pong, once
+// every request sent before it was answered: a round trip through the
+// session.
+func (c *Client) Ping(ctx context.Context) (time.Time, error) {
+	w, err := c.send(ctx, nil)
+	if err != nil {
+		return time.Time{}, err
+	}
+	select {
+	case <-w.done:
+		if w.err != nil {
+			return time.Time{}, w.err
+		}
+		return time.UnixMilli(w.millis), nil
+	case <-ctx.Done():
+		return time.Time{}, ctx.Err()
+	}
 }
 
 // Publish publishes payload on channel and returns once the server took it
@@ -323,11 +383,21 @@ func (c *Client) send(ctx context.Context, msg []byte) (*waiter, error) {
 	return w, nil
 }
 
-// connect dials, authenticates and applies the settings; on success the
-// connection is installed and its reader runs.
+// connect dials, authenticates and applies the settings, within
+// DialTimeout; on success the connection is installed and its reader runs.
 func (c *Client) connect(ctx context.Context) (*link, error) {
-	conn, _, err := websocket.Dial(ctx, c.url, &websocket.DialOptions{HTTPHeader: c.opts.Header, HTTPClient: c.opts.HTTPClient})
+	ctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
+	defer cancel()
+	conn, resp, err := websocket.Dial(ctx, c.url, &websocket.DialOptions{HTTPHeader: c.opts.Header, HTTPClient: c.opts.HTTPClient})
 	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			ue := &UpgradeError{StatusCode: resp.StatusCode, Status: resp.Status, err: err}
+			if resp.Body != nil {
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, maxUpgradeBody))
+				ue.Body = string(bytes.TrimSpace(body))
+			}
+			return nil, ue
+		}
 		return nil, err
 	}
 	conn.SetReadLimit(c.opts.ReadLimit)
@@ -352,8 +422,9 @@ func (c *Client) authenticate(ctx context.Context, conn *websocket.Conn) error {
 		return closeError(err)
 	}
 	if string(hello) != string(packet.Hello) {
-		return fmt.Errorf("client: not the native protocol: hello % x", hello)
+		return fmt.Errorf("%w: the first message is % x, not the hello % x", ErrNotNative, hello, packet.Hello)
 	}
+	c.setState(Authenticating, nil)
 	if err := conn.Write(ctx, websocket.MessageBinary, packet.AppendAuth(nil, packet.Version, c.key)); err != nil {
 		return closeError(err)
 	}
@@ -364,7 +435,7 @@ func (c *Client) authenticate(ctx context.Context, conn *websocket.Conn) error {
 	d := packet.NewClientDecoder(msg)
 	var p packet.ServerPacket
 	if ok, _ := d.Next(&p); !ok || p.ID != packet.PacketPong {
-		return fmt.Errorf("client: expected the Pong of authentication, got % x", msg)
+		return fmt.Errorf("%w: the server answered the key with % x, not a Pong", ErrNotNative, msg)
 	}
 	return nil
 }
@@ -444,6 +515,7 @@ func (c *Client) queue(fn func()) {
 // dispatch runs handlers and callbacks one at a time until the client is
 // closed and the queue drained.
 func (c *Client) dispatch() {
+	defer close(c.dispatched)
 	for fn := range c.events {
 		fn()
 	}
@@ -473,7 +545,7 @@ func (c *Client) keep(l *link) {
 	attempt := 0
 	for {
 		err := c.serve(l)
-		if c.ctx.Err() != nil {
+		if c.closing() {
 			c.finish(ErrClosed)
 			return
 		}
@@ -489,9 +561,11 @@ func (c *Client) keep(l *link) {
 				return
 			}
 			c.setState(Connecting, nil)
-			ctx, cancel := context.WithTimeout(c.ctx, c.opts.ConnectTimeout)
-			l, err = c.connect(ctx)
-			cancel()
+			l, err = c.connect(c.ctx)
+			if err != nil && c.closing() {
+				c.finish(ErrClosed)
+				return
+			}
 			if errors.As(err, &ce) && ce.Permanent() {
 				c.finish(err)
 				return

@@ -31,7 +31,7 @@ func TestOptionsDefaults(t *testing.T) {
 	o.setDefaults()
 	if o.PingInterval != DefaultPingInterval || o.PongWait != DefaultPongWait || o.MinBackoff != DefaultMinBackoff ||
 		o.MaxBackoff != DefaultMaxBackoff || o.QueueSize != DefaultQueueSize || o.ReadLimit != DefaultReadLimit ||
-		o.ConnectTimeout != DefaultConnectTimeout {
+		o.DialTimeout != DefaultDialTimeout {
 		t.Fatalf("defaults %+v", o)
 	}
 	o = Options{MinBackoff: time.Minute, MaxBackoff: time.Second}
@@ -46,5 +46,19 @@ func TestCloseErrorPermanent(t *testing.T) {
 		if got := (&CloseError{Code: code}).Permanent(); got != want {
 			t.Errorf("code %d: Permanent %v", code, got)
 		}
+	}
+}
+
+func TestStateNames(t *testing.T) {
+	// Authenticating's value comes last, but it is its own state with its
+	// own name; the others keep theirs.
+	for s, want := range map[State]string{Connecting: "connecting", Authenticating: "authenticating", Connected: "connected",
+		Disconnected: "disconnected", Closed: "closed", 0: "State(0)"} {
+		if got := s.String(); got != want {
+			t.Errorf("%d: %q, want %q", int(s), got, want)
+		}
+	}
+	if Connecting != 1 || Connected != 2 || Disconnected != 3 || Closed != 4 || Authenticating != 5 {
+		t.Fatal("state values changed")
 	}
 }

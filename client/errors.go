@@ -31,6 +31,30 @@ func (e *CloseError) Permanent() bool {
 	return e.Code == 3001 || e.Code == 3002 || e.Code == 3004
 }
 
+// ErrNotNative is wrapped by the error of a connection attempt whose
+// endpoint upgraded but does not speak the native protocol (no hello, or
+// no Pong after the key).
+var ErrNotNative = errors.New("client: not a native-protocol endpoint")
+
+// UpgradeError is an HTTP answer other than 101 to the WebSocket upgrade:
+// a wrong path (404), a proxy's 502 or 503, an origin refused (403).
+type UpgradeError struct {
+	StatusCode int
+	Status     string // as the server wrote it: "404 Not Found"
+	Body       string // its start, trimmed
+	err        error
+}
+
+func (e *UpgradeError) Error() string {
+	s := "client: upgrade refused: HTTP " + e.Status
+	if e.Body != "" {
+		s += ": " + e.Body
+	}
+	return s
+}
+
+func (e *UpgradeError) Unwrap() error { return e.err }
+
 // ServerError is an Error packet: the server refused a request
 // (PROTOCOL.md §7).
 type ServerError struct {

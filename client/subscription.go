@@ -223,9 +223,9 @@ func (c *Client) handle(msg []byte) error {
 		}
 		switch p.ID {
 		case packet.PacketPong:
-			c.answered(nil)
+			c.answered(nil, p.Millis)
 		case packet.PacketError:
-			c.answered(&ServerError{Code: p.Code, Text: string(p.Text)})
+			c.answered(&ServerError{Code: p.Code, Text: string(p.Text)}, 0)
 		case packet.PacketMessage:
 			c.deliver(string(p.Channel), p.Payload, 0)
 		case packet.PacketPublication:
@@ -243,8 +243,8 @@ func (c *Client) handle(msg []byte) error {
 // server answers the packets of a message in order and refuses a request
 // at once, so the Error comes between the Pong of the request before and
 // the request's own Pong. An Error with no request waiting goes to
-// OnError.
-func (c *Client) answered(se *ServerError) {
+// OnError. millis is a Pong's server clock.
+func (c *Client) answered(se *ServerError, millis int64) {
 	c.mu.Lock()
 	var w *waiter
 	if len(c.waiters) > 0 {
@@ -262,6 +262,7 @@ func (c *Client) answered(se *ServerError) {
 	default:
 		c.waiters[0] = nil
 		c.waiters = c.waiters[1:]
+		w.millis = millis
 		c.mu.Unlock()
 		close(w.done)
 	}

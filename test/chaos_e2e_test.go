@@ -31,6 +31,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgateway/gateway/client"
 	"github.com/wsgateway/gateway/internal/redistest"
 	"github.com/wsgateway/gateway/packet"
 	"github.com/wsgateway/gateway/token"
@@ -355,9 +356,8 @@ func TestChaos(t *testing.T) {
 	bg.Go(r.scrapeMetrics)
 	for i := range chaosLoops {
 		text, _ := faultIssue(t, r.keys, fmt.Sprintf("chaos-healthy-%d", i))
-		key, _ := token.DecodeText(text)
 		ready := make(chan struct{})
-		bg.Go(func() { r.healthy(i, key, ready) })
+		bg.Go(func() { r.healthy(i, text, ready) })
 		select { // one at a time, so round robin puts one on each loop
 		case <-ready:
 		case <-time.After(waitFor):
@@ -484,142 +484,107 @@ func (r *chaosRun) pause(d time.Duration) bool {
 
 // ---- what is watched ----
 
-// healthy is one healthy native client: echo on, subscribed to its own
-// channel, it publishes a sequence number every chaosRoundTripEvery and
-// waits for it to come back, and pings every chaosHealthyPingEvery. A
-// round trip over the stall bound is a stall; one not back within
-// chaosLostAfter is a loss (the client then reconnects).
-func (r *chaosRun) healthy(i int, key []byte, ready chan struct{}) {
+// healthy is one healthy native client (package client): echo on,
+// subscribed to its own channel, it publishes a sequence number every
+// chaosRoundTripEvery and waits for it to come back, and pings every
+// chaosHealthyPingEvery. A round trip over the stall bound is a stall; one
+// not back within chaosLostAfter (or answered by anything else) is a loss;
+// a drop of its connection is a failure (the package then reconnects and
+// resubscribes by itself).
+func (r *chaosRun) healthy(i int, keyText string, ready chan struct{}) {
 	channel := fmt.Sprintf("chaos-healthy-%d", i)
-	var seq int64
-	for r.ctx.Err() == nil {
-		c, err := r.healthyConnect(key, channel)
-		if ready != nil {
-			close(ready)
-			ready = nil
-		}
-		if r.exited() {
-			return // the node's death is reported once, by its watcher
-		}
-		if err != nil {
+	type arrival struct {
+		payload []byte
+		at      time.Time
+	}
+	got := make(chan arrival, 64)
+	opts := client.Options{Key: keyText, Echo: true, PingInterval: chaosHealthyPingEvery, ReadLimit: 1 << 20,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second,
+		OnState: func(st client.State, err error) {
+			if st == client.Disconnected && r.ctx.Err() == nil && !r.exitedWithin(time.Second) {
+				r.fail("healthy client %d: dropped: %v", i, err)
+			}
+		}}
+	var c *client.Client
+	for c == nil && r.ctx.Err() == nil {
+		var err error
+		if c, err = r.healthyConnect(opts, channel, func(p client.Publication) {
+			select {
+			case got <- arrival{p.Payload, time.Now()}:
+			default: // nobody waits for this many: the round trip reports it
+			}
+		}); err != nil {
+			if ready != nil {
+				close(ready) // the first attempt is over
+				ready = nil
+			}
+			if r.exited() {
+				break // the node's death is reported once, by its watcher
+			}
 			r.fail("healthy client %d: connect: %v", i, err)
 			r.pause(time.Second)
+		}
+	}
+	if ready != nil {
+		close(ready)
+	}
+	if c == nil {
+		return
+	}
+	defer c.Close()
+	for seq := int64(1); r.ctx.Err() == nil; seq++ {
+		want := strconv.AppendInt(nil, seq, 10)
+		start := time.Now()
+		wctx, cancel := context.WithTimeout(context.Background(), chaosLostAfter)
+		err := c.Publish(wctx, channel, want)
+		var a arrival
+		if err == nil {
+			select {
+			case a = <-got:
+				if !bytes.Equal(a.payload, want) {
+					err = fmt.Errorf("got Message(%q, %q) while waiting for %q", channel, a.payload, want)
+				}
+			case <-wctx.Done():
+				err = wctx.Err()
+			}
+		}
+		cancel()
+		if err != nil {
+			if r.ctx.Err() == nil && !r.exitedWithin(time.Second) {
+				r.mu.Lock()
+				r.lost++
+				r.mu.Unlock()
+				r.fail("healthy client %d: publish %d not back: %v", i, seq, err)
+			}
+			for len(got) > 0 { // a late arrival is not the next one's answer
+				<-got
+			}
 			continue
 		}
-		lastPing := time.Now()
-		for r.ctx.Err() == nil {
-			if time.Since(lastPing) > chaosHealthyPingEvery {
-				lastPing = time.Now()
-				if err = c.Write(r.ctx, websocket.MessageBinary, packet.AppendPing(nil)); err != nil {
-					break
-				}
-			}
-			seq++
-			want := strconv.AppendInt(nil, seq, 10)
-			start := time.Now()
-			wctx, cancel := context.WithTimeout(context.Background(), chaosLostAfter)
-			err = c.Write(wctx, websocket.MessageBinary, packet.AppendPublish(nil, channel, want))
-			if err == nil {
-				err = chaosAwaitMessage(wctx, c, channel, want)
-			}
-			cancel()
-			rtt := time.Since(start)
-			if err != nil {
-				break
-			}
-			r.mu.Lock()
-			r.rtts = append(r.rtts, rtt)
-			if rtt > r.cfg.stall {
-				r.stalls = append(r.stalls, chaosStall{i, seq, start.Sub(r.began), rtt, r.recentKinds(start)})
-			}
-			r.mu.Unlock()
-			r.pause(chaosRoundTripEvery)
+		rtt := a.at.Sub(start)
+		r.mu.Lock()
+		r.rtts = append(r.rtts, rtt)
+		if rtt > r.cfg.stall {
+			r.stalls = append(r.stalls, chaosStall{i, seq, start.Sub(r.began), rtt, r.recentKinds(start)})
 		}
-		_ = c.CloseNow()
-		if r.ctx.Err() != nil && errors.Is(err, context.Canceled) {
-			return
-		}
-		if err != nil && r.ctx.Err() == nil && !r.exitedWithin(time.Second) {
-			r.mu.Lock()
-			r.lost++
-			r.mu.Unlock()
-			r.fail("healthy client %d: publish %d not back: %v", i, seq, err)
-		}
+		r.mu.Unlock()
+		r.pause(chaosRoundTripEvery)
 	}
 }
 
-func (r *chaosRun) healthyConnect(key []byte, channel string) (*websocket.Conn, error) {
+// healthyConnect dials and subscribes within waitFor.
+func (r *chaosRun) healthyConnect(opts client.Options, channel string, handler client.Handler) (*client.Client, error) {
 	ctx, cancel := context.WithTimeout(r.ctx, waitFor)
 	defer cancel()
-	c, err := drainDial(r.proc.ws, key)
+	c, err := client.Dial(ctx, r.proc.ws, opts)
 	if err != nil {
 		return nil, err
 	}
-	c.SetReadLimit(1 << 20)
-	msg := packet.AppendSettings(nil, packet.Setting{ID: packet.SettingEcho, Byte: 1})
-	msg = packet.AppendSubscribe(msg, channel)
-	if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
-		c.CloseNow()
-		return nil, err
+	if _, err := c.Subscribe(ctx, channel, handler); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("subscribe: %w", err)
 	}
-	for {
-		p, err := chaosReadPacket(ctx, c)
-		if err != nil {
-			c.CloseNow()
-			return nil, fmt.Errorf("waiting for Subscribed: %w", err)
-		}
-		if p.ID == packet.PacketSubscribed {
-			return c, nil
-		}
-		if p.ID == packet.PacketError {
-			c.CloseNow()
-			return nil, fmt.Errorf("Error %d %q", p.Code, p.Text)
-		}
-	}
-}
-
-// chaosReadPacket reads a native message and returns its first packet.
-func chaosReadPacket(ctx context.Context, c *websocket.Conn) (packet.ServerPacket, error) {
-	_, msg, err := c.Read(ctx)
-	if err != nil {
-		return packet.ServerPacket{}, err
-	}
-	d := packet.NewClientDecoder(msg)
-	var p packet.ServerPacket
-	ok, err := d.Next(&p)
-	if err != nil || !ok {
-		return p, fmt.Errorf("undecodable server message % x: %v", msg, err)
-	}
-	return p, nil
-}
-
-// chaosAwaitMessage reads until Message(channel, want); Pongs pass, an
-// Error or another Message on the channel is a failure.
-func chaosAwaitMessage(ctx context.Context, c *websocket.Conn, channel string, want []byte) error {
-	for {
-		_, msg, err := c.Read(ctx)
-		if err != nil {
-			return err
-		}
-		d := packet.NewClientDecoder(msg)
-		var p packet.ServerPacket
-		for {
-			ok, err := d.Next(&p)
-			if err != nil {
-				return fmt.Errorf("undecodable server message % x: %v", msg, err)
-			}
-			if !ok {
-				break
-			}
-			switch {
-			case p.ID == packet.PacketPong:
-			case p.ID == packet.PacketMessage && string(p.Channel) == channel && bytes.Equal(p.Payload, want):
-				return nil
-			default:
-				return fmt.Errorf("got %s while waiting for Message(%q, %q)", describe(p), channel, want)
-			}
-		}
-	}
+	return c, nil
 }
 
 // sampleRSS reads the process's VmRSS from /proc twice a second.

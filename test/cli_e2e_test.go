@@ -6,14 +6,19 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -357,6 +362,197 @@ func TestCLIClientTellsTheTruth(t *testing.T) {
 		"gateway: client: closed by the server: 3004 \"access key revoked\"\n"
 	if got := cl.stderr.String(); got != want {
 		t.Errorf("client revoked during its session printed on stderr\n%q\nwant\n%q", got, want)
+	}
+}
+
+// TestCLIClientReconnects: the gateway process is killed (-9) and
+// restarted on the same addresses, then stopped with SIGTERM (1001) and
+// restarted again; each time the client prints the drop with its cause,
+// every state of the reconnect, subscribes again, and prints a publish made
+// after the restart. It still quits with 0.
+func TestCLIClientReconnects(t *testing.T) {
+	t.Parallel()
+	dir := e2eDataDir(t)
+	env := e2eEnv()
+	listen, admin, wsify := e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t)
+	serve := func() *e2eProc {
+		t.Helper()
+		p, err := e2eServeAt(t, env, listen, admin, wsify, "--data-dir", dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	p := serve()
+	key := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
+	cl := e2eStartClient(t, env, "--url", p.ws, "--key", key, "--sub", "room")
+	cl.waitLine(t, "subscribed room")
+	reconnected := "connecting to " + p.ws + "\nconnected (upgraded, hello received); authenticating\n" +
+		"authenticated (the server accepted the key)\n"
+	for round, c := range []struct {
+		stop func(*e2eProc)
+		drop string // the line that reports it
+	}{
+		{func(p *e2eProc) { _ = p.cmd.Process.Kill() }, "connection lost without a close frame (1006): "},
+		{func(p *e2eProc) { _ = p.cmd.Process.Signal(syscall.SIGTERM) }, `closed by the server: 1001 "server shutting down"; reconnecting` + "\n"},
+	} {
+		mark := len(cl.stderr.String())
+		c.stop(p)
+		<-p.exited
+		e2eWaitFor(t, "the drop on the client's stderr", func() bool { return strings.Contains(cl.stderr.String()[mark:], c.drop) })
+		p = serve()
+		cl.waitLine(t, "subscribed room")
+		// stderr is another pipe: what the client wrote there before
+		// "subscribed room" may reach the buffer a moment later.
+		reported := func() bool {
+			after := cl.stderr.String()[mark:]
+			i := strings.Index(after, c.drop)
+			return i >= 0 && strings.LastIndex(after, reconnected) > i
+		}
+		deadline := time.Now().Add(waitFor)
+		for !reported() {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: after the drop the client printed\n%s\nwant %q and then %q", round, cl.stderr.String()[mark:], c.drop, reconnected)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		status, b, _ := e2eDo(t, http.MethodPost, p.admin+"/api/publish?channel=room", "text/plain", []byte(fmt.Sprintf("after restart %d", round)))
+		if status != http.StatusOK {
+			t.Fatalf("admin publish: %d %s", status, b)
+		}
+		cl.waitLine(t, fmt.Sprintf("message room after restart %d", round))
+	}
+	if err := cl.quit(t); err != nil {
+		t.Errorf("client exited with %v after quit; stderr %s", err, cl.stderr.String())
+	}
+	stderr := cl.stderr.String()
+	t.Logf("client's stderr:\n%s", stderr)
+	if n := strings.Count(stderr, clientHelpLine); n != 1 {
+		t.Errorf("the help line printed %d times, want once (the first authentication):\n%s", n, stderr)
+	}
+	if !strings.HasSuffix(stderr, "closed: 1000 \"bye\" (this client quit)\n") || strings.Contains(stderr, "gateway: client:") {
+		t.Errorf("stderr after quit:\n%s", stderr)
+	}
+}
+
+// e2eWaitFor polls cond until it holds, within waitFor.
+func e2eWaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: not within %v", what, waitFor)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestCLIClientNoReconnect: with --no-reconnect, the first close ends the
+// client with exit 4 and the close's code and reason, and nothing is
+// retried.
+func TestCLIClientNoReconnect(t *testing.T) {
+	t.Parallel()
+	dir := e2eDataDir(t)
+	env := e2eEnv()
+	p := e2eServe(t, env, "--data-dir", dir)
+	key := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
+	cl := e2eStartClient(t, env, "--url", p.ws, "--key", key, "--sub", "room", "--no-reconnect")
+	cl.waitLine(t, "subscribed room")
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for range cl.lines {
+		}
+		cl.done <- cl.cmd.Wait()
+	}()
+	var err error
+	select {
+	case err = <-cl.done:
+	case <-time.After(waitFor):
+		t.Fatal("client with --no-reconnect still running after the server closed")
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
+		t.Errorf("client: %v, want exit status 4", err)
+	}
+	want := "connecting to " + p.ws + "\nconnected (upgraded, hello received); authenticating\n" +
+		"authenticated (the server accepted the key)\n" + clientHelpLine +
+		"gateway: client: closed by the server: 1001 \"server shutting down\"\n"
+	if got := cl.stderr.String(); got != want {
+		t.Errorf("stderr\n%q\nwant\n%q", got, want)
+	}
+}
+
+// TestCLIClientCommands: every command through the package: refusals come
+// back as the server's "error CODE TEXT" lines and the session goes on;
+// echo, ping, unsub and a payload that is not UTF-8 (printed in hex);
+// --recover on a channel without history prints the server's refusal.
+func TestCLIClientCommands(t *testing.T) {
+	t.Parallel()
+	dir := e2eDataDir(t)
+	env := e2eEnv()
+	p := e2eServe(t, env, "--data-dir", dir)
+	key := e2eKeyIssue(t, env, "--subject", "alice", "--data-dir", dir)
+
+	cl := e2eStartClient(t, env, "--url", p.ws, "--key", key)
+	say := func(line string) {
+		t.Helper()
+		if _, err := io.WriteString(cl.stdin, line+"\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	say("sub room")
+	cl.waitLine(t, "subscribed room")
+	say("echo 1")
+	say("pub room hi")
+	cl.waitLine(t, "message room hi")
+	say("pub server:news x")
+	cl.waitLine(t, `error 403 publish "server:news": server: channels are read-only for clients`)
+	say("sub user:bob")
+	cl.waitLine(t, `error 403 subscribe "user:bob": personal channel of another subject`)
+	say("batch 2000")
+	cl.waitLine(t, "error 400 setting batch window: 2000 ms is outside 0..1000")
+	say("name alice's terminal")
+	say("ping")
+	select {
+	case l := <-cl.lines:
+		ms, err := strconv.ParseInt(strings.TrimPrefix(l, "pong "), 10, 64)
+		if !strings.HasPrefix(l, "pong ") || err != nil || time.UnixMilli(ms).Before(time.Now().Add(-time.Hour)) {
+			t.Fatalf("after ping: %q, want pong and the server's clock in ms", l)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("no pong")
+	}
+	status, b, _ := e2eDo(t, http.MethodPost, p.admin+"/api/publish?channel=room", "application/octet-stream", []byte{0xff, 0x00, 'a'})
+	if status != http.StatusOK {
+		t.Fatalf("admin publish: %d %s", status, b)
+	}
+	cl.waitLine(t, "message room ff 00 61")
+	say("unsub room")
+	say("sub marker")
+	cl.waitLine(t, "subscribed marker")
+	for _, ch := range []string{"room", "marker"} {
+		if status, b, _ := e2eDo(t, http.MethodPost, p.admin+"/api/publish?channel="+ch, "text/plain", []byte("after unsub")); status != http.StatusOK {
+			t.Fatalf("admin publish: %d %s", status, b)
+		}
+	}
+	cl.waitLine(t, "message marker after unsub") // and nothing on room before it
+	say("bogus")
+	if err := cl.quit(t); err != nil {
+		t.Errorf("client exited with %v after quit; stderr %s", err, cl.stderr.String())
+	}
+	if stderr := cl.stderr.String(); strings.Count(stderr, clientHelpLine) != 2 {
+		t.Errorf("an unknown command did not print the commands:\n%s", stderr)
+	}
+
+	// --recover: the server keeps no history yet, so every SubscribeFrom is
+	// refused with its Error 400, printed, and the client goes on.
+	stdout, stderr, code := cliRunIn(t, t.TempDir(), env, "sub other\nping\n", "client", "--url", p.ws, "--key", key, "--sub", "room", "--recover")
+	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
+	if code != 0 || len(lines) != 3 || lines[0] != `error 400 subscribe from "room": channel keeps no history` ||
+		lines[1] != `error 400 subscribe from "other": channel keeps no history` || !strings.HasPrefix(lines[2], "pong ") {
+		t.Errorf("--recover on channels without history: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
 

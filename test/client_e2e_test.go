@@ -4,12 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/wsgateway/gateway/client"
 	"github.com/wsgateway/gateway/node"
@@ -197,7 +204,7 @@ func TestGoClientProtocol(t *testing.T) {
 		t.Fatalf("Publish after Close: %v", err)
 	}
 	rb.waitFor(t, "closed", 5*time.Second, func() bool { return len(rb.states) > 0 && rb.states[len(rb.states)-1] == "closed" })
-	if got := fmt.Sprint(rb.states); got != "[connecting connected closed]" {
+	if got := fmt.Sprint(rb.states); got != "[connecting authenticating connected closed]" {
 		t.Fatalf("states %s", got)
 	}
 }
@@ -219,8 +226,8 @@ func TestGoClientRevoked(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Code != int(packet.CloseRevoked) || ce.Reason != "access key revoked" {
 		t.Fatalf("Wait: %v, want CloseError 3004", err)
 	}
-	r.waitFor(t, "closed", 5*time.Second, func() bool { return len(r.states) == 3 })
-	if got := fmt.Sprint(r.states); got != "[connecting connected closed(closed by the server: 3004 access key revoked)]" {
+	r.waitFor(t, "closed", 5*time.Second, func() bool { return len(r.states) == 4 })
+	if got := fmt.Sprint(r.states); got != "[connecting authenticating connected closed(closed by the server: 3004 access key revoked)]" {
 		t.Fatalf("states %s", got)
 	}
 }
@@ -295,7 +302,144 @@ func TestGoClientKeepalive(t *testing.T) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if got := fmt.Sprint(r.states); got != "[connecting connected]" {
+	if got := fmt.Sprint(r.states); got != "[connecting authenticating connected]" {
 		t.Fatalf("states %s: the session dropped", got)
+	}
+}
+
+// TestGoClientPingAndClose: Ping returns the server's clock from its Pong;
+// Close ends the session with the 1000 handshake, which the node counts
+// as a client's 1000.
+func TestGoClientPingAndClose(t *testing.T) {
+	t.Parallel()
+	n := startNode(t)
+	r := newRecorder()
+	c := gcDial(t, wsURL(n), gcKey(t, n, "gina"), r)
+	before := time.Now().Add(-time.Hour)
+	at, err := c.Ping(testCtx(t))
+	if err != nil || at.Before(before) || at.After(time.Now().Add(time.Hour)) {
+		t.Fatalf("Ping: %v, %v; want the server's clock", at, err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("Wait: %v", err)
+	}
+	if _, err := c.Ping(testCtx(t)); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("Ping after Close: %v", err)
+	}
+	const sample = `gateway_disconnects_total{code="1000",initiator="client",protocol="native"}`
+	deadline := time.Now().Add(waitFor)
+	for {
+		samples, _ := e2eScrape(t, n)
+		if samples[sample] == "1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %q, want 1: Close did not end with the 1000 handshake", sample, samples[sample])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Wait returned after every callback: the states are complete.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if got := fmt.Sprint(r.states); got != "[connecting authenticating connected closed]" {
+		t.Fatalf("states %s", got)
+	}
+}
+
+// TestGoClientDialErrors: a failed first attempt says why with a typed
+// error, its states show how far it got (Authenticating only once the
+// hello arrived), every OnState callback has run when Dial returns, and
+// DialTimeout bounds a server that accepts and says nothing.
+func TestGoClientDialErrors(t *testing.T) {
+	t.Parallel()
+	n := startNode(t)
+	dial := func(url, key string, mods ...func(*client.Options)) (error, []string) {
+		t.Helper()
+		r := newRecorder()
+		o := client.Options{Key: key, OnState: r.onState}
+		for _, m := range mods {
+			m(&o)
+		}
+		done := make(chan error, 1)
+		go func() {
+			c, err := client.Dial(context.Background(), url, o)
+			if c != nil {
+				c.Close()
+			}
+			done <- err
+		}()
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(waitFor):
+			t.Fatalf("Dial %s still running after %v", url, waitFor)
+		}
+		r.mu.Lock() // no waiting: Dial returned after its callbacks
+		defer r.mu.Unlock()
+		return err, slices.Clone(r.states)
+	}
+	key := gcKey(t, n, "hank")
+
+	// A refused key: upgraded and greeted, then closed with 3001.
+	stranger := token.EncodeText([]byte("\x00\x00not-a-key-at-all-but-long-enough-to-parse"))
+	err, states := dial(wsURL(n), stranger)
+	var ce *client.CloseError
+	if !errors.As(err, &ce) || ce.Code != int(packet.CloseUnauthorized) {
+		t.Fatalf("bad key: %v", err)
+	}
+	if got := fmt.Sprint(states); got != "[connecting authenticating closed(closed by the server: 3001 invalid access key)]" {
+		t.Fatalf("bad key: states %s", got)
+	}
+
+	// A wrong path: the upgrade's HTTP answer.
+	err, states = dial(strings.Replace(wsURL(n), "/api/ws", "/nope", 1), key)
+	var ue *client.UpgradeError
+	if !errors.As(err, &ue) || ue.StatusCode != 404 || ue.Status != "404 Not Found" {
+		t.Fatalf("wrong path: %v, want an UpgradeError 404", err)
+	}
+	if len(states) != 2 || states[0] != "connecting" || !strings.HasPrefix(states[1], "closed(client: upgrade refused: HTTP 404 Not Found") {
+		t.Fatalf("wrong path: states %q", states)
+	}
+
+	// A WebSocket endpoint of another protocol.
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		_ = c.Write(r.Context(), websocket.MessageText, []byte(`{"hello":"json"}`))
+		_, _, _ = c.Read(r.Context())
+	}))
+	defer other.Close()
+	err, states = dial("ws"+strings.TrimPrefix(other.URL, "http"), key)
+	if !errors.Is(err, client.ErrNotNative) {
+		t.Fatalf("other protocol: %v, want ErrNotNative", err)
+	}
+	if len(states) != 2 || states[0] != "connecting" || !strings.HasPrefix(states[1], "closed(client: not a native-protocol endpoint") {
+		t.Fatalf("other protocol: states %q", states)
+	}
+
+	// A listener that accepts TCP and never answers the upgrade.
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	err, _ = dial("ws://"+silent.Addr().String()+"/api/ws", key, func(o *client.Options) { o.DialTimeout = 300 * time.Millisecond })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("silent server: %v, want the DialTimeout's deadline", err)
 	}
 }

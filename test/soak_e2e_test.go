@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/wsgateway/gateway/client"
 	"github.com/wsgateway/gateway/internal/redistest"
 	"github.com/wsgateway/gateway/packet"
 )
@@ -66,21 +68,22 @@ func (s *soakSub) lastSeq() int64 {
 	return s.last
 }
 
-// soakPinger pings c every soakPingEvery until ctx ends (the node closes a
-// client silent for its ping timeout).
-func soakPinger(ctx context.Context, c *websocket.Conn) {
-	t := time.NewTicker(soakPingEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_ = c.Write(wctx, websocket.MessageBinary, packet.AppendPing(nil))
-			cancel()
-		}
+// soakDial connects an ordinary client (package client) that pings every
+// soakPingEvery and does not reconnect: a drop ends it, reported to
+// onEnd with its cause (nil when the test closed it).
+func soakDial(t testing.TB, url, keyText string, onEnd func(error)) *client.Client {
+	t.Helper()
+	c, err := client.Dial(testCtx(t), url, client.Options{Key: keyText, PingInterval: soakPingEvery, NoReconnect: true,
+		OnState: func(st client.State, err error) {
+			if st == client.Closed && err != nil {
+				onEnd(err)
+			}
+		}})
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
 	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // soakChurnOne connects to url, authenticates, subscribes to channel
@@ -166,63 +169,34 @@ func TestSoak(t *testing.T) {
 			name = "B"
 		}
 		text, _ := faultIssue(t, keys, fmt.Sprintf("sub%d", i))
-		c := e2eConnectURL(t, nodes[name].ws, text)
-		subscribe(t, c, "seq")
 		s := &soakSub{node: name, last: -1, seen: map[int64]bool{}}
 		subs[i] = s
-		bg.Go(func() { soakPinger(ctx, c) })
-		bg.Go(func() {
-			for {
-				_, msg, err := c.Read(ctx)
-				if err != nil {
-					if ctx.Err() == nil {
-						s.mu.Lock()
-						s.err = err
-						s.mu.Unlock()
-					}
-					return
-				}
-				d := packet.NewClientDecoder(msg)
-				var p packet.ServerPacket
-				for {
-					ok, err := d.Next(&p)
-					if err != nil || !ok {
-						break
-					}
-					if p.ID == packet.PacketMessage && string(p.Channel) == "seq" {
-						if n, err := strconv.ParseInt(string(p.Payload), 10, 64); err == nil {
-							s.got(n)
-						}
-					}
-				}
+		c := soakDial(t, nodes[name].ws, text, func(err error) {
+			if ctx.Err() == nil {
+				s.mu.Lock()
+				s.err = err
+				s.mu.Unlock()
 			}
 		})
+		// Subscribe returns once Subscribed arrived: the Redis
+		// subscription is live.
+		if _, err := c.Subscribe(testCtx(t), "seq", func(p client.Publication) {
+			if n, err := strconv.ParseInt(string(p.Payload), 10, 64); err == nil {
+				s.got(n)
+			}
+		}); err != nil {
+			t.Fatalf("subscriber %d: %v", i, err)
+		}
 	}
 
 	// The publisher.
 	pubText, _ := faultIssue(t, keys, "publisher")
-	pub := e2eConnectURL(t, a.ws, pubText)
 	var published atomic.Int64 // next sequence number
 	var pubErr atomic.Value
 	var pubErrors atomic.Int64
-	bg.Go(func() { soakPinger(ctx, pub) })
-	bg.Go(func() { // drain the publisher's Pongs, count Errors
-		for {
-			_, msg, err := pub.Read(ctx)
-			if err != nil {
-				return
-			}
-			d := packet.NewClientDecoder(msg)
-			var p packet.ServerPacket
-			for {
-				ok, err := d.Next(&p)
-				if err != nil || !ok {
-					break
-				}
-				if p.ID == packet.PacketError {
-					pubErrors.Add(1)
-				}
-			}
+	pub := soakDial(t, a.ws, pubText, func(err error) {
+		if ctx.Err() == nil {
+			pubErr.Store(fmt.Errorf("connection ended: %w", err)) // one type for atomic.Value
 		}
 	})
 	pubCtx, stopPub := context.WithCancel(ctx)
@@ -239,10 +213,15 @@ func TestSoak(t *testing.T) {
 			}
 			n := published.Load()
 			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := pub.Write(wctx, websocket.MessageBinary, packet.AppendPublish(nil, "seq", strconv.AppendInt(nil, n, 10)))
+			err := pub.Publish(wctx, "seq", strconv.AppendInt(nil, n, 10))
 			cancel()
-			if err != nil {
-				pubErr.Store(err)
+			// A refusal (an Error packet) is counted; the number is
+			// spent all the same, as when the publish was written.
+			var se *client.ServerError
+			if errors.As(err, &se) {
+				pubErrors.Add(1)
+			} else if err != nil {
+				pubErr.Store(fmt.Errorf("publish %d: %w", n, err))
 				return
 			}
 			published.Add(1)
@@ -302,7 +281,9 @@ func TestSoak(t *testing.T) {
 	seqRestart := published.Load()
 	srv.Restart(t)
 	for _, p := range []*e2eProc{a, b} {
-		faultWaitReadyz(t, p.admin, faultReady)
+		// The new redis-server starts empty (no persistence here): the
+		// nodes say so for 15 minutes (TestRevocationRedisRestartedEmpty).
+		faultWaitReadyz(t, p.admin, `{"status":"degraded","down":["redis_data_lost"]}`)
 	}
 	// Recovered once every subscriber of B read a number published after
 	// Redis came back.

@@ -2,30 +2,29 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 	"unicode/utf8"
 
-	"github.com/coder/websocket"
-
-	"github.com/wsgateway/gateway/packet"
+	gwclient "github.com/wsgateway/gateway/client"
 	"github.com/wsgateway/gateway/token"
 )
 
-// clientPingEvery stays well inside the server's default 30 s ping timeout.
-const clientPingEvery = 20 * time.Second
+// clientMaxBackoff caps the wait between reconnect attempts: a person is
+// watching, so it stays well below the package's default.
+const clientMaxBackoff = 5 * time.Second
 
-// clientDialTimeout bounds the TCP connect and the HTTP upgrade.
-const clientDialTimeout = 10 * time.Second
+// clientCommandTimeout bounds the wait for the server's answer to one
+// command, so that a Subscribe the server cannot confirm (its Redis is
+// down: no Subscribed) does not hold up the commands typed after it.
+const clientCommandTimeout = 10 * time.Second
 
 const clientHelp = `commands: sub CH | unsub CH | pub CH TEXT | echo 0|1 | name NAME | batch MS | ping | quit`
 
@@ -33,254 +32,349 @@ const clientHelp = `commands: sub CH | unsub CH | pub CH TEXT | echo 0|1 | name 
 // connect: dial or upgrade failed, or the endpoint is not the native
 // protocol) and exitUsage.
 const (
-	clientExitRefused = 3 // the server closed the connection before authenticating it
+	clientExitRefused = 3 // the server closed the connection before authenticating it the first time
 	clientExitClosed  = 4 // the session ended without this client quitting: a close by the server, or lost
 )
 
 const clientAbout = `A native-protocol client on stdin/stdout, to try a node by hand: one command
 per line on stdin (` + clientHelp + `),
-one line per packet received on stdout (subscribed CH, message CH TEXT,
-error CODE TEXT, pong MS).
+one line per event on stdout: subscribed CH, message CH TEXT (hex when the
+payload is not UTF-8), error CODE TEXT (the server refused a command), pong MS
+(the server's clock, after ping). Each command waits for the server's answer
+(at most 10 s) before the next line is read.
 
 The state goes to stderr as it happens: "connecting to URL", "connected"
 once upgraded and greeted, "authenticated" only when the server has
-confirmed the key (its Pong), and every close with its code and reason.`
+confirmed the key (its Pong), and every close with its code and reason.
+
+After a drop or a close that PROTOCOL.md says to reconnect after (1001, 1008,
+1013, 3003, 3005, 3006, a connection lost without a close frame), it
+reconnects with back-off (at most 5 s between attempts), printing each
+attempt's states, and subscribes its channels again ("subscribed CH" once
+more). After 3001, 3002 or 3004 it stops. --no-reconnect ends the session at
+the first drop instead.
+
+--recover subscribes from a position (SubscribeFrom): "subscribed CH epoch E
+offset O recovered 1|0" each time a subscription becomes live, and "message CH
+offset O TEXT"; a channel that keeps no history refuses it with "error 400".`
 
 const clientExitDoc = `0 this client quit ("quit" or end of input), 1 could not connect
 (dial or upgrade failed, not a native endpoint), 2 command-line error,
-3 refused: the server closed the connection before authenticating it (3001 bad,
-expired or revoked key, 3002, 1013 try again later, ...), 4 the session ended
-otherwise: closed by the server after authentication (3004 revoked, 1001 going
-away, 1008, ...) or lost without a close frame.`
+3 refused: the server closed the connection before authenticating it the first
+time (3001 bad, expired or revoked key, 3002, 1013 try again later, ...),
+4 the session ended otherwise: closed for good by the server after
+authentication (3004 revoked, or 3001 on a reconnect), or, with
+--no-reconnect, closed by the server (1001 going away, 1008, ...) or lost
+without a close frame.`
 
-// client is a small interactive client of the native protocol: commands on
-// stdin, one line per packet received on stdout, the connection's state on
-// stderr. It says "authenticated" only after the server's Pong (PROTOCOL.md
-// §3), prints every close with its code and reason, and exits non-zero when
-// the server refused or ended the session (clientExitDoc).
+// client is a small interactive client of the native protocol, on top of
+// package client: commands on stdin, one line per event on stdout, the
+// connection's state on stderr. It says "authenticated" only after the
+// server's Pong (PROTOCOL.md §3), prints every close with its code and
+// reason, reconnects as the package does, and exits non-zero when the
+// server refused or ended the session (clientExitDoc).
 func client(args []string) error {
 	fs := newFlagSet("client")
 	url := fs.String("url", "ws://127.0.0.1:8080/api/ws", "the gateway's native WebSocket URL")
 	keyText := fs.String("key", "", "access key (base64), from gateway key issue (required)")
 	subs := fs.String("sub", "", "channels to subscribe at start, comma separated")
+	recoverFlag := fs.Bool("recover", false, "subscribe with recovery (SubscribeFrom): print epochs and offsets; the channels must keep history")
+	noReconnect := fs.Bool("no-reconnect", false, "end the session (exit 4) at the first drop or close instead of reconnecting")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *keyText == "" {
 		return usageErr("client", errors.New("--key is required"))
 	}
-	key, err := token.DecodeText(*keyText)
-	if err != nil {
+	if _, err := token.DecodeText(*keyText); err != nil {
 		return usageErr("client", fmt.Errorf("--key: %w", err))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	fmt.Fprintf(os.Stderr, "connecting to %s\n", *url)
-	ws, err := clientDial(ctx, *url)
+	s := &clientSession{url: *url, recover: *recoverFlag, out: os.Stdout, errOut: os.Stderr}
+	c, err := gwclient.Dial(context.Background(), *url, gwclient.Options{
+		Key: *keyText, NoReconnect: *noReconnect, MaxBackoff: clientMaxBackoff,
+		OnState: s.onState, OnError: s.onError,
+	})
 	if err != nil {
-		return err
+		return s.dialFailed(err)
 	}
-	ws.SetReadLimit(1 << 24)
-	if err := clientAuth(ctx, ws, key); err != nil {
-		return err
-	}
-	fmt.Fprintln(os.Stderr, clientHelp)
+	s.c = c
+	ctx := context.Background()
 	for ch := range strings.SplitSeq(*subs, ",") {
 		if ch != "" {
-			_ = ws.Write(ctx, websocket.MessageBinary, packet.AppendSubscribe(nil, ch))
+			sctx, cancel := context.WithTimeout(ctx, clientCommandTimeout)
+			s.subscribe(sctx, ch)
+			cancel()
 		}
 	}
-	s := &clientSession{ws: ws, closed: make(chan struct{})}
-	go clientPing(ctx, ws)
-	go s.stdin(ctx)
-	return s.print(ctx)
+	ended := make(chan error, 1)
+	go func() { ended <- c.Wait() }()
+	quit := make(chan struct{})
+	go func() { s.commands(ctx, os.Stdin); close(quit) }()
+	connected := true
+	select {
+	case <-quit:
+		connected = c.State() == gwclient.Connected
+		_ = c.Close()
+		err = <-ended
+	case err = <-ended:
+	}
+	if errors.Is(err, gwclient.ErrClosed) {
+		if connected {
+			s.stateLine(`closed: 1000 "bye" (this client quit)`)
+		} else {
+			s.stateLine("closed (this client quit while not connected)")
+		}
+		return nil
+	}
+	return s.endedErr(err)
 }
 
-// clientDial upgrades; a refused upgrade names the HTTP status and the
-// start of the body.
-func clientDial(ctx context.Context, url string) (*websocket.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, clientDialTimeout)
+// clientSession prints what the client reports. Lines on stdout and
+// stderr are written whole under mu, from the package's dispatcher (state,
+// subscriptions, messages) and from the command loop (answers).
+type clientSession struct {
+	c       *gwclient.Client
+	url     string
+	recover bool
+
+	mu            sync.Mutex
+	out, errOut   io.Writer
+	state         gwclient.State // the last one reported before Closed
+	authenticated bool           // once, ever
+	settings      gwclient.Settings
+}
+
+func (s *clientSession) printf(format string, a ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(s.out, format+"\n", a...)
+}
+
+func (s *clientSession) stateLine(format string, a ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(s.errOut, format+"\n", a...)
+}
+
+// onState prints each state change: every connection attempt, its
+// authentication, and every drop with its close code and reason.
+func (s *clientSession) onState(st gwclient.State, err error) {
+	s.mu.Lock()
+	prev, first := s.state, !s.authenticated
+	if st != gwclient.Closed {
+		s.state = st
+	}
+	if st == gwclient.Connected {
+		s.authenticated = true
+	}
+	s.mu.Unlock()
+	switch st {
+	case gwclient.Connecting:
+		s.stateLine("connecting to %s", s.url)
+	case gwclient.Authenticating:
+		s.stateLine("connected (upgraded, hello received); authenticating")
+	case gwclient.Connected:
+		s.stateLine("authenticated (the server accepted the key)")
+		if first {
+			s.stateLine("%s", clientHelp)
+		}
+	case gwclient.Disconnected:
+		var ce *gwclient.CloseError
+		switch {
+		case prev == gwclient.Connected && errors.As(err, &ce):
+			s.stateLine("closed by the server: %d %q; reconnecting", ce.Code, ce.Reason)
+		case prev == gwclient.Connected:
+			s.stateLine("connection lost without a close frame (1006): %v; reconnecting", err)
+		case errors.As(err, &ce):
+			s.stateLine("refused: the server closed the connection with %d %q before authenticating it; reconnecting", ce.Code, ce.Reason)
+		default:
+			s.stateLine("could not connect: %v; reconnecting", err)
+		}
+	}
+	// Closed: client() prints why, once Wait has returned.
+}
+
+// onError prints an Error packet the server sent on its own.
+func (s *clientSession) onError(se *gwclient.ServerError) {
+	s.printf("error %d %s", se.Code, se.Text)
+}
+
+// dialFailed is the error and exit status of a first connection that
+// never authenticated.
+func (s *clientSession) dialFailed(err error) error {
+	var ce *gwclient.CloseError
+	var ue *gwclient.UpgradeError
+	s.mu.Lock()
+	upgraded := s.state == gwclient.Authenticating
+	s.mu.Unlock()
+	switch {
+	case errors.As(err, &ce):
+		return &exitCodeError{code: clientExitRefused,
+			err: fmt.Errorf("client: refused: the server closed the connection with %d %q before authenticating it", ce.Code, ce.Reason)}
+	case errors.As(err, &ue):
+		return fmt.Errorf("client: upgrade refused: HTTP %s %s", ue.Status, ue.Body)
+	case errors.Is(err, gwclient.ErrNotNative):
+		return err
+	case upgraded:
+		return &exitCodeError{code: clientExitClosed,
+			err: fmt.Errorf("client: the connection ended before authentication without a close frame: %v", err)}
+	}
+	return fmt.Errorf("client: %w", err)
+}
+
+// endedErr is the error and exit status of a session the server ended for
+// good (or, with --no-reconnect, at all).
+func (s *clientSession) endedErr(err error) error {
+	s.mu.Lock()
+	authenticated, connected := s.authenticated, s.state == gwclient.Connected
+	s.mu.Unlock()
+	code := clientExitClosed
+	if !authenticated {
+		code = clientExitRefused
+	}
+	var ce *gwclient.CloseError
+	switch {
+	case errors.As(err, &ce) && !connected:
+		// Refused while authenticating again after a reconnect.
+		err = fmt.Errorf("client: refused: the server closed the connection with %d %q before authenticating it again", ce.Code, ce.Reason)
+	case errors.As(err, &ce):
+		err = fmt.Errorf("client: closed by the server: %d %q", ce.Code, ce.Reason)
+	default:
+		err = fmt.Errorf("client: connection lost without a close frame (1006): %v", err)
+	}
+	return &exitCodeError{code: code, err: err}
+}
+
+// commands runs command lines until "quit" or the end of input. Each
+// command waits for the server's answer: an "error CODE TEXT" line when
+// it refused, nothing more (or what the command prints) when it accepted.
+func (s *clientSession) commands(ctx context.Context, in io.Reader) {
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		if !s.command(ctx, sc.Text()) {
+			return
+		}
+	}
+}
+
+// command runs one command line; false means quit.
+func (s *clientSession) command(ctx context.Context, line string) bool {
+	ctx, cancel := context.WithTimeout(ctx, clientCommandTimeout)
 	defer cancel()
-	ws, resp, err := websocket.Dial(dctx, url, nil)
-	if err == nil {
-		return ws, nil
-	}
-	if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-		var body []byte
-		if resp.Body != nil {
-			body, _ = io.ReadAll(io.LimitReader(resp.Body, 200))
+	verb, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
+	var err error
+	switch verb {
+	case "":
+		return true
+	case "sub":
+		s.subscribe(ctx, rest)
+		return true
+	case "unsub":
+		err = s.c.Unsubscribe(ctx, rest)
+	case "pub":
+		ch, text, _ := strings.Cut(rest, " ")
+		err = s.c.Publish(ctx, ch, []byte(text))
+	case "ping":
+		var t time.Time
+		if t, err = s.c.Ping(ctx); err == nil {
+			s.printf("pong %d", t.UnixMilli())
 		}
-		return nil, fmt.Errorf("client: upgrade refused: HTTP %s %s", resp.Status, bytes.TrimSpace(body))
+	case "echo", "name", "batch":
+		err = s.set(ctx, verb, rest)
+	case "quit", "exit":
+		return false
+	default:
+		s.stateLine("%s", clientHelp)
+		return true
 	}
-	return nil, fmt.Errorf("client: %w", err)
+	s.answer(verb, err)
+	return true
 }
 
-// clientAuth reads the hello, sends the key and waits for the server's
-// verdict: a Pong (authenticated) or a close (refused).
-func clientAuth(ctx context.Context, ws *websocket.Conn, key []byte) error {
-	_, hello, err := ws.Read(ctx)
-	if err != nil {
-		return clientEnded(err, false, "before its hello")
+// set changes one setting; the package applies all of them again after
+// every reconnect.
+func (s *clientSession) set(ctx context.Context, verb, arg string) error {
+	s.mu.Lock()
+	next := s.settings
+	s.mu.Unlock()
+	switch verb {
+	case "echo":
+		switch arg {
+		case "0", "1":
+			next.Echo = arg == "1"
+		default:
+			return fmt.Errorf("takes 0 or 1, not %q", arg)
+		}
+	case "name":
+		next.Name = arg
+	case "batch":
+		ms, err := strconv.ParseInt(arg, 10, 16)
+		if err != nil {
+			return fmt.Errorf("takes milliseconds: %w", err)
+		}
+		next.BatchWindow = time.Duration(ms) * time.Millisecond
 	}
-	if !bytes.Equal(hello, packet.Hello) {
-		_ = ws.Close(websocket.StatusProtocolError, "not the native protocol")
-		return fmt.Errorf("client: not a native-protocol endpoint: the first message is % x, not the hello % x", hello, packet.Hello)
+	if err := s.c.SetSettings(ctx, next); err != nil {
+		return err
 	}
-	fmt.Fprintln(os.Stderr, "connected (upgraded, hello received); authenticating")
-	if err := ws.Write(ctx, websocket.MessageBinary, packet.AppendAuth(nil, packet.Version, key)); err != nil {
-		return clientEnded(err, false, "while sending the key")
-	}
-	_, msg, err := ws.Read(ctx)
-	if err != nil {
-		return clientEnded(err, false, "")
-	}
-	d := packet.NewClientDecoder(msg)
-	var p packet.ServerPacket
-	if ok, err := d.Next(&p); !ok || err != nil || p.ID != packet.PacketPong {
-		_ = ws.Close(websocket.StatusProtocolError, "no Pong after auth")
-		return fmt.Errorf("client: the server answered the key with % x, not a Pong", msg)
-	}
-	fmt.Fprintln(os.Stderr, "authenticated (the server accepted the key)")
-	printPacket(&p)
-	clientPrintRest(&d, msg)
+	s.mu.Lock()
+	s.settings = next
+	s.mu.Unlock()
 	return nil
 }
 
-// clientEnded turns the error that ended a read or write into the close
-// line and the exit status: before authentication any close is a refusal.
-// when says where a connection lost without a close frame was.
-func clientEnded(err error, authenticated bool, when string) error {
-	if when != "" {
-		when = " " + when
+// subscribe subscribes to ch; "subscribed ..." is printed by the
+// subscription's OnSubscribed, each time it becomes live.
+func (s *clientSession) subscribe(ctx context.Context, ch string) {
+	opts := []gwclient.SubscribeOption{gwclient.OnSubscribed(s.onSubscribed)}
+	if s.recover {
+		opts = append(opts, gwclient.WithRecovery())
 	}
-	var ce websocket.CloseError
-	if errors.As(err, &ce) {
-		if !authenticated {
-			return &exitCodeError{code: clientExitRefused,
-				err: fmt.Errorf("client: refused: the server closed the connection with %d %q before authenticating it", ce.Code, ce.Reason)}
-		}
-		return &exitCodeError{code: clientExitClosed, err: fmt.Errorf("client: closed by the server: %d %q", ce.Code, ce.Reason)}
-	}
-	return &exitCodeError{code: clientExitClosed,
-		err: fmt.Errorf("client: connection lost%s without a close frame (1006): %v", when, err)}
+	_, err := s.c.Subscribe(ctx, ch, s.onPublication, opts...)
+	s.answer("sub", err)
 }
 
-func clientPing(ctx context.Context, ws *websocket.Conn) {
-	t := time.NewTicker(clientPingEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_ = ws.Write(ctx, websocket.MessageBinary, packet.AppendPing(nil))
+func (s *clientSession) onSubscribed(ev gwclient.SubscribedEvent) {
+	switch {
+	case ev.Err != nil:
+		s.answer("sub", ev.Err) // a resubscription refused: the subscription is gone
+	case s.recover:
+		recovered := 0
+		if ev.Recovered {
+			recovered = 1
 		}
+		s.printf("subscribed %s epoch %d offset %d recovered %d", ev.Channel, ev.Epoch, ev.Offset, recovered)
+	default:
+		s.printf("subscribed %s", ev.Channel)
 	}
 }
 
-// clientSession is an authenticated session: stdin writes, print reads.
-type clientSession struct {
-	ws       *websocket.Conn
-	quitting atomic.Bool   // this client started the close (quit or end of input)
-	closed   chan struct{} // closed once that close handshake is over
-}
-
-// stdin turns command lines into packets; "quit" or the end of input
-// closes the connection with 1000.
-func (s *clientSession) stdin(ctx context.Context) {
-	sc := bufio.NewScanner(os.Stdin)
-	for sc.Scan() {
-		msg, err := clientCommand(sc.Text())
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			continue
-		}
-		if msg == nil {
-			break
-		}
-		if err := s.ws.Write(ctx, websocket.MessageBinary, msg); err != nil {
-			return // the connection is gone: print reports how
-		}
+func (s *clientSession) onPublication(p gwclient.Publication) {
+	text := string(p.Payload)
+	if !utf8.Valid(p.Payload) {
+		text = fmt.Sprintf("% x", p.Payload)
 	}
-	// Flag first, so print takes the end of its read for the close it is.
-	s.quitting.Store(true)
-	_ = s.ws.Close(websocket.StatusNormalClosure, "bye")
-	close(s.closed)
-}
-
-// clientCommand encodes one command line; nil means quit.
-func clientCommand(line string) ([]byte, error) {
-	verb, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
-	switch verb {
-	case "sub":
-		return packet.AppendSubscribe(nil, rest), nil
-	case "unsub":
-		return packet.AppendUnsubscribe(nil, rest), nil
-	case "pub":
-		ch, text, _ := strings.Cut(rest, " ")
-		return packet.AppendPublish(nil, ch, []byte(text)), nil
-	case "ping":
-		return packet.AppendPing(nil), nil
-	case "echo":
-		v, err := strconv.ParseInt(rest, 10, 8)
-		return packet.AppendSettings(nil, packet.Setting{ID: packet.SettingEcho, Byte: int8(v)}), err
-	case "name":
-		return packet.AppendSettings(nil, packet.Setting{ID: packet.SettingClientName, String: []byte(rest)}), nil
-	case "batch":
-		v, err := strconv.ParseInt(rest, 10, 16)
-		return packet.AppendSettings(nil, packet.Setting{ID: packet.SettingBatchWindow, Short: int16(v)}), err
-	case "quit", "exit":
-		return nil, nil
-	}
-	return nil, errors.New(clientHelp)
-}
-
-// print prints every packet the server sends until the connection ends,
-// then how it ended.
-func (s *clientSession) print(ctx context.Context) error {
-	for {
-		_, msg, err := s.ws.Read(ctx)
-		if err != nil {
-			if s.quitting.Load() {
-				<-s.closed
-				fmt.Fprintln(os.Stderr, `closed: 1000 "bye" (this client quit)`)
-				return nil
-			}
-			return clientEnded(err, true, "")
-		}
-		d := packet.NewClientDecoder(msg)
-		clientPrintRest(&d, msg)
+	if p.Offset > 0 {
+		s.printf("message %s offset %d %s", p.Channel, p.Offset, text)
+	} else {
+		s.printf("message %s %s", p.Channel, text)
 	}
 }
 
-// clientPrintRest prints the packets d has left of msg.
-func clientPrintRest(d *packet.ClientDecoder, msg []byte) {
-	var p packet.ServerPacket
-	for {
-		ok, err := d.Next(&p)
-		if err != nil {
-			fmt.Printf("undecodable message (%v): % x\n", err, msg)
-		}
-		if !ok {
-			return
-		}
-		printPacket(&p)
-	}
-}
-
-func printPacket(p *packet.ServerPacket) {
-	switch p.ID {
-	case packet.PacketPong:
-		fmt.Printf("pong %d\n", p.Millis)
-	case packet.PacketMessage:
-		if utf8.Valid(p.Payload) {
-			fmt.Printf("message %s %s\n", p.Channel, p.Payload)
-		} else {
-			fmt.Printf("message %s % x\n", p.Channel, p.Payload)
-		}
-	case packet.PacketError:
-		fmt.Printf("error %d %s\n", p.Code, p.Text)
-	case packet.PacketSubscribed:
-		fmt.Printf("subscribed %s\n", p.Channel)
+// answer prints a command's failure: the server's refusal on stdout as
+// "error CODE TEXT", anything else (not sent: disconnected, closed, a bad
+// argument) on stderr.
+func (s *clientSession) answer(verb string, err error) {
+	var se *gwclient.ServerError
+	switch {
+	case err == nil:
+	case errors.As(err, &se):
+		s.printf("error %d %s", se.Code, se.Text)
+	case errors.Is(err, gwclient.ErrDisconnected):
+		s.stateLine("%s: not done: disconnected (the client is reconnecting); try again once authenticated", verb)
+	case errors.Is(err, context.DeadlineExceeded):
+		s.stateLine("%s: no answer from the server within %v; not done", verb, clientCommandTimeout)
+	default:
+		s.stateLine("%s: %v", verb, err)
 	}
 }

@@ -64,7 +64,7 @@ from, the key id and the expiry go to stderr.`},
 its sessions are closed with 3004. Prints the admin API's JSON answer.`},
 	"key revoke-subject": {synopsis: "gateway key revoke-subject [--admin URL] [--admin-token T] SUBJECT", env: true, about: `Revokes every key of SUBJECT issued until now through a node's admin API;
 keys issued afterwards stay valid. Prints the admin API's JSON answer.`},
-	"client": {synopsis: "gateway client --key KEY [--url URL] [--sub a,b]", env: true, about: clientAbout},
+	"client": {synopsis: "gateway client --key KEY [--url URL] [--sub a,b] [--recover] [--no-reconnect]", env: true, about: clientAbout},
 	"wsify": {synopsis: "gateway wsify [-listen-addr :3000] [-authorizer-url U] [-broker-driver memory|redis] [-broker-dsn D] ...", about: `Runs only the wsify protocol with wsify v3's own flag names: a drop-in
 replacement that binds only -listen-addr and writes nothing; the admin listener
 (-admin-listen) and a data directory (-data-dir) are opt-in. Its flags do not
