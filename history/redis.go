@@ -159,6 +159,28 @@ func (s *RedisStore) AppendPublish(ctx context.Context, channel string, payload 
 	if err != nil {
 		return Position{}, unavailable(err)
 	}
+	return positionOf(v)
+}
+
+// QueueAppendPublish queues AppendPublish on pipe (a broker's batch of
+// publishes, one round trip for many); the command's answer is read with
+// ReadPosition once the pipeline ran. It sends the script's text (EVAL):
+// a pipeline cannot fall back from EVALSHA when Redis lost its scripts.
+func (s *RedisStore) QueueAppendPublish(ctx context.Context, pipe redis.Pipeliner, channel string, payload []byte, pubsub string, head []byte) *redis.Cmd {
+	return appendScript.Eval(ctx, pipe, s.keys(channel),
+		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), s.opts.Size, pubsub, head, payload)
+}
+
+// ReadPosition reads the answer of a command QueueAppendPublish queued.
+func ReadPosition(cmd *redis.Cmd) (Position, error) {
+	v, err := cmd.Slice()
+	if err != nil {
+		return Position{}, unavailable(err)
+	}
+	return positionOf(v)
+}
+
+func positionOf(v []any) (Position, error) {
 	if len(v) != 2 {
 		return Position{}, fmt.Errorf("history: append answered %d values", len(v))
 	}

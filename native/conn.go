@@ -243,6 +243,8 @@ func (h *conn) subscribeFrom(channel []byte, epoch, offset int64) {
 		h.sendError(packet.ErrorBadRequest, fmt.Sprintf("subscribe from %s: channel keeps no history", quoteChannel(channel)))
 	case errors.Is(err, session.ErrTooManySubscriptions):
 		h.sendError(packet.ErrorTooMany, fmt.Sprintf("subscribe from %s: more than %d subscriptions", quoteChannel(channel), h.p.opts.MaxSubscriptions))
+	case err != nil:
+		h.sendError(packet.ErrorUnavailable, fmt.Sprintf("subscribe from %s: %v; try again", quoteChannel(channel), err))
 	}
 }
 
@@ -252,9 +254,37 @@ func (h *conn) publish(channel, payload []byte) {
 		return
 	}
 	hub := h.c.Loop().Server().Hub()
-	if err := hub.Publish(string(channel), payload, h.sess.ID); err != nil {
+	ch := string(channel)
+	var failed func(error)
+	if hub.Keeps(ch) {
+		// With Redis a publish on a channel with history is appended there
+		// after this returns; a loss is told back on this loop.
+		failed = func(err error) { h.c.Run(h.publishFailed, &lostPublish{channel: ch, err: err}) }
+	}
+	if err := hub.PublishOr(ch, payload, h.sess.ID, failed); err != nil {
 		h.sendError(packet.ErrorUnavailable, fmt.Sprintf("publish %s: %v; try again", quoteChannel(channel), err))
 	}
+}
+
+// lostPublish is a publish the history's store lost after accepting it.
+type lostPublish struct {
+	channel string
+	err     error
+}
+
+func (h *conn) publishFailed(arg any) {
+	if !h.c.Open() {
+		return
+	}
+	l := arg.(*lostPublish)
+	h.sendError(packet.ErrorUnavailable, fmt.Sprintf("publish %s: %v; try again", quoteChannel([]byte(l.channel)), l.err))
+}
+
+// SubscribeFromFailed implements session.PositionSink: the history could
+// not be read; the subscription is gone.
+func (h *conn) SubscribeFromFailed(channel string, err error) {
+	h.flush(nil)
+	h.sendError(packet.ErrorUnavailable, fmt.Sprintf("subscribe from %s: history unavailable (%v); try again", quoteChannel([]byte(channel)), err))
 }
 
 // quoteChannel quotes a channel name for an Error message: at most

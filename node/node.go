@@ -92,8 +92,8 @@ type Config struct {
 	// History says which channels keep history for SubscribeFrom
 	// (PROTOCOL.md §5.1): Size zero (the default) means none; TTL zero
 	// means history.DefaultTTL (5m); Channels empty means every channel but
-	// the reserved "#..." ones. A node with Redis refuses a Size above zero
-	// in this version: history is kept in memory, by a node alone.
+	// the reserved "#..." ones. A node alone keeps it in memory; with Redis
+	// it lives in Redis, shared by every node (history.RedisStore).
 	History history.Options
 	// SocketSendBuffer: zero means gateway.DefaultSocketSendBuffer
 	// (256 KiB); negative leaves the kernel's autotuning on.
@@ -600,11 +600,15 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 	n.redis = redis.NewClient(opt)
 	prefix := cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix)
 	n.store = token.NewRedisStore(n.redis, prefix)
-	return session.NewRedisBroker(session.RedisBrokerOptions{
+	b := session.NewRedisBroker(session.RedisBrokerOptions{
 		Client: n.redis, Prefix: prefix, Logger: n.log,
 		ChannelName: wsify.RedisChannelName(cfg.WsifyRedisPrefix, prefix),
 		Raw:         wsify.RedisChannelRaw(cfg.WsifyRedisPrefix, prefix),
-	}), nil
+	})
+	if cfg.History.Size > 0 {
+		b.EnableHistory(history.NewRedisStore(n.redis, prefix, cfg.History))
+	}
+	return b, nil
 }
 
 // revoked is the Revoker's callback, from any goroutine: it asks for a

@@ -94,6 +94,15 @@ type BrokerHandler interface {
 	Reconnected()
 }
 
+// PositionHandler is implemented by a BrokerHandler that takes publishes
+// with their position in a channel's history (envelope version 2 of the
+// Redis broker); a handler without it gets them through Deliver.
+type PositionHandler interface {
+	// DeliverAt is Deliver with the position; origin is the publishing
+	// session when it lives on this node (zero otherwise).
+	DeliverAt(channel string, payload []byte, origin uint64, epoch, offset int64)
+}
+
 // Standalone is the Broker of a node that runs alone: there are no other
 // nodes, so publishes go nowhere and subscriptions are live at once (the hub
 // knows this broker and marks its channels live itself).

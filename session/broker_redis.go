@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/history"
 )
 
 // Redis broker protocol
@@ -70,7 +72,16 @@ import (
 //	                       Publish was called (so lag includes queueing)
 //	offset 19  payload     the bytes given to Publish, as is
 //
-// A node skips incoming envelopes carrying its own nodeID: its hub has
+// A publish on a channel with history (PublishKept) carries envelope
+// version 2: the same 19-byte header with version 0x02, the publishing
+// session's id (8 bytes; for its own node's echo rule), then the epoch and
+// the offset the history script gave it (8 bytes each, big-endian), then
+// the payload. The script appends and publishes in one step, so Redis
+// delivers a channel's publications in offset order; every node, the
+// publishing one included, delivers them from Redis (the hub does not
+// deliver them locally), so the node id is not used to skip them.
+//
+// A node skips incoming version 1 envelopes carrying its own nodeID: its hub has
 // delivered them locally already. An incoming message that does not start
 // with 0x00 'G' is an outside publisher's raw payload and is delivered
 // unchanged. A message that starts with 0x00 'G' but is shorter than the
@@ -92,6 +103,12 @@ const (
 
 	envelopeVersion   = 0x01
 	envelopeHeaderLen = 19
+	// envelopeKept is the version of a publish with a position (history):
+	// the version 1 header, the publishing session (8 bytes), then what
+	// the history script adds, the epoch and the offset.
+	envelopeKept     = 0x02
+	envelopeKeptHead = envelopeHeaderLen + 8
+	envelopeKeptLen  = envelopeKeptHead + 16
 
 	// redisPublishBatch bounds the publishes sent in one pipeline round trip.
 	redisPublishBatch = 512
@@ -292,6 +309,8 @@ type RedisBroker struct {
 	lag           atomic.Int64
 	down          atomic.Bool // a batch failed, and no batch or PING succeeded since
 
+	hist *history.RedisStore // EnableHistory; nil: no channel keeps history
+
 	pubLog, subLog, readLog logLimiter
 }
 
@@ -299,6 +318,11 @@ type pubItem struct {
 	channel string
 	data    []byte       // whole envelope, or the payload alone on a raw channel
 	done    chan<- error // PublishConfirmed's: gets the outcome (buffered); else nil
+	// kept: a publish on a channel with history (PublishKept): data is the
+	// version 2 header, then the payload; the history script appends it
+	// and publishes it with its position. failed, if set, hears a loss.
+	kept   bool
+	failed func(error)
 }
 
 // redisSub is one Subscribe call's subscription; its identity tells a
@@ -410,6 +434,65 @@ func (b *RedisBroker) Publish(channel string, payload []byte) error {
 	return b.publish(channel, payload, nil)
 }
 
+// EnableHistory makes the broker carry the publishes of channels with
+// history through store (PublishKept). Call it before Start.
+func (b *RedisBroker) EnableHistory(store *history.RedisStore) { b.hist = store }
+
+// History returns the store EnableHistory gave, or nil.
+func (b *RedisBroker) History() *history.RedisStore { return b.hist }
+
+// Down reports whether the publisher knows Redis is unreachable (a batch
+// failed and no batch or PING succeeded since).
+func (b *RedisBroker) Down() bool { return b.down.Load() }
+
+// PublishKept queues a publish on a channel with history: in Redis, one
+// script appends it to the channel's history, gives it its position and
+// publishes it (envelope version 2) to every node, this one included. It
+// returns ErrBrokerBusy or ErrBrokerDown at once when the publish cannot
+// be queued; a publish lost after it was queued (Redis failed the batch)
+// is told to failed, from the publisher's goroutine, when failed is set.
+func (b *RedisBroker) PublishKept(channel string, payload []byte, origin uint64, failed func(error)) error {
+	if b.closed.Load() {
+		b.dropped.Add(1)
+		return errRedisBrokerClosed
+	}
+	if b.down.Load() {
+		b.dropped.Add(1)
+		return ErrBrokerDown
+	}
+	buf := make([]byte, envelopeKeptHead+len(payload))
+	b.putHeader(buf, envelopeKept)
+	binary.BigEndian.PutUint64(buf[envelopeHeaderLen:], origin)
+	copy(buf[envelopeKeptHead:], payload)
+	select {
+	case b.queue <- pubItem{channel: channel, data: buf, kept: true, failed: failed}:
+		return nil
+	default:
+		b.dropped.Add(1)
+		return ErrBrokerBusy
+	}
+}
+
+// AppendNow appends and publishes like PublishKept, at once and on the
+// caller's goroutine, and returns the position: for a caller that may wait
+// (the admin API), never an event loop.
+func (b *RedisBroker) AppendNow(ctx context.Context, channel string, payload []byte) (history.Position, error) {
+	head := make([]byte, envelopeKeptHead)
+	b.putHeader(head, envelopeKept)
+	pos, err := b.hist.AppendPublish(ctx, channel, payload, b.redisName(channel), head)
+	if err == nil {
+		b.published.Add(1)
+	}
+	return pos, err
+}
+
+// putHeader writes the envelope header of the given version at buf[:19].
+func (b *RedisBroker) putHeader(buf []byte, version byte) {
+	buf[0], buf[1], buf[2] = 0x00, 'G', version
+	copy(buf[3:11], b.nodeID[:])
+	binary.BigEndian.PutUint64(buf[11:19], uint64(time.Now().UnixNano()))
+}
+
 // PublishConfirmed implements Confirmer: Publish, then the outcome of the
 // PUBLISH command. A publish that fails (Redis unreachable, or an error
 // reply) gets an error wrapping ErrBrokerDown and the Redis error; one the
@@ -458,9 +541,7 @@ func (b *RedisBroker) publish(channel string, payload []byte, done chan<- error)
 		}
 	} else {
 		buf = make([]byte, envelopeHeaderLen+len(payload))
-		buf[0], buf[1], buf[2] = 0x00, 'G', envelopeVersion
-		copy(buf[3:11], b.nodeID[:])
-		binary.BigEndian.PutUint64(buf[11:19], uint64(time.Now().UnixNano()))
+		b.putHeader(buf, envelopeVersion)
 		copy(buf[envelopeHeaderLen:], payload)
 	}
 	select {
@@ -652,6 +733,10 @@ func (p *publisher) send() {
 			name = b.redisName(it.channel)
 			p.names[it.channel] = name
 		}
+		if it.kept {
+			b.hist.QueueAppendPublish(b.ctx, p.pipe, it.channel, it.data[envelopeKeptHead:], name, it.data[:envelopeKeptHead])
+			continue
+		}
 		p.pipe.Publish(b.ctx, name, it.data)
 	}
 	cmds, err := p.pipe.Exec(b.ctx)
@@ -696,7 +781,7 @@ func (p *publisher) send() {
 // all of them, or with cmds (one per item) each command's own.
 func (p *publisher) answer(cmds []redis.Cmder, err error) {
 	for i, it := range p.batch {
-		if it.done == nil {
+		if it.done == nil && it.failed == nil {
 			continue
 		}
 		e := err
@@ -706,7 +791,12 @@ func (p *publisher) answer(cmds []redis.Cmder, err error) {
 		if e != nil && !errors.Is(e, ErrBrokerBusy) {
 			e = fmt.Errorf("%w: %w", ErrBrokerDown, e)
 		}
-		it.done <- e
+		switch {
+		case it.done != nil:
+			it.done <- e
+		case e != nil:
+			it.failed(e)
+		}
 	}
 }
 
@@ -981,6 +1071,23 @@ func (b *RedisBroker) deliver(m *redis.Message) {
 		b.h.Deliver(channel, []byte(p))
 		return
 	}
+	if len(p) >= envelopeKeptLen && p[0] == 0x00 && p[1] == 'G' && p[2] == envelopeKept {
+		b.observeLag(p)
+		b.received.Add(1)
+		var origin uint64
+		if p[3:11] == string(b.nodeID[:]) {
+			origin = binary.BigEndian.Uint64([]byte(p[envelopeHeaderLen:envelopeKeptHead]))
+		}
+		epoch := int64(binary.BigEndian.Uint64([]byte(p[envelopeKeptHead : envelopeKeptHead+8])))
+		offset := int64(binary.BigEndian.Uint64([]byte(p[envelopeKeptHead+8 : envelopeKeptLen])))
+		payload := []byte(p[envelopeKeptLen:])
+		if ph, ok := b.h.(PositionHandler); ok {
+			ph.DeliverAt(channel, payload, origin, epoch, offset)
+		} else {
+			b.h.Deliver(channel, payload)
+		}
+		return
+	}
 	if len(p) >= 2 && p[0] == 0x00 && p[1] == 'G' {
 		if len(p) < envelopeHeaderLen || p[2] != envelopeVersion {
 			b.malformed.Add(1)
@@ -991,19 +1098,24 @@ func (b *RedisBroker) deliver(m *redis.Message) {
 		if p[3:11] == string(b.nodeID[:]) {
 			return // ours: the hub delivered it locally
 		}
-		var sent int64
-		for i := 11; i < envelopeHeaderLen; i++ {
-			sent = sent<<8 | int64(p[i])
-		}
-		lag := max(time.Now().UnixNano()-sent, 0)
-		b.lag.Store(lag)
-		if b.onLag != nil {
-			b.onLag(float64(lag) / 1e9)
-		}
+		b.observeLag(p)
 		p = p[envelopeHeaderLen:]
 	}
 	b.received.Add(1)
 	b.h.Deliver(channel, []byte(p))
+}
+
+// observeLag records the lag of an envelope from its sent-at.
+func (b *RedisBroker) observeLag(p string) {
+	var sent int64
+	for i := 11; i < envelopeHeaderLen; i++ {
+		sent = sent<<8 | int64(p[i])
+	}
+	lag := max(time.Now().UnixNano()-sent, 0)
+	b.lag.Store(lag)
+	if b.onLag != nil {
+		b.onLag(float64(lag) / 1e9)
+	}
 }
 
 // logLimiter lets through at most one line per redisLogEvery and counts

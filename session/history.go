@@ -11,29 +11,60 @@ import (
 // no history.
 var ErrNoHistory = errors.New("channel keeps no history")
 
-// ErrHistoryNeedsStandalone is returned by SetHistory on a hub whose broker
-// is not Standalone: history across nodes (in Redis) is not built yet.
-var ErrHistoryNeedsStandalone = errors.New("history is kept only by a node running alone (without --redis) in this version")
+// ErrHistoryNeedsStore is returned by SetHistory on a hub whose broker
+// carries publishes to other nodes but keeps no history (a RedisBroker
+// without EnableHistory).
+var ErrHistoryNeedsStore = errors.New("the broker keeps no history")
+
+// KeptBroker is a Broker that keeps history for the whole cluster (the
+// Redis broker after EnableHistory): it assigns positions, appends and
+// publishes in one step, and every node, the publishing one included,
+// delivers those publishes from it (BrokerHandler via PositionHandler).
+type KeptBroker interface {
+	// PublishKept queues a publish on a channel with history; a loss
+	// after it was queued is told to failed (from another goroutine).
+	PublishKept(channel string, payload []byte, origin uint64, failed func(error)) error
+	// AppendNow publishes at once and returns the position; it blocks.
+	AppendNow(ctx context.Context, channel string, payload []byte) (history.Position, error)
+	// History is the store to read from; nil when history is not enabled.
+	History() *history.RedisStore
+	// Down reports whether the broker knows its server is unreachable.
+	Down() bool
+}
 
 // historyState is the hub's history: which channels keep one, and where.
 type historyState struct {
-	opts  history.Options
-	store *history.MemoryStore
+	opts    history.Options
+	store   history.Store
+	mem     *history.MemoryStore // a node alone; nil with a KeptBroker
+	remote  KeptBroker           // the cluster's; nil for a node alone
+	fetches chan struct{}        // reads under way off the loops (remote)
 }
 
 // SetHistory makes the channels o.Keeps keep history (PROTOCOL.md §5.1);
 // o.Size zero turns it off. Call it before the first publish. A node
 // alone keeps it in memory (history.MemoryStore): its epochs start anew
-// with the process.
+// with the process. A node with other nodes keeps it in its broker, which
+// must be a KeptBroker with a store. After a lost broker connection comes
+// back, every SubscribeFrom subscriber's position is checked against the
+// history and any gap filled (or told).
 func (h *Hub) SetHistory(o history.Options) error {
 	if o.Size <= 0 {
 		h.hist = nil
 		return nil
 	}
-	if !h.liveAtOnce {
-		return ErrHistoryNeedsStandalone
+	o = o.WithDefaults()
+	if h.liveAtOnce {
+		mem := history.NewMemoryStore(o)
+		h.hist = &historyState{opts: o, store: mem, mem: mem}
+		return nil
 	}
-	h.hist = &historyState{opts: o.WithDefaults(), store: history.NewMemoryStore(o)}
+	kb, ok := h.broker.(KeptBroker)
+	if !ok || kb.History() == nil {
+		return ErrHistoryNeedsStore
+	}
+	h.hist = &historyState{opts: o, store: kb.History(), remote: kb, fetches: make(chan struct{}, maxRecoveryFetches)}
+	h.OnReconnect((*Shard).checkPositions)
 	return nil
 }
 
@@ -57,7 +88,7 @@ func (h *Hub) HistoryOptions() history.Options {
 // deliveries while the channel is locked, so that every loop gets a
 // channel's publications in offset order whoever published them.
 func (h *Hub) publishKept(channel string, payload []byte, origin uint64) history.Position {
-	return h.hist.store.AppendFunc(channel, payload, func(pos history.Position) {
+	return h.hist.mem.AppendFunc(channel, payload, func(pos history.Position) {
 		h.deliverLocal(&Message{Channel: channel, Payload: append([]byte(nil), payload...), Origin: origin,
 			Epoch: pos.Epoch, Offset: pos.Offset})
 	})
@@ -71,6 +102,13 @@ func (h *Hub) PublishAt(ctx context.Context, channel string, payload []byte) (hi
 	}
 	if err := h.admit(channel, payload); err != nil {
 		return history.Position{}, err
+	}
+	if r := h.hist.remote; r != nil {
+		pos, err := r.AppendNow(ctx, channel, payload)
+		if err != nil {
+			h.stats.BrokerRefusals.Add(1)
+		}
+		return pos, err
 	}
 	return h.publishKept(channel, payload, 0), nil
 }
@@ -88,7 +126,7 @@ func (h *Hub) History(ctx context.Context, channel string, limit int) (history.P
 // SweepHistory forgets channels whose history expired (history.MemoryStore
 // Sweep); the node calls it now and then.
 func (h *Hub) SweepHistory() {
-	if h.hist != nil {
-		h.hist.store.Sweep()
+	if h.hist != nil && h.hist.mem != nil {
+		h.hist.mem.Sweep()
 	}
 }

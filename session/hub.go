@@ -95,6 +95,7 @@ func (h *Hub) NewShard(loop Loop) (*Shard, error) {
 	}
 	sh := &Shard{hub: h, loop: loop, bit: 1 << len(h.shards), topics: make(map[string]*topic)}
 	sh.deliverTask, sh.liveTask = sh.deliver, sh.markLive
+	sh.fetchedTask, sh.dropTask = sh.takeFetched, sh.drop
 	h.shards = append(h.shards, sh)
 	return sh, nil
 }
@@ -121,10 +122,26 @@ func (h *Hub) Stats() *HubStats { return &h.stats }
 // the node's subscribers get the copy the broker brings back, in the
 // broker's order, and origin is lost (see Echoer).
 func (h *Hub) Publish(channel string, payload []byte, origin uint64) error {
+	return h.PublishOr(channel, payload, origin, nil)
+}
+
+// PublishOr is Publish for a caller that wants to hear of a publish lost
+// after it was accepted: on a channel with history in a cluster the
+// publish goes through the broker's queue to Redis, and a batch Redis
+// fails is told to failed (from the broker's goroutine; failed must hop
+// to the caller's loop itself). nil means not told.
+func (h *Hub) PublishOr(channel string, payload []byte, origin uint64, failed func(error)) error {
 	if err := h.admit(channel, payload); err != nil {
 		return err
 	}
 	if h.Keeps(channel) {
+		if r := h.hist.remote; r != nil {
+			if err := r.PublishKept(channel, payload, origin, failed); err != nil {
+				h.stats.BrokerRefusals.Add(1)
+				return err
+			}
+			return nil // delivered here when Redis brings it back
+		}
 		h.publishKept(channel, payload, origin)
 		return nil
 	}
@@ -297,6 +314,16 @@ func (b brokerHandler) Deliver(channel string, payload []byte) {
 		return
 	}
 	b.h.deliverLocal(&Message{Channel: channel, Payload: payload})
+}
+
+// DeliverAt implements PositionHandler: a publish on a channel with
+// history, with its position, from any node (this one included).
+func (b brokerHandler) DeliverAt(channel string, payload []byte, origin uint64, epoch, offset int64) {
+	if b.h.tooLarge(payload) {
+		b.h.stats.TooLarge.Add(1)
+		return
+	}
+	b.h.deliverLocal(&Message{Channel: channel, Payload: payload, Origin: origin, Epoch: epoch, Offset: offset})
 }
 
 func (b brokerHandler) Live(channel string) {

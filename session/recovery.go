@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"time"
 
 	"github.com/wsgateway/gateway/history"
 )
@@ -13,14 +14,18 @@ type PositionSink interface {
 	Sink
 	// DeliverAt hands over a publication with its position on a
 	// subscription made with SubscribeFrom: live (enc is the loop's cache,
-	// m is shared: read it, never keep it) or replayed from the history
-	// (enc is nil and m is the session's own).
+	// m is shared: read it, never keep it) or replayed from the history or
+	// held during a recovery (enc is nil).
 	DeliverAt(m *Message, enc *EncodeCache)
 	// SubscribedFrom tells the session where it stands: after the replay
 	// that answers a SubscribeFrom, and unprompted when it has a gap the
 	// history cannot fill or the channel's epoch changed (recovered
 	// false). The next publication it gets is pos.Offset+1.
 	SubscribedFrom(channel string, pos history.Position, recovered bool)
+	// SubscribeFromFailed tells the session that its SubscribeFrom could
+	// not be answered (the history's store is unreachable or busy); the
+	// subscription is gone.
+	SubscribeFromFailed(channel string, err error)
 }
 
 // recState is where a SubscribeFrom subscription stands.
@@ -28,15 +33,37 @@ type recState uint8
 
 const (
 	recWaitLive recState = iota // the channel is not live on this node yet
+	recFetching                 // the history's answer is awaited; live publications are held
 	recLive                     // delivering; epoch and offset are the session's
 	recGone                     // unsubscribed
 )
 
-// recovery is the position of one SubscribeFrom subscription.
+// Bounds of recoveries that wait for a store off the loop (Redis).
+const (
+	// maxRecoveryHeld bounds the live publications a subscription holds
+	// while its recovery is under way. Past it the held ones are dropped
+	// and the recovery ends with recovered false at the newest one seen.
+	maxRecoveryHeld = 1024
+	// maxRecoveryFetches bounds the history reads under way on a node at
+	// once; past it a SubscribeFrom is refused (try again) and a gap is
+	// told instead of filled.
+	maxRecoveryFetches = 256
+	// recoveryTimeout bounds one history read.
+	recoveryTimeout = 5 * time.Second
+)
+
+// recovery is the position of one SubscribeFrom subscription. It lives on
+// the session's loop; a read under way off the loop only holds a pointer
+// to compare when its answer comes back.
 type recovery struct {
 	state         recState
-	since         history.Position // asked for; until the first answer
+	prompted      bool             // recFetching: answers a SubscribeFrom (else fills a gap)
+	check         bool             // recFetching: a reconnect's check (checkPositions)
+	since         history.Position // recFetching: asked for
 	epoch, offset int64            // recLive: what the session has
+	held          []*Message       // recFetching: live publications meanwhile
+	overflow      bool             // recFetching: more than maxRecoveryHeld came
+	newest        history.Position // recFetching: the newest publication seen
 }
 
 // SubscribeFrom subscribes s to channel with a position (PROTOCOL.md
@@ -44,14 +71,18 @@ type recovery struct {
 // its PositionSink, every kept publication after since (since.Epoch zero:
 // none), then SubscribedFrom, then the live publications with no gap and
 // no duplicate. A subscription s already holds on channel is replaced. It
-// returns ErrNoHistory for a channel that keeps none and
-// ErrTooManySubscriptions past the session's cap.
+// returns ErrNoHistory for a channel that keeps none,
+// ErrTooManySubscriptions past the session's cap and ErrBrokerDown while
+// the history's store is known unreachable.
 func (sh *Shard) SubscribeFrom(s *Session, channel string, since history.Position) error {
 	if !sh.hub.Keeps(channel) {
 		return ErrNoHistory
 	}
 	if _, ok := s.Sink.(PositionSink); !ok {
 		return ErrNoHistory
+	}
+	if r := sh.hub.hist.remote; r != nil && r.Down() {
+		return ErrBrokerDown
 	}
 	if s.find(channel) >= 0 {
 		sh.Unsubscribe(s, channel)
@@ -84,36 +115,179 @@ func (sh *Shard) startRecovery(s *Session, channel string) {
 // fill says nothing when the gap is filled. then is the live publication
 // that revealed the gap, delivered after the fill (nil for none).
 //
-// The store of a node alone answers on the loop, at once: every delivery
+// A node alone reads its memory on the loop, at once: every delivery
 // queued after the read carries a higher offset, and one queued before it
-// is a duplicate that the live path drops.
+// is a duplicate that the live path drops. With Redis the read runs off
+// the loop and its answer comes back as a loop task; live publications
+// are held meanwhile and delivered after the replay, duplicates dropped.
 func (sh *Shard) recover(s *Session, channel string, rec *recovery, prompted bool, then *Message) {
+	sh.walking++ // a Sink that fails a write is removed after, not during
+	defer sh.doneWalking()
+	hs := sh.hub.hist
+	if hs.mem != nil {
+		r, _ := hs.mem.Recover(context.Background(), channel, rec.since)
+		sh.recovered(s, channel, rec, prompted, r, then)
+		return
+	}
+	rec.state, rec.prompted, rec.held, rec.overflow = recFetching, prompted, rec.held[:0], false
+	if then != nil {
+		rec.hold(then)
+	}
+	select {
+	case hs.fetches <- struct{}{}:
+	default:
+		sh.fetchFailed(s, channel, rec, ErrBrokerBusy)
+		return
+	}
+	f := &fetched{s: s, channel: channel, rec: rec}
+	go sh.fetch(hs, f)
+}
+
+// fetched is a history read's answer on its way back to the loop.
+type fetched struct {
+	s       *Session
+	channel string
+	rec     *recovery
+	r       history.Recovery
+	err     error
+}
+
+// fetch reads the history off the loop and hands the answer to the loop.
+func (sh *Shard) fetch(hs *historyState, f *fetched) {
+	defer func() {
+		<-hs.fetches
+		if v := recover(); v != nil {
+			f.err = ErrBrokerBusy
+			sh.loop.Run(func(any) { sh.loop.SinkPanicked(f.s, v) }, nil)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), recoveryTimeout)
+	f.r, f.err = hs.store.Recover(ctx, f.channel, f.rec.since)
+	cancel()
+	sh.loop.Run(sh.fetchedTask, f)
+}
+
+// takeFetched takes a history read's answer on the loop, if its
+// subscription still waits for it.
+func (sh *Shard) takeFetched(arg any) {
+	f := arg.(*fetched)
+	i := f.s.find(f.channel)
+	if i < 0 || f.s.subs[i].rec != f.rec || f.rec.state != recFetching {
+		return // unsubscribed, replaced, or the session is gone
+	}
+	defer sh.recoverSink(f.s)
+	sh.walking++
+	defer sh.doneWalking()
+	if f.err != nil {
+		sh.fetchFailed(f.s, f.channel, f.rec, f.err)
+		return
+	}
+	sh.recovered(f.s, f.channel, f.rec, f.rec.prompted, f.r, nil)
+}
+
+// fetchFailed ends a recovery whose read failed: a SubscribeFrom is
+// refused and unsubscribed; a gap fill is told (recovered false) and the
+// session goes on from what it holds.
+func (sh *Shard) fetchFailed(s *Session, channel string, rec *recovery, err error) {
 	ps := s.Sink.(PositionSink)
-	r, _ := sh.hub.hist.store.Recover(context.Background(), channel, rec.since)
-	replay, recovered := r.Publications, r.Recovered
-	if recovered && sh.tooMuchReplay(replay) {
-		replay, recovered = nil, false
+	if rec.prompted {
+		// Unsubscribed by a task of its own: this may run inside a walk
+		// over the channel's subscribers, which must not change under it.
+		rec.state = recGone
+		sh.loop.Run(sh.dropTask, &dropped{s: s, channel: channel, rec: rec})
+		ps.SubscribeFromFailed(channel, err)
+		return
+	}
+	pos := history.Position{Epoch: rec.epoch, Offset: rec.offset}
+	held := rec.held
+	if len(held) > 0 && !rec.overflow {
+		pos = history.Position{Epoch: held[0].Epoch, Offset: held[0].Offset - 1}
+	} else if rec.overflow {
+		pos, held = rec.newest, nil
+	}
+	ps.SubscribedFrom(channel, pos, false)
+	sh.goLive(s, rec, pos, held)
+}
+
+// dropped is a SubscribeFrom subscription to end once the walk is over.
+type dropped struct {
+	s       *Session
+	channel string
+	rec     *recovery
+}
+
+func (sh *Shard) drop(arg any) {
+	d := arg.(*dropped)
+	if i := d.s.find(d.channel); i >= 0 && d.s.subs[i].rec == d.rec {
+		sh.Unsubscribe(d.s, d.channel)
+	}
+}
+
+// recovered hands a history read's answer to the session: the replay,
+// SubscribedFrom where the protocol wants one, then what was held.
+func (sh *Shard) recovered(s *Session, channel string, rec *recovery, prompted bool, r history.Recovery, then *Message) {
+	ps := s.Sink.(PositionSink)
+	replay, ok := r.Publications, r.Recovered
+	if ok && sh.tooMuchReplay(replay) {
+		replay, ok = nil, false
+	}
+	held := rec.held
+	if rec.overflow {
+		// Held publications were dropped: what the session missed lies
+		// beyond the read. It goes on after the newest one seen.
+		replay, ok, held = nil, false, nil
+		if rec.newest.Epoch != r.Top.Epoch || rec.newest.Offset > r.Top.Offset {
+			r.Top = rec.newest
+		}
 	}
 	pos := r.Top
-	if recovered && rec.since.Epoch != 0 {
+	if ok && rec.since.Epoch != 0 {
 		pos.Offset = rec.since.Offset
 		if n := len(replay); n > 0 {
 			pos.Offset = replay[n-1].Offset
 		}
 	}
 	for _, p := range replay {
-		if p.Offset <= rec.since.Offset && rec.since.Epoch == r.Top.Epoch {
-			continue
-		}
 		ps.DeliverAt(&Message{Channel: channel, Payload: p.Payload, Epoch: r.Top.Epoch, Offset: p.Offset}, nil)
 	}
-	if prompted || !recovered {
-		ps.SubscribedFrom(channel, pos, recovered)
+	if rec.check && (len(replay) > 0 || !ok) {
+		sh.hub.stats.RecoveryGaps.Add(1) // a reconnect's check found one
 	}
-	rec.state, rec.epoch, rec.offset = recLive, pos.Epoch, pos.Offset
+	if prompted || !ok {
+		ps.SubscribedFrom(channel, pos, ok)
+	}
 	if then != nil {
-		sh.deliverAt(s, rec, then, nil)
+		held = append(held, then)
 	}
+	sh.goLive(s, rec, pos, held)
+}
+
+// goLive makes rec live at pos and delivers what was held, in order.
+func (sh *Shard) goLive(s *Session, rec *recovery, pos history.Position, held []*Message) {
+	rec.state, rec.epoch, rec.offset = recLive, pos.Epoch, pos.Offset
+	rec.held, rec.newest, rec.check = nil, history.Position{}, false
+	for _, m := range held {
+		if rec.state != recLive {
+			return // a gap among them started another read; it holds the rest
+		}
+		sh.deliverAt(s, rec, m, nil)
+	}
+}
+
+// hold keeps a live publication while a read is under way.
+func (rec *recovery) hold(m *Message) {
+	if m.Offset == 0 {
+		return
+	}
+	rec.newest = history.Position{Epoch: m.Epoch, Offset: m.Offset}
+	if rec.overflow {
+		return
+	}
+	if len(rec.held) >= maxRecoveryHeld {
+		rec.overflow, rec.held = true, nil
+		return
+	}
+	rec.held = append(rec.held, m)
 }
 
 // tooMuchReplay reports whether replay holds more payload bytes than
@@ -137,10 +311,13 @@ func (sh *Shard) tooMuchReplay(replay []history.Publication) bool {
 func (sh *Shard) deliverPositioned(s *Session, m *Message, enc *EncodeCache) {
 	defer sh.recoverSink(s)
 	rec := s.subs[s.find(m.Channel)].rec
-	if rec.state != recLive {
-		return // recWaitLive: the replay that follows liveness covers m
+	switch rec.state {
+	case recLive:
+		sh.deliverAt(s, rec, m, enc)
+	case recFetching:
+		rec.hold(m)
 	}
-	sh.deliverAt(s, rec, m, enc)
+	// recWaitLive: the read that follows liveness covers m.
 }
 
 // deliverAt delivers m if it is the session's next publication, drops it
@@ -167,5 +344,26 @@ func (sh *Shard) deliverAt(s *Session, rec *recovery, m *Message, enc *EncodeCac
 		ps.SubscribedFrom(m.Channel, history.Position{Epoch: m.Epoch, Offset: m.Offset - 1}, false)
 		rec.epoch, rec.offset = m.Epoch, m.Offset
 		ps.DeliverAt(m, enc)
+	}
+}
+
+// checkPositions starts a read for every live SubscribeFrom subscription
+// of the shard, to fill what a lost broker connection may have lost
+// (Hub.OnReconnect). A channel whose epoch changed meanwhile (Redis
+// restarted empty) is told with recovered false.
+func (sh *Shard) checkPositions() {
+	sh.walking++
+	defer sh.doneWalking()
+	for channel, t := range sh.topics {
+		for i := 0; i < len(t.positioned); i++ {
+			s := t.positioned[i]
+			rec := s.subs[s.find(channel)].rec
+			if rec.state != recLive {
+				continue
+			}
+			rec.since = history.Position{Epoch: rec.epoch, Offset: rec.offset}
+			rec.check = true
+			sh.recover(s, channel, rec, false, nil)
+		}
 	}
 }

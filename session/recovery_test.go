@@ -27,6 +27,10 @@ func (p *posSink) SubscribedFrom(_ string, pos history.Position, recovered bool)
 	p.log = append(p.log, fmt.Sprintf("subscribed-from %d recovered=%v", pos.Offset, recovered))
 }
 
+func (p *posSink) SubscribeFromFailed(_ string, err error) {
+	p.log = append(p.log, "failed "+err.Error())
+}
+
 func historyHub(t *testing.T, size int) (*Hub, *queueLoop, *Shard) {
 	t.Helper()
 	h := NewHub(nil)

@@ -17,7 +17,7 @@ type Shard struct {
 	removeLater []*Session
 
 	// Stored method values: Loop.Run takes them without allocating.
-	deliverTask, liveTask func(any)
+	deliverTask, liveTask, fetchedTask, dropTask func(any)
 }
 
 // topic is a channel's subscribers on one shard. Sessions wait in pending

@@ -13,7 +13,6 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wsgateway/gateway/history"
-	"github.com/wsgateway/gateway/internal/redistest"
 	"github.com/wsgateway/gateway/node"
 	"github.com/wsgateway/gateway/packet"
 )
@@ -148,13 +147,6 @@ func TestHistoryRefusals(t *testing.T) {
 	code, body, _ = e2eDo(t, "GET", adminURL(n)+"/api/history?channel=h:x&limit=0", "", nil)
 	if code != 400 || !strings.Contains(string(body), "limit must be a positive integer") {
 		t.Fatalf("limit=0: %d %s", code, body)
-	}
-	// A node with Redis refuses history in this version, at start.
-	srv := redistest.Start(t)
-	_, err := node.Start(node.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", DataDir: t.TempDir(),
-		Secret: testSecret, RedisURL: srv.URL, History: history.Options{Size: 10}})
-	if err == nil || !strings.Contains(err.Error(), "--history-size: history is kept only by a node running alone") {
-		t.Fatalf("node with Redis and history: %v", err)
 	}
 }
 
