@@ -19,10 +19,13 @@ const MainListener = ""
 // listener is one address the event loops accept on, with the net/http
 // server that answers its plain requests.
 type listener struct {
-	name  string
-	addr  string // as configured
-	bound *net.TCPAddr
-	mux   *http.ServeMux
+	name string
+	addr string // as configured, or the port distinctAddrs picked
+	// picked: addr's port was picked by distinctAddrs for a port-0 address
+	// (a probe's port, which another process may take before gnet binds it).
+	picked bool
+	bound  *net.TCPAddr
+	mux    *http.ServeMux
 	// notFound answers plain requests no handler takes, when set.
 	notFound http.Handler
 	ln       *handoffListener
@@ -125,16 +128,39 @@ func (s *Server) distinctAddrs() error {
 			if err != nil || port != "0" {
 				return fmt.Errorf("two listeners on %s", l.addr)
 			}
-			probe, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-			if err != nil {
+			if err := l.pickPort(host); err != nil {
 				return err
 			}
-			l.addr = probe.Addr().String()
-			probe.Close()
 		}
 		seen[l.addr] = true
 	}
 	return nil
+}
+
+// pickPort sets the listener's address to a port of host free a moment ago.
+func (l *listener) pickPort(host string) error {
+	probe, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return err
+	}
+	l.addr, l.picked = probe.Addr().String(), true
+	return probe.Close()
+}
+
+// repick picks new ports for the listeners whose port was picked, after
+// gnet could not bind one (another process took it meanwhile); false when
+// there is none to pick again.
+func (s *Server) repick() bool {
+	any := false
+	for _, l := range s.listeners {
+		if l.picked {
+			host, _, _ := net.SplitHostPort(l.addr)
+			if l.pickPort(host) == nil {
+				any = true
+			}
+		}
+	}
+	return any
 }
 
 // checkBindable binds every listener's address for a moment, with the

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -338,22 +339,42 @@ func (s *Server) Start() error {
 	if s.opts.SocketSendBuffer > 0 { // accepted connections inherit it
 		opts = append(opts, gnet.WithSocketSendBuffer(s.opts.SocketSendBuffer))
 	}
-	addrs := make([]string, len(s.listeners))
-	for i, l := range s.listeners {
-		addrs[i] = "tcp://" + l.addr
-	}
-	go func() { s.stopped <- gnet.Rotate(s, addrs, opts...) }()
-	select {
-	case <-s.booted:
-		go s.releaseMemory() // until Shutdown
-		return nil
-	case err := <-s.stopped:
-		if err == nil {
-			err = errors.New("gnet stopped during start")
+	for attempt := 1; ; attempt++ {
+		addrs := make([]string, len(s.listeners))
+		for i, l := range s.listeners {
+			addrs[i] = "tcp://" + l.addr
 		}
-		s.gate.stop()
-		return fmt.Errorf("listen %s: %w", strings.Join(addrs, " "), err)
+		go func() { s.stopped <- gnet.Rotate(s, addrs, opts...) }()
+		select {
+		case <-s.booted:
+			go s.releaseMemory() // until Shutdown
+			return nil
+		case err := <-s.stopped:
+			if err == nil {
+				err = errors.New("gnet stopped during start")
+			}
+			// A port picked for a second port-0 listener may be taken by
+			// another process before gnet binds it; gnet then fails on
+			// the closed descriptor. Pick again.
+			if attempt < maxBindAttempts && bindRace(err) && s.repick() {
+				s.logger.Warn("a picked port was taken before it was bound; picking again", "err", err)
+				continue
+			}
+			s.gate.stop()
+			return fmt.Errorf("listen %s: %w", strings.Join(addrs, " "), err)
+		}
 	}
+}
+
+// maxBindAttempts bounds the starts tried when picked ports were taken.
+const maxBindAttempts = 3
+
+// bindRace reports whether gnet failed to bind as it does when a port was
+// taken under it (checkBindable's comment: the error names the closed
+// descriptor, not the bind).
+func bindRace(err error) bool {
+	return errors.Is(err, syscall.EBADF) || errors.Is(err, syscall.EADDRINUSE) ||
+		strings.Contains(err.Error(), "bad file descriptor") || strings.Contains(err.Error(), "address already in use")
 }
 
 // warnBudget says at start when the outbound budget is smaller than the

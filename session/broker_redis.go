@@ -482,6 +482,7 @@ func (b *RedisBroker) AppendNow(ctx context.Context, channel string, payload []b
 	pos, err := b.hist.AppendPublish(ctx, channel, payload, b.redisName(channel), head)
 	if err == nil {
 		b.published.Add(1)
+		b.down.Store(false) // Redis answers: no need to wait for the probe
 	}
 	return pos, err
 }

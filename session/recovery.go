@@ -266,9 +266,13 @@ func (sh *Shard) recovered(s *Session, channel string, rec *recovery, prompted b
 func (sh *Shard) goLive(s *Session, rec *recovery, pos history.Position, held []*Message) {
 	rec.state, rec.epoch, rec.offset = recLive, pos.Epoch, pos.Offset
 	rec.held, rec.newest, rec.check = nil, history.Position{}, false
-	for _, m := range held {
+	for i, m := range held {
 		if rec.state != recLive {
-			return // a gap among them started another read; it holds the rest
+			// A gap among them started another read: it holds the rest.
+			for _, r := range held[i:] {
+				rec.hold(r)
+			}
+			return
 		}
 		sh.deliverAt(s, rec, m, nil)
 	}
