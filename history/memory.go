@@ -86,6 +86,17 @@ func (s *MemoryStore) AppendFunc(channel string, payload []byte, then func(Posit
 
 // Recover implements Store.
 func (s *MemoryStore) Recover(_ context.Context, channel string, since Position) (Recovery, error) {
+	return s.RecoverWithin(channel, since, 0, 0), nil
+}
+
+// RecoverWithin is Recover with a bound on the replay: when the
+// publications after since, each counted as its payload plus overhead
+// bytes, exceed limit (limit > 0), it answers Recovered false and no
+// publications, having walked no more kept entries than the limit lets
+// through and gathered none. The bound is checked under the channel's lock
+// before anything is copied, so that a request for a replay its caller
+// would refuse costs no more than the limit.
+func (s *MemoryStore) RecoverWithin(channel string, since Position, overhead, limit int64) Recovery {
 	c := s.channel(channel)
 	now := s.now()
 	c.mu.Lock()
@@ -100,13 +111,23 @@ func (s *MemoryStore) Recover(_ context.Context, channel string, since Position)
 	case since.Offset == c.top:
 		r.Recovered = true
 	case c.n > 0 && c.at(0).offset <= since.Offset+1:
+		from := int(since.Offset + 1 - c.at(0).offset)
+		if limit > 0 {
+			var n int64
+			for i := from; i < c.n; i++ {
+				if n += int64(len(c.at(i).payload)) + overhead; n > limit {
+					return r // too large: not recovered
+				}
+			}
+		}
 		r.Recovered = true
-		for i := int(since.Offset + 1 - c.at(0).offset); i < c.n; i++ {
+		r.Publications = make([]Publication, 0, c.n-from)
+		for i := from; i < c.n; i++ {
 			e := c.at(i)
 			r.Publications = append(r.Publications, Publication{Offset: e.offset, Payload: e.payload})
 		}
 	}
-	return r, nil
+	return r
 }
 
 // Read implements Store.
