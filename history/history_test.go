@@ -344,3 +344,31 @@ func TestRedisStoreUnavailable(t *testing.T) {
 		t.Fatalf("Recover with Redis down: %v", err)
 	}
 }
+
+// A Sweep that forgets a channel while a publish has already looked it up
+// (between MemoryStore.channel and the channel's lock) must not let that
+// publish land in the forgotten channel: its position would be of an epoch
+// nobody can read or recover any more, and publishers racing on both
+// copies would interleave two epochs.
+func TestMemoryStoreSweepRacingAppend(t *testing.T) {
+	s := NewMemoryStore(Options{Size: 4, TTL: time.Minute, MetaTTL: time.Hour})
+	now := time.Now()
+	sweepNext, sweeping := false, false
+	s.now = func() time.Time {
+		if sweepNext && !sweeping {
+			// A Sweep runs now, after AppendFunc found the channel.
+			sweepNext, sweeping = false, true
+			s.Sweep()
+			sweeping = false
+		}
+		return now
+	}
+	appendN(t, s, "a", 1, 1)
+	now = now.Add(2 * time.Hour) // "a" is idle past MetaTTL: the Sweep forgets it
+	sweepNext = true
+	pos, _ := s.Append(context.Background(), "a", []byte("x"))
+	top, pubs, _ := s.Read(context.Background(), "a", 0)
+	if top != pos || len(pubs) != 1 || string(pubs[0].Payload) != "x" {
+		t.Fatalf("Append answered %+v, but the store holds %+v with %d publications", pos, top, len(pubs))
+	}
+}

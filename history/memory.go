@@ -34,6 +34,7 @@ type memChannel struct {
 	ring    []memEntry
 	head, n int
 	touched time.Time // last Append or Recover, for MetaTTL
+	gone    bool      // Sweep forgot it: look the channel up again
 }
 
 type memEntry struct {
@@ -59,6 +60,21 @@ func (s *MemoryStore) channel(name string) *memChannel {
 	return c
 }
 
+// lock returns channel's history locked, and the time: never one a Sweep
+// forgot after channel found it, which would take publications no read
+// or recovery sees, in an epoch of its own.
+func (s *MemoryStore) lock(name string) (*memChannel, time.Time) {
+	for {
+		c := s.channel(name)
+		now := s.now()
+		c.mu.Lock()
+		if !c.gone {
+			return c, now
+		}
+		c.mu.Unlock()
+	}
+}
+
 // Append implements Store.
 func (s *MemoryStore) Append(_ context.Context, channel string, payload []byte) (Position, error) {
 	return s.AppendFunc(channel, payload, nil), nil
@@ -69,9 +85,7 @@ func (s *MemoryStore) Append(_ context.Context, channel string, payload []byte) 
 // offset order across concurrent publishers. then must not block and must
 // not call the store.
 func (s *MemoryStore) AppendFunc(channel string, payload []byte, then func(Position)) Position {
-	c := s.channel(channel)
-	now := s.now()
-	c.mu.Lock()
+	c, now := s.lock(channel)
 	defer c.mu.Unlock()
 	c.top++
 	c.push(memEntry{offset: c.top, at: now, payload: append([]byte(nil), payload...)}, s.opts.Size)
@@ -97,9 +111,7 @@ func (s *MemoryStore) Recover(_ context.Context, channel string, since Position)
 // before anything is copied, so that a request for a replay its caller
 // would refuse costs no more than the limit.
 func (s *MemoryStore) RecoverWithin(channel string, since Position, overhead, limit int64) Recovery {
-	c := s.channel(channel)
-	now := s.now()
-	c.mu.Lock()
+	c, now := s.lock(channel)
 	defer c.mu.Unlock()
 	c.expire(now.Add(-s.opts.TTL))
 	c.touched = now
@@ -132,9 +144,7 @@ func (s *MemoryStore) RecoverWithin(channel string, since Position, overhead, li
 
 // Read implements Store.
 func (s *MemoryStore) Read(_ context.Context, channel string, limit int) (Position, []Publication, error) {
-	c := s.channel(channel)
-	now := s.now()
-	c.mu.Lock()
+	c, now := s.lock(channel)
 	defer c.mu.Unlock()
 	c.expire(now.Add(-s.opts.TTL))
 	c.touched = now
@@ -160,6 +170,7 @@ func (s *MemoryStore) Sweep() int {
 		c.mu.Lock()
 		c.expire(now.Add(-s.opts.TTL))
 		idle := c.n == 0 && now.Sub(c.touched) > s.opts.MetaTTL
+		c.gone = idle
 		c.mu.Unlock()
 		if idle {
 			delete(s.channels, name)
