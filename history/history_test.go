@@ -372,3 +372,42 @@ func TestMemoryStoreSweepRacingAppend(t *testing.T) {
 		t.Fatalf("Append answered %+v, but the store holds %+v with %d publications", pos, top, len(pubs))
 	}
 }
+
+// recoverWithin is the bounded recovery both stores offer.
+type recoverWithin interface {
+	RecoverWithin(ctx context.Context, channel string, since Position, overhead, limit int64) (Recovery, error)
+}
+
+// A recovery over the caller's bound answers Recovered false with nothing,
+// whichever store: the Redis store must not build (and ship) the whole
+// tail of a large history for a replay the node then refuses; within the
+// bound it answers as Recover does.
+func TestRecoverWithinBound(t *testing.T) {
+	for name, mk := range map[string]func(t *testing.T) Store{
+		"memory": func(t *testing.T) Store { return memoryStore(t, 200).Store },
+		"redis":  func(t *testing.T) Store { s, _ := redisStore(t, 200); return s.Store },
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := mk(t)
+			rw, ok := s.(recoverWithin)
+			if !ok {
+				t.Fatalf("%T has no RecoverWithin", s)
+			}
+			top := appendN(t, s, "c", 1, 150) // payloads "p1".."p150": 2 to 4 bytes
+			since := Position{Epoch: top.Epoch, Offset: 100}
+			// 50 publications of 4 bytes + 10 overhead: 700 bytes.
+			r, err := rw.RecoverWithin(context.Background(), "c", since, 10, 699)
+			if err != nil || r.Recovered || len(r.Publications) != 0 || r.Top != top {
+				t.Fatalf("over the bound: %s, %v", describe(r, top.Epoch), err)
+			}
+			r, err = rw.RecoverWithin(context.Background(), "c", since, 10, 700)
+			if err != nil || !r.Recovered || len(r.Publications) != 50 || r.Publications[0].Offset != 101 || string(r.Publications[49].Payload) != "p150" {
+				t.Fatalf("within the bound: %s, %v", describe(r, top.Epoch), err)
+			}
+			r, err = rw.RecoverWithin(context.Background(), "c", since, 10, 0)
+			if err != nil || !r.Recovered || len(r.Publications) != 50 {
+				t.Fatalf("no bound: %s, %v", describe(r, top.Epoch), err)
+			}
+		})
+	}
+}

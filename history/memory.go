@@ -100,7 +100,7 @@ func (s *MemoryStore) AppendFunc(channel string, payload []byte, then func(Posit
 
 // Recover implements Store.
 func (s *MemoryStore) Recover(_ context.Context, channel string, since Position) (Recovery, error) {
-	return s.RecoverWithin(channel, since, 0, 0), nil
+	return s.RecoverWithin(context.Background(), channel, since, 0, 0)
 }
 
 // RecoverWithin is Recover with a bound on the replay: when the
@@ -110,7 +110,7 @@ func (s *MemoryStore) Recover(_ context.Context, channel string, since Position)
 // through and gathered none. The bound is checked under the channel's lock
 // before anything is copied, so that a request for a replay its caller
 // would refuse costs no more than the limit.
-func (s *MemoryStore) RecoverWithin(channel string, since Position, overhead, limit int64) Recovery {
+func (s *MemoryStore) RecoverWithin(_ context.Context, channel string, since Position, overhead, limit int64) (Recovery, error) {
 	c, now := s.lock(channel)
 	defer c.mu.Unlock()
 	c.expire(now.Add(-s.opts.TTL))
@@ -128,7 +128,7 @@ func (s *MemoryStore) RecoverWithin(channel string, since Position, overhead, li
 			var n int64
 			for i := from; i < c.n; i++ {
 				if n += int64(len(c.at(i).payload)) + overhead; n > limit {
-					return r // too large: not recovered
+					return r, nil // too large: not recovered
 				}
 			}
 		}
@@ -139,7 +139,7 @@ func (s *MemoryStore) RecoverWithin(channel string, since Position, overhead, li
 			r.Publications = append(r.Publications, Publication{Offset: e.offset, Payload: e.payload})
 		}
 	}
-	return r
+	return r, nil
 }
 
 // Read implements Store.

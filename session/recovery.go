@@ -125,7 +125,7 @@ func (sh *Shard) recover(s *Session, channel string, rec *recovery, prompted boo
 	defer sh.doneWalking()
 	hs := sh.hub.hist
 	if hs.mem != nil {
-		r := hs.mem.RecoverWithin(channel, rec.since, replayOverhead+int64(len(channel)), sh.hub.maxReplay.Load())
+		r, _ := hs.mem.RecoverWithin(context.Background(), channel, rec.since, replayOverhead+int64(len(channel)), sh.hub.maxReplay.Load())
 		sh.recovered(s, channel, rec, prompted, r, then)
 		return
 	}
@@ -162,7 +162,7 @@ func (sh *Shard) fetch(hs *historyState, f *fetched) {
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), recoveryTimeout)
-	f.r, f.err = hs.store.Recover(ctx, f.channel, f.rec.since)
+	f.r, f.err = hs.store.RecoverWithin(ctx, f.channel, f.rec.since, replayOverhead+int64(len(f.channel)), sh.hub.maxReplay.Load())
 	cancel()
 	sh.loop.Run(sh.fetchedTask, f)
 }
