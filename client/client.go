@@ -539,12 +539,17 @@ func (c *Client) finish(err error) {
 }
 
 // keep pings, and after a drop reconnects with back-off, until Close or a
-// permanent refusal.
+// permanent refusal. The back-off grows across connections that drop
+// within stableConnection.
 func (c *Client) keep(l *link) {
 	defer c.keeper.Done()
 	attempt := 0
 	for {
+		up := time.Now()
 		err := c.serve(l)
+		if time.Since(up) >= min(c.opts.MaxBackoff, stableConnection) {
+			attempt = 0 // it stayed up: the next wait starts small again
+		}
 		if c.closing() {
 			c.finish(ErrClosed)
 			return
@@ -574,10 +579,16 @@ func (c *Client) keep(l *link) {
 				c.setState(Disconnected, err)
 			}
 		}
-		attempt = 0
 		c.resubscribe()
 	}
 }
+
+// stableConnection is how long a connection must stay up (or MaxBackoff,
+// if shorter) for the back-off to start again from MinBackoff: one that
+// the server drops at once (1013, a slow consumer, ...) counts as a failed
+// attempt, so that a server shedding load is not redialled every
+// MinBackoff by every client.
+const stableConnection = 10 * time.Second
 
 // serve pings on l until it drops and returns why.
 func (c *Client) serve(l *link) error {

@@ -46,7 +46,10 @@
 //
 // After a drop or a close the protocol says to reconnect after (1001,
 // 1008, 1013, 3003, 3005, 3006, and abnormal closes), the client waits a
-// random time up to min(MaxBackoff, MinBackoff·2^attempt) and dials again.
+// random time up to min(MaxBackoff, MinBackoff·2^attempt) and dials again;
+// attempt counts from the last connection that stayed up 10 s (or
+// MaxBackoff, if shorter), so a server that drops connections right after
+// accepting them is not redialled every MinBackoff.
 // After 3001, 3002 or 3004 (the key is refused) it stops: the state goes
 // to Closed with a *CloseError, and every later call fails with it.
 // Requests made while disconnected fail at once with ErrDisconnected; they

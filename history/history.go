@@ -120,6 +120,12 @@ type Store interface {
 	// for nothing (and since.Offset must then be zero). A channel never
 	// published to gets its epoch here and keeps it.
 	Recover(ctx context.Context, channel string, since Position) (Recovery, error)
+	// RecoverWithin is Recover with a bound on the replay: when the
+	// publications after since, each counted as its payload plus overhead
+	// bytes, exceed limit (limit > 0), it answers Recovered false with no
+	// publications, having gathered none, so that a replay its caller
+	// would refuse costs no more than the limit.
+	RecoverWithin(ctx context.Context, channel string, since Position, overhead, limit int64) (Recovery, error)
 	// Read returns the channel's position and its newest limit kept
 	// publications (all of them when limit <= 0), in offset order.
 	Read(ctx context.Context, channel string, limit int) (Position, []Publication, error)

@@ -344,3 +344,70 @@ func TestRedisStoreUnavailable(t *testing.T) {
 		t.Fatalf("Recover with Redis down: %v", err)
 	}
 }
+
+// A Sweep that forgets a channel while a publish has already looked it up
+// (between MemoryStore.channel and the channel's lock) must not let that
+// publish land in the forgotten channel: its position would be of an epoch
+// nobody can read or recover any more, and publishers racing on both
+// copies would interleave two epochs.
+func TestMemoryStoreSweepRacingAppend(t *testing.T) {
+	s := NewMemoryStore(Options{Size: 4, TTL: time.Minute, MetaTTL: time.Hour})
+	now := time.Now()
+	sweepNext, sweeping := false, false
+	s.now = func() time.Time {
+		if sweepNext && !sweeping {
+			// A Sweep runs now, after AppendFunc found the channel.
+			sweepNext, sweeping = false, true
+			s.Sweep()
+			sweeping = false
+		}
+		return now
+	}
+	appendN(t, s, "a", 1, 1)
+	now = now.Add(2 * time.Hour) // "a" is idle past MetaTTL: the Sweep forgets it
+	sweepNext = true
+	pos, _ := s.Append(context.Background(), "a", []byte("x"))
+	top, pubs, _ := s.Read(context.Background(), "a", 0)
+	if top != pos || len(pubs) != 1 || string(pubs[0].Payload) != "x" {
+		t.Fatalf("Append answered %+v, but the store holds %+v with %d publications", pos, top, len(pubs))
+	}
+}
+
+// recoverWithin is the bounded recovery both stores offer.
+type recoverWithin interface {
+	RecoverWithin(ctx context.Context, channel string, since Position, overhead, limit int64) (Recovery, error)
+}
+
+// A recovery over the caller's bound answers Recovered false with nothing,
+// whichever store: the Redis store must not build (and ship) the whole
+// tail of a large history for a replay the node then refuses; within the
+// bound it answers as Recover does.
+func TestRecoverWithinBound(t *testing.T) {
+	for name, mk := range map[string]func(t *testing.T) Store{
+		"memory": func(t *testing.T) Store { return memoryStore(t, 200).Store },
+		"redis":  func(t *testing.T) Store { s, _ := redisStore(t, 200); return s.Store },
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := mk(t)
+			rw, ok := s.(recoverWithin)
+			if !ok {
+				t.Fatalf("%T has no RecoverWithin", s)
+			}
+			top := appendN(t, s, "c", 1, 150) // payloads "p1".."p150": 2 to 4 bytes
+			since := Position{Epoch: top.Epoch, Offset: 100}
+			// 50 publications of 4 bytes + 10 overhead: 700 bytes.
+			r, err := rw.RecoverWithin(context.Background(), "c", since, 10, 699)
+			if err != nil || r.Recovered || len(r.Publications) != 0 || r.Top != top {
+				t.Fatalf("over the bound: %s, %v", describe(r, top.Epoch), err)
+			}
+			r, err = rw.RecoverWithin(context.Background(), "c", since, 10, 700)
+			if err != nil || !r.Recovered || len(r.Publications) != 50 || r.Publications[0].Offset != 101 || string(r.Publications[49].Payload) != "p150" {
+				t.Fatalf("within the bound: %s, %v", describe(r, top.Epoch), err)
+			}
+			r, err = rw.RecoverWithin(context.Background(), "c", since, 10, 0)
+			if err != nil || !r.Recovered || len(r.Publications) != 50 {
+				t.Fatalf("no bound: %s, %v", describe(r, top.Epoch), err)
+			}
+		})
+	}
+}

@@ -34,6 +34,7 @@ type memChannel struct {
 	ring    []memEntry
 	head, n int
 	touched time.Time // last Append or Recover, for MetaTTL
+	gone    bool      // Sweep forgot it: look the channel up again
 }
 
 type memEntry struct {
@@ -59,6 +60,21 @@ func (s *MemoryStore) channel(name string) *memChannel {
 	return c
 }
 
+// lock returns channel's history locked, and the time: never one a Sweep
+// forgot after channel found it, which would take publications no read
+// or recovery sees, in an epoch of its own.
+func (s *MemoryStore) lock(name string) (*memChannel, time.Time) {
+	for {
+		c := s.channel(name)
+		now := s.now()
+		c.mu.Lock()
+		if !c.gone {
+			return c, now
+		}
+		c.mu.Unlock()
+	}
+}
+
 // Append implements Store.
 func (s *MemoryStore) Append(_ context.Context, channel string, payload []byte) (Position, error) {
 	return s.AppendFunc(channel, payload, nil), nil
@@ -69,9 +85,7 @@ func (s *MemoryStore) Append(_ context.Context, channel string, payload []byte) 
 // offset order across concurrent publishers. then must not block and must
 // not call the store.
 func (s *MemoryStore) AppendFunc(channel string, payload []byte, then func(Position)) Position {
-	c := s.channel(channel)
-	now := s.now()
-	c.mu.Lock()
+	c, now := s.lock(channel)
 	defer c.mu.Unlock()
 	c.top++
 	c.push(memEntry{offset: c.top, at: now, payload: append([]byte(nil), payload...)}, s.opts.Size)
@@ -86,9 +100,18 @@ func (s *MemoryStore) AppendFunc(channel string, payload []byte, then func(Posit
 
 // Recover implements Store.
 func (s *MemoryStore) Recover(_ context.Context, channel string, since Position) (Recovery, error) {
-	c := s.channel(channel)
-	now := s.now()
-	c.mu.Lock()
+	return s.RecoverWithin(context.Background(), channel, since, 0, 0)
+}
+
+// RecoverWithin is Recover with a bound on the replay: when the
+// publications after since, each counted as its payload plus overhead
+// bytes, exceed limit (limit > 0), it answers Recovered false and no
+// publications, having walked no more kept entries than the limit lets
+// through and gathered none. The bound is checked under the channel's lock
+// before anything is copied, so that a request for a replay its caller
+// would refuse costs no more than the limit.
+func (s *MemoryStore) RecoverWithin(_ context.Context, channel string, since Position, overhead, limit int64) (Recovery, error) {
+	c, now := s.lock(channel)
 	defer c.mu.Unlock()
 	c.expire(now.Add(-s.opts.TTL))
 	c.touched = now
@@ -100,8 +123,18 @@ func (s *MemoryStore) Recover(_ context.Context, channel string, since Position)
 	case since.Offset == c.top:
 		r.Recovered = true
 	case c.n > 0 && c.at(0).offset <= since.Offset+1:
+		from := int(since.Offset + 1 - c.at(0).offset)
+		if limit > 0 {
+			var n int64
+			for i := from; i < c.n; i++ {
+				if n += int64(len(c.at(i).payload)) + overhead; n > limit {
+					return r, nil // too large: not recovered
+				}
+			}
+		}
 		r.Recovered = true
-		for i := int(since.Offset + 1 - c.at(0).offset); i < c.n; i++ {
+		r.Publications = make([]Publication, 0, c.n-from)
+		for i := from; i < c.n; i++ {
 			e := c.at(i)
 			r.Publications = append(r.Publications, Publication{Offset: e.offset, Payload: e.payload})
 		}
@@ -111,9 +144,7 @@ func (s *MemoryStore) Recover(_ context.Context, channel string, since Position)
 
 // Read implements Store.
 func (s *MemoryStore) Read(_ context.Context, channel string, limit int) (Position, []Publication, error) {
-	c := s.channel(channel)
-	now := s.now()
-	c.mu.Lock()
+	c, now := s.lock(channel)
 	defer c.mu.Unlock()
 	c.expire(now.Add(-s.opts.TTL))
 	c.touched = now
@@ -139,6 +170,7 @@ func (s *MemoryStore) Sweep() int {
 		c.mu.Lock()
 		c.expire(now.Add(-s.opts.TTL))
 		idle := c.n == 0 && now.Sub(c.touched) > s.opts.MetaTTL
+		c.gone = idle
 		c.mu.Unlock()
 		if idle {
 			delete(s.channels, name)

@@ -93,9 +93,12 @@ return {epoch, top}
 `)
 
 // recoverScript: KEYS list, meta; ARGV new epoch, ttl ms, meta ttl ms,
-// asked epoch ("" for none), asked offset. It returns {epoch, top,
-// recovered (0/1), entries...}: the entries after the asked offset when
-// all of them are kept.
+// asked epoch ("" for none), asked offset, limit (0: none), overhead. It
+// returns {epoch, top, recovered (0/1), entries...}: the entries after the
+// asked offset when all of them are kept and, each counted as its payload
+// plus overhead, they stay within limit. It reads them in chunks and
+// stops past the limit, so that a refused replay costs Redis no more than
+// the limit.
 var recoverScript = redis.NewScript(luaPrelude + `
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local out = {epoch, top, 0}
@@ -109,8 +112,20 @@ if not h then return out end
 local first = unpack8(h, 1)
 if first > since + 1 then return out end
 out[3] = 1
-local rest = redis.call('LRANGE', KEYS[1], since + 1 - first, -1)
-for i = 1, #rest do out[3 + i] = rest[i] end
+local limit, overhead = tonumber(ARGV[6]), tonumber(ARGV[7])
+local cost, n, k, i = 0, redis.call('LLEN', KEYS[1]), 3, since + 1 - first
+while i < n do
+  local chunk = redis.call('LRANGE', KEYS[1], i, i + 255)
+  for j = 1, #chunk do
+    if limit > 0 then
+      cost = cost + #chunk[j] - 16 + overhead
+      if cost > limit then return {epoch, top, 0} end
+    end
+    k = k + 1
+    out[k] = chunk[j]
+  end
+  i = i + 256
+end
 return out
 `)
 
@@ -194,12 +209,17 @@ func positionOf(v []any) (Position, error) {
 
 // Recover implements Store.
 func (s *RedisStore) Recover(ctx context.Context, channel string, since Position) (Recovery, error) {
+	return s.RecoverWithin(ctx, channel, since, 0, 0)
+}
+
+// RecoverWithin implements Store.
+func (s *RedisStore) RecoverWithin(ctx context.Context, channel string, since Position, overhead, limit int64) (Recovery, error) {
 	asked := ""
 	if since.Epoch != 0 {
 		asked = epochBytes(since.Epoch)
 	}
 	v, err := recoverScript.Run(ctx, s.c, s.keys(channel),
-		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), asked, since.Offset).Slice()
+		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), asked, since.Offset, max(limit, 0), overhead).Slice()
 	if err != nil {
 		return Recovery{}, unavailable(err)
 	}

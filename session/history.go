@@ -68,7 +68,8 @@ func (h *Hub) SetHistory(o history.Options) error {
 	return nil
 }
 
-// SetMaxReplay bounds the payload bytes one recovery replays; past it the
+// SetMaxReplay bounds the bytes one recovery replays (payloads and the
+// packets around them, about); past it the
 // recovery is not attempted (recovered 0), so that a replay cannot make
 // its own reader a slow consumer. Zero means no bound.
 func (h *Hub) SetMaxReplay(n int) { h.maxReplay.Store(int64(n)) }

@@ -125,7 +125,7 @@ func (sh *Shard) recover(s *Session, channel string, rec *recovery, prompted boo
 	defer sh.doneWalking()
 	hs := sh.hub.hist
 	if hs.mem != nil {
-		r, _ := hs.mem.Recover(context.Background(), channel, rec.since)
+		r, _ := hs.mem.RecoverWithin(context.Background(), channel, rec.since, replayOverhead+int64(len(channel)), sh.hub.maxReplay.Load())
 		sh.recovered(s, channel, rec, prompted, r, then)
 		return
 	}
@@ -162,7 +162,7 @@ func (sh *Shard) fetch(hs *historyState, f *fetched) {
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), recoveryTimeout)
-	f.r, f.err = hs.store.Recover(ctx, f.channel, f.rec.since)
+	f.r, f.err = hs.store.RecoverWithin(ctx, f.channel, f.rec.since, replayOverhead+int64(len(f.channel)), sh.hub.maxReplay.Load())
 	cancel()
 	sh.loop.Run(sh.fetchedTask, f)
 }
@@ -228,7 +228,7 @@ func (sh *Shard) drop(arg any) {
 func (sh *Shard) recovered(s *Session, channel string, rec *recovery, prompted bool, r history.Recovery, then *Message) {
 	ps := s.Sink.(PositionSink)
 	replay, ok := r.Publications, r.Recovered
-	if ok && sh.tooMuchReplay(replay) {
+	if ok && sh.tooMuchReplay(channel, replay) {
 		replay, ok = nil, false
 	}
 	held := rec.held
@@ -294,21 +294,29 @@ func (rec *recovery) hold(m *Message) {
 	rec.held = append(rec.held, m)
 }
 
-// tooMuchReplay reports whether replay holds more payload bytes than
-// SetMaxReplay allows.
-func (sh *Shard) tooMuchReplay(replay []history.Publication) bool {
+// tooMuchReplay reports whether replay would queue more bytes than
+// SetMaxReplay allows: its payloads and, for each publication, the
+// channel name and replayOverhead.
+func (sh *Shard) tooMuchReplay(channel string, replay []history.Publication) bool {
 	limit := sh.hub.maxReplay.Load()
 	if limit <= 0 {
 		return false
 	}
 	var n int64
 	for _, p := range replay {
-		if n += int64(len(p.Payload)); n > limit {
+		if n += int64(len(p.Payload)) + replayOverhead + int64(len(channel)); n > limit {
 			return true
 		}
 	}
 	return false
 }
+
+// replayOverhead is what a replayed publication costs a session besides
+// its payload and channel name: the native Publication packet's type,
+// length prefixes and offset (15 bytes) and a WebSocket frame header (at
+// most 10 bytes). SetMaxReplay's bound counts it, since a replay of many
+// small publications is mostly overhead.
+const replayOverhead = 25
 
 // deliverPositioned hands a live publication to a SubscribeFrom
 // subscriber; a panic in its Sink is the loop's to handle.

@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -143,5 +144,64 @@ func TestRecoverySubscriptionKindsReplaceEachOther(t *testing.T) {
 	}
 	if err := sh.SubscribeFrom(New(token.Claims{}, &recSink{}), "c", history.Position{}); err != ErrNoHistory {
 		t.Fatalf("a sink without positions: %v", err)
+	}
+}
+
+// The replay bound is about what the session would have to queue: many
+// small publications on a long channel name make a replay far larger than
+// their payloads, and it must be refused (recovered 0) rather than let
+// the session become a slow consumer.
+func TestRecoveryReplayBoundCountsPacketOverhead(t *testing.T) {
+	h, _, sh := historyHub(t, 100)
+	h.SetMaxReplay(1000)
+	channel := strings.Repeat("c", 200)
+	var first history.Position
+	for i := range 20 {
+		pos, err := h.PublishAt(t.Context(), channel, []byte{'x'})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = pos
+		}
+	}
+	// 20 Publications of 200+ bytes each: over 4000 bytes to queue for 20
+	// payload bytes.
+	_, sink := positioned(t, sh, channel, history.Position{Epoch: first.Epoch, Offset: 0})
+	want := "subscribed-from 20 recovered=false"
+	if got := strings.Join(sink.log, "|"); got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
+
+// A SubscribeFrom whose replay is over the bound costs no more than the
+// bound: the store must not gather the whole history first (one small
+// packet would otherwise make the node allocate and walk Size entries
+// under the channel's lock, which every publisher of the channel needs).
+func TestRecoveryOverTheBoundDoesNotGatherTheHistory(t *testing.T) {
+	h, _, sh := historyHub(t, history.MaxSize)
+	h.SetMaxReplay(1 << 10)
+	var first history.Position
+	for i := range history.MaxSize {
+		pos, err := h.PublishAt(t.Context(), "c", []byte{'x'})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = pos
+		}
+	}
+	s := New(token.Claims{Subject: "p"}, &posSink{})
+	sh.Add(s)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 10 {
+		if err := sh.SubscribeFrom(s, "c", history.Position{Epoch: first.Epoch}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Fatalf("10 refused recoveries allocated %d bytes", n)
 	}
 }

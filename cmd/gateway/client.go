@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	gwclient "github.com/wsgateway/gateway/client"
@@ -39,7 +40,7 @@ const (
 const clientAbout = `A native-protocol client on stdin/stdout, to try a node by hand: one command
 per line on stdin (` + clientHelp + `),
 one line per event on stdout: subscribed CH, message CH TEXT (hex when the
-payload is not UTF-8), error CODE TEXT (the server refused a command), pong MS
+payload is not UTF-8 or holds control characters), error CODE TEXT (the server refused a command), pong MS
 (the server's clock, after ping). Each command waits for the server's answer
 (at most 10 s) before the next line is read.
 
@@ -351,7 +352,7 @@ func (s *clientSession) onSubscribed(ev gwclient.SubscribedEvent) {
 
 func (s *clientSession) onPublication(p gwclient.Publication) {
 	text := string(p.Payload)
-	if !utf8.Valid(p.Payload) {
+	if !printable(text) {
 		text = fmt.Sprintf("% x", p.Payload)
 	}
 	if p.Offset > 0 {
@@ -359,6 +360,22 @@ func (s *clientSession) onPublication(p gwclient.Publication) {
 	} else {
 		s.printf("message %s %s", p.Channel, text)
 	}
+}
+
+// printable reports whether a payload prints as text: UTF-8 without
+// control characters (a tab aside), which could forge lines of the
+// output ("...\nsubscribed x") or drive the terminal (ESC sequences).
+// Other payloads print in hex.
+func printable(text string) bool {
+	if !utf8.ValidString(text) {
+		return false
+	}
+	for _, r := range text {
+		if unicode.IsControl(r) && r != '\t' {
+			return false
+		}
+	}
+	return true
 }
 
 // answer prints a command's failure: the server's refusal on stdout as
