@@ -173,7 +173,7 @@ type Client struct {
 
 	ctx        context.Context // ends with Close
 	cancel     context.CancelFunc
-	events     chan func()   // to the dispatcher
+	events     *events       // to the dispatcher
 	dispatched chan struct{} // closed when the dispatcher has run everything and ended
 	keeper     sync.WaitGroup
 	readers    sync.WaitGroup // the events channel closes after they end
@@ -219,7 +219,7 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 	}
 	o.setDefaults()
 	c := &Client{url: url, opts: o, key: key, subs: map[string]*Subscription{},
-		events: make(chan func(), o.QueueSize), dispatched: make(chan struct{})}
+		events: newEvents(o.QueueSize), dispatched: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	go c.dispatch()
 	c.setState(Connecting, nil)
@@ -253,6 +253,7 @@ func (c *Client) Close() error {
 		c.closeErr = ErrClosed
 	}
 	c.mu.Unlock()
+	c.events.halt() // a reader waiting for room drops instead, and reads the close frame
 	if l != nil {
 		// The handshake before the cancel: the reader, still reading,
 		// takes the server's close frame; cancelled, it would cut the
@@ -351,6 +352,8 @@ func (c *Client) request(ctx context.Context, msg []byte) error {
 	if err != nil {
 		return err
 	}
+	c.events.request(+1)
+	defer c.events.request(-1)
 	select {
 	case <-w.done:
 		return w.err
@@ -499,24 +502,19 @@ func (c *Client) setState(s State, err error) {
 }
 
 // queue hands fn to the dispatcher; it waits while the queue is full,
-// unless the client is closing.
-func (c *Client) queue(fn func()) {
-	select {
-	case c.events <- fn:
-	case <-c.ctx.Done():
-		// Closing: deliver what still fits, drop the rest.
-		select {
-		case c.events <- fn:
-		default:
-		}
-	}
-}
+// unless the client is closing (then what does not fit is dropped) or a
+// callback waits for an answer (events).
+func (c *Client) queue(fn func()) { c.events.push(fn) }
 
 // dispatch runs handlers and callbacks one at a time until the client is
 // closed and the queue drained.
 func (c *Client) dispatch() {
 	defer close(c.dispatched)
-	for fn := range c.events {
+	for {
+		fn, ok := c.events.pop()
+		if !ok {
+			return
+		}
 		fn()
 	}
 }
@@ -535,7 +533,7 @@ func (c *Client) finish(err error) {
 	}
 	c.setState(Closed, err)
 	c.readers.Wait()
-	close(c.events)
+	c.events.close()
 }
 
 // keep pings, and after a drop reconnects with back-off, until Close or a

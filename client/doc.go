@@ -28,19 +28,9 @@
 // in the order the server sent what they report; they may call the
 // client's methods. A handler that blocks holds up every later delivery;
 // the dispatcher's queue is bounded (Options.QueueSize), and when it is
-// full the reader stops reading, so the server sees a slow consumer.
-//
-// # States and errors
-//
-// OnState reports every step: Connecting (dial and upgrade),
-// Authenticating (the server's hello arrived, the key is sent), Connected
-// (the server's Pong accepted the key), Disconnected (with the close or
-// error that ended the connection) and Closed. A failed attempt's error
-// says how far it got: an *UpgradeError for an HTTP answer other than 101,
-// ErrNotNative for an endpoint of another protocol, a *CloseError for a
-// close by the server (3001 a refused key, 1013 try again later, ...).
-// Options.DialTimeout bounds each attempt. Ping is a round trip through the
-// session that returns the server's clock.
+// full the reader stops reading, so the server sees a slow consumer;
+// except while a callback waits for the answer to a request it made,
+// which only the reader can take: then the reader queues past the bound.
 //
 // # Reconnecting
 //
