@@ -2,6 +2,11 @@ import { decode, encode, encodeAuth, DecodeError, MAX_KEY_LEN, type ClientPacket
 import { CloseError, ClosedError, DisconnectedError, ServerError } from "./errors.js";
 
 /** How often the client pings when Options.pingInterval is 0 or absent: well inside the server's 30 s ping timeout. */
+
+// STABLE_CONNECTION_MS is how long a connection must stay up (or
+// maxBackoff, if shorter) for the back-off to start again from minBackoff.
+const STABLE_CONNECTION_MS = 10_000;
+
 export const DEFAULT_PING_INTERVAL = 20_000;
 /** How long past a ping interval the client waits for any message before it takes the connection for dead, when Options.pongWait is 0 or absent. */
 export const DEFAULT_PONG_WAIT = 10_000;
@@ -186,6 +191,7 @@ export class GatewayClient {
   private subs = new Map<string, Subscription>();
   private listeners: { [K in keyof Events]?: Events[K][] } = {};
   private attempt = 0;
+  private upSince = Date.now(); // when the current connection was made
   private retryTimer?: ReturnType<typeof setTimeout>;
   private abortDial?: (e: Error) => void;
   private closeErr?: Error;
@@ -488,6 +494,10 @@ export class GatewayClient {
   // already closed) and reconnects, unless err says not to.
   private drop(l: Link, err: Error, gone = false) {
     if (this.link !== l) return;
+    // A connection that stayed up starts the back-off small again; one the
+    // server dropped at once (1013, a slow consumer) counts as a failed
+    // attempt, so a server shedding load is not redialled every minBackoff.
+    if (Date.now() - this.upSince >= Math.min(this.o.maxBackoff, STABLE_CONNECTION_MS)) this.attempt = 0;
     this.unlink(l, err, gone);
     if (this.o.noReconnect || (err instanceof CloseError && err.permanent)) return this.finish(err);
     this.setState("disconnected", err);
@@ -512,7 +522,7 @@ export class GatewayClient {
           this.setState("disconnected", err);
           return this.retry();
         }
-        this.attempt = 0;
+        this.upSince = Date.now();
         for (const s of this.subs.values()) {
           s.resubscribed = true;
           this.request(s.packet()).catch((e) => {

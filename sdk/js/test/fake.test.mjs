@@ -28,7 +28,10 @@ async function fakeGateway(onPacket = () => {}) {
         g.auths.push(Buffer.from(msg).toString("hex"));
         const refusal = g.refuseAuth?.(g.auths.length); // [code, reason] closes instead
         if (refusal) return ws.close(...refusal);
-        return reply({ type: "Pong", millis: BigInt(Date.now()) });
+        reply({ type: "Pong", millis: BigInt(Date.now()) });
+        const drop = g.dropAfterAuth?.(g.auths.length); // [code, reason] closes right after
+        if (drop) setTimeout(() => ws.close(...drop), 5);
+        return;
       }
       for (const p of decode(msg, true)) {
         if (p.type !== "Ping") onPacket(p, reply, ws);
@@ -176,6 +179,26 @@ test("3001 mid-session (an expired key) stops the client; 1013 at a reconnect's 
       "disconnected(closed: 1013 revocations not loaded yet; try again later)", "connecting", "connected",
       "closed(closed: 3001 access key expired)",
     ]);
+  } finally {
+    c.close();
+    await g.close();
+  }
+});
+
+test("a server that drops every connection at once is redialled with a growing back-off", async () => {
+  // Every connection after the first is accepted, then closed with 1013
+  // at once: each counts as a failed attempt, so in one second the client
+  // makes a handful of attempts (20 ms doubling up to 1 s), not one every
+  // minBackoff.
+  const g = await fakeGateway();
+  g.dropAfterAuth = (n) => n > 1 && [1013, "try again later"];
+  const [c] = recorded(g.url, "a2V5", { minBackoff: 20, maxBackoff: 1000 });
+  try {
+    await c.connect();
+    g.conns[0].close(1013, "try again later");
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.ok(g.auths.length <= 12, `${g.auths.length} authentications in one second`);
+    assert.ok(g.auths.length >= 3, `${g.auths.length} authentications in one second`);
   } finally {
     c.close();
     await g.close();
