@@ -19,6 +19,8 @@ const (
 	// client that missed nothing during a quiet hour resume without a
 	// resynchronisation.
 	DefaultMetaTTL = 24 * time.Hour
+	// DefaultMaxBytes bounds a MemoryStore when Options.MaxBytes is zero.
+	DefaultMaxBytes = 256 << 20
 	// MaxSize bounds Options.Size: the publications one recovery may
 	// replay, which a client receives back to back.
 	MaxSize = 100_000
@@ -41,6 +43,10 @@ type Options struct {
 	// Channels are the channel-name prefixes that keep history; empty
 	// means every channel except the reserved "#..." ones.
 	Channels []string
+	// MaxBytes bounds what a MemoryStore holds, publications and channels
+	// (see MemoryStore); zero means DefaultMaxBytes. A RedisStore is bounded
+	// by Redis's own maxmemory.
+	MaxBytes int64
 }
 
 // WithDefaults returns o with its zero values replaced by the defaults.
@@ -52,6 +58,9 @@ func (o Options) WithDefaults() Options {
 		o.MetaTTL = DefaultMetaTTL
 	}
 	o.MetaTTL = max(o.MetaTTL, o.TTL)
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
 	return o
 }
 

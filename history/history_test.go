@@ -411,3 +411,59 @@ func TestRecoverWithinBound(t *testing.T) {
 		})
 	}
 }
+
+// bytesHeld recomputes what the store holds, to check its running count.
+func bytesHeld(s *MemoryStore) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, c := range s.channels {
+		c.mu.Lock()
+		n += memChannelOverhead
+		for i := range c.n {
+			n += entryBytes(c.at(i))
+		}
+		c.mu.Unlock()
+	}
+	return n
+}
+
+// TestMemoryStoreBudget: past MaxBytes the least recently used channels
+// are forgotten whole (a later recovery of them: another epoch), the
+// channel appended to and the recently used ones are kept, and the running
+// count matches what is held through trims, expiry and Sweep.
+func TestMemoryStoreBudget(t *testing.T) {
+	const perChannel = memChannelOverhead + 3*(100+memEntryOverhead)
+	s := NewMemoryStore(Options{Size: 3, TTL: time.Minute, MetaTTL: time.Minute, MaxBytes: 10 * perChannel})
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	payload := make([]byte, 100)
+	first := map[string]Position{}
+	for i := range 20 {
+		name := fmt.Sprintf("c%d", i)
+		for range 5 { // 5 appends, 3 kept: trims counted too
+			first[name], _ = s.Append(context.Background(), name, payload)
+		}
+		if got, want := s.bytes.Load(), bytesHeld(s); got != want {
+			t.Fatalf("after c%d: counted %d, held %d", i, got, want)
+		}
+		if s.bytes.Load() > 10*perChannel {
+			t.Fatalf("after c%d: %d bytes held, budget %d", i, s.bytes.Load(), 10*perChannel)
+		}
+	}
+	// The newest ten first (a read of a forgotten one makes a channel,
+	// which may push others out in turn).
+	for i := 19; i >= 0; i-- {
+		name := fmt.Sprintf("c%d", i)
+		r := recoverOK(t, s, name, Position{Epoch: first[name].Epoch, Offset: 2})
+		kept := i >= 10
+		if kept != (r.Recovered && len(r.Publications) == 3) || kept != (r.Top.Epoch == first[name].Epoch) {
+			t.Errorf("%s: recovered %v with %d publications, same epoch %v; want kept=%v", name, r.Recovered, len(r.Publications), r.Top.Epoch == first[name].Epoch, kept)
+		}
+	}
+	now = now.Add(2 * time.Minute)
+	s.Sweep()
+	if got := s.bytes.Load(); got != bytesHeld(s) || got != 0 {
+		t.Fatalf("after expiry and Sweep: counted %d, held %d", got, bytesHeld(s))
+	}
+}

@@ -3,6 +3,7 @@ package history
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -11,18 +12,27 @@ import (
 // rounding of its copy, about.
 const memEntryOverhead = 48
 
-// MemoryStore keeps history in this process: a node running alone. The
-// memory it holds is at most, per channel, Size × (payload + about 48
-// bytes), and a channel's memory is released once its last publication
-// expired and its epoch outlived MetaTTL (Sweep, which the owner calls
-// now and then). Nothing survives the process: a new MemoryStore gives
-// every channel a new epoch.
+// memChannelOverhead is what a channel costs with nothing kept: its map
+// entry, name and state, about.
+const memChannelOverhead = 200
+
+// MemoryStore keeps history in this process: a node running alone. A
+// channel holds at most Size × (payload + about 48 bytes), and its memory
+// is released once its last publication expired and its epoch outlived
+// MetaTTL (Sweep, which the owner calls now and then). The whole store
+// holds about Options.MaxBytes at most: past it, the channels used least
+// recently (appended to or read) are forgotten whole, their publications
+// and epoch, until it fits again; the channel being appended to is kept,
+// so one channel alone may pass the budget by its own Size. Nothing
+// survives the process: a new MemoryStore gives every channel a new epoch.
 type MemoryStore struct {
-	opts Options
-	now  func() time.Time // time.Now; tests replace it
+	opts  Options
+	now   func() time.Time // time.Now; tests replace it
+	bytes atomic.Int64     // what the channels hold, as counted by memBytes
 
 	mu       sync.Mutex
 	channels map[string]*memChannel
+	lru      memChannel // sentinel of the channels by last use: lru.next is the newest
 }
 
 // memChannel is one channel's history: ring holds publications
@@ -34,7 +44,11 @@ type memChannel struct {
 	ring    []memEntry
 	head, n int
 	touched time.Time // last Append or Recover, for MetaTTL
-	gone    bool      // Sweep forgot it: look the channel up again
+	gone    bool      // Sweep or the budget forgot it: look the channel up again
+	held    int64     // bytes counted for it in MemoryStore.bytes
+	name    string
+
+	prev, next *memChannel // in MemoryStore.lru, under MemoryStore.mu
 }
 
 type memEntry struct {
@@ -45,19 +59,60 @@ type memEntry struct {
 
 // NewMemoryStore returns an empty store; o.Size must be positive.
 func NewMemoryStore(o Options) *MemoryStore {
-	return &MemoryStore{opts: o.WithDefaults(), now: time.Now, channels: map[string]*memChannel{}}
+	s := &MemoryStore{opts: o.WithDefaults(), now: time.Now, channels: map[string]*memChannel{}}
+	s.lru.prev, s.lru.next = &s.lru, &s.lru
+	return s
 }
 
-// channel returns channel's history, made (with a new epoch) if needed.
+// channel returns channel's history, made (with a new epoch) if needed,
+// and makes it the most recently used.
 func (s *MemoryStore) channel(name string) *memChannel {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.channels[name]
 	if c == nil {
-		c = &memChannel{epoch: newEpoch()}
+		c = &memChannel{epoch: newEpoch(), held: memChannelOverhead, name: name}
+		s.bytes.Add(memChannelOverhead)
 		s.channels[name] = c
+	} else {
+		c.prev.next, c.next.prev = c.next, c.prev
 	}
+	c.prev, c.next = &s.lru, s.lru.next
+	s.lru.next.prev = c
+	s.lru.next = c
 	return c
+}
+
+// forget removes c (locked by the caller) under s.mu, releasing its bytes.
+func (s *MemoryStore) forget(c *memChannel) {
+	c.gone = true
+	c.prev.next, c.next.prev = c.next, c.prev
+	c.prev, c.next = nil, nil
+	s.bytes.Add(-c.held)
+	c.held, c.ring, c.n, c.head = 0, nil, 0, 0
+	delete(s.channels, c.name)
+}
+
+// entryBytes is what a kept publication is counted for.
+func entryBytes(e *memEntry) int64 { return int64(len(e.payload)) + memEntryOverhead }
+
+// fit forgets the least recently used channels, keep aside, while the
+// store holds more than MaxBytes.
+func (s *MemoryStore) fit(keep *memChannel) {
+	if s.bytes.Load() <= s.opts.MaxBytes {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := s.lru.prev; c != &s.lru && s.bytes.Load() > s.opts.MaxBytes; {
+		older := c.prev
+		if c != keep {
+			c.mu.Lock()
+			s.forget(c)
+			c.mu.Unlock()
+		}
+		c = older
+	}
 }
 
 // lock returns channel's history locked, and the time: never one a Sweep
@@ -86,15 +141,18 @@ func (s *MemoryStore) Append(_ context.Context, channel string, payload []byte) 
 // not call the store.
 func (s *MemoryStore) AppendFunc(channel string, payload []byte, then func(Position)) Position {
 	c, now := s.lock(channel)
-	defer c.mu.Unlock()
 	c.top++
+	held := c.held
 	c.push(memEntry{offset: c.top, at: now, payload: append([]byte(nil), payload...)}, s.opts.Size)
 	c.expire(now.Add(-s.opts.TTL))
 	c.touched = now
+	s.bytes.Add(c.held - held)
 	pos := Position{Epoch: c.epoch, Offset: c.top}
 	if then != nil {
 		then(pos)
 	}
+	c.mu.Unlock()
+	s.fit(c)
 	return pos
 }
 
@@ -112,8 +170,9 @@ func (s *MemoryStore) Recover(_ context.Context, channel string, since Position)
 // would refuse costs no more than the limit.
 func (s *MemoryStore) RecoverWithin(_ context.Context, channel string, since Position, overhead, limit int64) (Recovery, error) {
 	c, now := s.lock(channel)
+	defer s.fit(c) // after the unlock below: a read may have made a channel
 	defer c.mu.Unlock()
-	c.expire(now.Add(-s.opts.TTL))
+	s.expire(c, now)
 	c.touched = now
 	r := Recovery{Top: Position{Epoch: c.epoch, Offset: c.top}}
 	switch {
@@ -145,8 +204,9 @@ func (s *MemoryStore) RecoverWithin(_ context.Context, channel string, since Pos
 // Read implements Store.
 func (s *MemoryStore) Read(_ context.Context, channel string, limit int) (Position, []Publication, error) {
 	c, now := s.lock(channel)
+	defer s.fit(c)
 	defer c.mu.Unlock()
-	c.expire(now.Add(-s.opts.TTL))
+	s.expire(c, now)
 	c.touched = now
 	from := 0
 	if limit > 0 && c.n > limit {
@@ -166,23 +226,29 @@ func (s *MemoryStore) Sweep() int {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for name, c := range s.channels {
+	for _, c := range s.channels {
 		c.mu.Lock()
-		c.expire(now.Add(-s.opts.TTL))
-		idle := c.n == 0 && now.Sub(c.touched) > s.opts.MetaTTL
-		c.gone = idle
-		c.mu.Unlock()
-		if idle {
-			delete(s.channels, name)
+		s.expire(c, now)
+		if c.n == 0 && now.Sub(c.touched) > s.opts.MetaTTL {
+			s.forget(c)
 		}
+		c.mu.Unlock()
 	}
 	return len(s.channels)
+}
+
+// expire drops c's publications older than TTL (c locked) and counts it.
+func (s *MemoryStore) expire(c *memChannel, now time.Time) {
+	held := c.held
+	c.expire(now.Add(-s.opts.TTL))
+	s.bytes.Add(c.held - held)
 }
 
 func (c *memChannel) at(i int) *memEntry { return &c.ring[(c.head+i)%len(c.ring)] }
 
 // push appends e, dropping the oldest entry once size are kept.
 func (c *memChannel) push(e memEntry, size int) {
+	c.held += entryBytes(&e)
 	if c.n < len(c.ring) {
 		c.ring[(c.head+c.n)%len(c.ring)] = e
 		c.n++
@@ -198,6 +264,7 @@ func (c *memChannel) push(e memEntry, size int) {
 		c.n++
 		return
 	}
+	c.held -= entryBytes(&c.ring[c.head])
 	c.ring[c.head] = e // full: overwrite the oldest
 	c.head = (c.head + 1) % len(c.ring)
 }
@@ -205,6 +272,7 @@ func (c *memChannel) push(e memEntry, size int) {
 // expire drops the entries kept at or before cutoff (the oldest first).
 func (c *memChannel) expire(cutoff time.Time) {
 	for c.n > 0 && !c.at(0).at.After(cutoff) {
+		c.held -= entryBytes(c.at(0))
 		*c.at(0) = memEntry{}
 		c.head = (c.head + 1) % len(c.ring)
 		c.n--

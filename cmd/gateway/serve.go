@@ -45,6 +45,7 @@ func serve(args []string) error {
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", session.DefaultMaxSubscriptions, "channels one native or wsify connection may hold at once; past it native answers Error 429, wsify closes with 1008")
 	fs.IntVar(&cfg.History.Size, "history-size", 0, "publications each channel with history keeps for SubscribeFrom recovery (PROTOCOL.md 5.1); 0: no history. Kept in Redis with --redis (shared by the nodes), else in memory")
 	fs.DurationVar(&cfg.History.TTL, "history-ttl", history.DefaultTTL, "how long a kept publication stays recoverable")
+	fs.Int64Var(&cfg.History.MaxBytes, "history-max-bytes", history.DefaultMaxBytes, "a node alone: memory its whole history may hold; past it the channels used least recently lose their history (and epoch) first")
 	historyChannels := fs.String("history-channels", "", "comma-separated channel-name prefixes that keep history, e.g. 'chat:,game:' (empty: every channel but the reserved #...)")
 	fs.IntVar(&cfg.SocketSendBuffer, "socket-send-buffer", gateway.DefaultSocketSendBuffer, "the kernel's send buffer per connection, SO_SNDBUF (-1: the kernel's autotuning)")
 	fs.IntVar(&cfg.EventLoops, "event-loops", 0, "event loops (0: one per CPU)")
