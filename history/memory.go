@@ -220,22 +220,43 @@ func (s *MemoryStore) Read(_ context.Context, channel string, limit int) (Positi
 	return Position{Epoch: c.epoch, Offset: c.top}, pubs, nil
 }
 
-// Sweep forgets the channels whose publications all expired and whose
-// epoch was last used more than MetaTTL ago; it returns how many are left.
+// Sweep forgets the channels whose epoch was last used more than MetaTTL
+// ago (their publications, younger than TTL <= MetaTTL, are all gone);
+// it returns how many channels are left. It walks only those, from the
+// least recently used end, and lets go of the store's lock every
+// sweepChunk of them, so appends and reads on the event loops never wait
+// for a long walk.
 func (s *MemoryStore) Sweep() int {
 	now := s.now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range s.channels {
-		c.mu.Lock()
-		s.expire(c, now)
-		if c.n == 0 && now.Sub(c.touched) > s.opts.MetaTTL {
-			s.forget(c)
+	for {
+		s.mu.Lock()
+		done := true
+		for range sweepChunk {
+			c := s.lru.prev
+			if c == &s.lru {
+				break
+			}
+			c.mu.Lock()
+			idle := now.Sub(c.touched) > s.opts.MetaTTL
+			if idle {
+				s.forget(c)
+			}
+			c.mu.Unlock()
+			if !idle {
+				break
+			}
+			done = false
 		}
-		c.mu.Unlock()
+		left := len(s.channels)
+		s.mu.Unlock()
+		if done {
+			return left
+		}
 	}
-	return len(s.channels)
 }
+
+// sweepChunk is how many channels Sweep forgets per hold of the lock.
+const sweepChunk = 1024
 
 // expire drops c's publications older than TTL (c locked) and counts it.
 func (s *MemoryStore) expire(c *memChannel, now time.Time) {
