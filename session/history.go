@@ -38,7 +38,8 @@ type historyState struct {
 	store   history.Store
 	mem     *history.MemoryStore // a node alone; nil with a KeptBroker
 	remote  KeptBroker           // the cluster's; nil for a node alone
-	fetches chan struct{}        // reads under way off the loops (remote)
+	queue   chan *fetched        // reads waiting for a reader (remote)
+	done    chan struct{}        // closed by Hub.Close: the readers end
 }
 
 // SetHistory makes the channels o.Keeps keep history (PROTOCOL.md §5.1);
@@ -63,7 +64,12 @@ func (h *Hub) SetHistory(o history.Options) error {
 	if !ok || kb.History() == nil {
 		return ErrHistoryNeedsStore
 	}
-	h.hist = &historyState{opts: o, store: kb.History(), remote: kb, fetches: make(chan struct{}, maxRecoveryFetches)}
+	hs := &historyState{opts: o, store: kb.History(), remote: kb,
+		queue: make(chan *fetched, maxRecoveryQueued), done: make(chan struct{})}
+	for range recoveryReaders {
+		go hs.readHistory(h.maxReplay.Load)
+	}
+	h.hist = hs
 	h.OnReconnect((*Shard).checkPositions)
 	return nil
 }

@@ -26,6 +26,7 @@ type Hub struct {
 	maxPayload atomic.Int64  // SetMaxPayload; 0: no cap
 	maxReplay  atomic.Int64  // SetMaxReplay; 0: no bound
 	hist       *historyState // SetHistory; nil: no channel keeps history
+	closeOnce  sync.Once
 
 	mu          sync.RWMutex
 	channels    map[string]*channelState
@@ -83,7 +84,12 @@ func NewHub(b Broker) *Hub {
 func (h *Hub) Start() error { return h.broker.Start(brokerHandler{h}) }
 
 // Close stops the broker.
-func (h *Hub) Close() error { return h.broker.Close() }
+func (h *Hub) Close() error {
+	if hs := h.hist; hs != nil && hs.done != nil {
+		h.closeOnce.Do(func() { close(hs.done) })
+	}
+	return h.broker.Close()
+}
 
 // NewShard adds the shard of one event loop. Call it once per loop, before
 // the loop's first session.

@@ -44,10 +44,13 @@ const (
 	// while its recovery is under way. Past it the held ones are dropped
 	// and the recovery ends with recovered false at the newest one seen.
 	maxRecoveryHeld = 1024
-	// maxRecoveryFetches bounds the history reads under way on a node at
-	// once; past it a SubscribeFrom is refused (try again) and a gap is
-	// told instead of filled.
-	maxRecoveryFetches = 256
+	// recoveryReaders is how many history reads a node runs at once (its
+	// reader goroutines, started with the history).
+	recoveryReaders = 64
+	// maxRecoveryQueued bounds the reads waiting for a reader; past it a
+	// SubscribeFrom is refused (Error 503, try again) and a gap is told
+	// instead of filled. A burst of reconnecting clients waits here.
+	maxRecoveryQueued = 16384
 	// recoveryTimeout bounds one history read.
 	recoveryTimeout = 5 * time.Second
 )
@@ -134,37 +137,47 @@ func (sh *Shard) recover(s *Session, channel string, rec *recovery, prompted boo
 		rec.hold(then)
 	}
 	select {
-	case hs.fetches <- struct{}{}:
+	case hs.queue <- &fetched{sh: sh, s: s, channel: channel, rec: rec, since: rec.since}:
 	default:
 		sh.fetchFailed(s, channel, rec, ErrBrokerBusy)
-		return
 	}
-	f := &fetched{s: s, channel: channel, rec: rec}
-	go sh.fetch(hs, f)
 }
 
-// fetched is a history read's answer on its way back to the loop.
+// fetched is a history read on its way to a reader and back to the loop.
 type fetched struct {
+	sh      *Shard
 	s       *Session
 	channel string
-	rec     *recovery
+	rec     *recovery        // compared on the loop; never read off it
+	since   history.Position // rec.since when the read was asked
 	r       history.Recovery
 	err     error
 }
 
-// fetch reads the history off the loop and hands the answer to the loop.
-func (sh *Shard) fetch(hs *historyState, f *fetched) {
+// readHistory is one of the node's history readers: it runs reads off the
+// loops until the hub closes.
+func (hs *historyState) readHistory(maxReplay func() int64) {
+	for {
+		select {
+		case f := <-hs.queue:
+			hs.readOne(f, maxReplay())
+		case <-hs.done:
+			return
+		}
+	}
+}
+
+// readOne reads the history for f and hands the answer to f's loop.
+func (hs *historyState) readOne(f *fetched, limit int64) {
 	defer func() {
-		<-hs.fetches
 		if v := recover(); v != nil {
-			f.err = ErrBrokerBusy
-			sh.loop.Run(func(any) { sh.loop.SinkPanicked(f.s, v) }, nil)
+			f.sh.loop.Run(func(any) { f.sh.loop.SinkPanicked(f.s, v) }, nil)
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), recoveryTimeout)
-	f.r, f.err = hs.store.RecoverWithin(ctx, f.channel, f.rec.since, replayOverhead+int64(len(f.channel)), sh.hub.maxReplay.Load())
+	f.r, f.err = hs.store.RecoverWithin(ctx, f.channel, f.since, replayOverhead+int64(len(f.channel)), limit)
 	cancel()
-	sh.loop.Run(sh.fetchedTask, f)
+	f.sh.loop.Run(f.sh.fetchedTask, f)
 }
 
 // takeFetched takes a history read's answer on the loop, if its
