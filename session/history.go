@@ -34,12 +34,12 @@ type KeptBroker interface {
 
 // historyState is the hub's history: which channels keep one, and where.
 type historyState struct {
-	opts    history.Options
-	store   history.Store
-	mem     *history.MemoryStore // a node alone; nil with a KeptBroker
-	remote  KeptBroker           // the cluster's; nil for a node alone
-	queue   chan *fetched        // reads waiting for a reader (remote)
-	done    chan struct{}        // closed by Hub.Close: the readers end
+	opts   history.Options
+	store  history.Store
+	mem    *history.MemoryStore // a node alone; nil with a KeptBroker
+	remote KeptBroker           // the cluster's; nil for a node alone
+	queue  chan *fetched        // reads waiting for a reader (remote)
+	done   chan struct{}        // closed by Hub.Close: the readers end
 }
 
 // SetHistory makes the channels o.Keeps keep history (PROTOCOL.md §5.1);
