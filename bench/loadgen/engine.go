@@ -108,6 +108,13 @@ func (NopHandler) OnText(*Conn, []byte, int64) {}
 // OnClose implements Handler.
 func (NopHandler) OnClose(*Conn, uint16) {}
 
+// From is one SubscribeFrom: a channel and the position after which the
+// client wants every publication (0, 0: none, only the position now).
+type From struct {
+	Channel       string
+	Epoch, Offset int64
+}
+
 // Proto selects what a connection speaks.
 type Proto int
 
@@ -129,6 +136,11 @@ type DialSpec struct {
 	// Subscribe lists native channels subscribed during set-up (one
 	// message); Dial returns once every Subscribed came back.
 	Subscribe []string
+	// SubscribeFrom lists native channels subscribed with recovery
+	// (PROTOCOL.md §5.1) in the same message; Dial returns once every
+	// SubscribedFrom came back. The replayed Publications and the
+	// SubscribedFrom itself reach Handler, during set-up too.
+	SubscribeFrom []From
 	// TextSetup are text messages sent after the upgrade (Text).
 	TextSetup [][]byte
 	// TextReady, if set, is given each text message during set-up; set-up
@@ -740,7 +752,7 @@ func (c *Conn) message(op byte, msg []byte, now int64) {
 				return
 			}
 			c.lastPingTx.Store(now)
-			if len(c.spec.Subscribe) == 0 {
+			if len(c.spec.Subscribe)+len(c.spec.SubscribeFrom) == 0 {
 				c.phase = phaseLive
 				continue
 			}
@@ -748,7 +760,10 @@ func (c *Conn) message(op byte, msg []byte, now int64) {
 			for _, ch := range c.spec.Subscribe {
 				m = packet.AppendSubscribe(m, ch)
 			}
-			c.pendingSub = len(c.spec.Subscribe)
+			for _, f := range c.spec.SubscribeFrom {
+				m = packet.AppendSubscribeFrom(m, f.Channel, f.Epoch, f.Offset)
+			}
+			c.pendingSub = len(c.spec.Subscribe) + len(c.spec.SubscribeFrom)
 			c.phase = phaseSubscribe
 			if err := c.send(opBinary, m); err != nil {
 				c.fail(err)
@@ -758,6 +773,16 @@ func (c *Conn) message(op byte, msg []byte, now int64) {
 		case phaseSubscribe:
 			switch p.ID {
 			case packet.PacketSubscribed:
+				c.pendingSub--
+				if c.pendingSub == 0 {
+					c.phase = phaseLive
+				}
+				continue
+			case packet.PacketSubscribedFrom:
+				// The handler hears it first: Dial may return at once.
+				if c.spec.Handler != nil {
+					c.spec.Handler.OnPacket(c, &p, now)
+				}
 				c.pendingSub--
 				if c.pendingSub == 0 {
 					c.phase = phaseLive
