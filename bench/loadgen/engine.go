@@ -141,6 +141,11 @@ type DialSpec struct {
 	// SubscribedFrom came back. The replayed Publications and the
 	// SubscribedFrom itself reach Handler, during set-up too.
 	SubscribeFrom []From
+	// BusyRetries is how often a SubscribeFrom refused with Error 503 (a
+	// node past its bound of history reads under way: "try again") is sent
+	// again during set-up, after a jittered 20-100 ms; zero: not retried,
+	// the Error fails the dial.
+	BusyRetries int
 	// TextSetup are text messages sent after the upgrade (Text).
 	TextSetup [][]byte
 	// TextReady, if set, is given each text message during set-up; set-up
@@ -158,6 +163,7 @@ type Timing struct {
 	Upgrade   time.Duration // request to 101
 	Auth      time.Duration // 101 to authenticated (native) or ready
 	Handshake time.Duration // total, until Dial returns
+	Retries   int           // SubscribeFrom sent again after Error 503 (BusyRetries)
 }
 
 // Engine holds connections on a gnet client.
@@ -199,6 +205,7 @@ type Conn struct {
 	// set-up state (dialling goroutine only)
 	phase      int
 	pendingSub int
+	retries    int // BusyRetries used
 	setupErr   error
 
 	closeSent  atomic.Bool
@@ -510,6 +517,7 @@ func (e *Engine) dial(ctx context.Context, spec *DialSpec) (*Conn, Timing, error
 	ok = true
 	c.nc = nil
 	tm.Handshake = time.Since(start)
+	tm.Retries = c.retries
 	return c, tm, nil
 }
 
@@ -789,6 +797,17 @@ func (c *Conn) message(op byte, msg []byte, now int64) {
 				}
 				continue
 			case packet.PacketError:
+				if p.Code == 503 && c.retries < c.spec.BusyRetries && len(c.spec.SubscribeFrom) == 1 && len(c.spec.Subscribe) == 0 {
+					// Set-up runs on the dialling goroutine: it may wait.
+					c.retries++
+					time.Sleep(time.Duration(20+mrand.IntN(80)) * time.Millisecond)
+					f := c.spec.SubscribeFrom[0]
+					if err := c.send(opBinary, packet.AppendSubscribeFrom(nil, f.Channel, f.Epoch, f.Offset)); err != nil {
+						c.fail(err)
+						return
+					}
+					continue
+				}
 				c.fail(fmt.Errorf("subscribe: error %d %s", p.Code, p.Text))
 				return
 			}

@@ -39,6 +39,12 @@ var HistoryScenarios = map[string]HistoryScenario{
 // HistoryOrder is the order of the history suite.
 var HistoryOrder = []string{"history-fanout", "history-recovery"}
 
+// busyRetries is DialSpec.BusyRetries of the history scenarios' clients:
+// a node refuses a SubscribeFrom with Error 503 ("try again") while it has
+// its bound of history reads under way, and these clients try again, as
+// PROTOCOL.md §5.1 tells clients to.
+const busyRetries = 100
+
 // HistoryChannel is the channel of the history scenarios; the nodes keep
 // history for the prefix "hist." when the set-up has history.
 const HistoryChannel = "hist.bench"
@@ -125,11 +131,12 @@ func HistoryFanout(ctx context.Context, cl Cluster, p Params) *Result {
 	}
 	ch := HistoryChannel
 	conns := make([]*Conn, rn.p.Subs)
+	var retries atomic.Int64
 	start := time.Now()
 	rn.e.DialMany(ctx, rn.p.Subs, func(i int) *DialSpec {
 		s := &DialSpec{URL: cl.Nodes[i%len(cl.Nodes)].WSURL, Proto: Native, Key: rn.keys.key(i), Handler: &histSubHandler{rn: rn}, Tag: i}
 		if cl.History {
-			s.SubscribeFrom = []From{{Channel: ch}}
+			s.SubscribeFrom, s.BusyRetries = []From{{Channel: ch}}, busyRetries
 		} else {
 			s.Subscribe = []string{ch}
 		}
@@ -140,6 +147,7 @@ func HistoryFanout(ctx context.Context, cl Cluster, p Params) *Result {
 			return
 		}
 		rn.hs.Record(int64(tm.Handshake))
+		retries.Add(int64(tm.Retries))
 		conns[i] = c
 	})
 	for _, c := range conns {
@@ -169,6 +177,7 @@ func HistoryFanout(ctx context.Context, cl Cluster, p Params) *Result {
 	rn.fillDeliveries(want, start)
 	rn.extra("nodes", len(cl.Nodes))
 	rn.extra("history", cl.History)
+	rn.extra("subscribe_from_busy_retries", retries.Load())
 	rn.extra("refused_publishes", ec.n.Load())
 	if f, ok := ec.first.Load().(string); ok {
 		rn.extra("first_refusal", f)
@@ -260,14 +269,16 @@ func HistoryRecovery(ctx context.Context, cl Cluster, p Params) *Result {
 	spec := func(i int) *DialSpec {
 		s := &h.state[i]
 		return &DialSpec{URL: cl.Nodes[i%len(cl.Nodes)].WSURL, Proto: Native, Key: rn.keys.key(i), Handler: h, Tag: i,
-			SubscribeFrom: []From{{Channel: ch, Epoch: s.epoch, Offset: s.offset}}}
+			SubscribeFrom: []From{{Channel: ch, Epoch: s.epoch, Offset: s.offset}}, BusyRetries: busyRetries}
 	}
 	first := make([]*Conn, n)
-	rn.e.DialMany(ctx, n, spec, func(i int, c *Conn, _ Timing, err error) {
+	var firstRetries, retries atomic.Int64
+	rn.e.DialMany(ctx, n, spec, func(i int, c *Conn, tm Timing, err error) {
 		if err != nil {
 			rn.connectErr(err)
 			return
 		}
+		firstRetries.Add(int64(tm.Retries))
 		first[i] = c
 	})
 	w, _, err := rn.e.Dial(ctx, &DialSpec{URL: cl.Nodes[len(cl.Nodes)-1].WSURL, Proto: Native, Key: rn.keys.key(-2),
@@ -316,16 +327,21 @@ func HistoryRecovery(ctx context.Context, cl Cluster, p Params) *Result {
 			return
 		}
 		per.Record(int64(tm.Handshake))
+		retries.Add(int64(tm.Retries))
 		mu.Lock()
 		conns++
 		mu.Unlock()
 	})
 	all := time.Since(start)
 	rn.r.Conns = conns
-	var ok, notRecovered, missing, disordered, wrongTop int
+	var ok, notRecovered, missing, disordered, wrongTop, noPosition int
 	var replayed int64
 	for i := range h.state {
 		s := &h.state[i]
+		if s.epoch == 0 {
+			noPosition++ // its first subscription failed: nothing to recover
+			continue
+		}
 		if !s.answered {
 			continue
 		}
@@ -358,6 +374,9 @@ func HistoryRecovery(ctx context.Context, cl Cluster, p Params) *Result {
 	rn.extra("clients_missing_publications", missing)
 	rn.extra("clients_out_of_order", disordered)
 	rn.extra("clients_wrong_offset", wrongTop)
+	rn.extra("clients_without_first_position", noPosition)
+	rn.extra("first_subscribe_busy_retries", firstRetries.Load())
+	rn.extra("reconnect_busy_retries", retries.Load())
 	rn.extra("watcher_publications", watch.n.Load())
 	rn.extra("refused_publishes", ec.n.Load())
 	res := finishCluster(rn, cl, cpu0, redis0, nil)

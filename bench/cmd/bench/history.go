@@ -243,23 +243,23 @@ func historyMarkdown(rep *Report) string {
 		rep.Settings["history_subs"], rep.Settings["history_publishes"], rep.Settings["recovery_clients"],
 		rep.Settings["recovery_publications"], rep.Settings["history_size"], rep.Settings["payload"])
 	fmt.Fprintf(&b, "\n## history-fanout\n\nOne channel, subscribers spread over the nodes (Subscribe, or SubscribeFrom(ch, 0, 0) with history), one publisher on the first node, back to back. CPU = all nodes' user+system time from the first publish to the last delivery; Redis's apart.\n\n")
-	fmt.Fprintf(&b, "| set-up | round | deliveries/s | delivered / expected | lost | dup | reord | refused | nodes' CPU s | CPU µs/delivery | Redis CPU s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| set-up | round | deliveries/s | delivered / expected | lost | dup | reord | refused | 503 retries | nodes' CPU s | CPU µs/delivery | Redis CPU s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Results {
 		if r.Scenario != "history-fanout" {
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %v | %.0f | %d / %d | %d | %d | %d | %v | %.2f | %.2f | %.2f | %.0f | %.0f |\n", r.Server, r.Extra["round"],
-			r.DeliveriesPS, r.Delivered, r.Expected, r.Lost, r.Duplicates, r.Reordered, r.Extra["refused_publishes"],
+		fmt.Fprintf(&b, "| %s | %v | %.0f | %d / %d | %d | %d | %d | %v | %v | %.2f | %.2f | %.2f | %.0f | %.0f |\n", r.Server, r.Extra["round"],
+			r.DeliveriesPS, r.Delivered, r.Expected, r.Lost, r.Duplicates, r.Reordered, r.Extra["refused_publishes"], r.Extra["subscribe_from_busy_retries"],
 			r.CPU, r.CPUPM, num(r, "redis_cpu_seconds"), r.Latency.P50, r.Latency.P99)
 	}
 	fmt.Fprintf(&b, "\n## history-recovery\n\nClients subscribed with SubscribeFrom disconnect, the publications are made, then all reconnect at once (every dial in flight together) with SubscribeFrom from their last position. Per client: dial start to its SubscribedFrom (TCP, upgrade, auth and replay). CPU: all nodes over the reconnect.\n\n")
-	fmt.Fprintf(&b, "| set-up | clients ok / reconnected | not recovered | missing | out of order | wrong offset | all done s | p50 ms | p99 ms | max ms | nodes' CPU s | CPU ms/client | CPU µs/replayed publication | Redis CPU s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| set-up | clients ok / reconnected | 503 retries | not recovered | missing | out of order | wrong offset | all done s | p50 ms | p99 ms | max ms | nodes' CPU s | CPU ms/client | CPU µs/replayed publication | Redis CPU s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Results {
 		if r.Scenario != "history-recovery" {
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %v / %d | %v | %v | %v | %v | %.2f | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f |\n", r.Server,
-			r.Extra["clients_ok"], r.Conns, r.Extra["clients_not_recovered"], r.Extra["clients_missing_publications"],
+		fmt.Fprintf(&b, "| %s | %v / %d | %v | %v | %v | %v | %v | %.2f | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f |\n", r.Server,
+			r.Extra["clients_ok"], r.Conns, r.Extra["reconnect_busy_retries"], r.Extra["clients_not_recovered"], r.Extra["clients_missing_publications"],
 			r.Extra["clients_out_of_order"], r.Extra["clients_wrong_offset"], num(r, "all_recovered_s"),
 			r.Handshake.P50, r.Handshake.P99, r.Handshake.Max, r.CPU, num(r, "node_cpu_ms_per_client"),
 			num(r, "node_cpu_us_per_replayed_publication"), num(r, "redis_cpu_seconds"))
