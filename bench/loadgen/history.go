@@ -24,6 +24,9 @@ type Cluster struct {
 	// History: the channel keeps history and subscribers use SubscribeFrom
 	// (deliveries are Publications); otherwise Subscribe and Messages.
 	History bool `json:"history"`
+	// OnPublish, if set, is called when the fan-out's publishes start
+	// (the runner's -history-profile takes a CPU profile then).
+	OnPublish func() `json:"-"`
 }
 
 // HistoryScenario runs one history scenario against a cluster.
@@ -164,6 +167,9 @@ func HistoryFanout(ctx context.Context, cl Cluster, p Params) *Result {
 	pub := &publisher{c: pc, seqs: map[string]uint64{}}
 	// The subscriptions' CPU is not the fan-out's.
 	cpu0, redis0 = clusterCPU(cl)
+	if cl.OnPublish != nil {
+		cl.OnPublish()
+	}
 	start = time.Now()
 	for range rn.p.Publishes {
 		if err := pub.publish(ch, rn.p.PayloadSize); err != nil {

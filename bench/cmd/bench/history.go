@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,8 +118,22 @@ func (r *redisProc) stop() {
 }
 
 // runSetup starts a set-up's processes, runs sc and stops them.
-func runSetup(ctx context.Context, o options, st setup, name string, sc loadgen.HistoryScenario, p loadgen.Params, secret, tmp string) *loadgen.Result {
+func runSetup(ctx context.Context, o options, st setup, name string, sc loadgen.HistoryScenario, p loadgen.Params, secret, tmp string, round int) *loadgen.Result {
 	cl := loadgen.Cluster{Label: st.label(), History: st.history}
+	var profiled chan struct{}
+	if o.histProfile > 0 && name == "history-fanout" {
+		profiled = make(chan struct{})
+		cl.OnPublish = func() {
+			url := strings.TrimSuffix(cl.Nodes[0].MetricsURL, "/metrics") + fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(o.histProfile.Seconds()), 1))
+			file := filepath.Join(o.out, fmt.Sprintf("history-%s-r%d-cpu.pprof", cl.Label, round))
+			go func() {
+				defer close(profiled)
+				if err := fetchTo(url, file); err != nil {
+					fmt.Fprintln(os.Stderr, "bench: profile:", err)
+				}
+			}()
+		}
+	}
 	var extra []string
 	if st.history {
 		extra = append(extra, "--history-size", histSizeFlag, "--history-channels", "hist.")
@@ -150,6 +166,12 @@ func runSetup(ctx context.Context, o options, st setup, name string, sc loadgen.
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	res := sc(sctx, cl, p)
+	if profiled != nil && cl.OnPublish != nil {
+		select {
+		case <-profiled:
+		case <-time.After(o.histProfile + 10*time.Second):
+		}
+	}
 	for _, s := range servers {
 		select {
 		case err := <-s.done:
@@ -196,7 +218,7 @@ func runHistory(ctx context.Context, o options, names []string, secret, tmp stri
 					break
 				}
 				fmt.Printf("== %s on %s (round %d)\n", name, st.label(), round+1)
-				res := runSetup(ctx, o, st, name, sc, p, secret, tmp)
+				res := runSetup(ctx, o, st, name, sc, p, secret, tmp, round+1)
 				if res.Extra == nil {
 					res.Extra = map[string]any{}
 				}
@@ -271,4 +293,25 @@ func historyMarkdown(rep *Report) string {
 		}
 	}
 	return b.String()
+}
+
+// fetchTo writes the body of a GET to file.
+func fetchTo(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
