@@ -72,3 +72,45 @@ func BenchmarkNativeFanOutHistoryOff(b *testing.B) { histFanOut(b, false) }
 // BenchmarkNativeFanOutHistoryOn: a channel with history, every
 // subscriber subscribed with SubscribeFrom.
 func BenchmarkNativeFanOutHistoryOn(b *testing.B) { histFanOut(b, true) }
+
+// TestHistoryHotPathAllocations guards the pair's allocation counts: on a
+// node that keeps history, a publish on a channel without history
+// allocates what it did before history existed (its message, at most 4,
+// as TestHotPathAllocatesNothing), and a publish on a channel with history
+// one more (the kept copy); neither grows with the subscribers, so no
+// delivery allocates.
+func TestHistoryHotPathAllocations(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		l, key := nativeLoop(t)
+		hub := l.Server().Hub()
+		if err := hub.SetHistory(history.Options{Size: 100, Channels: []string{"kept"}}); err != nil {
+			t.Fatal(err)
+		}
+		channel, sub := "fan", packet.AppendSubscribe(nil, "fan")
+		if keep {
+			channel, sub = "kept", packet.AppendSubscribeFrom(nil, "kept", 0, 0)
+		}
+		payload := bytes.Repeat([]byte("p"), 100)
+		var counts []float64
+		for _, n := range []int{20, 200} {
+			for range n - len(counts)*20 {
+				s := authenticated(t, l, key)
+				l.Feed(s, unmasked(sub))
+				l.Run()
+				s.DiscardOutput()
+			}
+			counts = append(counts, testing.AllocsPerRun(200, func() {
+				_ = hub.Publish(channel, payload, 0)
+				l.Run()
+			}))
+		}
+		limit := 4.0
+		if keep {
+			limit = 5
+		}
+		if counts[1] != counts[0] || counts[1] > limit {
+			t.Errorf("history %v: a publish costs %v allocations at 20 subscribers and %v at 200, want the same and at most %v",
+				keep, counts[0], counts[1], limit)
+		}
+	}
+}
