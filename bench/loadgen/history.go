@@ -24,9 +24,10 @@ type Cluster struct {
 	// History: the channel keeps history and subscribers use SubscribeFrom
 	// (deliveries are Publications); otherwise Subscribe and Messages.
 	History bool `json:"history"`
-	// OnPublish, if set, is called when the fan-out's publishes start
-	// (the runner's -history-profile takes a CPU profile then).
-	OnPublish func() `json:"-"`
+	// OnMeasure, if set, is called when the measured phase starts (the
+	// fan-out's publishes, the recovery's reconnect): the runner's
+	// -history-profile takes a CPU profile then.
+	OnMeasure func() `json:"-"`
 }
 
 // HistoryScenario runs one history scenario against a cluster.
@@ -167,8 +168,8 @@ func HistoryFanout(ctx context.Context, cl Cluster, p Params) *Result {
 	pub := &publisher{c: pc, seqs: map[string]uint64{}}
 	// The subscriptions' CPU is not the fan-out's.
 	cpu0, redis0 = clusterCPU(cl)
-	if cl.OnPublish != nil {
-		cl.OnPublish()
+	if cl.OnMeasure != nil {
+		cl.OnMeasure()
 	}
 	start = time.Now()
 	for range rn.p.Publishes {
@@ -323,6 +324,9 @@ func HistoryRecovery(ctx context.Context, cl Cluster, p Params) *Result {
 	h.again.Store(true)
 	// The reconnect: every client at once.
 	cpu0, redis0 = clusterCPU(cl)
+	if cl.OnMeasure != nil {
+		cl.OnMeasure()
+	}
 	var per Histogram
 	var mu sync.Mutex
 	conns := 0

@@ -121,11 +121,11 @@ func (r *redisProc) stop() {
 func runSetup(ctx context.Context, o options, st setup, name string, sc loadgen.HistoryScenario, p loadgen.Params, secret, tmp string, round int) *loadgen.Result {
 	cl := loadgen.Cluster{Label: st.label(), History: st.history}
 	var profiled chan struct{}
-	if o.histProfile > 0 && name == "history-fanout" {
+	if o.histProfile > 0 {
 		profiled = make(chan struct{})
-		cl.OnPublish = func() {
+		cl.OnMeasure = func() {
 			url := strings.TrimSuffix(cl.Nodes[0].MetricsURL, "/metrics") + fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(o.histProfile.Seconds()), 1))
-			file := filepath.Join(o.out, fmt.Sprintf("history-%s-r%d-cpu.pprof", cl.Label, round))
+			file := filepath.Join(o.out, fmt.Sprintf("%s-%s-r%d-cpu.pprof", name, cl.Label, round))
 			go func() {
 				defer close(profiled)
 				if err := fetchTo(url, file); err != nil {
@@ -166,7 +166,7 @@ func runSetup(ctx context.Context, o options, st setup, name string, sc loadgen.
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	res := sc(sctx, cl, p)
-	if profiled != nil && cl.OnPublish != nil {
+	if profiled != nil && cl.OnMeasure != nil {
 		select {
 		case <-profiled:
 		case <-time.After(o.histProfile + 10*time.Second):

@@ -96,7 +96,7 @@ func main() {
 	flag.IntVar(&o.recPublications, "recovery-publications", 1000, "history-recovery: publications made while they are away")
 	flag.StringVar(&o.histSetups, "history-setups", "alone,redis2", "history scenarios: alone (one node, history in memory) and/or redis2 (two nodes and a redis-server)")
 	flag.IntVar(&o.histRounds, "history-rounds", 1, "history-fanout: rounds of all four set-ups, interleaved (the shared machine is noisy)")
-	flag.DurationVar(&o.histProfile, "history-profile", 0, "history-fanout: take a CPU profile of the first node (/debug/pprof/profile) this long from the first publish, into <out>/history-<set-up>-r<round>-cpu.pprof (0: none)")
+	flag.DurationVar(&o.histProfile, "history-profile", 0, "history scenarios: take a CPU profile of the first node (/debug/pprof/profile) this long from the start of the measured phase (first publish, reconnect), into <out>/<scenario>-<set-up>-r<round>-cpu.pprof (0: none)")
 	flag.Parse()
 	if o.quick {
 		o.conns, o.handshakeConns, o.pingConns, o.pings = 300, 300, 100, 5
