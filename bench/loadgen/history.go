@@ -260,7 +260,8 @@ func (h *watchHandler) OnPacket(_ *Conn, p *packet.ServerPacket, _ int64) {
 // per-client time = dial start to SubscribedFrom, handshake included.
 // Each must get recovered 1, exactly the Publishes missed, in order, and
 // SubscribedFrom's offset its last. CPU is every node's over the
-// reconnect phase only.
+// reconnect phase only. The first subscriptions (all at once too, nothing
+// to replay) are reported apart as the point of comparison.
 func HistoryRecovery(ctx context.Context, cl Cluster, p Params) *Result {
 	n := p.Subs
 	p.Engine.MaxInFlight, p.Engine.DialRate = max(n, 1), 0
@@ -278,16 +279,24 @@ func HistoryRecovery(ctx context.Context, cl Cluster, p Params) *Result {
 		return &DialSpec{URL: cl.Nodes[i%len(cl.Nodes)].WSURL, Proto: Native, Key: rn.keys.key(i), Handler: h, Tag: i,
 			SubscribeFrom: []From{{Channel: ch, Epoch: s.epoch, Offset: s.offset}}, BusyRetries: busyRetries}
 	}
+	// The first subscriptions, made the same way (all at once) but with
+	// nothing to replay, are the reconnect's point of comparison.
 	first := make([]*Conn, n)
 	var firstRetries, retries atomic.Int64
+	var firstPer Histogram
+	fcpu0, _ := clusterCPU(cl)
+	fstart := time.Now()
 	rn.e.DialMany(ctx, n, spec, func(i int, c *Conn, tm Timing, err error) {
 		if err != nil {
 			rn.connectErr(err)
 			return
 		}
+		firstPer.Record(int64(tm.Handshake))
 		firstRetries.Add(int64(tm.Retries))
 		first[i] = c
 	})
+	firstAll := time.Since(fstart)
+	fcpu1, _ := clusterCPU(cl)
 	w, _, err := rn.e.Dial(ctx, &DialSpec{URL: cl.Nodes[len(cl.Nodes)-1].WSURL, Proto: Native, Key: rn.keys.key(-2),
 		Handler: &watchHandler{}, SubscribeFrom: []From{{Channel: ch}}})
 	if err != nil {
@@ -386,6 +395,8 @@ func HistoryRecovery(ctx context.Context, cl Cluster, p Params) *Result {
 	rn.extra("clients_wrong_offset", wrongTop)
 	rn.extra("clients_without_first_position", noPosition)
 	rn.extra("first_subscribe_busy_retries", firstRetries.Load())
+	rn.extra("first_subscribe", map[string]any{"all_s": firstAll.Seconds(), "latency": firstPer.Summary(),
+		"node_cpu_ms_per_client": (fcpu1 - fcpu0) * 1e3 / float64(max(n, 1))})
 	rn.extra("reconnect_busy_retries", retries.Load())
 	rn.extra("watcher_publications", watch.n.Load())
 	rn.extra("refused_publishes", ec.n.Load())

@@ -286,6 +286,19 @@ func historyMarkdown(rep *Report) string {
 			r.Handshake.P50, r.Handshake.P99, r.Handshake.Max, r.CPU, num(r, "node_cpu_ms_per_client"),
 			num(r, "node_cpu_us_per_replayed_publication"), num(r, "redis_cpu_seconds"))
 	}
+	fmt.Fprintf(&b, "\nThe same clients' first subscriptions (all at once too, SubscribeFrom(ch, 0, 0), nothing to replay), the point of comparison:\n\n")
+	fmt.Fprintf(&b, "| set-up | all done s | p50 ms | p99 ms | nodes' CPU ms/client | 503 retries | reconnect / first: all done | p50 | CPU per client |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rep.Results {
+		f, _ := r.Extra["first_subscribe"].(map[string]any)
+		if r.Scenario != "history-recovery" || f == nil {
+			continue
+		}
+		all, _ := f["all_s"].(float64)
+		cpu, _ := f["node_cpu_ms_per_client"].(float64)
+		lat, _ := f["latency"].(loadgen.Latency)
+		fmt.Fprintf(&b, "| %s | %.2f | %.0f | %.0f | %.2f | %v | %.1f× | %.1f× | %.1f× |\n", r.Server, all, lat.P50, lat.P99, cpu,
+			r.Extra["first_subscribe_busy_retries"], num(r, "all_recovered_s")/all, r.Handshake.P50/lat.P50, num(r, "node_cpu_ms_per_client")/cpu)
+	}
 	for _, r := range rep.Results {
 		if r.Error != "" || r.FirstError != "" || len(r.CloseCodes) > 0 {
 			fmt.Fprintf(&b, "\n%s %s: error %q, first connect error %q (%d), unexpected closes %v\n", r.Scenario, r.Server,
