@@ -46,7 +46,7 @@ var HistoryOrder = []string{"history-fanout", "history-recovery"}
 // busyRetries is DialSpec.BusyRetries of the history scenarios' clients:
 // a node refuses a SubscribeFrom with Error 503 ("try again") while it has
 // its bound of history reads under way, and these clients try again, as
-// PROTOCOL.md §5.1 tells clients to.
+// PROTOCOL.md's error table says of 503.
 const busyRetries = 100
 
 // HistoryChannel is the channel of the history scenarios; the nodes keep
