@@ -6,7 +6,7 @@ FUZZTIME  ?= 30s
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/wsgateway/gateway/gateway.Version=$(VERSION)
 
-.PHONY: build run test browser-deps js-deps vet race bench bench-micro fuzz soak chaos clean
+.PHONY: build run test browser-deps js-deps vet race bench bench-history bench-micro fuzz soak chaos clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gateway
@@ -47,6 +47,13 @@ vet:
 BENCH_FLAGS ?=
 bench: build
 	$(GO) run ./bench/cmd/bench -gateway $(BIN) -out bench/results $(BENCH_FLAGS)
+
+# bench-history: the history scenarios alone (issue 13; bench/README.md
+# "History"): fan-out with and without history, recovery of 1,000 clients,
+# on one node and on two nodes with their own redis-server; results in
+# bench/results/history.{json,md}.
+bench-history: build
+	$(GO) run ./bench/cmd/bench -gateway $(BIN) -out bench/results -scenarios history $(BENCH_FLAGS)
 
 # bench-micro: the hot-path micro-benchmarks with allocations.
 bench-micro:

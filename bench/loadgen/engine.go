@@ -108,6 +108,13 @@ func (NopHandler) OnText(*Conn, []byte, int64) {}
 // OnClose implements Handler.
 func (NopHandler) OnClose(*Conn, uint16) {}
 
+// From is one SubscribeFrom: a channel and the position after which the
+// client wants every publication (0, 0: none, only the position now).
+type From struct {
+	Channel       string
+	Epoch, Offset int64
+}
+
 // Proto selects what a connection speaks.
 type Proto int
 
@@ -129,6 +136,16 @@ type DialSpec struct {
 	// Subscribe lists native channels subscribed during set-up (one
 	// message); Dial returns once every Subscribed came back.
 	Subscribe []string
+	// SubscribeFrom lists native channels subscribed with recovery
+	// (PROTOCOL.md §5.1) in the same message; Dial returns once every
+	// SubscribedFrom came back. The replayed Publications and the
+	// SubscribedFrom itself reach Handler, during set-up too.
+	SubscribeFrom []From
+	// BusyRetries is how often a SubscribeFrom refused with Error 503 (a
+	// node past its bound of history reads under way: "try again") is sent
+	// again during set-up, after a jittered 20-100 ms; zero: not retried,
+	// the Error fails the dial.
+	BusyRetries int
 	// TextSetup are text messages sent after the upgrade (Text).
 	TextSetup [][]byte
 	// TextReady, if set, is given each text message during set-up; set-up
@@ -146,6 +163,7 @@ type Timing struct {
 	Upgrade   time.Duration // request to 101
 	Auth      time.Duration // 101 to authenticated (native) or ready
 	Handshake time.Duration // total, until Dial returns
+	Retries   int           // SubscribeFrom sent again after Error 503 (BusyRetries)
 }
 
 // Engine holds connections on a gnet client.
@@ -187,6 +205,7 @@ type Conn struct {
 	// set-up state (dialling goroutine only)
 	phase      int
 	pendingSub int
+	retries    int // BusyRetries used
 	setupErr   error
 
 	closeSent  atomic.Bool
@@ -498,6 +517,7 @@ func (e *Engine) dial(ctx context.Context, spec *DialSpec) (*Conn, Timing, error
 	ok = true
 	c.nc = nil
 	tm.Handshake = time.Since(start)
+	tm.Retries = c.retries
 	return c, tm, nil
 }
 
@@ -740,7 +760,7 @@ func (c *Conn) message(op byte, msg []byte, now int64) {
 				return
 			}
 			c.lastPingTx.Store(now)
-			if len(c.spec.Subscribe) == 0 {
+			if len(c.spec.Subscribe)+len(c.spec.SubscribeFrom) == 0 {
 				c.phase = phaseLive
 				continue
 			}
@@ -748,7 +768,10 @@ func (c *Conn) message(op byte, msg []byte, now int64) {
 			for _, ch := range c.spec.Subscribe {
 				m = packet.AppendSubscribe(m, ch)
 			}
-			c.pendingSub = len(c.spec.Subscribe)
+			for _, f := range c.spec.SubscribeFrom {
+				m = packet.AppendSubscribeFrom(m, f.Channel, f.Epoch, f.Offset)
+			}
+			c.pendingSub = len(c.spec.Subscribe) + len(c.spec.SubscribeFrom)
 			c.phase = phaseSubscribe
 			if err := c.send(opBinary, m); err != nil {
 				c.fail(err)
@@ -763,7 +786,28 @@ func (c *Conn) message(op byte, msg []byte, now int64) {
 					c.phase = phaseLive
 				}
 				continue
+			case packet.PacketSubscribedFrom:
+				// The handler hears it first: Dial may return at once.
+				if c.spec.Handler != nil {
+					c.spec.Handler.OnPacket(c, &p, now)
+				}
+				c.pendingSub--
+				if c.pendingSub == 0 {
+					c.phase = phaseLive
+				}
+				continue
 			case packet.PacketError:
+				if p.Code == 503 && c.retries < c.spec.BusyRetries && len(c.spec.SubscribeFrom) == 1 && len(c.spec.Subscribe) == 0 {
+					// Set-up runs on the dialling goroutine: it may wait.
+					c.retries++
+					time.Sleep(time.Duration(20+mrand.IntN(80)) * time.Millisecond)
+					f := c.spec.SubscribeFrom[0]
+					if err := c.send(opBinary, packet.AppendSubscribeFrom(nil, f.Channel, f.Epoch, f.Offset)); err != nil {
+						c.fail(err)
+						return
+					}
+					continue
+				}
 				c.fail(fmt.Errorf("subscribe: error %d %s", p.Code, p.Text))
 				return
 			}

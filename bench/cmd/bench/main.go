@@ -45,6 +45,11 @@ type options struct {
 	attach, attachMetrics             string
 	attachSecret, channel             string
 	publishAt                         int64
+	histSubs, histPublishes           int
+	recClients, recPublications       int
+	histSetups                        string
+	histRounds                        int
+	histProfile                       time.Duration
 }
 
 func main() {
@@ -85,12 +90,20 @@ func main() {
 	flag.StringVar(&o.attachSecret, "attach-secret", os.Getenv("GATEWAY_SECRET"), "with -attach: the servers' GATEWAY_SECRET (default: the environment's)")
 	flag.StringVar(&o.channel, "channel", "", "fanout: channel (default bench.fanout; distinct per load process in a cluster run)")
 	flag.Int64Var(&o.publishAt, "publish-at", 0, "fanout: Unix second at which to start publishing (several load processes together)")
+	flag.IntVar(&o.histSubs, "history-subs", 5000, "history-fanout: subscribers (spread over the nodes)")
+	flag.IntVar(&o.histPublishes, "history-publishes", 200, "history-fanout: publishes back to back")
+	flag.IntVar(&o.recClients, "recovery-clients", 1000, "history-recovery: clients that disconnect and reconnect at once")
+	flag.IntVar(&o.recPublications, "recovery-publications", 1000, "history-recovery: publications made while they are away")
+	flag.StringVar(&o.histSetups, "history-setups", "alone,redis2", "history scenarios: alone (one node, history in memory) and/or redis2 (two nodes and a redis-server)")
+	flag.IntVar(&o.histRounds, "history-rounds", 1, "history-fanout: rounds of all four set-ups, interleaved (the shared machine is noisy)")
+	flag.DurationVar(&o.histProfile, "history-profile", 0, "history scenarios: take a CPU profile of the first node (/debug/pprof/profile) this long from the start of the measured phase (first publish, reconnect), into <out>/<scenario>-<set-up>-r<round>-cpu.pprof (0: none)")
 	flag.Parse()
 	if o.quick {
 		o.conns, o.handshakeConns, o.pingConns, o.pings = 300, 300, 100, 5
 		o.subs, o.publishes, o.channels, o.subsPerChannel, o.pubs, o.channelPublishes = 200, 50, 10, 10, 3, 100
 		o.pacedPublishes = 10
 		o.jsonSubs, o.jsonPublishes, o.churnRate, o.duration, o.timeout = 100, 20, 200, 2*time.Second, 20*time.Second
+		o.histSubs, o.histPublishes, o.recClients, o.recPublications = 200, 50, 100, 100
 	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -131,7 +144,7 @@ func run(o options) error {
 	if o.attach != "" {
 		servers = []string{loadgen.Gateway}
 	}
-	if o.baseline == "" && contains(servers, loadgen.Baseline) {
+	if o.baseline == "" && contains(servers, loadgen.Baseline) && !onlyHistory(expandHistory(strings.Split(o.scenarios, ","))) {
 		o.baseline = filepath.Join(tmp, "baseline")
 		fmt.Println("building ./bench/baseline ...")
 		cmd := exec.Command("go", "build", "-o", o.baseline, "./bench/baseline")
@@ -148,8 +161,15 @@ func run(o options) error {
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}
-	for _, name := range strings.Split(o.scenarios, ",") {
+	names := expandHistory(strings.Split(o.scenarios, ","))
+	if onlyHistory(names) {
+		return runHistory(ctx, o, names, secret, tmp, rep)
+	}
+	for _, name := range names {
 		name = strings.TrimSpace(name)
+		if loadgen.HistoryScenarios[name] != nil {
+			return fmt.Errorf("run the history scenarios apart: -scenarios history")
+		}
 		sc := loadgen.Scenarios[name]
 		if sc == nil {
 			return fmt.Errorf("unknown scenario %q (have %v)", name, loadgen.Order)
@@ -224,7 +244,7 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func startServer(o options, kind, secret, tmp string) (*server, error) {
+func startServer(o options, kind, secret, tmp string, extra ...string) (*server, error) {
 	var ports [3]int
 	for i := range ports {
 		p, err := freePort()
@@ -245,13 +265,15 @@ func startServer(o options, kind, secret, tmp string) (*server, error) {
 		cmd = exec.Command(o.gateway, "serve", "--listen", main, "--admin-listen", admin, "--data-dir", dataDir,
 			"--wsify-listen", fmt.Sprintf("127.0.0.1:%d", ports[2]), "--event-loops", fmt.Sprint(o.eventLoops),
 			"--ping-timeout", "60s", "--log-level", "warn")
+		cmd.Args = append(cmd.Args, extra...)
 	case loadgen.Baseline:
 		cmd = exec.Command(o.baseline, "-listen", main, "-metrics", admin)
 	default:
 		return nil, fmt.Errorf("unknown server %q", kind)
 	}
 	cmd.Env = append(os.Environ(), "GATEWAY_SECRET="+secret)
-	logf, err := os.Create(filepath.Join(tmp, kind+".log"))
+	logName := filepath.Join(tmp, fmt.Sprintf("%s-%d.log", kind, ports[0]))
+	logf, err := os.Create(logName)
 	if err != nil {
 		return nil, err
 	}
@@ -271,7 +293,7 @@ func startServer(o options, kind, secret, tmp string) (*server, error) {
 	for {
 		select {
 		case err := <-s.done:
-			log, _ := os.ReadFile(filepath.Join(tmp, kind+".log"))
+			log, _ := os.ReadFile(logName)
 			return nil, fmt.Errorf("%s exited at start: %v\n%s", kind, err, log)
 		default:
 		}
