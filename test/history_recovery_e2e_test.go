@@ -241,7 +241,7 @@ func TestHistoryKill9Node(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, r := range recs {
-		r.waitFor(t, fmt.Sprintf("reader %d: all %d publications", i, total), waitFor, func() bool { return len(r.offsets) >= total })
+		r.waitFor(t, fmt.Sprintf("reader %d: all %d publications", i, total), waitFor, func() bool { return len(r.offsets) > 0 && r.offsets[len(r.offsets)-1] >= total })
 		r.contiguous(t, fmt.Sprintf("reader %d", i), total)
 	}
 }
