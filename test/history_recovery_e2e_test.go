@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -9,11 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/client"
 	"github.com/wsgateway/gateway/history"
 	"github.com/wsgateway/gateway/internal/redistest"
+	"github.com/wsgateway/gateway/node"
 	"github.com/wsgateway/gateway/packet"
 )
 
@@ -246,37 +249,16 @@ func TestHistoryKill9Node(t *testing.T) {
 	}
 }
 
-// TestHistoryPubSubDropped: the Redis pub/sub connections of the nodes
-// are killed (CLIENT KILL TYPE pubsub) and kept from reconnecting
-// (maxclients) while node B's admin API appends publications with Redis's
-// data intact; once they reconnect, the live SubscribeFrom subscribers of
-// both nodes get the missed publications at once, contiguous, without any
-// later publication to show the gap and without SubscribedFrom (the
-// history had them all), and nothing twice. Each node's
-// gateway_recovery_gaps_total counts the one gap it mended.
-func TestHistoryPubSubDropped(t *testing.T) {
-	if os.Getenv("REDIS_URL") != "" {
-		t.Skip("kills every pub/sub connection of the Redis server and lowers its maxclients: needs a redis-server of its own (REDIS_URL is set)")
-	}
-	t.Parallel()
-	srv, a, b := hcNodes(t, 100)
+// hrPubSubOutage kills every pub/sub connection of srv (CLIENT KILL TYPE
+// pubsub: one per node) and keeps them from reconnecting, by lowering
+// maxclients to what is left, while during runs; then it lets them back.
+// The data in Redis stays intact. Node connections of the pool that
+// exist stay usable, so publishes through the admin API go on.
+func hrPubSubOutage(t *testing.T, srv *redistest.Server, during func()) {
+	t.Helper()
 	ctx := testCtx(t)
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 1, MaxRetries: -1})
-	t.Cleanup(func() { _ = rc.Close() })
-	const ch = "h:drop"
-	sa := connect(t, a, "alice")
-	_, sf := hcSubscribeFrom(t, sa, ch, history.Position{})
-	sb := connect(t, b, "bob")
-	hcSubscribeFrom(t, sb, ch, history.Position{})
-	if p := hiAdminPublish(t, b, ch, "1"); p != (history.Position{Epoch: sf.Epoch, Offset: 1}) {
-		t.Fatalf("first publish at %+v, subscribed at %s", p, describe(sf))
-	}
-	hiExpect(t, sa, publication(ch, 1, "1"))
-	hiExpect(t, sb, publication(ch, 1, "1"))
-	gapsA, gapsB := neMetric(t, a, "gateway_recovery_gaps_total"), neMetric(t, b, "gateway_recovery_gaps_total")
-
-	// No new connection while the pub/sub ones are away: maxclients is
-	// what is left once they are killed.
+	defer rc.Close()
 	all, err := rc.Do(ctx, "CLIENT", "LIST").Text()
 	if err != nil {
 		t.Fatal(err)
@@ -300,27 +282,75 @@ func TestHistoryPubSubDropped(t *testing.T) {
 	restore := func() {
 		if !restored {
 			restored = true
-			if err := rc.ConfigSet(ctx, "maxclients", old["maxclients"]).Err(); err != nil {
+			if err := rc.ConfigSet(context.WithoutCancel(ctx), "maxclients", old["maxclients"]).Err(); err != nil {
 				t.Error(err)
 			}
 		}
 	}
-	t.Cleanup(restore)
+	defer restore()
 	killed, err := rc.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Int()
 	if err != nil || killed != nPubsub {
 		t.Fatalf("CLIENT KILL TYPE pubsub: %d killed, %v; want %d", killed, err, nPubsub)
 	}
-	// Node B appends 2..6 on its pooled connection; nobody hears them.
-	for i := 2; i <= 6; i++ {
-		if p := hiAdminPublish(t, b, ch, strconv.Itoa(i)); p.Offset != int64(i) {
-			t.Fatalf("publish %d at %+v", i, p)
-		}
-	}
+	during()
 	time.Sleep(300 * time.Millisecond) // several refused reconnects
 	if again, _ := rc.Do(ctx, "CLIENT", "LIST", "TYPE", "pubsub").Text(); again != "" {
 		t.Fatalf("a pub/sub connection came back while maxclients was %d:\n%s", nAll-nPubsub, again)
 	}
 	restore()
+}
+
+// hrPubSubNodes is two nodes on a redis-server of the test's own, for
+// hrPubSubOutage, with a SubscribeFrom subscriber on each that has
+// received offset 1; it returns the epoch and both nodes' gap counts.
+func hrPubSubNodes(t *testing.T, size int, ch string) (srv *redistest.Server, a, b *node.Node, sa, sb *websocket.Conn, epoch int64, gapsA, gapsB float64) {
+	if os.Getenv("REDIS_URL") != "" {
+		t.Skip("kills every pub/sub connection of the Redis server and lowers its maxclients: needs a redis-server of its own (REDIS_URL is set)")
+	}
+	srv, a, b = hcNodes(t, size)
+	sa = connect(t, a, "alice")
+	_, sf := hcSubscribeFrom(t, sa, ch, history.Position{})
+	sb = connect(t, b, "bob")
+	hcSubscribeFrom(t, sb, ch, history.Position{})
+	if p := hiAdminPublish(t, b, ch, "1"); p != (history.Position{Epoch: sf.Epoch, Offset: 1}) {
+		t.Fatalf("first publish at %+v, subscribed at %s", p, describe(sf))
+	}
+	hiExpect(t, sa, publication(ch, 1, "1"))
+	hiExpect(t, sb, publication(ch, 1, "1"))
+	gapsA, gapsB = neMetric(t, a, "gateway_recovery_gaps_total"), neMetric(t, b, "gateway_recovery_gaps_total")
+	return srv, a, b, sa, sb, sf.Epoch, gapsA, gapsB
+}
+
+// hrOutagePublishes publishes 2..last on ch while the pub/sub connections
+// are away: through the admin APIs of both nodes, and the last one from
+// a client of node A (appended by A's broker batch: the test waits until
+// the history has it).
+func hrOutagePublishes(t *testing.T, a, b *node.Node, ch string, last int) {
+	for i := 2; i < last; i++ {
+		n := []*node.Node{a, b}[i%2]
+		if p := hiAdminPublish(t, n, ch, strconv.Itoa(i)); p.Offset != int64(i) {
+			t.Fatalf("publish %d at %+v", i, p)
+		}
+	}
+	nePublishSync(t, connect(t, a, "carol"), ch, []byte(strconv.Itoa(last)))
+	waitUntil(t, "the client's publish in the history", func() bool {
+		_, body, _ := e2eDo(t, "GET", adminURL(b)+"/api/history?channel="+ch+"&limit=1", "", nil)
+		return strings.Contains(string(body), fmt.Sprintf(`"offset":%d,"publications"`, last))
+	})
+}
+
+// TestHistoryPubSubDropped: the Redis pub/sub connections of both nodes
+// are killed and kept away while publications are appended through both
+// nodes, with Redis's data intact; once they reconnect, the live
+// SubscribeFrom subscribers of both nodes get the missed publications at
+// once, contiguous, without any later publication to show the gap and
+// without SubscribedFrom (the history had them all), and nothing twice.
+// Each node's gateway_recovery_gaps_total counts the one gap it mended.
+func TestHistoryPubSubDropped(t *testing.T) {
+	t.Parallel()
+	const ch = "h:drop"
+	srv, a, b, sa, sb, epoch, gapsA, gapsB := hrPubSubNodes(t, 100, ch)
+	hrPubSubOutage(t, srv, func() { hrOutagePublishes(t, a, b, ch, 6) })
 	// Filled at once on reconnect: no publication follows to show the gap.
 	var want []string
 	for i := 2; i <= 6; i++ {
@@ -338,15 +368,39 @@ func TestHistoryPubSubDropped(t *testing.T) {
 	if g := neMetric(t, b, "gateway_recovery_gaps_total") - gapsB; g != 1 {
 		t.Errorf("node B: gateway_recovery_gaps_total went up by %v, want 1", g)
 	}
-	// The nodes' own test of the reconnect is not the only one: a new
-	// subscriber from 0 still gets all seven.
-	c := connect(t, b, "carol")
-	if replay, sf2 := hcSubscribeFrom(t, c, ch, history.Position{Epoch: sf.Epoch, Offset: 0}); len(replay) != 7 || sf2.Recovered != 1 {
-		t.Fatalf("replay from 0: %v %s", replay, describe(sf2))
+	c := connect(t, b, "dave")
+	if replay, sf := hcSubscribeFrom(t, c, ch, history.Position{Epoch: epoch}); len(replay) != 7 || sf.Recovered != 1 {
+		t.Fatalf("replay from 0: %v %s", replay, describe(sf))
 	}
-	send(t, sa, packet.AppendPing(nil))
-	if p := readOne(t, sa); p.ID != packet.PacketPong {
-		t.Fatalf("after the publications: %s, want only the Pong", describe(p))
+	for _, s := range []*websocket.Conn{sa, sb} {
+		send(t, s, packet.AppendPing(nil))
+		if p := readOne(t, s); p.ID != packet.PacketPong {
+			t.Fatalf("after the publications: %s, want only the Pong", describe(p))
+		}
+	}
+}
+
+// TestHistoryPubSubDroppedTooLong: as TestHistoryPubSubDropped, but more
+// publications are missed than the history keeps (size 3): the
+// subscribers are told at once, unprompted, SubscribedFrom(epoch, top,
+// recovered 0), nothing is replayed, and the next publication follows the
+// top.
+func TestHistoryPubSubDroppedTooLong(t *testing.T) {
+	t.Parallel()
+	const ch = "h:long"
+	srv, a, b, sa, sb, epoch, gapsA, gapsB := hrPubSubNodes(t, 3, ch)
+	hrPubSubOutage(t, srv, func() { hrOutagePublishes(t, a, b, ch, 6) })
+	for _, s := range []*websocket.Conn{sa, sb} {
+		hiExpect(t, s, subscribedFrom(ch, history.Position{Epoch: epoch, Offset: 6}, 0))
+	}
+	hiAdminPublish(t, b, ch, "7")
+	hiExpect(t, sa, publication(ch, 7, "7"))
+	hiExpect(t, sb, publication(ch, 7, "7"))
+	if g := neMetric(t, a, "gateway_recovery_gaps_total") - gapsA; g != 1 {
+		t.Errorf("node A: gateway_recovery_gaps_total went up by %v, want 1", g)
+	}
+	if g := neMetric(t, b, "gateway_recovery_gaps_total") - gapsB; g != 1 {
+		t.Errorf("node B: gateway_recovery_gaps_total went up by %v, want 1", g)
 	}
 }
 
