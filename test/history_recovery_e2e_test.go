@@ -350,29 +350,43 @@ func TestHistoryPubSubDropped(t *testing.T) {
 	t.Parallel()
 	const ch = "h:drop"
 	srv, a, b, sa, sb, epoch, gapsA, gapsB := hrPubSubNodes(t, 100, ch)
-	hrPubSubOutage(t, srv, func() { hrOutagePublishes(t, a, b, ch, 6) })
+	var late *websocket.Conn
+	hrPubSubOutage(t, srv, func() {
+		hrOutagePublishes(t, a, b, ch, 6)
+		// A session that subscribes on node A during the outage, from 3,
+		// is replayed what Redis has (its data connection is up) and is
+		// then live with the others.
+		late = connect(t, a, "erin")
+		replay, sf := hcSubscribeFrom(t, late, ch, history.Position{Epoch: epoch, Offset: 3})
+		if strings.Join(replay, ",") != "4,5,6" || sf.Recovered != 1 || sf.Offset != 6 {
+			t.Fatalf("SubscribeFrom during the outage: %v %s", replay, describe(sf))
+		}
+		hiAdminPublish(t, b, ch, "7")
+	})
 	// Filled at once on reconnect: no publication follows to show the gap.
 	var want []string
-	for i := 2; i <= 6; i++ {
+	for i := 2; i <= 7; i++ {
 		want = append(want, publication(ch, int64(i), strconv.Itoa(i)))
 	}
 	hiExpect(t, sa, want...)
 	hiExpect(t, sb, want...)
+	hiExpect(t, late, publication(ch, 7, "7"))
 	// Nothing twice: the next publication comes next.
-	hiAdminPublish(t, a, ch, "7")
-	hiExpect(t, sa, publication(ch, 7, "7"))
-	hiExpect(t, sb, publication(ch, 7, "7"))
-	if g := neMetric(t, a, "gateway_recovery_gaps_total") - gapsA; g != 1 {
-		t.Errorf("node A: gateway_recovery_gaps_total went up by %v, want 1 (the gap its reconnect found)", g)
+	hiAdminPublish(t, a, ch, "8")
+	for _, s := range []*websocket.Conn{sa, sb, late} {
+		hiExpect(t, s, publication(ch, 8, "8"))
+	}
+	if g := neMetric(t, a, "gateway_recovery_gaps_total") - gapsA; g != 2 {
+		t.Errorf("node A: gateway_recovery_gaps_total went up by %v, want 2 (the gap its reconnect found for each subscriber)", g)
 	}
 	if g := neMetric(t, b, "gateway_recovery_gaps_total") - gapsB; g != 1 {
 		t.Errorf("node B: gateway_recovery_gaps_total went up by %v, want 1", g)
 	}
 	c := connect(t, b, "dave")
-	if replay, sf := hcSubscribeFrom(t, c, ch, history.Position{Epoch: epoch}); len(replay) != 7 || sf.Recovered != 1 {
+	if replay, sf := hcSubscribeFrom(t, c, ch, history.Position{Epoch: epoch}); len(replay) != 8 || sf.Recovered != 1 {
 		t.Fatalf("replay from 0: %v %s", replay, describe(sf))
 	}
-	for _, s := range []*websocket.Conn{sa, sb} {
+	for _, s := range []*websocket.Conn{sa, sb, late} {
 		send(t, s, packet.AppendPing(nil))
 		if p := readOne(t, s); p.ID != packet.PacketPong {
 			t.Fatalf("after the publications: %s, want only the Pong", describe(p))
