@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -318,6 +319,19 @@ func hrPubSubNodes(t *testing.T, size int, ch string) (srv *redistest.Server, a,
 	hiExpect(t, sa, publication(ch, 1, "1"))
 	hiExpect(t, sb, publication(ch, 1, "1"))
 	gapsA, gapsB = neMetric(t, a, "gateway_recovery_gaps_total"), neMetric(t, b, "gateway_recovery_gaps_total")
+	// Several idle connections in each node's pool: during the outage no
+	// new connection is let in, and two commands of a node may overlap.
+	var wg sync.WaitGroup
+	for _, n := range []*node.Node{a, b} {
+		for range 6 {
+			wg.Go(func() {
+				if resp, err := http.Get(adminURL(n) + "/api/history?channel=" + ch); err == nil {
+					resp.Body.Close()
+				}
+			})
+		}
+	}
+	wg.Wait()
 	return srv, a, b, sa, sb, sf.Epoch, gapsA, gapsB
 }
 
