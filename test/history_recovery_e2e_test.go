@@ -252,7 +252,8 @@ func TestHistoryKill9Node(t *testing.T) {
 
 // hrPubSubOutage kills every pub/sub connection of srv (CLIENT KILL TYPE
 // pubsub: one per node) and keeps them from reconnecting, by lowering
-// maxclients to what is left, while during runs; then it lets them back.
+// maxclients to what is left, while during runs; then it lets them back
+// and returns once they are.
 // The data in Redis stays intact. Node connections of the pool that
 // exist stay usable, so publishes through the admin API go on.
 func hrPubSubOutage(t *testing.T, srv *redistest.Server, during func()) {
@@ -299,6 +300,15 @@ func hrPubSubOutage(t *testing.T, srv *redistest.Server, during func()) {
 		t.Fatalf("a pub/sub connection came back while maxclients was %d:\n%s", nAll-nPubsub, again)
 	}
 	restore()
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(20 * time.Millisecond) {
+		l, _ := rc.Do(ctx, "CLIENT", "LIST", "TYPE", "pubsub").Text()
+		if strings.Count(l, "\n") == nPubsub {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pub/sub connections back, want %d:\n%s", strings.Count(l, "\n"), nPubsub, l)
+		}
+	}
 }
 
 // hrPubSubNodes is two nodes on a redis-server of the test's own, for
