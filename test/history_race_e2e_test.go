@@ -3,7 +3,6 @@ package test
 import (
 	"bytes"
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -111,9 +110,6 @@ func hrStartProxy(t *testing.T, target string) *hrProxy {
 						}
 					}
 					if err != nil {
-						if err != io.EOF {
-							return
-						}
 						return
 					}
 				}
