@@ -223,3 +223,36 @@ func TestHistoryPubSubReconnectDuringRead(t *testing.T) {
 		t.Fatalf("the late subscriber got\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 }
+
+// TestHistoryPubSubSubscribeDuringOutage: a SubscribeFrom on a channel
+// node A does not listen to yet, sent while A's pub/sub connection is
+// away, is answered once the channel is live again, and a publication
+// made meanwhile reaches it: as a replay or inside the position it is
+// told, never as a gap left for the next publication to show.
+func TestHistoryPubSubSubscribeDuringOutage(t *testing.T) {
+	t.Parallel()
+	const ch = "h:idle"
+	srv, a, b, _, _, _, _, _ := hrPubSubNodes(t, 100, "h:busy")
+	c := connect(t, a, "frank")
+	var e int64
+	hrPubSubOutage(t, srv, func() {
+		send(t, c, packet.AppendSubscribeFrom(nil, ch, 0, 0))
+		e = hiAdminPublish(t, b, ch, "1").Epoch
+	})
+	// From (0, 0): no replay; the position is the top when it went live.
+	p := readOne(t, c)
+	t.Logf("answered %s", describe(p))
+	switch {
+	case p.ID == packet.PacketSubscribedFrom && p.Offset == 1:
+		hiAdminPublish(t, b, ch, "2")
+		hiExpect(t, c, publication(ch, 2, "2"))
+	case p.ID == packet.PacketSubscribedFrom && p.Offset == 0:
+		// Answered before 1 was published: 1 must follow at once.
+		hiExpect(t, c, publication(ch, 1, "1"))
+	default:
+		t.Fatalf("SubscribeFrom during the outage answered %s", describe(p))
+	}
+	if p.Epoch != e || p.Recovered != 1 {
+		t.Fatalf("SubscribeFrom during the outage answered %s, epoch %d", describe(p), e)
+	}
+}
