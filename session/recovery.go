@@ -62,6 +62,7 @@ type recovery struct {
 	state         recState
 	prompted      bool             // recFetching: answers a SubscribeFrom (else fills a gap)
 	check         bool             // recFetching: a reconnect's check (checkPositions)
+	recheck       bool             // recFetching: a reconnect came during the read; read again once live
 	since         history.Position // recFetching: asked for
 	epoch, offset int64            // recLive: what the session has
 	held          []*Message       // recFetching: live publications meanwhile
@@ -220,6 +221,7 @@ func (sh *Shard) fetchFailed(s *Session, channel string, rec *recovery, err erro
 	}
 	ps.SubscribedFrom(channel, pos, false)
 	sh.goLive(s, rec, pos, held)
+	sh.checkAgain(s, channel, rec)
 }
 
 // dropped is a SubscribeFrom subscription to end once the walk is over.
@@ -273,6 +275,21 @@ func (sh *Shard) recovered(s *Session, channel string, rec *recovery, prompted b
 		held = append(held, then)
 	}
 	sh.goLive(s, rec, pos, held)
+	sh.checkAgain(s, channel, rec)
+}
+
+// checkAgain reads again for a subscription whose read was under way when
+// the broker reconnected: Redis may have answered it before the pub/sub
+// connection was back, and what was published between is on no
+// connection this node heard.
+func (sh *Shard) checkAgain(s *Session, channel string, rec *recovery) {
+	if rec.state != recLive || !rec.recheck {
+		return // a read under way keeps the flag for its own end
+	}
+	rec.recheck = false
+	rec.since = history.Position{Epoch: rec.epoch, Offset: rec.offset}
+	rec.check = true
+	sh.recover(s, channel, rec, false, nil)
 }
 
 // goLive makes rec live at pos and delivers what was held, in order.
@@ -375,7 +392,9 @@ func (sh *Shard) deliverAt(s *Session, rec *recovery, m *Message, enc *EncodeCac
 // checkPositions starts a read for every live SubscribeFrom subscription
 // of the shard, to fill what a lost broker connection may have lost
 // (Hub.OnReconnect). A channel whose epoch changed meanwhile (Redis
-// restarted empty) is told with recovered false.
+// restarted empty) is told with recovered false. A subscription whose read
+// is under way reads again once live (checkAgain): Redis may have answered
+// before the pub/sub connection was back.
 func (sh *Shard) checkPositions() {
 	sh.walking++
 	defer sh.doneWalking()
@@ -383,6 +402,9 @@ func (sh *Shard) checkPositions() {
 		for i := 0; i < len(t.positioned); i++ {
 			s := t.positioned[i]
 			rec := s.subs[s.find(channel)].rec
+			if rec.state == recFetching {
+				rec.recheck = true
+			}
 			if rec.state != recLive {
 				continue
 			}

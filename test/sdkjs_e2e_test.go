@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsgateway/gateway/internal/redistest"
 	"github.com/wsgateway/gateway/node"
 	"github.com/wsgateway/gateway/token"
 )
@@ -37,7 +39,13 @@ import (
 //     which a Node test asks it to act: POST /revoke-carol revokes carol's
 //     key on the node (the session ends with 3004); POST /restart-kill and
 //     /restart-term stop the process with SIGKILL or SIGTERM and start it
-//     again on the same addresses, answering once it is ready.
+//     again on the same addresses, answering once it is ready;
+//   - history.ws, history.key: a `gateway serve` process on fixed addresses
+//     with history on channels "h:", on a Redis this test starts, beside a
+//     second process on the same Redis: POST /history-kill kills the first
+//     with SIGKILL, publishes "2", "3" and "4" on h:ts through the second
+//     one's admin API while it is down, and starts it again on the same
+//     addresses (the epoch is Redis's, so a client recovers them there).
 //
 // The control server is the simplest robust way for a test in one process
 // to drive another: the Node test waits for the answer, so there is no
@@ -154,6 +162,51 @@ func TestSDKJS(t *testing.T) {
 		return "restarted", nil
 	}
 
+	// The history processes on Redis: the client's, restarted by
+	// history-kill, and the publisher.
+	rdb := redistest.Start(t)
+	histArgs := []string{"--history-size", "100", "--history-channels", "h:", "--redis", rdb.URL,
+		"--redis-prefix", "sdkjs" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"}
+	histListen, histAdmin, histWsify, histDir := e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t), t.TempDir()
+	histProc, err := e2eServeAt(t, env, histListen, histAdmin, histWsify, append([]string{"--data-dir", histDir}, histArgs...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	histPub, err := e2eServeAt(t, env, e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t), append([]string{"--data-dir", t.TempDir()}, histArgs...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hana := e2eKeyIssue(t, env, "--subject", "hana", "--data-dir", keysDir)
+	historyKill := func() (string, error) {
+		procMu.Lock()
+		defer procMu.Unlock()
+		_ = histProc.cmd.Process.Kill()
+		select {
+		case <-histProc.exited:
+		case <-time.After(waitFor):
+			return "", fmt.Errorf("history gateway did not exit within %v of SIGKILL", waitFor)
+		}
+		var answers []string
+		for _, payload := range []string{"2", "3", "4"} {
+			resp, err := http.Post(histPub.admin+"/api/publish?channel=h:ts", "text/plain", strings.NewReader(payload))
+			if err != nil {
+				return "", err
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return "", fmt.Errorf("publish %s through the other node: %d %s", payload, resp.StatusCode, b)
+			}
+			answers = append(answers, strings.TrimSpace(string(b)))
+		}
+		p, err := e2eServeAt(t, env, histListen, histAdmin, histWsify, append([]string{"--data-dir", histDir}, histArgs...)...)
+		if err != nil {
+			return "", err
+		}
+		histProc = p
+		return strings.Join(answers, " "), nil
+	}
+
 	// The control server.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -166,6 +219,7 @@ func TestSDKJS(t *testing.T) {
 		},
 		"restart-kill": func() (string, error) { return restart(syscall.SIGKILL) },
 		"restart-term": func() (string, error) { return restart(syscall.SIGTERM) },
+		"history-kill": historyKill,
 	}
 	var logMu sync.Mutex
 	var controlLog []string
@@ -200,6 +254,7 @@ func TestSDKJS(t *testing.T) {
 		"keepalive": map[string]string{"ws": wsURL(short), "key": token.EncodeText(issueKey(t, short, "gina", time.Hour))},
 		"proc":      map[string]any{"ws": proc.ws, "keys": map[string]string{"dave": dave, "erin": erin}},
 		"control":   "http://" + ln.Addr().String(),
+		"history":   map[string]string{"ws": histProc.ws, "key": hana},
 	})
 	if err != nil {
 		t.Fatal(err)
