@@ -357,11 +357,18 @@ func (h *conn) DeliverAt(m *session.Message, enc *session.EncodeCache) {
 		return
 	}
 	if enc == nil {
-		h.sendOwn(packet.AppendPublication(nil, m.Channel, m.Offset, m.Payload))
+		// A replay: one packet per publication, encoded on the stack when
+		// it fits (Send and the batch window copy it).
+		var b [replayStackBuf]byte
+		h.sendOwn(packet.AppendPublication(b[:0], m.Channel, m.Offset, m.Payload))
 		return
 	}
 	h.sendShared(enc.Get(encodingPublication, encodePublication), packet.PublicationLen(len(m.Channel), len(m.Payload)))
 }
+
+// replayStackBuf is the replayed Publication a stack buffer holds; a
+// larger one is encoded into a slice of its own.
+const replayStackBuf = 1024
 
 // SubscribedFrom implements session.PositionSink. What the batch window
 // holds goes first: SubscribedFrom never overtakes a Publication.
