@@ -273,6 +273,14 @@ func (c *Client) deliver(channel string, payload []byte, offset int64) {
 	c.mu.Lock()
 	s := c.subs[channel]
 	if s != nil && offset > 0 {
+		if offset <= s.offset {
+			// Had already: the server's offsets only rise after a
+			// SubscribedFrom, so this is a second replay of the same
+			// publications (a Subscribe and a reconnect's resubscribe both
+			// sent the subscription).
+			c.mu.Unlock()
+			return
+		}
 		s.offset = offset
 	}
 	c.mu.Unlock()
