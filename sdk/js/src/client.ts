@@ -464,7 +464,13 @@ export class GatewayClient {
   private deliver(channel: string, payload: Uint8Array, offset: number) {
     const s = this.subs.get(channel);
     if (!s) return;
-    if (offset > 0) s.offset = offset;
+    if (offset > 0) {
+      // Had already: offsets only rise after a SubscribedFrom, so this is a
+      // second replay of the same publications (a subscribe and a
+      // reconnect's resubscribe both sent the subscription).
+      if (offset <= s.offset) return;
+      s.offset = offset;
+    }
     call(s.handler, payload, { channel, offset });
   }
 
