@@ -156,6 +156,10 @@ func StartLocal(t testing.TB) *Server {
 func (s *Server) StartReplica(t testing.TB) *Server {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(s.Addr)
+	// Redis 7 waits 5 s for more replicas before a diskless full sync.
+	if command(s.Addr, "CONFIG SET repl-diskless-sync-delay 0") == nil {
+		t.Fatalf("redistest: CONFIG SET on %s failed", s.Addr)
+	}
 	r := startProcess(t, func(r *Server) []string {
 		return []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--dir", r.dir, "--replicaof", host, port}
