@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,6 +67,13 @@ type Config struct {
 	// RedisURL ("redis://host:port/db"): zero means no Redis: the node runs
 	// alone, revocations persist in DataDir.
 	RedisURL string
+	// RedisSentinel ("master-name@host:port[,host:port…]") runs every Redis
+	// use on the master that these Sentinels name, and follows it when a
+	// replica is promoted (ParseRedisSentinel checks the form). Exclusive
+	// with RedisURL. Zero means no Sentinel (RedisURL decides). No
+	// password or database number yet: the master is reached without
+	// AUTH, database 0.
+	RedisSentinel string
 	// RedisPrefix starts every Redis key and channel: zero means
 	// session.DefaultRedisPrefix ("gateway:").
 	RedisPrefix string
@@ -580,11 +588,14 @@ func cmpOr(v, def string) string {
 // openStores picks where revocations live and how publishes cross nodes:
 // Redis when configured, else the data dir and a standalone broker.
 func (n *Node) openStores(cfg Config) (session.Broker, error) {
-	if cfg.RedisURL == "" && cfg.NoDataDir {
+	if cfg.RedisURL != "" && cfg.RedisSentinel != "" {
+		return nil, errors.New("--redis and --redis-sentinel are exclusive: give one")
+	}
+	if cfg.RedisURL == "" && cfg.RedisSentinel == "" && cfg.NoDataDir {
 		n.store = &memoryStore{}
 		return &session.Standalone{}, nil
 	}
-	if cfg.RedisURL == "" {
+	if cfg.RedisURL == "" && cfg.RedisSentinel == "" {
 		fs, err := token.OpenFileStore(cfg.DataDir)
 		if err != nil {
 			return nil, fmt.Errorf("revocation log: %w", err)
@@ -592,12 +603,12 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 		n.store = fs
 		return &session.Standalone{}, nil
 	}
-	opt, err := redis.ParseURL(cfg.RedisURL)
+	client, err := newRedisClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("--redis: %w", err)
+		return nil, err
 	}
 	routeRedisLogs(n.log)
-	n.redis = redis.NewClient(opt)
+	n.redis = client
 	prefix := cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix)
 	n.store = token.NewRedisStore(n.redis, prefix)
 	b := session.NewRedisBroker(session.RedisBrokerOptions{
@@ -609,6 +620,53 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 		b.EnableHistory(history.NewRedisStore(n.redis, prefix, cfg.History))
 	}
 	return b, nil
+}
+
+// newRedisClient builds the one client every Redis use shares: a plain
+// client for RedisURL, a failover client for RedisSentinel. Both are a
+// *redis.Client, so the broker and the stores do not know which.
+func newRedisClient(cfg Config) (*redis.Client, error) {
+	if cfg.RedisSentinel == "" {
+		opt, err := redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("--redis: %w", err)
+		}
+		return redis.NewClient(opt), nil
+	}
+	name, addrs, err := ParseRedisSentinel(cfg.RedisSentinel)
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: name, SentinelAddrs: addrs}), nil
+}
+
+// ParseRedisSentinel splits a RedisSentinel value,
+// "master-name@host:port[,host:port…]", into the master's name and the
+// Sentinels' addresses; an empty name, no address, or an address that is
+// not host:port with a port is an error naming the flag.
+func ParseRedisSentinel(v string) (name string, addrs []string, err error) {
+	name, list, ok := strings.Cut(v, "@")
+	if !ok || name == "" {
+		return "", nil, fmt.Errorf("--redis-sentinel %q: want master-name@host:port[,host:port...]", v)
+	}
+	for a := range strings.SplitSeq(list, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" {
+			return "", nil, fmt.Errorf("--redis-sentinel: sentinel address %q: want host:port", a)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return "", nil, fmt.Errorf("--redis-sentinel: sentinel address %q: port must be 1..65535", a)
+		}
+		addrs = append(addrs, a)
+	}
+	if len(addrs) == 0 {
+		return "", nil, fmt.Errorf("--redis-sentinel %q: no sentinel address after the @", v)
+	}
+	return name, addrs, nil
 }
 
 // revoked is the Revoker's callback, from any goroutine: it asks for a

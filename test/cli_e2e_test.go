@@ -192,6 +192,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"help", "bogus"}, "gateway: help: unknown command \"bogus\"\n", "\nCommands:\n"},
 		{[]string{"serve", "--bogus"}, "gateway: serve: flag provided but not defined: -bogus\n", "usage: gateway serve"},
 		{[]string{"--bogus"}, "gateway: serve: flag provided but not defined: -bogus\n", "usage: gateway serve"},
+		{[]string{"serve", "--redis", "redis://127.0.0.1:1", "--redis-sentinel", "m@127.0.0.1:2"}, "gateway: serve: --redis and --redis-sentinel are exclusive: give one\n", "usage: gateway serve"},
+		{[]string{"serve", "--redis-sentinel", "127.0.0.1:26379"}, "gateway: serve: --redis-sentinel \"127.0.0.1:26379\": want master-name@host:port[,host:port...]\n", "usage: gateway serve"},
 		{[]string{"key"}, "gateway: key: want a subcommand: issue, revoke or revoke-subject\n", "usage: gateway key"},
 		{[]string{"key", "bogus"}, "gateway: key: unknown subcommand \"bogus\"\n", "usage: gateway key"},
 		{[]string{"key", "issue", "--bogus"}, "gateway: key issue: flag provided but not defined: -bogus\n", "usage: gateway key issue"},

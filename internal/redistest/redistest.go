@@ -11,9 +11,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,6 +32,9 @@ type Server struct {
 	cmd  *exec.Cmd
 	dir  string
 	port int
+	// args, when set, replace the plain server's command line (a replica,
+	// a sentinel).
+	args []string
 }
 
 // Start returns a Redis for t. See the package comment.
@@ -77,9 +82,12 @@ func (s *Server) Stop() {
 }
 
 func (s *Server) start(bin string) error {
-	cmd := exec.Command(bin,
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir)
+	args := s.args
+	if args == nil {
+		args = []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", s.dir}
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = nil, nil
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redistest: start redis-server: %w", err)
@@ -134,4 +142,157 @@ func unavailable(t testing.TB, why string) {
 		t.Fatalf("redistest: no Redis (%s); CI=true forbids skipping", why)
 	}
 	t.Skipf("redistest: SKIPPING, no Redis: %s", why)
+}
+
+// StartLocal is Start without the REDIS_URL escape: always a redis-server
+// process of the test's own, for tests that kill it or replicate it.
+func StartLocal(t testing.TB) *Server {
+	t.Helper()
+	return startProcess(t, nil)
+}
+
+// StartReplica starts a redis-server replicating s (REPLICAOF) and waits
+// until its link to s is up, so a failover can promote it.
+func (s *Server) StartReplica(t testing.TB) *Server {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(s.Addr)
+	// Redis 7 waits 5 s for more replicas before a diskless full sync.
+	if command(s.Addr, "CONFIG SET repl-diskless-sync-delay 0") == nil {
+		t.Fatalf("redistest: CONFIG SET on %s failed", s.Addr)
+	}
+	r := startProcess(t, func(r *Server) []string {
+		return []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", r.dir, "--replicaof", host, port}
+	})
+	deadline := time.Now().Add(startTimeout)
+	for !strings.Contains(strings.Join(command(r.Addr, "INFO replication"), ""), "master_link_status:up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("redistest: replica %s did not sync with %s within %v", r.Addr, s.Addr, startTimeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return r
+}
+
+// SentinelDownAfter is how long a master started by these tests may be
+// silent before a sentinel of StartSentinel calls it down: short, so a
+// failover fits a test of seconds.
+const SentinelDownAfter = 500 * time.Millisecond
+
+// StartSentinel starts a Redis Sentinel that monitors master under name
+// with quorum 1 (SentinelDownAfter, failover timeout 2 s) and waits until
+// it knows at least one replica of it. Its Addr is the sentinel's.
+func StartSentinel(t testing.TB, name string, master *Server) *Server {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(master.Addr)
+	sn := startProcess(t, func(sn *Server) []string {
+		conf := filepath.Join(sn.dir, "sentinel.conf") // sentinel rewrites it
+		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
+			"sentinel monitor %s %s %s 1\n"+
+			"sentinel down-after-milliseconds %s %d\n"+
+			"sentinel failover-timeout %s 2000\n",
+			sn.port, sn.dir, name, host, port, name, SentinelDownAfter.Milliseconds(), name)
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return []string{conf, "--sentinel"}
+	})
+	deadline := time.Now().Add(startTimeout)
+	for len(command(sn.Addr, "SENTINEL replicas "+name)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("redistest: sentinel %s found no replica of %s within %v", sn.Addr, master.Addr, startTimeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return sn
+}
+
+// MasterAddr asks the sentinel s for the address of the master it calls
+// name ("" when it cannot tell).
+func (s *Server) MasterAddr(name string) string {
+	parts := command(s.Addr, "SENTINEL get-master-addr-by-name "+name)
+	if len(parts) != 2 {
+		return ""
+	}
+	return net.JoinHostPort(parts[0], parts[1])
+}
+
+func startProcess(t testing.TB, args func(*Server) []string) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		unavailable(t, "redis-server not found on PATH")
+	}
+	s := &Server{dir: t.TempDir(), port: freePort(t)}
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+	s.URL = "redis://" + s.Addr
+	if args != nil {
+		s.args = args(s)
+	}
+	if err := s.start(bin); err != nil {
+		unavailable(t, err.Error())
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// command sends one inline command and returns its reply flattened: the
+// strings of a (nested) array, or the one string; nil on any error (or an
+// error reply). Bounded by a second.
+func command(addr, cmd string) []string {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
+		return nil
+	}
+	var out []string
+	if readReply(bufio.NewReader(c), &out) != nil {
+		return nil
+	}
+	return out
+}
+
+// readReply reads one RESP2 reply, appending its strings to out.
+func readReply(r *bufio.Reader, out *[]string) error {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		return fmt.Errorf("empty reply line")
+	}
+	switch line[0] {
+	case '+', ':':
+		*out = append(*out, line[1:])
+	case '-':
+		return fmt.Errorf("%s", line[1:])
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return err
+		}
+		b := make([]byte, n+2)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return err
+		}
+		*out = append(*out, string(b[:n]))
+	case '*':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil {
+			return err
+		}
+		for range n {
+			if err := readReply(r, out); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("unexpected reply %q", line)
+	}
+	return nil
 }
