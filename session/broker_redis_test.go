@@ -497,8 +497,10 @@ func TestRedisBrokerQueueFull(t *testing.T) {
 	if busy == 0 || ok < 4 || ok > 4+redisPublishBatch {
 		t.Fatalf("ok=%d busy=%d", ok, busy)
 	}
-	if st := b.Stats(); st.Dropped != busy || st.QueueLen != 4 {
-		t.Fatalf("stats %+v, want Dropped=%d QueueLen=4", st, busy)
+	// The publisher may take the queued ones into its batch at any moment,
+	// so only what is still queued plus one batch must account for ok.
+	if st := b.Stats(); st.Dropped != busy || st.QueueLen > 4 || ok-uint64(st.QueueLen) > redisPublishBatch {
+		t.Fatalf("stats %+v with ok=%d, want Dropped=%d QueueLen<=4 and at most one batch held", st, ok, busy)
 	}
 	// Once Redis answers, everything accepted is sent.
 	close(release)
