@@ -296,3 +296,163 @@ func readReply(r *bufio.Reader, out *[]string) error {
 	}
 	return nil
 }
+
+// ClusterNodeTimeout is the cluster-node-timeout of clusters StartCluster
+// starts: short, so a replica takes over a killed master within a test of
+// seconds (Redis fails over after about twice this plus an election delay).
+const ClusterNodeTimeout = time.Second
+
+// clusterSlots is the number of hash slots of a Redis Cluster.
+const clusterSlots = 16384
+
+// Cluster is a Redis Cluster of real redis-server processes.
+type Cluster struct {
+	// Masters[i] serves the i-th equal range of the hash slots at start;
+	// Replicas[i] replicate Masters[i].
+	Masters  []*Server
+	Replicas [][]*Server
+}
+
+// StartCluster starts a Redis Cluster of masters masters with replicas
+// replicas each (cluster-require-full-coverage no, so the other shards
+// serve while one fails over) and waits until every node reports the
+// cluster ok and every replica is in sync.
+func StartCluster(t testing.TB, masters, replicas int) *Cluster {
+	t.Helper()
+	clusterArgs := func(s *Server) []string {
+		return []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", s.dir,
+			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", strconv.FormatInt(ClusterNodeTimeout.Milliseconds(), 10),
+			"--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0"}
+	}
+	c := &Cluster{Replicas: make([][]*Server, masters)}
+	for i := range masters {
+		m := startProcess(t, clusterArgs)
+		lo, hi := i*clusterSlots/masters, (i+1)*clusterSlots/masters-1
+		mustCommand(t, m.Addr, fmt.Sprintf("CLUSTER ADDSLOTSRANGE %d %d", lo, hi))
+		c.Masters = append(c.Masters, m)
+	}
+	all := append([]*Server(nil), c.Masters...)
+	for i := range masters {
+		for range replicas {
+			r := startProcess(t, clusterArgs)
+			c.Replicas[i] = append(c.Replicas[i], r)
+			all = append(all, r)
+		}
+	}
+	for _, s := range all[1:] {
+		host, port, _ := net.SplitHostPort(s.Addr)
+		mustCommand(t, all[0].Addr, "CLUSTER MEET "+host+" "+port)
+	}
+	waitUntil(t, "every node to know every other", func() bool {
+		for _, s := range all {
+			if n := len(strings.Split(strings.TrimSpace(strings.Join(command(s.Addr, "CLUSTER NODES"), "")), "\n")); n != len(all) {
+				return false
+			}
+		}
+		return true
+	})
+	for i, m := range c.Masters {
+		id := mustCommand(t, m.Addr, "CLUSTER MYID")[0]
+		for _, r := range c.Replicas[i] {
+			mustCommand(t, r.Addr, "CLUSTER REPLICATE "+id)
+		}
+	}
+	c.WaitHealthy(t)
+	return c
+}
+
+// Addrs returns the address of every node, masters first: the seed list
+// for a cluster client.
+func (c *Cluster) Addrs() []string {
+	var out []string
+	for _, m := range c.Masters {
+		out = append(out, m.Addr)
+	}
+	for _, rs := range c.Replicas {
+		for _, r := range rs {
+			out = append(out, r.Addr)
+		}
+	}
+	return out
+}
+
+// WaitHealthy waits until every running node reports cluster_state:ok and
+// every running replica's link to its master is up (after a failover: the
+// promoted replica serves and the survivors follow it).
+func (c *Cluster) WaitHealthy(t testing.TB) {
+	t.Helper()
+	waitUntil(t, "the cluster to be ok with replicas in sync", func() bool {
+		for _, s := range c.nodes() {
+			if s.cmd == nil {
+				continue
+			}
+			info := strings.Join(command(s.Addr, "CLUSTER INFO"), "")
+			if !strings.Contains(info, "cluster_state:ok") {
+				return false
+			}
+			repl := strings.Join(command(s.Addr, "INFO replication"), "")
+			if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// Owner returns the running node that serves slot as a master now, or nil.
+func (c *Cluster) Owner(slot int) *Server {
+	for _, s := range c.nodes() {
+		if s.cmd == nil {
+			continue
+		}
+		for _, line := range strings.Split(strings.Join(command(s.Addr, "CLUSTER NODES"), ""), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 9 || !strings.Contains(f[2], "myself") || !strings.Contains(f[2], "master") {
+				continue
+			}
+			for _, r := range f[8:] {
+				lo, hi, found := strings.Cut(r, "-")
+				if !found {
+					hi = lo
+				}
+				a, err1 := strconv.Atoi(lo)
+				b, err2 := strconv.Atoi(hi)
+				if err1 == nil && err2 == nil && a <= slot && slot <= b {
+					return s
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) nodes() []*Server {
+	out := append([]*Server(nil), c.Masters...)
+	for _, rs := range c.Replicas {
+		out = append(out, rs...)
+	}
+	return out
+}
+
+func mustCommand(t testing.TB, addr, cmd string) []string {
+	t.Helper()
+	out := command(addr, cmd)
+	if out == nil {
+		t.Fatalf("redistest: %s on %s failed", cmd, addr)
+	}
+	return out
+}
+
+// waitUntil polls cond every 20 ms for up to 30 s.
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("redistest: timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
