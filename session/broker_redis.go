@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/history"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/internal/shardps"
 )
 
@@ -147,8 +148,6 @@ const (
 	// trying Redis after a batch failed, and how often it PINGs Redis
 	// while it knows it is down.
 	redisDownPause = time.Second
-	// redisLogEvery rate-limits each kind of error log line.
-	redisLogEvery = time.Second
 	// redisNameCache bounds the publisher's cache of Redis channel names.
 	redisNameCache = 4096
 )
@@ -227,8 +226,9 @@ type BrokerStats struct {
 // receive loop retries about every 100 ms, its pool at least once a second).
 // A publish accepted while Redis is down reaches the local subscribers (the
 // hub delivers those; on raw channels it does not, and the publish reaches
-// nobody) but no other node: its batch fails, is logged (at most one line
-// per second) and counted in PublishErrors, and the publisher goes on. From
+// nobody) but no other node: its batch fails, is logged (collapsed by
+// internal/ratelog: one line per kind and interval, with repeated=<count>)
+// and counted in PublishErrors, and the publisher goes on. From
 // that failure on the broker counts Redis as down (BrokerStats.Down) until
 // a batch succeeds or a PING, sent every second meanwhile, is answered;
 // while down, Publish refuses raw-channel publishes with ErrBrokerDown.
@@ -332,7 +332,7 @@ type RedisBroker struct {
 
 	hist *history.RedisStore // EnableHistory; nil: no channel keeps history
 
-	pubLog, subLog, readLog logLimiter
+	rlog *ratelog.Logger // warnings, collapsed per kind
 }
 
 type pubItem struct {
@@ -389,6 +389,7 @@ func NewRedisBroker(o RedisBrokerOptions) *RedisBroker {
 		syncPrefix: o.Prefix + "sync:",
 		nodeID:     o.NodeID,
 		log:        o.Logger.With("component", "redis-broker", "node", hex.EncodeToString(o.NodeID[:])),
+		rlog:       ratelog.New(o.Logger.With("component", "redis-broker", "node", hex.EncodeToString(o.NodeID[:])), slog.LevelWarn, 0),
 		onLag:      o.OnLag,
 		queue:      make(chan pubItem, o.QueueSize),
 		ctx:        ctx,
@@ -804,7 +805,7 @@ func (p *publisher) send() {
 		b.cluster.ReloadState(b.ctx)
 		if failed < n {
 			p.answer(cmds, err)
-			b.pubLog.warn(b.log, "redis broker: publish failed on a shard", "err", err, "dropped", failed)
+			b.warn("publish", "redis broker: publish failed on a shard", "err", err, "dropped", failed)
 			return
 		}
 	}
@@ -818,7 +819,7 @@ func (p *publisher) send() {
 		p.probe.Reset(redisDownPause)
 	}
 	p.answer(cmds, err)
-	b.pubLog.warn(b.log, "redis broker: publish failed; dropping publishes to other nodes for a second",
+	b.warn("publish", "redis broker: publish failed; dropping publishes to other nodes for a second",
 		"err", err, "dropped", failed)
 }
 
@@ -984,7 +985,7 @@ func (b *RedisBroker) subscribe(channels, names []string) (failed []string) {
 	for len(names) > 0 {
 		n := min(len(names), redisSubscribeChunk)
 		if err := b.ps.Subscribe(b.ctx, names[:n]...); err != nil && b.ctx.Err() == nil {
-			b.subLog.warn(b.log, "redis broker: subscribe failed; will retry", "err", err)
+			b.warn("subscribe", "redis broker: subscribe failed; will retry", "err", err)
 			failed = append(failed, channels[:n]...)
 		}
 		names, channels = names[n:], channels[n:]
@@ -1010,7 +1011,7 @@ func (b *RedisBroker) unsubscribe(names []string, round uint64, barrier bool) {
 	for len(names) > 0 {
 		n := min(len(names), redisSubscribeChunk)
 		if err := b.ps.Unsubscribe(b.ctx, names[:n]...); err != nil && b.ctx.Err() == nil {
-			b.subLog.warn(b.log, "redis broker: unsubscribe failed", "err", err)
+			b.warn("unsubscribe", "redis broker: unsubscribe failed", "err", err)
 		}
 		names = names[n:]
 	}
@@ -1074,7 +1075,7 @@ func (b *RedisBroker) runReader() {
 // been lost on its channels meanwhile.
 func (b *RedisBroker) reconnected(logArgs ...any) {
 	b.reconnects.Add(1)
-	b.readLog.warn(b.log, "redis broker: reconnected; publishes from other nodes may have been lost", logArgs...)
+	b.warn("reconnect", "redis broker: reconnected; publishes from other nodes may have been lost", logArgs...)
 	b.h.Reconnected()
 }
 
@@ -1159,7 +1160,7 @@ func (b *RedisBroker) deliver(m *redis.Message) {
 	if len(p) >= 2 && p[0] == 0x00 && p[1] == 'G' {
 		if len(p) < envelopeHeaderLen || p[2] != envelopeVersion {
 			b.malformed.Add(1)
-			b.readLog.warn(b.log, "redis broker: dropped message with unknown envelope",
+			b.warn("envelope", "redis broker: dropped message with unknown envelope",
 				"channel", channel, "len", len(p))
 			return
 		}
@@ -1186,28 +1187,9 @@ func (b *RedisBroker) observeLag(p string) {
 	}
 }
 
-// logLimiter lets through at most one line per redisLogEvery and counts
-// the lines it held back.
-type logLimiter struct {
-	mu         sync.Mutex
-	next       time.Time
-	suppressed int
-}
-
-func (l *logLimiter) warn(log *slog.Logger, msg string, args ...any) {
-	now := time.Now()
-	l.mu.Lock()
-	if now.Before(l.next) {
-		l.suppressed++
-		l.mu.Unlock()
-		return
-	}
-	n := l.suppressed
-	l.suppressed = 0
-	l.next = now.Add(redisLogEvery)
-	l.mu.Unlock()
-	if n > 0 {
-		args = append(args, "suppressed", n)
-	}
-	log.Warn(msg, args...)
+// warn logs a warning of kind (a closed set: "publish", "subscribe",
+// "unsubscribe", "reconnect", "envelope") through the broker's ratelog:
+// repeats within the interval are collapsed into one line with a count.
+func (b *RedisBroker) warn(kind, msg string, args ...any) {
+	b.rlog.Log(kind, msg, slog.Group("", args...))
 }

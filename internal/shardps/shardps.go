@@ -35,6 +35,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/internal/slot"
 )
 
@@ -59,8 +60,6 @@ const (
 	// opsQueue is the length of the queue of Subscribe, Unsubscribe and
 	// Barrier calls; callers wait when it is full.
 	opsQueue = 256
-	// logEvery rate-limits each kind of warning.
-	logEvery = time.Second
 )
 
 // Options configures a PubSub.
@@ -70,7 +69,8 @@ type Options struct {
 	// DialTimeout, TLSConfig, Username, Password, CredentialsProvider) are
 	// used for the subscription connections. It is not closed.
 	Cluster *redis.ClusterClient
-	// Logger receives warnings (rate limited); zero means slog.Default().
+	// Logger receives warnings, collapsed by internal/ratelog (one line per
+	// kind and interval, with a count); zero means slog.Default().
 	Logger *slog.Logger
 	// Buffer is the length of the channel Channel returns; zero means
 	// DefaultBuffer. When it is full the readers stop reading, and Redis
@@ -94,12 +94,12 @@ type Reconnected struct{ Shard string }
 // PubSub is a set of sharded subscriptions on a Redis Cluster. Its methods
 // are safe for concurrent use.
 type PubSub struct {
-	cc  *redis.ClusterClient
-	opt *redis.ClusterOptions
-	log *slog.Logger
-	out chan any
-	ops chan op
-	evs chan event
+	cc   *redis.ClusterClient
+	opt  *redis.ClusterOptions
+	rlog *ratelog.Logger
+	out  chan any
+	ops  chan op
+	evs  chan event
 
 	stop      chan struct{}
 	closeOnce sync.Once
@@ -154,7 +154,7 @@ func New(o Options) *PubSub {
 	p := &PubSub{
 		cc:   o.Cluster,
 		opt:  o.Cluster.Options(),
-		log:  o.Logger,
+		rlog: ratelog.New(o.Logger, slog.LevelWarn, 0),
 		out:  make(chan any, o.Buffer),
 		ops:  make(chan op, opsQueue),
 		evs:  make(chan event, 64),
@@ -165,7 +165,6 @@ func New(o Options) *PubSub {
 		shards:   make(map[string]*shard),
 		where:    make(map[string]*shard),
 		unplaced: make(map[string]bool),
-		logNext:  make(map[string]time.Time),
 	}
 	p.wg.Add(1)
 	go m.run()
@@ -252,8 +251,6 @@ type manager struct {
 	reloading   bool // a CLUSTER SLOTS is under way or waiting out its back-off
 	reloadAgain bool // another was asked for meanwhile
 	reloadWait  time.Duration
-
-	logNext map[string]time.Time
 }
 
 // shard is one master and the connection to it.
@@ -969,12 +966,8 @@ func (m *manager) forget(sh *shard) {
 	m.completeBarriers()
 }
 
-// warn logs at most one line per kind per logEvery.
+// warn logs through the ratelog: repeats of a kind within its interval
+// are collapsed into one line with a count.
 func (m *manager) warn(kind, msg string, args ...any) {
-	now := time.Now()
-	if now.Before(m.logNext[kind]) {
-		return
-	}
-	m.logNext[kind] = now.Add(logEvery)
-	m.log.Warn(msg, args...)
+	m.rlog.Log(kind, msg, slog.Group("", args...))
 }
