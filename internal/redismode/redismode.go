@@ -1,0 +1,118 @@
+// Package redismode picks, for a go-redis client, the pub/sub commands
+// that reach every subscriber: classic PUBLISH/SUBSCRIBE on a single
+// Redis (plain or behind Sentinel), sharded SPUBLISH/SSUBSCRIBE on a Redis
+// Cluster.
+//
+// On a cluster a classic PUBLISH is broadcast to every node over the
+// cluster bus (its cost grows with the cluster), and a Lua script may only
+// SPUBLISH on a channel in the slot of its keys; the gateway's subscribers
+// in cluster mode listen with SSUBSCRIBE, which a classic PUBLISH does
+// not reach. So every publisher and subscriber of the gateway asks here.
+package redismode
+
+import (
+	"context"
+	"errors"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Cluster reports whether c is a Redis Cluster client.
+func Cluster(c redis.UniversalClient) bool {
+	_, ok := c.(*redis.ClusterClient)
+	return ok
+}
+
+// PublishCommand is the command a Lua script calls to publish through c:
+// "SPUBLISH" on a cluster (the channel must then be in the slot of the
+// script's keys), else "PUBLISH".
+func PublishCommand(c redis.UniversalClient) string {
+	if Cluster(c) {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
+}
+
+// Publish publishes msg on channel: SPUBLISH on a cluster, else PUBLISH.
+// Its answer counts the subscribers reached (on a cluster: those of the
+// shard that owns channel, which are all the sharded ones).
+func Publish(ctx context.Context, c redis.UniversalClient, channel string, msg any) *redis.IntCmd {
+	if Cluster(c) {
+		return c.SPublish(ctx, channel, msg)
+	}
+	return c.Publish(ctx, channel, msg)
+}
+
+// Subscribe subscribes to channel: SSUBSCRIBE on a cluster (on the master
+// that owns its slot, found again at each reconnect), else SUBSCRIBE.
+func Subscribe(ctx context.Context, c redis.UniversalClient, channel string) *redis.PubSub {
+	if Cluster(c) {
+		return c.SSubscribe(ctx, channel)
+	}
+	return c.Subscribe(ctx, channel)
+}
+
+// ErrClosed is Listen's error when the client was closed under it.
+var ErrClosed = errors.New("subscription closed")
+
+// Listen subscribes to channel (see Subscribe) until ctx ends. It calls
+// onSubscribed at every subscription confirmation, the first and the one
+// after each automatic reconnect (messages published meanwhile are lost),
+// and onMessage with each message's payload, one call at a time on
+// Listen's goroutine. On a cluster, Redis ends a sharded subscription when
+// the channel's slot moves to another shard (an unasked "sunsubscribe"):
+// Listen then subscribes again, where the cluster now says the slot lives.
+// It returns nil when ctx ends, ErrClosed if the client was closed.
+func Listen(ctx context.Context, c redis.UniversalClient, channel string, onSubscribed func(), onMessage func(payload string)) error {
+	for {
+		moved, err := listenOnce(ctx, Subscribe(ctx, c, channel), onSubscribed, onMessage)
+		if !moved {
+			return err
+		}
+		c.(*redis.ClusterClient).ReloadState(ctx)
+	}
+}
+
+// listenOnce serves one subscription until ctx ends (nil), the client is
+// closed (ErrClosed) or its slot moved (moved).
+func listenOnce(ctx context.Context, ps *redis.PubSub, onSubscribed func(), onMessage func(string)) (moved bool, err error) {
+	defer ps.Close()
+	ch := ps.ChannelWithSubscriptions()
+	for {
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case m, ok := <-ch:
+			if !ok {
+				if ctx.Err() != nil {
+					return false, nil
+				}
+				return false, ErrClosed
+			}
+			switch m := m.(type) {
+			case *redis.Subscription:
+				switch m.Kind {
+				case "subscribe", "ssubscribe":
+					onSubscribed()
+				case "sunsubscribe":
+					return true, nil
+				}
+			case *redis.Message:
+				onMessage(m.Payload)
+			}
+		}
+	}
+}
+
+// NumSub returns the number of subscribers of channel: PUBSUB SHARDNUMSUB
+// on a cluster (asked of the channel's shard), else PUBSUB NUMSUB.
+func NumSub(ctx context.Context, c redis.UniversalClient, channel string) (int64, error) {
+	var m map[string]int64
+	var err error
+	if Cluster(c) {
+		m, err = c.PubSubShardNumSub(ctx, channel).Result()
+	} else {
+		m, err = c.PubSubNumSub(ctx, channel).Result()
+	}
+	return m[channel], err
+}
