@@ -104,13 +104,18 @@ func listenOnce(ctx context.Context, ps *redis.PubSub, onSubscribed func(), onMe
 	}
 }
 
-// NumSub returns the number of subscribers of channel: PUBSUB SHARDNUMSUB
-// on a cluster (asked of the channel's shard), else PUBSUB NUMSUB.
+// NumSub returns the number of subscribers of channel: PUBSUB
+// SHARDNUMSUB asked of the master that owns channel's slot on a cluster
+// (go-redis would send it to any node, which counts only its own), else
+// PUBSUB NUMSUB.
 func NumSub(ctx context.Context, c redis.UniversalClient, channel string) (int64, error) {
 	var m map[string]int64
 	var err error
-	if Cluster(c) {
-		m, err = c.PubSubShardNumSub(ctx, channel).Result()
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		var master *redis.Client
+		if master, err = cc.MasterForKey(ctx, channel); err == nil {
+			m, err = master.PubSubShardNumSub(ctx, channel).Result()
+		}
 	} else {
 		m, err = c.PubSubNumSub(ctx, channel).Result()
 	}
