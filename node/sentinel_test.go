@@ -41,4 +41,3 @@ func TestParseRedisSentinel(t *testing.T) {
 		}
 	}
 }
-
