@@ -1,6 +1,7 @@
 package history
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -24,7 +25,7 @@ func TestRedisStoreCluster(t *testing.T) {
 	seq := 0
 	open := func(size int, o Options) *RedisStore {
 		seq++
-		o.Size, o.TTL, o.MetaTTL = size, 300*time.Millisecond, time.Hour
+		o.Size, o.TTL, o.MetaTTL = size, cmp.Or(o.TTL, 300*time.Millisecond), time.Hour
 		return NewRedisStore(c, fmt.Sprintf("t%d:", seq), o)
 	}
 	under := func(s *RedisStore) storeUnderTest {
@@ -45,12 +46,12 @@ func TestRedisStoreCluster(t *testing.T) {
 	t.Run("RecoverWithinBound", func(t *testing.T) { testRecoverWithinBound(t, open(200, Options{})) })
 
 	t.Run("AppendPublishOverAllShards", func(t *testing.T) {
-		s := open(10, Options{})
+		s := open(10, Options{TTL: time.Minute})
 		testPublishOverAllShards(t, cl, c, s, func(ch string) string { return s.pfx + "ch:" + ch })
 	})
 	t.Run("RedisChannelMapping", func(t *testing.T) {
 		name := func(ch string) string { return "raw{" + ch + "}" } // braces: the tag is the slot's
-		testPublishOverAllShards(t, cl, c, open(10, Options{RedisChannel: name}), name)
+		testPublishOverAllShards(t, cl, c, open(10, Options{TTL: time.Minute, RedisChannel: name}), name)
 	})
 }
 
