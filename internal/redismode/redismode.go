@@ -13,6 +13,7 @@ package redismode
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -55,33 +56,52 @@ func Subscribe(ctx context.Context, c redis.UniversalClient, channel string) *re
 // ErrClosed is Listen's error when the client was closed under it.
 var ErrClosed = errors.New("subscription closed")
 
+// resubscribeWait bounds how long a subscription made again after a slot
+// move may stay unconfirmed before Listen tries once more: go-redis sends
+// it to the master its slot map names, and refreshes that map only in the
+// background (ReloadState), so the first try may reach the old master,
+// whose MOVED answer go-redis's pub/sub drops in silence.
+const resubscribeWait = 500 * time.Millisecond
+
 // Listen subscribes to channel (see Subscribe) until ctx ends. It calls
 // onSubscribed at every subscription confirmation, the first and the one
 // after each automatic reconnect (messages published meanwhile are lost),
 // and onMessage with each message's payload, one call at a time on
 // Listen's goroutine. On a cluster, Redis ends a sharded subscription when
 // the channel's slot moves to another shard (an unasked "sunsubscribe"):
-// Listen then subscribes again, where the cluster now says the slot lives.
-// It returns nil when ctx ends, ErrClosed if the client was closed.
+// Listen then subscribes again, where the cluster now says the slot lives,
+// until a subscription is confirmed. It returns nil when ctx ends,
+// ErrClosed if the client was closed.
 func Listen(ctx context.Context, c redis.UniversalClient, channel string, onSubscribed func(), onMessage func(payload string)) error {
+	var wait time.Duration // none for the first subscription: Redis may be down
 	for {
-		moved, err := listenOnce(ctx, Subscribe(ctx, c, channel), onSubscribed, onMessage)
+		moved, err := listenOnce(ctx, Subscribe(ctx, c, channel), wait, onSubscribed, onMessage)
 		if !moved {
 			return err
 		}
 		c.(*redis.ClusterClient).ReloadState(ctx)
+		wait = resubscribeWait
 	}
 }
 
 // listenOnce serves one subscription until ctx ends (nil), the client is
-// closed (ErrClosed) or its slot moved (moved).
-func listenOnce(ctx context.Context, ps *redis.PubSub, onSubscribed func(), onMessage func(string)) (moved bool, err error) {
+// closed (ErrClosed), or its slot moved or it stayed unconfirmed for wait
+// (0: forever) (moved).
+func listenOnce(ctx context.Context, ps *redis.PubSub, wait time.Duration, onSubscribed func(), onMessage func(string)) (moved bool, err error) {
 	defer ps.Close()
 	ch := ps.ChannelWithSubscriptions()
+	var unconfirmed <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		unconfirmed = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return false, nil
+		case <-unconfirmed:
+			return true, nil
 		case m, ok := <-ch:
 			if !ok {
 				if ctx.Err() != nil {
@@ -93,6 +113,7 @@ func listenOnce(ctx context.Context, ps *redis.PubSub, onSubscribed func(), onMe
 			case *redis.Subscription:
 				switch m.Kind {
 				case "subscribe", "ssubscribe":
+					unconfirmed = nil
 					onSubscribed()
 				case "sunsubscribe":
 					return true, nil
