@@ -63,24 +63,57 @@ var ErrClosed = errors.New("subscription closed")
 // whose MOVED answer go-redis's pub/sub drops in silence.
 const resubscribeWait = 500 * time.Millisecond
 
+// pingEvery is how often Listen checks a sharded subscription's
+// connection on a cluster.
+const pingEvery = time.Second
+
 // Listen subscribes to channel (see Subscribe) until ctx ends. It calls
 // onSubscribed at every subscription confirmation, the first and the one
 // after each automatic reconnect (messages published meanwhile are lost),
 // and onMessage with each message's payload, one call at a time on
-// Listen's goroutine. On a cluster, Redis ends a sharded subscription when
-// the channel's slot moves to another shard (an unasked "sunsubscribe"):
-// Listen then subscribes again, where the cluster now says the slot lives,
-// until a subscription is confirmed. It returns nil when ctx ends,
-// ErrClosed if the client was closed.
+// Listen's goroutine. It returns nil when ctx ends, ErrClosed if the
+// client was closed.
+//
+// On a cluster, go-redis reconnects a sharded subscription to the master
+// its slot map names, and refreshes that map only when other commands
+// fail: after a failover it would keep dialing the dead master. Listen
+// pings the subscription every pingEvery and has the map refreshed when
+// the ping fails. And Redis ends a sharded subscription when the
+// channel's slot moves to another shard (an unasked "sunsubscribe"):
+// Listen then subscribes again, where the cluster now says the slot
+// lives, until a subscription is confirmed.
 func Listen(ctx context.Context, c redis.UniversalClient, channel string, onSubscribed func(), onMessage func(payload string)) error {
 	var wait time.Duration // none for the first subscription: Redis may be down
 	for {
-		moved, err := listenOnce(ctx, Subscribe(ctx, c, channel), wait, onSubscribed, onMessage)
+		ps := Subscribe(ctx, c, channel)
+		stop := make(chan struct{})
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			go pingLoop(ctx, cc, ps, stop)
+		}
+		moved, err := listenOnce(ctx, ps, wait, onSubscribed, onMessage)
+		close(stop)
 		if !moved {
 			return err
 		}
 		c.(*redis.ClusterClient).ReloadState(ctx)
 		wait = resubscribeWait
+	}
+}
+
+// pingLoop pings ps every pingEvery until stop is closed, and has cc
+// refresh its slot map after a failed ping (the ping itself redials).
+func pingLoop(ctx context.Context, cc *redis.ClusterClient, ps *redis.PubSub, stop <-chan struct{}) {
+	t := time.NewTicker(pingEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			if ps.Ping(ctx) != nil {
+				cc.ReloadState(ctx)
+			}
+		}
 	}
 }
 

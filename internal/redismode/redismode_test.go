@@ -86,14 +86,50 @@ func moveSlot(t *testing.T, s int, from, to *redistest.Server, masters []*redist
 	}
 }
 
-// waitFor polls cond every 10 ms for up to 10 s.
+// waitFor polls cond every 10 ms for up to 15 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestListenFollowsFailover: the master of the channel's slot is killed;
+// once its replica is promoted, Listen is subscribed there (go-redis
+// reconnects) and receives what is published next.
+func TestListenFollowsFailover(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, 3, 1)
+	c := cl.NewClusterClient(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	const channel = "gateway:revocations"
+	var mu sync.Mutex
+	subs, got := 0, []string{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Listen(ctx, c, channel, func() { mu.Lock(); subs++; mu.Unlock() },
+			func(p string) { mu.Lock(); got = append(got, p); mu.Unlock() })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Listen: %v", err)
+		}
+	})
+	state := func() (int, int) { mu.Lock(); defer mu.Unlock(); return subs, len(got) }
+	waitFor(t, "the subscription", func() bool { n, _ := state(); return n == 1 })
+	start := time.Now()
+	owner := cl.Owner(slot.Of(channel))
+	owner.Stop()
+	waitFor(t, "a replica promoted", func() bool { o := cl.Owner(slot.Of(channel)); return o != nil && o != owner })
+	waitFor(t, "the subscription on the promoted replica", func() bool { n, _ := state(); return n == 2 })
+	t.Logf("resubscribed %v after the kill", time.Since(start).Round(time.Millisecond))
+	if err := Publish(ctx, c, channel, "after").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the message after the failover", func() bool { _, n := state(); return n == 1 })
 }
