@@ -4,10 +4,11 @@
 // Cluster.
 //
 // On a cluster a classic PUBLISH is broadcast to every node over the
-// cluster bus (its cost grows with the cluster), and a Lua script may only
-// SPUBLISH on a channel in the slot of its keys; the gateway's subscribers
-// in cluster mode listen with SSUBSCRIBE, which a classic PUBLISH does
-// not reach. So every publisher and subscriber of the gateway asks here.
+// cluster bus (its cost grows with the cluster) and reaches only classic
+// subscribers, while the gateway's subscribers in cluster mode listen
+// with SSUBSCRIBE; a Lua script that SPUBLISHes must do so on a channel in
+// the slot of its keys. The stores (revocations, history) and the node's
+// control channel ask here which commands to use.
 package redismode
 
 import (
@@ -44,9 +45,9 @@ func Publish(ctx context.Context, c redis.UniversalClient, channel string, msg a
 	return c.Publish(ctx, channel, msg)
 }
 
-// Subscribe subscribes to channel: SSUBSCRIBE on a cluster (on the master
+// subscribe subscribes to channel: SSUBSCRIBE on a cluster (on the master
 // that owns its slot, found again at each reconnect), else SUBSCRIBE.
-func Subscribe(ctx context.Context, c redis.UniversalClient, channel string) *redis.PubSub {
+func subscribe(ctx context.Context, c redis.UniversalClient, channel string) *redis.PubSub {
 	if Cluster(c) {
 		return c.SSubscribe(ctx, channel)
 	}
@@ -67,7 +68,7 @@ const resubscribeWait = 500 * time.Millisecond
 // connection on a cluster.
 const pingEvery = time.Second
 
-// Listen subscribes to channel (see Subscribe) until ctx ends. It calls
+// Listen subscribes to channel (see subscribe) until ctx ends. It calls
 // onSubscribed at every subscription confirmation, the first and the one
 // after each automatic reconnect (messages published meanwhile are lost),
 // and onMessage with each message's payload, one call at a time on
@@ -85,7 +86,7 @@ const pingEvery = time.Second
 func Listen(ctx context.Context, c redis.UniversalClient, channel string, onSubscribed func(), onMessage func(payload string)) error {
 	var wait time.Duration // none for the first subscription: Redis may be down
 	for {
-		ps := Subscribe(ctx, c, channel)
+		ps := subscribe(ctx, c, channel)
 		stop := make(chan struct{})
 		if cc, ok := c.(*redis.ClusterClient); ok {
 			go pingLoop(ctx, cc, ps, stop)
