@@ -49,6 +49,12 @@ func (rr *replyReader) read() (reply, error) {
 	switch line[0] {
 	case '-':
 		return reply{err: string(line[1:])}, nil
+	case '+':
+		// PING on a connection with no subscription left (RESP2 leaves
+		// pub/sub mode then) is answered +PONG, not the pub/sub array.
+		if string(line[1:]) == "PONG" {
+			return reply{kind: "pong"}, nil
+		}
 	case '*':
 		n, err := strconv.Atoi(string(line[1:]))
 		if err != nil || n < 2 || n > 3 {

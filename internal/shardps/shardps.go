@@ -381,6 +381,12 @@ func (m *manager) place() {
 			b.waiting[sh] = struct{}{} // its new channels must be confirmed too
 		}
 		if sh.conn != nil {
+			// A barrier already sent here is answered before these
+			// SSUBSCRIBEs: it proves nothing about them. resendBarriers
+			// asks again after them.
+			for i := range sh.sent {
+				sh.sent[i].barrier = 0
+			}
 			m.subscribeOn(sh, chans, lost[sh])
 		}
 	}

@@ -1,0 +1,116 @@
+package shardps
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/internal/ratelog"
+	"github.com/wsgateway/gateway/internal/redistest"
+	"github.com/wsgateway/gateway/internal/slot"
+)
+
+// nopConn stands for a shard's connection in tests that drive the manager
+// by hand: writes are accepted and dropped.
+type nopConn struct{ net.Conn }
+
+func (nopConn) Write(b []byte) (int, error)      { return len(b), nil }
+func (nopConn) Close() error                     { return nil }
+func (nopConn) SetWriteDeadline(time.Time) error { return nil }
+
+// testManager returns a manager whose goroutine is not started, so a test
+// feeds it events itself; its reloads go to a cluster address that refuses
+// (their results are never read).
+func testManager(t *testing.T) *manager {
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p := &PubSub{
+		cc: cc, opt: cc.Options(), rlog: ratelog.New(log, slog.LevelWarn, 0),
+		out: make(chan any, 16), ops: make(chan op, 1), evs: make(chan event, 64), stop: make(chan struct{}),
+	}
+	t.Cleanup(func() {
+		close(p.stop)
+		p.wg.Wait()
+		_ = cc.Close()
+	})
+	return &manager{PubSub: p, shards: make(map[string]*shard), where: make(map[string]*shard), unplaced: make(map[string]bool)}
+}
+
+// A channel placed on a shard while a barrier is already in flight there
+// (its slot migrated to that shard) must not be declared live by the
+// reply to that older barrier command: that reply precedes the
+// SSUBSCRIBE's.
+func TestBarrierNotAnsweredBeforeLaterSubscribe(t *testing.T) {
+	m := testManager(t)
+	const a, b = "a:1", "b:1"
+	var x string
+	for i := 0; ; i++ {
+		if x = "room-" + string(rune('a'+i)); slot.Of(x) < slot.Count/2 {
+			break
+		}
+	}
+	for s := range m.topo {
+		m.topo[s] = a
+		if s >= slot.Count/2 {
+			m.topo[s] = b
+		}
+	}
+	m.haveTopo = true
+	shA := &shard{addr: a, chans: map[string]struct{}{x: {}}, slot: 0, conn: nopConn{}}
+	shB := &shard{addr: b, chans: map[string]struct{}{}, slot: slot.Count / 2, conn: nopConn{}}
+	m.shards[a], m.shards[b], m.where[x] = shA, shB, shA
+
+	// x's slot leaves a: Redis unsubscribes it unasked.
+	m.handleReply(shA, reply{kind: "sunsubscribe", channel: x})
+	m.handleOp(op{kind: opBarrier, names: []string{"b1"}})
+	b1OnA, b1OnB := slot.InSlot("b1", shA.slot), slot.InSlot("b1", shB.slot)
+	// The reload says x's slot is b's now: x is subscribed on b, after
+	// b1's first SUNSUBSCRIBE there.
+	moved := m.topo
+	moved[slot.Of(x)] = b
+	m.handleEvent(event{kind: evSlots, slots: &moved})
+	if m.where[x] != shB {
+		t.Fatalf("x not placed on b")
+	}
+	m.handleReply(shA, reply{kind: "sunsubscribe", channel: b1OnA})
+	m.handleReply(shB, reply{kind: "sunsubscribe", channel: b1OnB})
+	if len(m.out) != 0 {
+		t.Fatalf("barrier delivered before x's SSUBSCRIBE on b was confirmed: %v", <-m.out)
+	}
+	m.handleReply(shB, reply{kind: "ssubscribe", channel: x})
+	m.handleReply(shB, reply{kind: "sunsubscribe", channel: slot.InSlot("b1", shB.slot)})
+	want := []any{Reconnected{Shard: b}, Barrier{Name: "b1"}}
+	if len(m.out) != len(want) {
+		t.Fatalf("%d events after x's confirmation, want %v", len(m.out), want)
+	}
+	for _, w := range want {
+		if v := <-m.out; v != w {
+			t.Fatalf("got %#v, want %#v", v, w)
+		}
+	}
+}
+
+// A connection with no subscription left gets "+PONG" to its PING, not
+// the pub/sub array: the reader must take both.
+func TestPingReplyWithoutSubscriptions(t *testing.T) {
+	s := redistest.Start(t)
+	conn, err := net.Dial("tcp", s.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(appendCommand(appendCommand(nil, "SUNSUBSCRIBE", "x"), "PING")); err != nil {
+		t.Fatal(err)
+	}
+	rr := newReplyReader(conn)
+	for _, want := range []reply{{kind: "sunsubscribe", channel: "x"}, {kind: "pong"}} {
+		rep, err := rr.read()
+		if err != nil || rep != want {
+			t.Fatalf("got %#v, %v; want %#v", rep, err, want)
+		}
+	}
+}
