@@ -1,6 +1,7 @@
 package shardps
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -112,5 +113,47 @@ func TestPingReplyWithoutSubscriptions(t *testing.T) {
 		if err != nil || rep != want {
 			t.Fatalf("got %#v, %v; want %#v", rep, err, want)
 		}
+	}
+}
+
+// distinctSlotChannels returns n channel names in n different slots.
+func distinctSlotChannels(n int) []string {
+	var out []string
+	seen := make(map[int]bool)
+	for i := 0; len(out) < n; i++ {
+		ch := "room-" + string(rune('a'+i))
+		if s := slot.Of(ch); !seen[s] {
+			seen[s] = true
+			out = append(out, ch)
+		}
+	}
+	return out
+}
+
+// When a slot leaves a shard, Redis unsubscribes its channels unasked,
+// and an SUNSUBSCRIBE of ours for one of them that Redis reads after that
+// is answered MOVED. The unsolicited reply is then taken for ours, and the
+// MOVED must not be taken for the next command's reply: that made the
+// connection (every channel on the shard) drop.
+func TestUnsolicitedSunsubscribeThenMoved(t *testing.T) {
+	m := testManager(t)
+	chans := distinctSlotChannels(2)
+	x, z := chans[0], chans[1]
+	const a = "a:1"
+	for s := range m.topo {
+		m.topo[s] = a
+	}
+	m.haveTopo = true
+	conn := nopConn{}
+	shA := &shard{addr: a, chans: map[string]struct{}{x: {}}, slot: 0, conn: conn}
+	m.shards[a], m.where[x] = shA, shA
+
+	m.handleOp(op{kind: opUnsubscribe, names: []string{x}}) // x's slot is leaving meanwhile
+	m.handleOp(op{kind: opSubscribe, names: []string{z}})
+	m.handleReply(shA, reply{kind: "sunsubscribe", channel: x}) // Redis's, unasked
+	m.handleReply(shA, reply{err: fmt.Sprintf("MOVED %d b:1", slot.Of(x))})
+	m.handleReply(shA, reply{kind: "ssubscribe", channel: z})
+	if shA.conn != conn || m.where[z] != shA || len(shA.sent) != 0 || len(m.out) != 0 {
+		t.Fatalf("conn kept: %v, z on a: %v, sent %d, events %d", shA.conn == conn, m.where[z] == shA, len(shA.sent), len(m.out))
 	}
 }

@@ -578,6 +578,9 @@ func (m *manager) handleReply(sh *shard, rep reply) {
 		m.migrated(sh, rep.channel)
 		return
 	}
+	if rep.err != "" && m.strayMoved(sh, rep.err) {
+		return
+	}
 	if len(sh.sent) == 0 {
 		m.warn("protocol", "sharded pub/sub: unexpected reply; reconnecting", "shard", sh.addr, "reply", rep.kind, "err", rep.err)
 		m.drop(sh)
@@ -610,6 +613,20 @@ func (m *manager) handleReply(sh *shard, rep reply) {
 			m.emit(Reconnected{Shard: sh.addr})
 		}
 	}
+}
+
+// strayMoved handles a MOVED for a slot the head command is not in: the
+// answer to an SUNSUBSCRIBE of ours that Redis read after the slot left
+// (having unsubscribed the channel unasked, a reply taken for ours). It is
+// no reply to the head command; the slot map is reloaded.
+func (m *manager) strayMoved(sh *shard, msg string) bool {
+	addr, s, ok := parseMoved(msg)
+	if !ok || (len(sh.sent) > 0 && sh.sent[0].kind != "pong" && slot.Of(sh.sent[0].chans[0]) == s) {
+		return false
+	}
+	m.topo[s] = addr
+	m.reload()
+	return true
 }
 
 // expects reports whether rep is the reply the head command awaits.
