@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -155,5 +157,31 @@ func TestUnsolicitedSunsubscribeThenMoved(t *testing.T) {
 	m.handleReply(shA, reply{kind: "ssubscribe", channel: z})
 	if shA.conn != conn || m.where[z] != shA || len(shA.sent) != 0 || len(m.out) != 0 {
 		t.Fatalf("conn kept: %v, z on a: %v, sent %d, events %d", shA.conn == conn, m.where[z] == shA, len(shA.sent), len(m.out))
+	}
+}
+
+// A broken stream announcing a huge bulk string and then ending must not
+// make the reader allocate the announced length up front.
+func TestHugeBulkLengthNotAllocatedUpFront(t *testing.T) {
+	stream := "*3\r\n$8\r\nsmessage\r\n$1\r\nx\r\n$" + fmt.Sprint(maxBulk) + "\r\nshort"
+	rr := newReplyReader(strings.NewReader(stream))
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := rr.read(); err == nil {
+		t.Fatal("a truncated payload was read")
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 2*bulkChunk {
+		t.Fatalf("reading a truncated payload allocated %d bytes", n)
+	}
+}
+
+// A payload longer than bulkChunk is read whole and exact.
+func TestLongPayload(t *testing.T) {
+	payload := strings.Repeat("0123456789", 3*bulkChunk/10+7)
+	stream := "*3\r\n$8\r\nsmessage\r\n$1\r\nx\r\n$" + fmt.Sprint(len(payload)) + "\r\n" + payload + "\r\n"
+	rep, err := newReplyReader(strings.NewReader(stream)).read()
+	if err != nil || rep.kind != "smessage" || rep.channel != "x" || rep.payload != payload {
+		t.Fatalf("got %q on %q (%d bytes), %v", rep.kind, rep.channel, len(rep.payload), err)
 	}
 }
