@@ -185,3 +185,32 @@ func TestLongPayload(t *testing.T) {
 		t.Fatalf("got %q on %q (%d bytes), %v", rep.kind, rep.channel, len(rep.payload), err)
 	}
 }
+
+// The broker asks a round's barrier again every 500 ms while it is
+// unanswered: while a shard is down that must not pile up pending
+// barriers, and the one delivered once the shard is back is enough.
+func TestRepeatedBarrierWhileShardDown(t *testing.T) {
+	m := testManager(t)
+	const a = "a:1"
+	for s := range m.topo {
+		m.topo[s] = a
+	}
+	m.haveTopo = true
+	shA := &shard{addr: a, chans: map[string]struct{}{"x": {}}, slot: 0} // down: no connection
+	m.shards[a], m.where["x"] = shA, shA
+	for range 1000 {
+		m.handleOp(op{kind: opBarrier, names: []string{"sync:7"}})
+	}
+	if len(m.barriers) != 1 {
+		t.Fatalf("%d barriers pending for one name", len(m.barriers))
+	}
+	shA.conn = nopConn{}
+	m.resendBarriers()
+	m.handleReply(shA, reply{kind: "sunsubscribe", channel: slot.InSlot("sync:7", 0)})
+	if len(m.out) != 1 {
+		t.Fatalf("%d events once the shard answered, want Barrier sync:7", len(m.out))
+	}
+	if v := <-m.out; v != (Barrier{Name: "sync:7"}) {
+		t.Fatalf("got %#v", v)
+	}
+}

@@ -185,7 +185,8 @@ func (p *PubSub) Subscribe(channels ...string) { p.queue(opSubscribe, channels) 
 func (p *PubSub) Unsubscribe(channels ...string) { p.queue(opUnsubscribe, channels) }
 
 // Barrier asks for Barrier{name} on the output channel once everything
-// queued before it has taken effect.
+// queued before it has taken effect. Asked again while the newest pending
+// one has the same name, it replaces that one: one Barrier is delivered.
 func (p *PubSub) Barrier(name string) { p.queue(opBarrier, []string{name}) }
 
 func (p *PubSub) queue(k opKind, names []string) {
@@ -484,6 +485,12 @@ func (m *manager) ownedSlot(addr string) int {
 // ---- barriers ----
 
 func (m *manager) barrier(name string) {
+	// The newest pending barrier of the same name (a caller asking again
+	// while a shard is down) is replaced: the new one is delivered once,
+	// when both could be, and retries do not pile up.
+	if n := len(m.barriers); n > 0 && m.barriers[n-1].name == name {
+		m.barriers = m.barriers[:n-1]
+	}
 	m.seq++
 	b := &pendingBarrier{seq: m.seq, name: name, waiting: make(map[*shard]struct{})}
 	for _, sh := range m.shards {
