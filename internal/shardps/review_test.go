@@ -171,7 +171,9 @@ func TestHugeBulkLengthNotAllocatedUpFront(t *testing.T) {
 		t.Fatal("a truncated payload was read")
 	}
 	runtime.ReadMemStats(&after)
-	if n := after.TotalAlloc - before.TotalAlloc; n > 2*bulkChunk {
+	// TotalAlloc counts every goroutine's: the bound is loose, far below
+	// the announced length.
+	if n := after.TotalAlloc - before.TotalAlloc; n > maxBulk/8 {
 		t.Fatalf("reading a truncated payload allocated %d bytes", n)
 	}
 }
