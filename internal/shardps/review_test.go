@@ -216,3 +216,33 @@ func TestRepeatedBarrierWhileShardDown(t *testing.T) {
 		t.Fatalf("got %#v", v)
 	}
 }
+
+// A server that accepts and closes at once (maxclients reached, a proxy
+// whose backend is down) must be redialed with a growing back-off, not
+// in a tight loop: a connection that never answered is no success.
+func TestRedialBacksOffWhenConnectionsBreakAtOnce(t *testing.T) {
+	m := testManager(t)
+	const a = "a:1"
+	for s := range m.topo {
+		m.topo[s] = a
+	}
+	m.haveTopo = true
+	sh := &shard{addr: a, chans: map[string]struct{}{"x": {}}, slot: 0, dialing: true}
+	m.shards[a], m.where["x"] = sh, sh
+	var delays []time.Duration
+	for range 3 {
+		client, server := net.Pipe()
+		_ = server.Close() // accepted, then closed
+		m.handleEvent(event{kind: evConnected, sh: sh, gen: sh.gen, conn: client})
+		ev := <-m.evs // the reader's
+		for ev.kind != evBroken {
+			ev = <-m.evs // a reload's
+		}
+		delays = append(delays, sh.retry)
+		m.handleEvent(ev)
+		sh.dialing = true // the dial it started is not awaited here
+	}
+	if delays[2] == 0 {
+		t.Fatalf("redial delays %v: no back-off after connections that broke unanswered", delays)
+	}
+}

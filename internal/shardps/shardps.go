@@ -605,6 +605,7 @@ func (m *manager) handleReply(sh *shard, rep reply) {
 		return
 	}
 	c.next++
+	sh.retry = 0 // the connection works: the next one is dialed at once
 	if c.kind != "pong" && c.next < len(c.chans) {
 		return
 	}
@@ -713,18 +714,21 @@ func (m *manager) drop(sh *shard) {
 	}
 	m.reload()
 	m.dial(sh, sh.retry)
+	sh.retry = nextRetry(sh.retry) // reset by a reply on the next connection
 }
+
+// nextRetry doubles a back-off within [minRetry, maxRetry].
+func nextRetry(d time.Duration) time.Duration { return min(max(2*d, minRetry), maxRetry) }
 
 func (m *manager) connected(sh *shard, conn net.Conn, err error) {
 	sh.dialing = false
 	if err != nil {
 		m.warn("dial", "sharded pub/sub: cannot connect to a shard; retrying", "shard", sh.addr, "err", err)
-		sh.retry = min(max(2*sh.retry, minRetry), maxRetry)
+		sh.retry = nextRetry(sh.retry)
 		m.reload()
 		m.dial(sh, sh.retry)
 		return
 	}
-	sh.retry = 0
 	sh.conn = conn
 	m.wg.Add(1)
 	go m.read(sh, conn, sh.gen)
@@ -939,7 +943,7 @@ func (m *manager) slotsLoaded(ev event) {
 	// Wait before the next reload, so a flapping cluster is not asked in a
 	// tight loop; asks meanwhile coalesce.
 	if m.reloadAgain || len(m.unplaced) > 0 {
-		m.reloadWait = min(max(2*m.reloadWait, minRetry), maxRetry)
+		m.reloadWait = nextRetry(m.reloadWait)
 		m.reloadAgain = true
 	} else {
 		m.reloadWait = 0
