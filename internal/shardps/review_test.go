@@ -1,6 +1,7 @@
 package shardps
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -244,5 +245,29 @@ func TestRedialBacksOffWhenConnectionsBreakAtOnce(t *testing.T) {
 	}
 	if delays[2] == 0 {
 		t.Fatalf("redial delays %v: no back-off after connections that broke unanswered", delays)
+	}
+}
+
+// Credentials from ClusterOptions.CredentialsProviderContext (as go-redis
+// uses them) authenticate the subscription connections too.
+func TestAuthWithCredentialsProviderContext(t *testing.T) {
+	m := testManager(t)
+	m.opt.CredentialsProviderContext = func(context.Context) (string, string, error) { return "user", "secret", nil }
+	client, server := net.Pipe()
+	got := make(chan string, 1)
+	go func() {
+		defer server.Close()
+		buf := make([]byte, 256)
+		n, _ := server.Read(buf)
+		got <- string(buf[:n])
+		_, _ = server.Write([]byte("+OK\r\n"))
+	}()
+	err := m.auth(context.Background(), client)
+	_ = client.Close() // the server's read ends even if nothing was sent
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := string(appendCommand(nil, "AUTH", "user", "secret")); <-got != want {
+		t.Fatalf("sent no AUTH user secret")
 	}
 }

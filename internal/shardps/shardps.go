@@ -790,7 +790,7 @@ func (m *manager) connect(addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := m.auth(conn); err != nil {
+	if err := m.auth(ctx, conn); err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
@@ -810,10 +810,17 @@ func (m *manager) tlsHandshake(ctx context.Context, conn net.Conn, addr string) 
 	return tc, nil
 }
 
-// auth sends AUTH when the cluster client has credentials.
-func (m *manager) auth(conn net.Conn) error {
+// auth sends AUTH when the cluster client has credentials, taken as
+// go-redis takes them (a StreamingCredentialsProvider is not supported).
+func (m *manager) auth(ctx context.Context, conn net.Conn) error {
 	user, pass := m.opt.Username, m.opt.Password
-	if m.opt.CredentialsProvider != nil {
+	switch {
+	case m.opt.CredentialsProviderContext != nil:
+		var err error
+		if user, pass, err = m.opt.CredentialsProviderContext(ctx); err != nil {
+			return err
+		}
+	case m.opt.CredentialsProvider != nil:
 		user, pass = m.opt.CredentialsProvider()
 	}
 	if pass == "" {
