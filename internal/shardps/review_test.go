@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -290,4 +291,49 @@ func TestBarrierOnLiveShardWhileAnotherIsDown(t *testing.T) {
 	c.Masters[1].Stop()
 	h.ps.Subscribe(groups[0][1]) // on the live shard
 	h.barrier("b2")              // fails: no event within 10 s
+}
+
+// A shard's resubscription after a gap in which one slot's SSUBSCRIBE is
+// refused (the slot moved meanwhile) still reports Reconnected for the
+// channels resubscribed there, even when the refused one is then
+// unsubscribed before it finds its new owner.
+func TestReconnectedWhenOneResubscribeIsRefused(t *testing.T) {
+	m := testManager(t)
+	chans := distinctSlotChannels(2)
+	p, q := chans[0], chans[1]
+	const a = "a:1"
+	for s := range m.topo {
+		m.topo[s] = a
+	}
+	m.haveTopo = true
+	sh := &shard{addr: a, chans: map[string]struct{}{p: {}, q: {}}, slot: 0, lost: true, dialing: true}
+	m.shards[a], m.where[p], m.where[q] = sh, sh, sh
+	client, server := net.Pipe()
+	defer server.Close()
+	m.handleEvent(event{kind: evConnected, sh: sh, gen: sh.gen, conn: client}) // resubscribes p and q
+	// Redis answers in the order sent; the order of the slots' commands is
+	// the map's. Put p's first: the refusal then ends the resubscription.
+	slices.SortFunc(sh.sent, func(x, y command) int {
+		if x.chans[0] == p {
+			return -1
+		}
+		if y.chans[0] == p {
+			return 1
+		}
+		return 0
+	})
+	for _, c := range slices.Clone(sh.sent) {
+		if c.chans[0] == p {
+			m.handleReply(sh, reply{kind: "ssubscribe", channel: p})
+		} else {
+			m.handleReply(sh, reply{err: fmt.Sprintf("MOVED %d b:1", slot.Of(q))})
+		}
+	}
+	m.handleOp(op{kind: opUnsubscribe, names: []string{q}})
+	if len(m.out) != 1 {
+		t.Fatalf("%d events, want Reconnected from %s", len(m.out), a)
+	}
+	if v := <-m.out; v != (Reconnected{Shard: a}) {
+		t.Fatalf("got %#v", v)
+	}
 }

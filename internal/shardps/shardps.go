@@ -615,9 +615,18 @@ func (m *manager) handleReply(sh *shard, rep reply) {
 	case done.barrier != 0:
 		m.answered(sh, done.barrier)
 	case done.resub:
-		sh.resubs--
-		if sh.resubs == 0 && sh.lost {
-			sh.lost = false
+		m.resubDone(sh)
+	}
+}
+
+// resubDone counts off one resubscription of sh, confirmed or refused (a
+// refused one's channels carry their loss to where they go next): the last
+// one ends the gap, reported if channels are left here.
+func (m *manager) resubDone(sh *shard) {
+	sh.resubs--
+	if sh.resubs == 0 && sh.lost {
+		sh.lost = false
+		if len(sh.chans) > 0 {
 			m.emit(Reconnected{Shard: sh.addr})
 		}
 	}
@@ -667,9 +676,6 @@ func (m *manager) migrated(sh *shard, ch string) {
 // placed again after a reload; a barrier is asked again then.
 func (m *manager) refused(sh *shard, c command, msg string) {
 	m.warn("refused", "sharded pub/sub: Redis refused a command; reloading the slot map", "shard", sh.addr, "command", c.kind, "err", msg)
-	if c.resub {
-		sh.resubs--
-	}
 	if c.kind == "ssubscribe" {
 		for _, ch := range c.chans {
 			if m.where[ch] == sh {
@@ -678,6 +684,9 @@ func (m *manager) refused(sh *shard, c command, msg string) {
 				m.unplaced[ch] = c.resub || sh.lost
 			}
 		}
+	}
+	if c.resub {
+		m.resubDone(sh)
 	}
 	if addr, s, ok := parseMoved(msg); ok {
 		m.topo[s] = addr
