@@ -337,3 +337,48 @@ func TestReconnectedWhenOneResubscribeIsRefused(t *testing.T) {
 		t.Fatalf("got %#v", v)
 	}
 }
+
+// Close returns while the output channel is full and the readers, the
+// manager (a Barrier) and Redis all have more to deliver.
+func TestCloseWithOutputFull(t *testing.T) {
+	c := redistest.StartCluster(t, 2, 0)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	defer cc.Close()
+	ps := New(Options{Cluster: cc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Buffer: 1})
+	groups := channelsPerShard(2, 1)
+	chans := []string{groups[0][0], groups[1][0]}
+	ps.Subscribe(chans...)
+	ps.Barrier("b1")
+	if v := <-ps.Channel(); v != (Barrier{Name: "b1"}) {
+		t.Fatalf("got %#v, want Barrier b1", v)
+	}
+	for i := range 100 {
+		for _, ch := range chans {
+			if err := cc.SPublish(context.Background(), ch, fmt.Sprint(i)).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ps.Barrier("b2")
+	// Wait until the buffer is full and both readers hold one more.
+	for len(ps.Channel()) == 0 {
+		runtime.Gosched()
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = ps.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close blocked with the output channel full")
+	}
+	n := 0
+	for range ps.Channel() {
+		n++
+	}
+	if n > 1 {
+		t.Fatalf("%d events after Close, want at most the buffered one", n)
+	}
+}
