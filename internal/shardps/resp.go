@@ -2,6 +2,7 @@ package shardps
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +50,12 @@ func (rr *replyReader) read() (reply, error) {
 	switch line[0] {
 	case '-':
 		return reply{err: string(line[1:])}, nil
+	case '+':
+		// PING on a connection with no subscription left (RESP2 leaves
+		// pub/sub mode then) is answered +PONG, not the pub/sub array.
+		if string(line[1:]) == "PONG" {
+			return reply{kind: "pong"}, nil
+		}
 	case '*':
 		n, err := strconv.Atoi(string(line[1:]))
 		if err != nil || n < 2 || n > 3 {
@@ -118,8 +125,8 @@ func (rr *replyReader) bulk(intern bool) (string, error) {
 		_, _ = rr.r.Discard(n + 2)
 		return s, nil
 	}
-	b := make([]byte, n+2)
-	if _, err := io.ReadFull(rr.r, b); err != nil {
+	b, err := rr.payload(n + 2)
+	if err != nil {
 		return "", err
 	}
 	if n == 0 {
@@ -128,6 +135,26 @@ func (rr *replyReader) bulk(intern bool) (string, error) {
 	// b is never written again: the string may share it (one allocation
 	// per payload instead of two).
 	return unsafe.String(&b[0], n), nil
+}
+
+// bulkChunk is the size up to which a bulk string is read into one
+// allocation of its announced length; a longer one grows as its bytes
+// arrive, so a broken stream announcing maxBulk costs only what it sends.
+const bulkChunk = 1 << 20
+
+// payload reads n bytes.
+func (rr *replyReader) payload(n int) ([]byte, error) {
+	if n <= bulkChunk {
+		b := make([]byte, n)
+		_, err := io.ReadFull(rr.r, b)
+		return b, err
+	}
+	var buf bytes.Buffer
+	buf.Grow(bulkChunk)
+	if _, err := io.CopyN(&buf, rr.r, int64(n)); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // appendCommand appends a RESP2 command of bulk strings to buf.

@@ -185,7 +185,8 @@ func (p *PubSub) Subscribe(channels ...string) { p.queue(opSubscribe, channels) 
 func (p *PubSub) Unsubscribe(channels ...string) { p.queue(opUnsubscribe, channels) }
 
 // Barrier asks for Barrier{name} on the output channel once everything
-// queued before it has taken effect.
+// queued before it has taken effect. Asked again while the newest pending
+// one has the same name, it replaces that one: one Barrier is delivered.
 func (p *PubSub) Barrier(name string) { p.queue(opBarrier, []string{name}) }
 
 func (p *PubSub) queue(k opKind, names []string) {
@@ -381,6 +382,12 @@ func (m *manager) place() {
 			b.waiting[sh] = struct{}{} // its new channels must be confirmed too
 		}
 		if sh.conn != nil {
+			// A barrier already sent here is answered before these
+			// SSUBSCRIBEs: it proves nothing about them. resendBarriers
+			// asks again after them.
+			for i := range sh.sent {
+				sh.sent[i].barrier = 0
+			}
 			m.subscribeOn(sh, chans, lost[sh])
 		}
 	}
@@ -478,6 +485,12 @@ func (m *manager) ownedSlot(addr string) int {
 // ---- barriers ----
 
 func (m *manager) barrier(name string) {
+	// The newest pending barrier of the same name (a caller asking again
+	// while a shard is down) is replaced: the new one is delivered once,
+	// when both could be, and retries do not pile up.
+	if n := len(m.barriers); n > 0 && m.barriers[n-1].name == name {
+		m.barriers = m.barriers[:n-1]
+	}
 	m.seq++
 	b := &pendingBarrier{seq: m.seq, name: name, waiting: make(map[*shard]struct{})}
 	for _, sh := range m.shards {
@@ -572,6 +585,9 @@ func (m *manager) handleReply(sh *shard, rep reply) {
 		m.migrated(sh, rep.channel)
 		return
 	}
+	if rep.err != "" && m.strayMoved(sh, rep.err) {
+		return
+	}
 	if len(sh.sent) == 0 {
 		m.warn("protocol", "sharded pub/sub: unexpected reply; reconnecting", "shard", sh.addr, "reply", rep.kind, "err", rep.err)
 		m.drop(sh)
@@ -589,6 +605,7 @@ func (m *manager) handleReply(sh *shard, rep reply) {
 		return
 	}
 	c.next++
+	sh.retry = 0 // the connection works: the next one is dialed at once
 	if c.kind != "pong" && c.next < len(c.chans) {
 		return
 	}
@@ -598,12 +615,35 @@ func (m *manager) handleReply(sh *shard, rep reply) {
 	case done.barrier != 0:
 		m.answered(sh, done.barrier)
 	case done.resub:
-		sh.resubs--
-		if sh.resubs == 0 && sh.lost {
-			sh.lost = false
+		m.resubDone(sh)
+	}
+}
+
+// resubDone counts off one resubscription of sh, confirmed or refused (a
+// refused one's channels carry their loss to where they go next): the last
+// one ends the gap, reported if channels are left here.
+func (m *manager) resubDone(sh *shard) {
+	sh.resubs--
+	if sh.resubs == 0 && sh.lost {
+		sh.lost = false
+		if len(sh.chans) > 0 {
 			m.emit(Reconnected{Shard: sh.addr})
 		}
 	}
+}
+
+// strayMoved handles a MOVED for a slot the head command is not in: the
+// answer to an SUNSUBSCRIBE of ours that Redis read after the slot left
+// (having unsubscribed the channel unasked, a reply taken for ours). It is
+// no reply to the head command; the slot map is reloaded.
+func (m *manager) strayMoved(sh *shard, msg string) bool {
+	addr, s, ok := parseMoved(msg)
+	if !ok || (len(sh.sent) > 0 && sh.sent[0].kind != "pong" && slot.Of(sh.sent[0].chans[0]) == s) {
+		return false
+	}
+	m.topo[s] = addr
+	m.reload()
+	return true
 }
 
 // expects reports whether rep is the reply the head command awaits.
@@ -636,9 +676,6 @@ func (m *manager) migrated(sh *shard, ch string) {
 // placed again after a reload; a barrier is asked again then.
 func (m *manager) refused(sh *shard, c command, msg string) {
 	m.warn("refused", "sharded pub/sub: Redis refused a command; reloading the slot map", "shard", sh.addr, "command", c.kind, "err", msg)
-	if c.resub {
-		sh.resubs--
-	}
 	if c.kind == "ssubscribe" {
 		for _, ch := range c.chans {
 			if m.where[ch] == sh {
@@ -647,6 +684,9 @@ func (m *manager) refused(sh *shard, c command, msg string) {
 				m.unplaced[ch] = c.resub || sh.lost
 			}
 		}
+	}
+	if c.resub {
+		m.resubDone(sh)
 	}
 	if addr, s, ok := parseMoved(msg); ok {
 		m.topo[s] = addr
@@ -683,18 +723,21 @@ func (m *manager) drop(sh *shard) {
 	}
 	m.reload()
 	m.dial(sh, sh.retry)
+	sh.retry = nextRetry(sh.retry) // reset by a reply on the next connection
 }
+
+// nextRetry doubles a back-off within [minRetry, maxRetry].
+func nextRetry(d time.Duration) time.Duration { return min(max(2*d, minRetry), maxRetry) }
 
 func (m *manager) connected(sh *shard, conn net.Conn, err error) {
 	sh.dialing = false
 	if err != nil {
 		m.warn("dial", "sharded pub/sub: cannot connect to a shard; retrying", "shard", sh.addr, "err", err)
-		sh.retry = min(max(2*sh.retry, minRetry), maxRetry)
+		sh.retry = nextRetry(sh.retry)
 		m.reload()
 		m.dial(sh, sh.retry)
 		return
 	}
-	sh.retry = 0
 	sh.conn = conn
 	m.wg.Add(1)
 	go m.read(sh, conn, sh.gen)
@@ -756,7 +799,7 @@ func (m *manager) connect(addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := m.auth(conn); err != nil {
+	if err := m.auth(ctx, conn); err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
@@ -776,10 +819,17 @@ func (m *manager) tlsHandshake(ctx context.Context, conn net.Conn, addr string) 
 	return tc, nil
 }
 
-// auth sends AUTH when the cluster client has credentials.
-func (m *manager) auth(conn net.Conn) error {
+// auth sends AUTH when the cluster client has credentials, taken as
+// go-redis takes them (a StreamingCredentialsProvider is not supported).
+func (m *manager) auth(ctx context.Context, conn net.Conn) error {
 	user, pass := m.opt.Username, m.opt.Password
-	if m.opt.CredentialsProvider != nil {
+	switch {
+	case m.opt.CredentialsProviderContext != nil:
+		var err error
+		if user, pass, err = m.opt.CredentialsProviderContext(ctx); err != nil {
+			return err
+		}
+	case m.opt.CredentialsProvider != nil:
 		user, pass = m.opt.CredentialsProvider()
 	}
 	if pass == "" {
@@ -909,7 +959,7 @@ func (m *manager) slotsLoaded(ev event) {
 	// Wait before the next reload, so a flapping cluster is not asked in a
 	// tight loop; asks meanwhile coalesce.
 	if m.reloadAgain || len(m.unplaced) > 0 {
-		m.reloadWait = min(max(2*m.reloadWait, minRetry), maxRetry)
+		m.reloadWait = nextRetry(m.reloadWait)
 		m.reloadAgain = true
 	} else {
 		m.reloadWait = 0
