@@ -187,6 +187,11 @@ func (r *hrRecorder) contiguous(t testing.TB, who string, n int64) {
 func (r *hrRecorder) last() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.lastLocked()
+}
+
+// lastLocked is last for a caller that holds r.mu (a waitFor condition).
+func (r *hrRecorder) lastLocked() int64 {
 	if len(r.offsets) == 0 {
 		return 0
 	}
