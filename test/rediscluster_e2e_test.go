@@ -37,17 +37,18 @@ const rcPrefix = "gateway:"
 // rcRedisChannel is the Redis channel that carries hub channel ch.
 func rcRedisChannel(ch string) string { return rcPrefix + "ch:" + ch }
 
-// rcShardOf returns the index of the master of cl that owns the Redis
-// channel (or key) name now.
+// rcShardOf returns the shard of cl (i for Masters[i] and its replicas:
+// a loaded machine may have failed a master over already) that serves the
+// Redis channel (or key) name now.
 func rcShardOf(t testing.TB, cl *redistest.Cluster, name string) int {
 	t.Helper()
 	owner := cl.Owner(slot.Of(name))
 	for i, m := range cl.Masters {
-		if m == owner {
+		if owner != nil && (m == owner || slices.Contains(cl.Replicas[i], owner)) {
 			return i
 		}
 	}
-	t.Fatalf("slot %d of %q is served by no master of the cluster (%v)", slot.Of(name), name, owner)
+	t.Fatalf("slot %d of %q is served by no node of the cluster", slot.Of(name), name)
 	return -1
 }
 
@@ -76,42 +77,43 @@ func rcRedis(t testing.TB, s *redistest.Server) *redis.Client {
 }
 
 // rcPubSubConns returns the number of pub/sub connections (CLIENT LIST
-// TYPE pubsub) of each master of cl.
+// TYPE pubsub) of each shard of cl, on whichever of its nodes.
 func rcPubSubConns(t testing.TB, cl *redistest.Cluster) []int {
 	t.Helper()
 	out := make([]int, len(cl.Masters))
 	for s, m := range cl.Masters {
-		list, err := rcRedis(t, m).Do(testCtx(t), "CLIENT", "LIST", "TYPE", "pubsub").Text()
-		if err != nil {
-			t.Fatal(err)
+		for _, n := range append([]*redistest.Server{m}, cl.Replicas[s]...) {
+			list, err := rcRedis(t, n).Do(testCtx(t), "CLIENT", "LIST", "TYPE", "pubsub").Text()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[s] += strings.Count(list, "\n")
 		}
-		out[s] = strings.Count(list, "\n")
 	}
 	return out
 }
 
-// rcWantSharded checks that the master owning each channel of byShard
+// rcWantSharded checks that the master serving each channel of byShard
 // counts nodes sharded subscribers of its Redis channel (PUBSUB
 // SHARDNUMSUB: SSUBSCRIBE, not SUBSCRIBE), and that subscribing them
-// added at most one pub/sub connection per node to each master (before:
+// added at most one pub/sub connection per node to each shard (before:
 // rcPubSubConns before the subscriptions), not one per channel.
 func rcWantSharded(t testing.TB, cl *redistest.Cluster, byShard [][]string, nodes int, before []int) {
 	t.Helper()
 	ctx := testCtx(t)
 	after := rcPubSubConns(t, cl)
 	for s, chans := range byShard {
-		rc := rcRedis(t, cl.Masters[s])
 		for _, ch := range chans {
-			n, err := rc.PubSubShardNumSub(ctx, rcRedisChannel(ch)).Result()
+			n, err := rcRedis(t, cl.Owner(slot.Of(rcRedisChannel(ch)))).PubSubShardNumSub(ctx, rcRedisChannel(ch)).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got := n[rcRedisChannel(ch)]; got != int64(nodes) {
-				t.Errorf("master %d: PUBSUB SHARDNUMSUB %s = %d, want %d (one per node)", s, rcRedisChannel(ch), got, nodes)
+				t.Errorf("shard %d: PUBSUB SHARDNUMSUB %s = %d, want %d (one per node)", s, rcRedisChannel(ch), got, nodes)
 			}
 		}
 		if after[s]-before[s] > nodes {
-			t.Errorf("master %d: %d pub/sub connections before %d channels of its were subscribed on %d nodes, %d after: want at most one more per node", s, before[s], len(chans), nodes, after[s])
+			t.Errorf("shard %d: %d pub/sub connections before %d channels of its were subscribed on %d nodes, %d after: want at most one more per node", s, before[s], len(chans), nodes, after[s])
 		}
 	}
 }
@@ -278,7 +280,7 @@ func rcHistory(t *testing.T, cl *redistest.Cluster, c *hrCluster, a, b *e2eProc)
 	}
 }
 
-// rcVictim is the master rcFailover kills.
+// rcVictim is the shard whose master rcFailover kills.
 const rcVictim = 1
 
 // rcSeqs records, in a goroutine, the Messages "<channel>/<n>" a native
@@ -570,7 +572,15 @@ func rcFailover(t *testing.T, cl *redistest.Cluster, c *hrCluster, a, b *e2eProc
 
 	victimSlot := slot.Of(rcRedisChannel(plain[rcVictim][0]))
 	killRound := int(rounds.sent.Load())
-	cl.Masters[rcVictim].Stop()
+	victim := cl.Owner(victimSlot)
+	if victim == nil {
+		t.Fatalf("slot %d served by no node before the kill", victimSlot)
+	}
+	standby := cl.Replicas[rcVictim][0] // the other node of the shard
+	if victim == standby {
+		standby = cl.Masters[rcVictim]
+	}
+	victim.Stop()
 	killed, afterKill := time.Now(), int(rounds.sent.Load()) // rounds from afterKill on were sent to a dead master
 	_ = leaver.Close()
 	_ = leaver.Wait()
@@ -590,8 +600,8 @@ func rcFailover(t *testing.T, cl *redistest.Cluster, c *hrCluster, a, b *e2eProc
 	}
 
 	cl.WaitHealthy(t)
-	if o := cl.Owner(victimSlot); o != cl.Replicas[rcVictim][0] {
-		t.Fatalf("slot %d served by %v after the failover, want the replica %s", victimSlot, o, cl.Replicas[rcVictim][0].Addr)
+	if o := cl.Owner(victimSlot); o != standby {
+		t.Fatalf("slot %d served by %v after the failover, want the replica %s", victimSlot, o, standby.Addr)
 	}
 	healthyRound, promoted := int(rounds.sent.Load()), time.Since(killed)
 	seqs.waitFor(t, "the victim shard's channels after the failover", 20*time.Second, func() bool {
