@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -30,11 +31,12 @@ import (
 // hrSecret signs the keys of every process of these tests.
 const hrSecret = "GATEWAY_SECRET=history-recovery-e2e-secret-0123456789-0123456789"
 
-// hrCluster is gateway processes on one Redis with one key prefix and
-// history on channels "h:".
+// hrCluster is gateway processes on one Redis (or one Redis Cluster) with
+// one key prefix and history on channels "h:".
 type hrCluster struct {
 	env    []string
-	redis  string // redis:// URL
+	redis  string   // redis:// URL
+	seeds  []string // else the seed nodes of a Redis Cluster (--redis-cluster)
 	prefix string
 	keys   string // data dir of `gateway key issue`
 }
@@ -55,12 +57,16 @@ func hrNewAddrs(t *testing.T) hrAddrs {
 	return hrAddrs{e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t), t.TempDir()}
 }
 
-// serve starts `gateway serve` at a, on Redis when c.redis is set.
+// serve starts `gateway serve` at a, on Redis when c.redis is set, on a
+// Redis Cluster when c.seeds are, else alone.
 func (c *hrCluster) serve(t *testing.T, a hrAddrs) *e2eProc {
 	t.Helper()
 	args := []string{"--data-dir", a.dir, "--history-size", "1000", "--history-ttl", "1m", "--history-channels", "h:"}
-	if c.redis != "" {
+	switch {
+	case c.redis != "":
 		args = append(args, "--redis", c.redis, "--redis-prefix", c.prefix)
+	case len(c.seeds) > 0:
+		args = append(args, "--redis-cluster", strings.Join(c.seeds, ","), "--redis-prefix", c.prefix)
 	}
 	p, err := e2eServeAt(t, c.env, a.listen, a.admin, a.wsify, args...)
 	if err != nil {
@@ -88,17 +94,35 @@ func hrKill9(t *testing.T, p *e2eProc) {
 // process at base and returns the position it answers.
 func hrPublish(t testing.TB, base, channel, payload string) history.Position {
 	t.Helper()
-	status, body, ct := e2eDo(t, "POST", base+"/api/publish?channel="+channel, "text/plain", []byte(payload))
-	if status != 200 {
-		t.Fatalf("admin publish on %s: %d %s", base, status, body)
+	pos, err := hrTryPublish(base, channel, payload)
+	if err != nil {
+		t.Fatal(err)
 	}
-	m := e2eDecodeJSON(t, body, ct)
-	e, err := strconv.ParseInt(fmt.Sprint(m["epoch"]), 10, 64)
+	return pos
+}
+
+// hrTryPublish is hrPublish for any goroutine: a failed request or an
+// answer other than 200 with a position is its error.
+func hrTryPublish(base, channel, payload string) (history.Position, error) {
+	status, body, err := e2eDoQuiet(http.MethodPost, base+"/api/publish?channel="+channel, []byte(payload))
+	if err != nil {
+		return history.Position{}, err
+	}
+	if status != http.StatusOK {
+		return history.Position{}, fmt.Errorf("admin publish on %s: %d %s", base, status, body)
+	}
+	var m struct {
+		Epoch  string `json:"epoch"`
+		Offset int64  `json:"offset"`
+	}
+	e, err := int64(0), json.Unmarshal(body, &m)
+	if err == nil {
+		e, err = strconv.ParseInt(m.Epoch, 10, 64)
+	}
 	if err != nil || e == 0 {
-		t.Fatalf("admin publish answered %s: no epoch", body)
+		return history.Position{}, fmt.Errorf("admin publish on %s answered %s: no epoch", base, body)
 	}
-	off, _ := m["offset"].(float64)
-	return history.Position{Epoch: e, Offset: int64(off)}
+	return history.Position{Epoch: e, Offset: m.Offset}, nil
 }
 
 // hrRecorder records what a recovering subscription of the Go client
@@ -163,6 +187,11 @@ func (r *hrRecorder) contiguous(t testing.TB, who string, n int64) {
 func (r *hrRecorder) last() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.lastLocked()
+}
+
+// lastLocked is last for a caller that holds r.mu (a waitFor condition).
+func (r *hrRecorder) lastLocked() int64 {
 	if len(r.offsets) == 0 {
 		return 0
 	}
