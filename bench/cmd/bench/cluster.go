@@ -247,29 +247,37 @@ func runClusterSetup(ctx context.Context, o options, setupName string, p loadgen
 }
 
 func runCluster(ctx context.Context, o options, secret, tmp string, rep *Report) error {
-	p := loadgen.Params{PayloadSize: o.payload, Timeout: o.timeout, Channels: o.clChannels,
+	b2b := loadgen.Params{PayloadSize: o.payload, Timeout: o.timeout, Channels: o.clChannels,
 		SubsPerChannel: o.clSubsPerChannel, Publishers: o.clPublishers, Publishes: o.clPublishes,
-		PublishRate: o.clPublishRate,
 		Engine: loadgen.Config{SourceIPs: o.sourceIPs, FirstSourceIP: o.firstSourceIP, MaxInFlight: o.inFlight,
 			DialRate: o.dialRate, EventLoops: o.clientLoops}}
+	modes := []loadgen.Params{b2b}
+	if o.clPacedRate > 0 {
+		paced := b2b
+		paced.Publishes, paced.PublishRate = o.clPacedPublishes, o.clPacedRate
+		modes = append(modes, paced)
+	}
 	for k, v := range map[string]any{"cluster_channels": o.clChannels, "cluster_subs_per_channel": o.clSubsPerChannel,
 		"cluster_publishers": o.clPublishers, "cluster_publishes_per_publisher": o.clPublishes,
-		"cluster_publish_rate": o.clPublishRate, "cluster_rounds": o.clRounds, "cluster_setups": o.clSetups} {
+		"cluster_paced_publishes_per_publisher": o.clPacedPublishes, "cluster_paced_rate": o.clPacedRate,
+		"cluster_rounds": o.clRounds, "cluster_setups": o.clSetups} {
 		rep.Settings[k] = v
 	}
 	for round := range max(o.clRounds, 1) {
 		for _, name := range strings.Split(o.clSetups, ",") {
-			name = strings.TrimSpace(name)
-			if ctx.Err() != nil {
-				break
+			for _, p := range modes {
+				name = strings.TrimSpace(name)
+				if ctx.Err() != nil {
+					break
+				}
+				fmt.Printf("== cluster-fanout on %s, %s (round %d)\n", name, modeLabel(p), round+1)
+				res := runClusterSetup(ctx, o, name, p, secret, tmp)
+				res.Extra["round"], res.Extra["mode"] = round+1, modeLabel(p)
+				rep.Results = append(rep.Results, res)
+				printBrief(res)
+				b, _ := json.Marshal(res.Extra)
+				fmt.Printf("   %s\n", b)
 			}
-			fmt.Printf("== cluster-fanout on %s (round %d)\n", name, round+1)
-			res := runClusterSetup(ctx, o, name, p, secret, tmp)
-			res.Extra["round"] = round + 1
-			rep.Results = append(rep.Results, res)
-			printBrief(res)
-			b, _ := json.Marshal(res.Extra)
-			fmt.Printf("   %s\n", b)
 		}
 	}
 	b, _ := json.MarshalIndent(rep, "", "  ")
@@ -281,6 +289,15 @@ func runCluster(ctx context.Context, o options, secret, tmp string, rep *Report)
 	}
 	fmt.Printf("wrote %s and %s\n", filepath.Join(o.out, "cluster.json"), filepath.Join(o.out, "cluster.md"))
 	return ctx.Err()
+}
+
+// modeLabel names a run's publishing: back to back, or paced at a rate
+// per publisher.
+func modeLabel(p loadgen.Params) string {
+	if p.PublishRate > 0 {
+		return fmt.Sprintf("paced %g/s per publisher", p.PublishRate)
+	}
+	return "back to back"
 }
 
 // carriedPublishesPS is publishes over the time from the first publish to
@@ -303,21 +320,22 @@ func clusterMarkdown(rep *Report) string {
 	fmt.Fprintf(&b, "# Cluster benchmark (issue 15, Scale)\n\n")
 	fmt.Fprintf(&b, "Date: %s. Machine: %s CPUs, %s RAM, kernel %s, %s. Gateway %s. Load generator, both nodes and every redis-server share the machine.\n\n",
 		rep.Date, m["nproc"], m["memory"], m["kernel"], m["go"], m["gateway_version"])
-	fmt.Fprintf(&b, "Two gateway nodes; %v channels × %v subscribers on node A, %v publishers on node B sending %v publishes each (round robin over the channels, payload %v B, rate %v per publisher, 0: back to back): every delivery crosses Redis. Set-ups: `redis1` (one redis-server, `--redis`) and `clusterN` (N masters, slots split evenly, no replicas, `--redis-cluster`). Fresh processes for every run.\n\n",
-		s["cluster_channels"], s["cluster_subs_per_channel"], s["cluster_publishers"], s["cluster_publishes_per_publisher"], s["payload"], s["cluster_publish_rate"])
+	fmt.Fprintf(&b, "Two gateway nodes; %v channels × %v subscribers on node A, %v publishers on node B, round robin over the channels, payload %v B: every delivery crosses Redis. Back to back: %v publishes per publisher; paced: %v per publisher at %v/s each. Set-ups: `redis1` (one redis-server, `--redis`) and `clusterN` (N masters, slots split evenly, no replicas, `--redis-cluster`). Fresh processes for every run.\n\n",
+		s["cluster_channels"], s["cluster_subs_per_channel"], s["cluster_publishers"], s["payload"], s["cluster_publishes_per_publisher"],
+		s["cluster_paced_publishes_per_publisher"], s["cluster_paced_rate"])
 	fmt.Fprintf(&b, "CPU is taken from the first publish to the last delivery: nodes from /proc/<pid>/stat, Redis from INFO cpu (used_cpu_sys + used_cpu_user). publishes/s = publishes over that time; busiest shard = the busiest shard's CPU over all publishes.\n\n")
-	fmt.Fprintf(&b, "| set-up | round | deliveries/s | publishes/s | offered publishes/s | delivered / expected | lost | dup | reord | refused | p50 ms | p99 ms | gateway CPU µs/delivery | node A µs/delivery | node B µs/publish | Redis CPU µs/publish (all shards) | busiest shard µs/publish |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| set-up | publishing | round | deliveries/s | publishes/s | offered publishes/s | delivered / expected | lost | dup | reord | refused | p50 ms | p99 ms | gateway CPU µs/delivery | node A µs/delivery | node B µs/publish | Redis CPU µs/publish (all shards) | busiest shard µs/publish |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Results {
 		if r.Error != "" && r.Delivered == 0 {
 			continue // in the errors below
 		}
-		fmt.Fprintf(&b, "| %s | %v | %.0f | %.0f | %.0f | %d / %d | %d | %d | %d | %v | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", r.Server, r.Extra["round"],
+		fmt.Fprintf(&b, "| %s | %v | %v | %.0f | %.0f | %.0f | %d / %d | %d | %d | %d | %v | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", r.Server, r.Extra["mode"], r.Extra["round"],
 			r.DeliveriesPS, carriedPublishesPS(r), r.OfferedPerS, r.Delivered, r.Expected, r.Lost, r.Duplicates, r.Reordered, r.Extra["refused_publishes"],
 			r.Latency.P50, r.Latency.P99, num(r, "gateway_cpu_us_per_delivery"), num(r, "node_sub_cpu_us_per_delivery"),
 			num(r, "node_pub_cpu_us_per_publish"), num(r, "redis_cpu_us_per_publish"), num(r, "busiest_shard_cpu_us_per_publish"))
 	}
 	fmt.Fprintf(&b, "\n## Per shard\n\nchannels: pub/sub channels (classic and sharded) with a subscriber on the shard; publishes: its PUBLISH + SPUBLISH calls (INFO commandstats).\n\n")
-	fmt.Fprintf(&b, "| set-up | round | shard | channels | publishes (share) | CPU s | CPU share | CPU µs per publish it served |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| set-up | publishing | round | shard | channels | publishes (share) | CPU s | CPU share | CPU µs per publish it served |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Results {
 		cpu, share := floats(r, "shard_cpu_seconds"), floats(r, "shard_cpu_share")
 		chans, _ := r.Extra["shard_channels"].([]int)
@@ -332,21 +350,21 @@ func clusterMarkdown(rep *Report) string {
 			if i < len(chans) && i < len(pubs) {
 				ch, pb = chans[i], pubs[i]
 			}
-			fmt.Fprintf(&b, "| %s | %v | %d | %d | %d (%.0f%%) | %.3f | %.0f%% | %.2f |\n", r.Server, r.Extra["round"], i+1, ch, pb,
+			fmt.Fprintf(&b, "| %s | %v | %v | %d | %d | %d (%.0f%%) | %.3f | %.0f%% | %.2f |\n", r.Server, r.Extra["mode"], r.Extra["round"], i+1, ch, pb,
 				100*float64(pb)/float64(max(total, 1)), cpu[i], 100*share[i], cpu[i]*1e6/float64(max(pb, 1)))
 		}
 	}
-	fmt.Fprintf(&b, "\n## Ratios, cluster / one Redis (same round)\n\n| round | set-up | deliveries/s | publishes/s | gateway CPU per delivery | Redis CPU per publish (all shards) | busiest shard's CPU per publish |\n|---:|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "\n## Ratios, cluster / one Redis (same round, same publishing)\n\n| round | publishing | set-up | deliveries/s | publishes/s | gateway CPU per delivery | Redis CPU per publish (all shards) | busiest shard's CPU per publish |\n|---:|---|---|---:|---:|---:|---:|---:|\n")
 	for _, c := range rep.Results {
 		if c.Server == "redis1" || c.Error != "" {
 			continue
 		}
 		for _, one := range rep.Results {
-			if one.Server != "redis1" || one.Extra["round"] != c.Extra["round"] || one.Error != "" {
+			if one.Server != "redis1" || one.Extra["round"] != c.Extra["round"] || one.Extra["mode"] != c.Extra["mode"] || one.Error != "" {
 				continue
 			}
 			ratio := func(a, b float64) float64 { return a / max(b, 1e-12) }
-			fmt.Fprintf(&b, "| %v | %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n", c.Extra["round"], c.Server,
+			fmt.Fprintf(&b, "| %v | %v | %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n", c.Extra["round"], c.Extra["mode"], c.Server,
 				ratio(c.DeliveriesPS, one.DeliveriesPS), ratio(carriedPublishesPS(c), carriedPublishesPS(one)),
 				ratio(num(c, "gateway_cpu_us_per_delivery"), num(one, "gateway_cpu_us_per_delivery")),
 				ratio(num(c, "redis_cpu_us_per_publish"), num(one, "redis_cpu_us_per_publish")),
@@ -355,7 +373,7 @@ func clusterMarkdown(rep *Report) string {
 	}
 	for _, r := range rep.Results {
 		if r.Error != "" || r.FirstError != "" || len(r.CloseCodes) > 0 || r.Extra["shard_cpu_error"] != nil || r.Extra["shard_stats_error"] != nil {
-			fmt.Fprintf(&b, "\n%s round %v: error %q, first connect error %q (%d), unexpected closes %v, shard CPU error %v, shard stats error %v\n", r.Server, r.Extra["round"],
+			fmt.Fprintf(&b, "\n%s, %v, round %v: error %q, first connect error %q (%d), unexpected closes %v, shard CPU error %v, shard stats error %v\n", r.Server, r.Extra["mode"], r.Extra["round"],
 				oneLine(r.Error), oneLine(r.FirstError), r.ConnectErrors, r.CloseCodes, r.Extra["shard_cpu_error"], r.Extra["shard_stats_error"])
 		}
 	}

@@ -52,7 +52,8 @@ type options struct {
 	histProfile                       time.Duration
 	clChannels, clSubsPerChannel      int
 	clPublishers, clPublishes         int
-	clPublishRate                     float64
+	clPacedPublishes                  int
+	clPacedRate                       float64
 	clSetups                          string
 	clRounds                          int
 }
@@ -106,7 +107,8 @@ func main() {
 	flag.IntVar(&o.clSubsPerChannel, "cluster-subs-per-channel", 20, "cluster: subscribers per channel, all on node A")
 	flag.IntVar(&o.clPublishers, "cluster-publishers", 8, "cluster: publisher connections, all on node B")
 	flag.IntVar(&o.clPublishes, "cluster-publishes", 8000, "cluster: publishes per publisher, round robin over the channels")
-	flag.Float64Var(&o.clPublishRate, "cluster-publish-rate", 0, "cluster: publishes per second per publisher (0: back to back)")
+	flag.IntVar(&o.clPacedPublishes, "cluster-paced-publishes", 2000, "cluster: publishes per publisher of the paced run")
+	flag.Float64Var(&o.clPacedRate, "cluster-paced-rate", 500, "cluster: publishes per second per publisher of the paced run, made after the back-to-back one on each set-up (0: no paced run)")
 	flag.StringVar(&o.clSetups, "cluster-setups", "redis1,cluster3", "cluster: set-ups in each round: redis1 (one redis-server, --redis) and/or clusterN (a Redis Cluster of N masters, --redis-cluster)")
 	flag.IntVar(&o.clRounds, "cluster-rounds", 2, "cluster: rounds of all set-ups, interleaved (the shared machine is noisy)")
 	flag.Parse()
@@ -117,6 +119,7 @@ func main() {
 		o.jsonSubs, o.jsonPublishes, o.churnRate, o.duration, o.timeout = 100, 20, 200, 2*time.Second, 20*time.Second
 		o.histSubs, o.histPublishes, o.recClients, o.recPublications = 200, 50, 100, 100
 		o.clChannels, o.clSubsPerChannel, o.clPublishers, o.clPublishes, o.clRounds = 32, 5, 2, 500, 1
+		o.clPacedPublishes, o.clPacedRate = 100, 100
 	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
