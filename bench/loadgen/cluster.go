@@ -3,6 +3,7 @@ package loadgen
 import (
 	"context"
 	"fmt"
+	"math"
 )
 
 // Shards is what the cluster scenario needs of the Redis behind the nodes
@@ -12,6 +13,38 @@ type Shards struct {
 	// runner reads INFO cpu (microseconds, where /proc/<pid>/stat counts
 	// 10 ms ticks: too coarse for a few seconds of a shard's work).
 	CPU func() ([]float64, error)
+}
+
+// nodeCounters are the nodes' counters that say where a loss happened:
+// publishes node B handed to Redis, publishes node A received from it,
+// node A's pub/sub reconnects (Redis drops a subscriber past its
+// client-output-buffer-limit for pubsub), and the messages node A dropped
+// (all reasons and protocols: an event loop past its backlog drops rather
+// than queue without bound).
+var nodeCounters = []struct {
+	key    string
+	node   int // 0: the subscribers' node A, 1: the publishers' node B
+	metric string
+}{
+	{"node_pub_redis_published", 1, "gateway_redis_published_total"},
+	{"node_sub_redis_received", 0, "gateway_redis_received_total"},
+	{"node_sub_pubsub_reconnects", 0, "gateway_redis_pubsub_reconnects_total"},
+	{"node_sub_dropped_messages", 0, "gateway_dropped_messages_total"},
+}
+
+// readNodeCounters reads nodeCounters, each summed over its series (NaN where a node has no
+// metrics URL or the metric is missing).
+func readNodeCounters(nodes []Target) []float64 {
+	out := make([]float64, len(nodeCounters))
+	for i, c := range nodeCounters {
+		out[i] = math.NaN()
+		if u := nodes[c.node].MetricsURL; u != "" {
+			if v, err := SumMetric(u, c.metric); err == nil {
+				out[i] = v
+			}
+		}
+	}
+	return out
 }
 
 // ClusterFanout is ManyChannels across two nodes: the Channels ×
@@ -24,7 +57,8 @@ type Shards struct {
 // shard_cpu_seconds, shard_cpu_share, redis_cpu_us_per_publish (all shards
 // together) and busiest_shard_cpu_us_per_publish (the busiest shard's CPU
 // over all the publishes: what bounds the publish rate when one shard is
-// saturated). CPU (the result's) is both nodes'.
+// saturated), and the nodeCounters' increments. CPU (the result's) is
+// both nodes'.
 func ClusterFanout(ctx context.Context, cl Cluster, sh Shards, p Params) *Result {
 	rn, err := begin(ctx, "cluster-fanout", cl.Nodes[0], p)
 	rn.r.Server = cl.Label
@@ -36,7 +70,7 @@ func ClusterFanout(ctx context.Context, cl Cluster, sh Shards, p Params) *Result
 	}
 	sub, pub := cl.Nodes[0], cl.Nodes[1]
 	var sub0, pub0 float64
-	var shard0 []float64
+	var shard0, counters0 []float64
 	var serr error
 	mark := func() {
 		if cl.OnMeasure != nil {
@@ -44,11 +78,21 @@ func ClusterFanout(ctx context.Context, cl Cluster, sh Shards, p Params) *Result
 		}
 		shard0, serr = sh.CPU()
 		sub0, pub0 = SampleProcess(sub.PID, "").CPU, SampleProcess(pub.PID, "").CPU
+		counters0 = readNodeCounters(cl.Nodes)
 	}
 	err = rn.channels(sub.WSURL, pub.WSURL, mark)
 	subCPU, pubCPU := SampleProcess(sub.PID, "").CPU-sub0, SampleProcess(pub.PID, "").CPU-pub0
 	shard1, serr1 := sh.CPU()
+	counters1 := readNodeCounters(cl.Nodes)
 	res := rn.finish(err)
+	for i, c := range nodeCounters {
+		if counters0 == nil { // the measured phase never began
+			break
+		}
+		if d := counters1[i] - counters0[i]; !math.IsNaN(d) {
+			rn.extra(c.key, d)
+		}
+	}
 	res.CPU = subCPU + pubCPU
 	res.CPUPM = 0
 	if res.Delivered > 0 {

@@ -354,6 +354,16 @@ func clusterMarkdown(rep *Report) string {
 				100*float64(pb)/float64(max(total, 1)), cpu[i], 100*share[i], cpu[i]*1e6/float64(max(pb, 1)))
 		}
 	}
+	fmt.Fprintf(&b, "\n## Through Redis\n\nThe nodes' counters over the measured phase: publishes node B handed to Redis (`gateway_redis_published_total`), publishes node A received from it (`gateway_redis_received_total`; each is delivered to its channel's subscribers) node A's pub/sub reconnects (Redis closes a subscriber that passes its `client-output-buffer-limit pubsub`; what was sent meanwhile is lost) and the messages node A dropped (`gateway_dropped_messages_total`, all series: an event loop past its backlog drops deliveries rather than queue without bound).\n\n")
+	fmt.Fprintf(&b, "| set-up | publishing | round | publishes | B → Redis | Redis → A | A's pub/sub reconnects | A dropped | lost deliveries |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rep.Results {
+		if r.Error != "" && r.Delivered == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "| %s | %v | %v | %d | %v | %v | %v | %v | %d |\n", r.Server, r.Extra["mode"], r.Extra["round"], r.Publishes,
+			r.Extra["node_pub_redis_published"], r.Extra["node_sub_redis_received"], r.Extra["node_sub_pubsub_reconnects"],
+			r.Extra["node_sub_dropped_messages"], r.Lost)
+	}
 	fmt.Fprintf(&b, "\n## Ratios, cluster / one Redis (same round, same publishing)\n\n| round | publishing | set-up | deliveries/s | publishes/s | gateway CPU per delivery | Redis CPU per publish (all shards) | busiest shard's CPU per publish |\n|---:|---|---|---:|---:|---:|---:|---:|\n")
 	for _, c := range rep.Results {
 		if c.Server == "redis1" || c.Error != "" {
