@@ -68,7 +68,7 @@ bench-micro:
 
 # fuzz: each fuzz target for FUZZTIME.
 fuzz:
-	@for pkg in ./packet ./gateway ./token ./hypothesis; do \
+	@for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
 	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 	    echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; \

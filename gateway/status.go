@@ -434,19 +434,8 @@ func onEveryLoop(ctx context.Context, loops []*Loop, fn func(i int, l *Loop)) er
 // build info; "unknown" when the build recorded none (go test, go run, a
 // build outside a repository).
 func buildCommit() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	rev, dirty := "", false
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
-		}
-	}
+	bi, _ := debug.ReadBuildInfo()
+	rev, dirty := VCSRevision(bi)
 	if rev == "" {
 		return "unknown"
 	}

@@ -37,16 +37,7 @@ func versionFromBuildInfo(bi *debug.BuildInfo) string {
 	if v := bi.Main.Version; v != "" && v != "(devel)" {
 		return v
 	}
-	var rev string
-	var dirty bool
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
-		}
-	}
+	rev, dirty := VCSRevision(bi)
 	if rev == "" {
 		return devVersion
 	}
@@ -57,4 +48,22 @@ func versionFromBuildInfo(bi *debug.BuildInfo) string {
 		rev += "-dirty"
 	}
 	return rev
+}
+
+// VCSRevision returns the VCS revision bi records and whether the work tree
+// was modified; "" when it records none (go test, go run, a build outside a
+// repository) or bi is nil.
+func VCSRevision(bi *debug.BuildInfo) (rev string, modified bool) {
+	if bi == nil {
+		return "", false
+	}
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
+		}
+	}
+	return rev, modified
 }

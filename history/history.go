@@ -47,6 +47,13 @@ type Options struct {
 	// (see MemoryStore); zero means DefaultMaxBytes. A RedisStore is bounded
 	// by Redis's own maxmemory.
 	MaxBytes int64
+	// RedisChannel maps a channel to the Redis pub/sub channel it travels
+	// on (the broker's ChannelName). A RedisStore on a Redis Cluster keeps
+	// a channel's keys in that name's hash slot, so that its script may
+	// SPUBLISH there in the same atomic step; on a single Redis it is not
+	// used. Zero means prefix+"ch:"+channel, the broker's default, with
+	// the RedisStore's prefix.
+	RedisChannel func(channel string) string
 }
 
 // WithDefaults returns o with its zero values replaced by the defaults.

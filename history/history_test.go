@@ -120,131 +120,131 @@ func describe(r Recovery, epoch int64) string {
 	return b.String()
 }
 
-func TestStoreRecovery(t *testing.T) {
-	eachStore(t, 3, func(t *testing.T, s storeUnderTest) {
-		top := appendN(t, s, "c", 1, 5) // keeps 3, 4, 5
-		e := top.Epoch
-		for _, tc := range []struct {
-			since Position
-			want  string
-		}{
-			{Position{}, "same epoch, top 5, recovered true:"},
-			{Position{e, 5}, "same epoch, top 5, recovered true:"},
-			{Position{e, 4}, "same epoch, top 5, recovered true: 5=p5"},
-			{Position{e, 2}, "same epoch, top 5, recovered true: 3=p3 4=p4 5=p5"},
-			{Position{e, 1}, "same epoch, top 5, recovered false:"}, // 2 was trimmed
-			{Position{e, 0}, "same epoch, top 5, recovered false:"},
-			{Position{e, 6}, "same epoch, top 5, recovered false:"}, // above the top
-			{Position{e + 1, 4}, "same epoch, top 5, recovered false:"},
-		} {
-			if got := describe(recoverOK(t, s, "c", tc.since), e); got != tc.want {
-				t.Errorf("Recover(%+v) = %s, want %s", tc.since, got, tc.want)
-			}
+func TestStoreRecovery(t *testing.T) { eachStore(t, 3, testRecovery) }
+
+func testRecovery(t *testing.T, s storeUnderTest) {
+	top := appendN(t, s, "c", 1, 5) // keeps 3, 4, 5
+	e := top.Epoch
+	for _, tc := range []struct {
+		since Position
+		want  string
+	}{
+		{Position{}, "same epoch, top 5, recovered true:"},
+		{Position{e, 5}, "same epoch, top 5, recovered true:"},
+		{Position{e, 4}, "same epoch, top 5, recovered true: 5=p5"},
+		{Position{e, 2}, "same epoch, top 5, recovered true: 3=p3 4=p4 5=p5"},
+		{Position{e, 1}, "same epoch, top 5, recovered false:"}, // 2 was trimmed
+		{Position{e, 0}, "same epoch, top 5, recovered false:"},
+		{Position{e, 6}, "same epoch, top 5, recovered false:"}, // above the top
+		{Position{e + 1, 4}, "same epoch, top 5, recovered false:"},
+	} {
+		if got := describe(recoverOK(t, s, "c", tc.since), e); got != tc.want {
+			t.Errorf("Recover(%+v) = %s, want %s", tc.since, got, tc.want)
 		}
-		// Aged out: nothing is recoverable but the top; the epoch stays.
-		s.ageOut()
-		if got := describe(recoverOK(t, s, "c", Position{e, 4}), e); got != "same epoch, top 5, recovered false:" {
-			t.Errorf("after TTL: %s", got)
-		}
-		if got := describe(recoverOK(t, s, "c", Position{e, 5}), e); got != "same epoch, top 5, recovered true:" {
-			t.Errorf("after TTL, at the top: %s", got)
-		}
-		if pos, _ := s.Append(context.Background(), "c", []byte("p6")); pos != (Position{e, 6}) {
-			t.Errorf("append after TTL: %+v, want epoch kept and offset 6", pos)
-		}
-		if got := describe(recoverOK(t, s, "c", Position{e, 5}), e); got != "same epoch, top 6, recovered true: 6=p6" {
-			t.Errorf("after TTL and a new publish: %s", got)
-		}
-	})
+	}
+	// Aged out: nothing is recoverable but the top; the epoch stays.
+	s.ageOut()
+	if got := describe(recoverOK(t, s, "c", Position{e, 4}), e); got != "same epoch, top 5, recovered false:" {
+		t.Errorf("after TTL: %s", got)
+	}
+	if got := describe(recoverOK(t, s, "c", Position{e, 5}), e); got != "same epoch, top 5, recovered true:" {
+		t.Errorf("after TTL, at the top: %s", got)
+	}
+	if pos, _ := s.Append(context.Background(), "c", []byte("p6")); pos != (Position{e, 6}) {
+		t.Errorf("append after TTL: %+v, want epoch kept and offset 6", pos)
+	}
+	if got := describe(recoverOK(t, s, "c", Position{e, 5}), e); got != "same epoch, top 6, recovered true: 6=p6" {
+		t.Errorf("after TTL and a new publish: %s", got)
+	}
 }
 
 // A channel asked for before its first publish gets its epoch then, and
 // the first publish is offset 1 of that epoch.
-func TestStoreEpochBeforeFirstPublish(t *testing.T) {
-	eachStore(t, 10, func(t *testing.T, s storeUnderTest) {
-		r := recoverOK(t, s, "new", Position{})
-		if r.Top.Epoch == 0 || r.Top.Offset != 0 || !r.Recovered {
-			t.Fatalf("Recover on a new channel: %+v", r)
-		}
-		if pos := appendN(t, s, "new", 1, 1); pos.Epoch != r.Top.Epoch {
-			t.Fatalf("first publish in epoch %d, recovery gave %d", pos.Epoch, r.Top.Epoch)
-		}
-		if got := describe(recoverOK(t, s, "new", r.Top), r.Top.Epoch); got != "same epoch, top 1, recovered true: 1=p1" {
-			t.Fatalf("Recover from the empty top: %s", got)
-		}
-		// Channels are independent.
-		if other := appendN(t, s, "other", 1, 1); other.Epoch == r.Top.Epoch {
-			t.Fatalf("two channels share epoch %d", other.Epoch)
-		}
-	})
+func TestStoreEpochBeforeFirstPublish(t *testing.T) { eachStore(t, 10, testEpochBeforeFirstPublish) }
+
+func testEpochBeforeFirstPublish(t *testing.T, s storeUnderTest) {
+	r := recoverOK(t, s, "new", Position{})
+	if r.Top.Epoch == 0 || r.Top.Offset != 0 || !r.Recovered {
+		t.Fatalf("Recover on a new channel: %+v", r)
+	}
+	if pos := appendN(t, s, "new", 1, 1); pos.Epoch != r.Top.Epoch {
+		t.Fatalf("first publish in epoch %d, recovery gave %d", pos.Epoch, r.Top.Epoch)
+	}
+	if got := describe(recoverOK(t, s, "new", r.Top), r.Top.Epoch); got != "same epoch, top 1, recovered true: 1=p1" {
+		t.Fatalf("Recover from the empty top: %s", got)
+	}
+	// Channels are independent.
+	if other := appendN(t, s, "other", 1, 1); other.Epoch == r.Top.Epoch {
+		t.Fatalf("two channels share epoch %d", other.Epoch)
+	}
 }
 
-func TestStoreConcurrentAppends(t *testing.T) {
-	eachStore(t, 1000, func(t *testing.T, s storeUnderTest) {
-		const writers, each = 8, 50
-		var wg sync.WaitGroup
-		offsets := make(chan int64, writers*each)
-		for w := range writers {
-			wg.Go(func() {
-				for i := range each {
-					pos, err := s.Append(context.Background(), "c", []byte(fmt.Sprintf("w%d-%d", w, i)))
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					offsets <- pos.Offset
+func TestStoreConcurrentAppends(t *testing.T) { eachStore(t, 1000, testConcurrentAppends) }
+
+func testConcurrentAppends(t *testing.T, s storeUnderTest) {
+	const writers, each = 8, 50
+	var wg sync.WaitGroup
+	offsets := make(chan int64, writers*each)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				pos, err := s.Append(context.Background(), "c", []byte(fmt.Sprintf("w%d-%d", w, i)))
+				if err != nil {
+					t.Error(err)
+					return
 				}
-			})
-		}
-		wg.Wait()
-		close(offsets)
-		seen := map[int64]bool{}
-		for o := range offsets {
-			if seen[o] || o < 1 || o > writers*each {
-				t.Fatalf("offset %d repeated or out of range", o)
+				offsets <- pos.Offset
 			}
-			seen[o] = true
+		})
+	}
+	wg.Wait()
+	close(offsets)
+	seen := map[int64]bool{}
+	for o := range offsets {
+		if seen[o] || o < 1 || o > writers*each {
+			t.Fatalf("offset %d repeated or out of range", o)
 		}
-		r := recoverOK(t, s, "c", Position{})
-		r = recoverOK(t, s, "c", Position{r.Top.Epoch, 0})
-		if !r.Recovered || len(r.Publications) != writers*each {
-			t.Fatalf("recovered %v with %d publications", r.Recovered, len(r.Publications))
+		seen[o] = true
+	}
+	r := recoverOK(t, s, "c", Position{})
+	r = recoverOK(t, s, "c", Position{r.Top.Epoch, 0})
+	if !r.Recovered || len(r.Publications) != writers*each {
+		t.Fatalf("recovered %v with %d publications", r.Recovered, len(r.Publications))
+	}
+	for i, p := range r.Publications {
+		if p.Offset != int64(i+1) {
+			t.Fatalf("publication %d has offset %d", i, p.Offset)
 		}
-		for i, p := range r.Publications {
-			if p.Offset != int64(i+1) {
-				t.Fatalf("publication %d has offset %d", i, p.Offset)
-			}
-		}
-	})
+	}
 }
 
-func TestStoreRead(t *testing.T) {
-	eachStore(t, 3, func(t *testing.T, s storeUnderTest) {
-		top := appendN(t, s, "c", 1, 5)
-		for _, tc := range []struct {
-			limit int
-			want  string
-		}{{0, "3 4 5"}, {-1, "3 4 5"}, {2, "4 5"}, {1, "5"}, {10, "3 4 5"}} {
-			pos, pubs, err := s.Read(context.Background(), "c", tc.limit)
-			if err != nil || pos != top {
-				t.Fatalf("Read(%d): %+v, %v; want top %+v", tc.limit, pos, err, top)
-			}
-			var got []string
-			for _, p := range pubs {
-				if string(p.Payload) != fmt.Sprintf("p%d", p.Offset) {
-					t.Fatalf("Read(%d): offset %d holds %q", tc.limit, p.Offset, p.Payload)
-				}
-				got = append(got, fmt.Sprint(p.Offset))
-			}
-			if g := strings.Join(got, " "); g != tc.want {
-				t.Errorf("Read(%d) = %s, want %s", tc.limit, g, tc.want)
-			}
+func TestStoreRead(t *testing.T) { eachStore(t, 3, testRead) }
+
+func testRead(t *testing.T, s storeUnderTest) {
+	top := appendN(t, s, "c", 1, 5)
+	for _, tc := range []struct {
+		limit int
+		want  string
+	}{{0, "3 4 5"}, {-1, "3 4 5"}, {2, "4 5"}, {1, "5"}, {10, "3 4 5"}} {
+		pos, pubs, err := s.Read(context.Background(), "c", tc.limit)
+		if err != nil || pos != top {
+			t.Fatalf("Read(%d): %+v, %v; want top %+v", tc.limit, pos, err, top)
 		}
-		s.ageOut()
-		if pos, pubs, err := s.Read(context.Background(), "c", 0); err != nil || pos != top || len(pubs) != 0 {
-			t.Fatalf("Read after TTL: %+v %d %v", pos, len(pubs), err)
+		var got []string
+		for _, p := range pubs {
+			if string(p.Payload) != fmt.Sprintf("p%d", p.Offset) {
+				t.Fatalf("Read(%d): offset %d holds %q", tc.limit, p.Offset, p.Payload)
+			}
+			got = append(got, fmt.Sprint(p.Offset))
 		}
-	})
+		if g := strings.Join(got, " "); g != tc.want {
+			t.Errorf("Read(%d) = %s, want %s", tc.limit, g, tc.want)
+		}
+	}
+	s.ageOut()
+	if pos, pubs, err := s.Read(context.Background(), "c", 0); err != nil || pos != top || len(pubs) != 0 {
+		t.Fatalf("Read after TTL: %+v %d %v", pos, len(pubs), err)
+	}
 }
 
 func TestMemoryStoreSweep(t *testing.T) {
@@ -387,28 +387,29 @@ func TestRecoverWithinBound(t *testing.T) {
 		"memory": func(t *testing.T) Store { return memoryStore(t, 200).Store },
 		"redis":  func(t *testing.T) Store { s, _ := redisStore(t, 200); return s.Store },
 	} {
-		t.Run(name, func(t *testing.T) {
-			s := mk(t)
-			rw, ok := s.(recoverWithin)
-			if !ok {
-				t.Fatalf("%T has no RecoverWithin", s)
-			}
-			top := appendN(t, s, "c", 1, 150) // payloads "p1".."p150": 2 to 4 bytes
-			since := Position{Epoch: top.Epoch, Offset: 100}
-			// 50 publications of 4 bytes + 10 overhead: 700 bytes.
-			r, err := rw.RecoverWithin(context.Background(), "c", since, 10, 699)
-			if err != nil || r.Recovered || len(r.Publications) != 0 || r.Top != top {
-				t.Fatalf("over the bound: %s, %v", describe(r, top.Epoch), err)
-			}
-			r, err = rw.RecoverWithin(context.Background(), "c", since, 10, 700)
-			if err != nil || !r.Recovered || len(r.Publications) != 50 || r.Publications[0].Offset != 101 || string(r.Publications[49].Payload) != "p150" {
-				t.Fatalf("within the bound: %s, %v", describe(r, top.Epoch), err)
-			}
-			r, err = rw.RecoverWithin(context.Background(), "c", since, 10, 0)
-			if err != nil || !r.Recovered || len(r.Publications) != 50 {
-				t.Fatalf("no bound: %s, %v", describe(r, top.Epoch), err)
-			}
-		})
+		t.Run(name, func(t *testing.T) { testRecoverWithinBound(t, mk(t)) })
+	}
+}
+
+func testRecoverWithinBound(t *testing.T, s Store) {
+	rw, ok := s.(recoverWithin)
+	if !ok {
+		t.Fatalf("%T has no RecoverWithin", s)
+	}
+	top := appendN(t, s, "c", 1, 150) // payloads "p1".."p150": 2 to 4 bytes
+	since := Position{Epoch: top.Epoch, Offset: 100}
+	// 50 publications of 4 bytes + 10 overhead: 700 bytes.
+	r, err := rw.RecoverWithin(context.Background(), "c", since, 10, 699)
+	if err != nil || r.Recovered || len(r.Publications) != 0 || r.Top != top {
+		t.Fatalf("over the bound: %s, %v", describe(r, top.Epoch), err)
+	}
+	r, err = rw.RecoverWithin(context.Background(), "c", since, 10, 700)
+	if err != nil || !r.Recovered || len(r.Publications) != 50 || r.Publications[0].Offset != 101 || string(r.Publications[49].Payload) != "p150" {
+		t.Fatalf("within the bound: %s, %v", describe(r, top.Epoch), err)
+	}
+	r, err = rw.RecoverWithin(context.Background(), "c", since, 10, 0)
+	if err != nil || !r.Recovered || len(r.Publications) != 50 {
+		t.Fatalf("no bound: %s, %v", describe(r, top.Epoch), err)
 	}
 }
 

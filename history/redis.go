@@ -8,16 +8,24 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/internal/redismode"
+	"github.com/wsgateway/gateway/internal/slot"
 )
 
 // RedisStore keeps history in Redis, shared by every node of a cluster.
 //
-// Keys, for a channel C under the prefix P (both keys of a channel share
-// the hash tag {C}, so a Redis Cluster keeps them on one shard):
+// Keys, for a channel C under the prefix P, on a single Redis:
 //
 //	P history:{C}:m   hash: e = epoch (8 bytes, big-endian), t = top offset
 //	P history:{C}:l   list of publications, oldest first; each is
 //	                  offset (8 bytes) | Redis time in ms (8 bytes) | payload
+//
+// On a Redis Cluster the script that appends also publishes (SPUBLISH) on
+// C's Redis pub/sub channel N (Options.RedisChannel), which must then be
+// in the slot of the keys: they are slot.Colocated(P+"history:", N, ":m")
+// and ":l", that is P history:{N}:m and :l for the usual names (N with no
+// brace).
 //
 // The list expires TTL after the last publish, the hash MetaTTL after the
 // last publish or recovery. A list found without its hash (the hash was
@@ -27,15 +35,26 @@ type RedisStore struct {
 	c    redis.UniversalClient
 	opts Options
 	pfx  string
+	// pub is the command the append script publishes with (redismode).
+	pub string
 }
 
 // NewRedisStore returns a store on c with keys under prefix (the node's
-// --redis-prefix).
+// --redis-prefix). c may be a *redis.ClusterClient (see RedisStore).
 func NewRedisStore(c redis.UniversalClient, prefix string, o Options) *RedisStore {
-	return &RedisStore{c: c, opts: o.WithDefaults(), pfx: prefix}
+	o = o.WithDefaults()
+	if o.RedisChannel == nil {
+		o.RedisChannel = func(channel string) string { return prefix + "ch:" + channel }
+	}
+	return &RedisStore{c: c, opts: o, pfx: prefix, pub: redismode.PublishCommand(c)}
 }
 
+// keys returns the list and meta keys of channel.
 func (s *RedisStore) keys(channel string) []string {
+	if redismode.Cluster(s.c) {
+		n := s.opts.RedisChannel(channel)
+		return []string{slot.Colocated(s.pfx+"history:", n, ":l"), slot.Colocated(s.pfx+"history:", n, ":m")}
+	}
 	tag := s.pfx + "history:{" + channel + "}:"
 	return []string{tag + "l", tag + "m"}
 }
@@ -74,10 +93,10 @@ end
 `
 
 // appendScript: KEYS list, meta; ARGV new epoch, ttl ms, meta ttl ms,
-// size, pub/sub channel ("" for none), message head, payload. It keeps
-// the payload as the next offset, trims by size and age, publishes
-// head | epoch | offset | payload on the pub/sub channel and returns
-// {epoch, offset}.
+// size, pub/sub channel ("" for none), message head, payload, publish
+// command (PUBLISH, or SPUBLISH on a cluster). It keeps the payload as the
+// next offset, trims by size and age, publishes head | epoch | offset |
+// payload on the pub/sub channel and returns {epoch, offset}.
 var appendScript = redis.NewScript(luaPrelude + `
 top = top + 1
 redis.call('HSET', KEYS[2], 't', top)
@@ -87,7 +106,7 @@ expire()
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[5], ARGV[6] .. epoch .. pack8(top) .. ARGV[7])
+  redis.call(ARGV[8], ARGV[5], ARGV[6] .. epoch .. pack8(top) .. ARGV[7])
 end
 return {epoch, top}
 `)
@@ -167,10 +186,11 @@ func (s *RedisStore) Append(ctx context.Context, channel string, payload []byte)
 // AppendPublish is Append that also publishes head | epoch (8 bytes) |
 // offset (8 bytes) | payload on the Redis pub/sub channel pubsub, in the
 // same atomic step, so pub/sub order is offset order. An empty pubsub
-// publishes nothing.
+// publishes nothing. On a cluster pubsub must be Options.RedisChannel of
+// channel (Redis refuses the script otherwise).
 func (s *RedisStore) AppendPublish(ctx context.Context, channel string, payload []byte, pubsub string, head []byte) (Position, error) {
 	v, err := appendScript.Run(ctx, s.c, s.keys(channel),
-		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), s.opts.Size, pubsub, head, payload).Slice()
+		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), s.opts.Size, pubsub, head, payload, s.pub).Slice()
 	if err != nil {
 		return Position{}, unavailable(err)
 	}
@@ -183,7 +203,7 @@ func (s *RedisStore) AppendPublish(ctx context.Context, channel string, payload 
 // a pipeline cannot fall back from EVALSHA when Redis lost its scripts.
 func (s *RedisStore) QueueAppendPublish(ctx context.Context, pipe redis.Pipeliner, channel string, payload []byte, pubsub string, head []byte) *redis.Cmd {
 	return appendScript.Eval(ctx, pipe, s.keys(channel),
-		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), s.opts.Size, pubsub, head, payload)
+		epochBytes(newEpoch()), s.ms(s.opts.TTL), s.ms(s.opts.MetaTTL), s.opts.Size, pubsub, head, payload, s.pub)
 }
 
 // ReadPosition reads the answer of a command QueueAppendPublish queued.

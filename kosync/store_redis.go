@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/internal/redismode"
+	"github.com/wsgateway/gateway/internal/slot"
 )
 
 // DefaultRedisPrefix is the key prefix NewRedisStore uses when given "".
@@ -30,9 +33,16 @@ const redisMaxBackoff = 5 * time.Millisecond
 // Names are used verbatim in keys and never in a KEYS/SCAN pattern. Checks
 // and writes are optimistic transactions (WATCH/MULTI/EXEC), retried on
 // conflict; an UpdateDocument fn may therefore run more than once and must
-// have no side effects. The two keys of a user lie in different hash slots,
-// so the store needs a single Redis (or a primary with replicas), not Redis
-// Cluster.
+// have no side effects.
+//
+// A transaction touches both keys of a user, so on a Redis Cluster (a
+// *redis.ClusterClient) they share a hash tag, the user's name, and the
+// users spread over the shards:
+//
+//	<prefix>kosync:user:{<name>}  <prefix>kosync:docs:{<name>}
+//
+// (slot.Colocated: a name with a brace becomes {<tag>}=<name>). On a
+// single Redis the names stay as above, without the tag.
 //
 // Failures to reach Redis (connection refused, timeouts, a closed
 // connection, pool exhaustion, the context ending) wrap ErrUnavailable;
@@ -40,6 +50,8 @@ const redisMaxBackoff = 5 * time.Millisecond
 type RedisStore struct {
 	c      redis.UniversalClient
 	prefix string
+	// tagged: the keys carry the user's hash tag (a cluster).
+	tagged bool
 }
 
 var _ Store = (*RedisStore)(nil)
@@ -51,11 +63,19 @@ func NewRedisStore(client redis.UniversalClient, prefix string) *RedisStore {
 	if prefix == "" {
 		prefix = DefaultRedisPrefix
 	}
-	return &RedisStore{c: client, prefix: prefix}
+	return &RedisStore{c: client, prefix: prefix, tagged: redismode.Cluster(client)}
 }
 
-func (s *RedisStore) userKey(name string) string { return s.prefix + "kosync:user:" + name }
-func (s *RedisStore) docsKey(name string) string { return s.prefix + "kosync:docs:" + name }
+func (s *RedisStore) userKey(name string) string { return s.key("kosync:user:", name) }
+func (s *RedisStore) docsKey(name string) string { return s.key("kosync:docs:", name) }
+
+// key is the key of kind ("kosync:user:", "kosync:docs:") for a user.
+func (s *RedisStore) key(kind, name string) string {
+	if s.tagged {
+		return slot.Colocated(s.prefix+kind, name, "")
+	}
+	return s.prefix + kind + name
+}
 
 // Close implements Store. It does not close the client, which belongs to
 // the caller.

@@ -719,3 +719,58 @@ func benchUpdateDocument(b *testing.B, s Store) {
 		}
 	}
 }
+
+// TestRedisStoreCluster runs the Store contract on a 3-master Redis
+// Cluster, then proves the per-user hash tag: many users' transactions
+// succeed, each user's two keys on one master, the users over all three.
+func TestRedisStoreCluster(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, 3, 0)
+	c := cl.NewClusterClient(t)
+	testStore(t, func(t *testing.T) Store {
+		return NewRedisStore(c, fmt.Sprintf("kosynctest%d:", redisStoreSeq.Add(1)))
+	})
+
+	t.Run("UsersOverAllShards", func(t *testing.T) {
+		ctx := context.Background()
+		s := NewRedisStore(c, "")
+		masters := map[*redistest.Server]bool{}
+		for i := range 24 {
+			name := fmt.Sprintf("reader%d", i)
+			if i == 0 {
+				name = "a{b}c" // a brace in the name: a tag of its slot
+			}
+			if err := s.CreateUser(ctx, name, "h"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.UpdateDocument(ctx, name, "h", "doc", func(*Document) (*Document, error) {
+				return &Document{Progress: mtStr(name)}, nil
+			}); err != nil {
+				t.Fatalf("UpdateDocument(%q): %v", name, err)
+			}
+			if d, err := s.Document(ctx, name, "doc"); err != nil || d == nil || *d.Progress != name {
+				t.Fatalf("Document(%q): %+v, %v", name, d, err)
+			}
+			m := cl.Holder(t, s.userKey(name))
+			if m == nil || cl.Holder(t, s.docsKey(name)) != m {
+				t.Fatalf("%q: user key on %v, docs key on %v", name, m, cl.Holder(t, s.docsKey(name)))
+			}
+			masters[m] = true
+			if err := s.SetHash(ctx, name, "h", "h2"); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.DeleteUser(ctx, name, "h2"); err != nil {
+				t.Fatal(err)
+			}
+			if cl.Holder(t, s.docsKey(name)) != nil {
+				t.Fatalf("%q: docs key left after DeleteUser", name)
+			}
+		}
+		if len(masters) != 3 {
+			t.Fatalf("users on %d masters, want 3", len(masters))
+		}
+		if got := s.userKey("alice"); got != "gateway:kosync:user:{alice}" {
+			t.Errorf("user key %q, want gateway:kosync:user:{alice}", got)
+		}
+	})
+}

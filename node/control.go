@@ -6,9 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/wsgateway/gateway/gateway"
+	"github.com/wsgateway/gateway/internal/redismode"
 	"github.com/wsgateway/gateway/session"
 )
 
@@ -20,6 +19,8 @@ import (
 // (wsify.RedisChannelName). Like every pub/sub message, a request is lost
 // for a node cut off from Redis when it is sent; a disconnect is a nudge,
 // not a state, so nothing replays it (a revocation is the durable tool).
+// On a Redis Cluster it is a sharded channel (SPUBLISH/SSUBSCRIBE, see
+// redismode), carried by the shard that owns its slot.
 
 // controlChannel names the control channel under the broker's prefix.
 func controlChannel(prefix string) string { return prefix + "control" }
@@ -54,7 +55,7 @@ func (n *Node) forwardDisconnect(ctx context.Context, d gateway.Disconnect) (int
 	if err != nil {
 		return 0, err
 	}
-	got, err := n.redis.Publish(ctx, n.controlChannel(), b).Result()
+	got, err := redismode.Publish(ctx, n.redis, n.controlChannel(), b).Result()
 	if err != nil {
 		return 0, err
 	}
@@ -64,28 +65,13 @@ func (n *Node) forwardDisconnect(ctx context.Context, d gateway.Disconnect) (int
 	return int(max(got, 0)), nil
 }
 
-// watchControl subscribes to the control channel until ctx ends and acts
-// on the requests of other nodes. go-redis resubscribes by itself after a
-// reconnect.
-func (n *Node) watchControl(ctx context.Context, ps *redis.PubSub) {
-	defer ps.Close()
-	ch := ps.ChannelWithSubscriptions()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case msg, ok := <-ch:
-			if !ok {
-				return
-			}
-			switch m := msg.(type) {
-			case *redis.Subscription:
-				n.controlLive.Store(m.Kind == "subscribe")
-			case *redis.Message:
-				n.control([]byte(m.Payload))
-			}
-		}
-	}
+// watchControl listens on the control channel until ctx ends and acts on
+// the requests of other nodes; it resubscribes by itself after a
+// reconnect (redismode.Listen).
+func (n *Node) watchControl(ctx context.Context) {
+	_ = redismode.Listen(ctx, n.redis, n.controlChannel(),
+		func() { n.controlLive.Store(true) },
+		func(payload string) { n.control([]byte(payload)) })
 }
 
 // control acts on one request from the control channel. Malformed ones
@@ -129,14 +115,14 @@ func (n *Node) clusterStatus(ctx context.Context) gateway.ClusterStatus {
 	if n.redis == nil {
 		return gateway.ClusterStatus{Nodes: -1}
 	}
-	st := gateway.ClusterStatus{Redis: n.redis.Options().Addr, RedisUp: n.redisUp.Load(), Nodes: -1}
+	st := gateway.ClusterStatus{Redis: redisAddr(n.redis), RedisUp: n.redisUp.Load(), Nodes: -1}
 	ctx, cancel := context.WithTimeout(ctx, clusterStatusWait)
 	defer cancel()
-	subs, err := n.redis.PubSubNumSub(ctx, n.controlChannel()).Result()
+	subs, err := redismode.NumSub(ctx, n.redis, n.controlChannel())
 	if err != nil {
 		st.NodesErr = err.Error()
 		return st
 	}
-	st.Nodes = int(subs[n.controlChannel()])
+	st.Nodes = int(subs)
 	return st
 }

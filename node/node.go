@@ -74,6 +74,14 @@ type Config struct {
 	// password or database number yet: the master is reached without
 	// AUTH, database 0.
 	RedisSentinel string
+	// RedisCluster ("host:port[,host:port…]", seed nodes; ParseRedisCluster
+	// checks the form) runs every Redis use on a Redis Cluster: keys that
+	// one operation touches together share a hash tag, publishes travel by
+	// sharded pub/sub (SPUBLISH/SSUBSCRIBE), and the client follows slot
+	// moves and failovers. Exclusive with RedisURL and RedisSentinel. Zero
+	// means no cluster. No password yet: the nodes are reached without
+	// AUTH.
+	RedisCluster string
 	// RedisPrefix starts every Redis key and channel: zero means
 	// session.DefaultRedisPrefix ("gateway:").
 	RedisPrefix string
@@ -158,7 +166,7 @@ type Node struct {
 	// revLog writes the revocations the node applies and the sessions
 	// they close (info, collapsed per kind: a reload replays them all).
 	revLog *ratelog.Logger
-	redis  *redis.Client
+	redis  redis.UniversalClient
 	store  token.Store
 	docs   kosync.Store
 	wsify  *wsify.Protocol
@@ -253,7 +261,7 @@ func (n *Node) redisDataLost() {
 	n.dataLost.Add(1)
 	n.log.Error("Redis came back without its data (the node's marker key is gone): KOReader accounts and reading "+
 		"progress stored there are lost, revocations known to this node were written back. "+
-		"Run Redis with persistence (--appendonly yes)", "redis", n.redis.Options().Addr)
+		"Run Redis with persistence (--appendonly yes)", "redis", redisAddr(n.redis))
 }
 
 // checkAdminBind refuses an admin listener reachable from other hosts
@@ -357,7 +365,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	}
 	if n.redis != nil {
 		ao.Forward = n.forwardDisconnect
-		go n.watchControl(ctx, n.redis.Subscribe(ctx, n.controlChannel()))
+		go n.watchControl(ctx)
 	}
 	if !cfg.NoAdmin {
 		n.Admin = gateway.NewAdmin(n.Server, ao)
@@ -588,14 +596,14 @@ func cmpOr(v, def string) string {
 // openStores picks where revocations live and how publishes cross nodes:
 // Redis when configured, else the data dir and a standalone broker.
 func (n *Node) openStores(cfg Config) (session.Broker, error) {
-	if cfg.RedisURL != "" && cfg.RedisSentinel != "" {
-		return nil, errors.New("--redis and --redis-sentinel are exclusive: give one")
+	if err := cfg.CheckRedis(); err != nil {
+		return nil, err
 	}
-	if cfg.RedisURL == "" && cfg.RedisSentinel == "" && cfg.NoDataDir {
+	if !cfg.UsesRedis() && cfg.NoDataDir {
 		n.store = &memoryStore{}
 		return &session.Standalone{}, nil
 	}
-	if cfg.RedisURL == "" && cfg.RedisSentinel == "" {
+	if !cfg.UsesRedis() {
 		fs, err := token.OpenFileStore(cfg.DataDir)
 		if err != nil {
 			return nil, fmt.Errorf("revocation log: %w", err)
@@ -611,33 +619,71 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 	n.redis = client
 	prefix := cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix)
 	n.store = token.NewRedisStore(n.redis, prefix)
+	name := wsify.RedisChannelName(cfg.WsifyRedisPrefix, prefix)
 	b := session.NewRedisBroker(session.RedisBrokerOptions{
 		Client: n.redis, Prefix: prefix, Logger: n.log,
-		ChannelName: wsify.RedisChannelName(cfg.WsifyRedisPrefix, prefix),
+		ChannelName: name,
 		Raw:         wsify.RedisChannelRaw(cfg.WsifyRedisPrefix, prefix),
 	})
 	if cfg.History.Size > 0 {
-		b.EnableHistory(history.NewRedisStore(n.redis, prefix, cfg.History))
+		o := cfg.History
+		o.RedisChannel = name // a cluster keeps a channel's history in its pub/sub channel's slot
+		b.EnableHistory(history.NewRedisStore(n.redis, prefix, o))
 	}
 	return b, nil
 }
 
-// newRedisClient builds the one client every Redis use shares: a plain
-// client for RedisURL, a failover client for RedisSentinel. Both are a
-// *redis.Client, so the broker and the stores do not know which.
-func newRedisClient(cfg Config) (*redis.Client, error) {
-	if cfg.RedisSentinel == "" {
-		opt, err := redis.ParseURL(cfg.RedisURL)
-		if err != nil {
-			return nil, fmt.Errorf("--redis: %w", err)
+// UsesRedis reports whether cfg names a Redis of any kind.
+func (cfg Config) UsesRedis() bool {
+	return cfg.RedisURL != "" || cfg.RedisSentinel != "" || cfg.RedisCluster != ""
+}
+
+// CheckRedis checks cfg's Redis settings without dialing: at most one of
+// RedisURL, RedisSentinel and RedisCluster, and a Sentinel or cluster
+// list well formed. Its errors name the flags, for a usage error.
+func (cfg Config) CheckRedis() error {
+	given := 0
+	for _, v := range []string{cfg.RedisURL, cfg.RedisSentinel, cfg.RedisCluster} {
+		if v != "" {
+			given++
 		}
-		return redis.NewClient(opt), nil
 	}
-	name, addrs, err := ParseRedisSentinel(cfg.RedisSentinel)
+	var err error
+	switch {
+	case given > 1:
+		err = errors.New("--redis, --redis-sentinel and --redis-cluster are exclusive: give one")
+	case cfg.RedisCluster != "":
+		_, err = ParseRedisCluster(cfg.RedisCluster)
+	case cfg.RedisSentinel != "":
+		_, _, err = ParseRedisSentinel(cfg.RedisSentinel)
+	}
+	return err
+}
+
+// newRedisClient builds the one client every Redis use shares: a plain
+// client for RedisURL, a failover client for RedisSentinel (both a
+// *redis.Client), a *redis.ClusterClient for RedisCluster. The broker and
+// the stores tell a cluster by that type.
+func newRedisClient(cfg Config) (redis.UniversalClient, error) {
+	switch {
+	case cfg.RedisCluster != "":
+		addrs, err := ParseRedisCluster(cfg.RedisCluster)
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs}), nil
+	case cfg.RedisSentinel != "":
+		name, addrs, err := ParseRedisSentinel(cfg.RedisSentinel)
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: name, SentinelAddrs: addrs}), nil
+	}
+	opt, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--redis: %w", err)
 	}
-	return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: name, SentinelAddrs: addrs}), nil
+	return redis.NewClient(opt), nil
 }
 
 // ParseRedisSentinel splits a RedisSentinel value,
@@ -649,6 +695,32 @@ func ParseRedisSentinel(v string) (name string, addrs []string, err error) {
 	if !ok || name == "" {
 		return "", nil, fmt.Errorf("--redis-sentinel %q: want master-name@host:port[,host:port...]", v)
 	}
+	addrs, err = parseAddrs("--redis-sentinel", "sentinel", list)
+	if err != nil {
+		return "", nil, err
+	}
+	if len(addrs) == 0 {
+		return "", nil, fmt.Errorf("--redis-sentinel %q: no sentinel address after the @", v)
+	}
+	return name, addrs, nil
+}
+
+// ParseRedisCluster splits a RedisCluster value, "host:port[,host:port…]",
+// into the seed nodes' addresses; no address, or one that is not host:port
+// with a port, is an error naming the flag.
+func ParseRedisCluster(v string) ([]string, error) {
+	addrs, err := parseAddrs("--redis-cluster", "seed node", v)
+	if err == nil && len(addrs) == 0 {
+		err = fmt.Errorf("--redis-cluster %q: want host:port[,host:port...]", v)
+	}
+	return addrs, err
+}
+
+// parseAddrs splits a comma-separated list of host:port addresses
+// (blanks around them and empty items skipped); errors name flag and what
+// an address is.
+func parseAddrs(flag, what, list string) ([]string, error) {
+	var addrs []string
 	for a := range strings.SplitSeq(list, ",") {
 		a = strings.TrimSpace(a)
 		if a == "" {
@@ -656,17 +728,24 @@ func ParseRedisSentinel(v string) (name string, addrs []string, err error) {
 		}
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" {
-			return "", nil, fmt.Errorf("--redis-sentinel: sentinel address %q: want host:port", a)
+			return nil, fmt.Errorf("%s: %s address %q: want host:port", flag, what, a)
 		}
 		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-			return "", nil, fmt.Errorf("--redis-sentinel: sentinel address %q: port must be 1..65535", a)
+			return nil, fmt.Errorf("%s: %s address %q: port must be 1..65535", flag, what, a)
 		}
 		addrs = append(addrs, a)
 	}
-	if len(addrs) == 0 {
-		return "", nil, fmt.Errorf("--redis-sentinel %q: no sentinel address after the @", v)
+	return addrs, nil
+}
+
+// redisAddr names the Redis a client reaches, for logs and the status
+// page: the address of a plain or failover client (go-redis gives
+// "FailoverClient" for the latter), the seed nodes of a cluster client.
+func redisAddr(c redis.UniversalClient) string {
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		return strings.Join(cc.Options().Addrs, ",")
 	}
-	return name, addrs, nil
+	return c.(*redis.Client).Options().Addr
 }
 
 // revoked is the Revoker's callback, from any goroutine: it asks for a

@@ -41,15 +41,3 @@ func TestParseRedisSentinel(t *testing.T) {
 		}
 	}
 }
-
-// TestRedisSentinelExclusive: a Config with both RedisURL and
-// RedisSentinel is refused before anything is dialed.
-func TestRedisSentinelExclusive(t *testing.T) {
-	_, err := Start(Config{
-		Listen: "127.0.0.1:0", NoAdmin: true, DataDir: t.TempDir(),
-		RedisURL: "redis://127.0.0.1:1", RedisSentinel: "m@127.0.0.1:2",
-	})
-	if err == nil || !strings.Contains(err.Error(), "exclusive") {
-		t.Fatalf("Start: %v, want the exclusive error", err)
-	}
-}

@@ -17,6 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/history"
+	"github.com/wsgateway/gateway/internal/ratelog"
+	"github.com/wsgateway/gateway/internal/shardps"
 )
 
 // Redis broker protocol
@@ -62,6 +64,24 @@ import (
 // The broker also sends UNSUBSCRIBE <prefix>sync:<n> (n a decimal number) on
 // its own subscription connection as an ordering barrier (see Live below).
 // Nothing is ever published on <prefix>sync:*; those names are reserved.
+//
+// Redis Cluster. With a *redis.ClusterClient the same names travel on
+// sharded pub/sub: SSUBSCRIBE, SUNSUBSCRIBE and SPUBLISH (Redis 7), so a
+// publish costs only the shard that owns its channel's slot. An outside
+// publisher uses
+//
+//	redis-cli -c SPUBLISH gateway:ch:news '{"x":1}'
+//
+// (a classic PUBLISH on a cluster reaches no node). The subscriptions run
+// on internal/shardps: one connection per shard, one command per slot. The
+// barrier is then an SUNSUBSCRIBE of <prefix>sync:<n>{<tag>} on every shard,
+// <tag> picking a slot that shard owns; the round is confirmed when every
+// shard has answered. A shard's failover, a slot migration or a broken
+// subscription connection is a reconnect (Reconnected) once its channels
+// are subscribed again on the new owner. A batch of publishes that fails on
+// some shards counts those as PublishErrors and tells go-redis to reload its
+// slot map; only a batch failing everywhere makes the broker count Redis as
+// down.
 //
 // Envelope. Every message a node publishes on a channel that is not raw is
 //
@@ -128,8 +148,6 @@ const (
 	// trying Redis after a batch failed, and how often it PINGs Redis
 	// while it knows it is down.
 	redisDownPause = time.Second
-	// redisLogEvery rate-limits each kind of error log line.
-	redisLogEvery = time.Second
 	// redisNameCache bounds the publisher's cache of Redis channel names.
 	redisNameCache = 4096
 )
@@ -141,10 +159,10 @@ var errRedisBrokerClosed = fmt.Errorf("redis broker closed: %w", ErrBrokerBusy)
 // RedisBrokerOptions configures a RedisBroker.
 type RedisBrokerOptions struct {
 	// Client is the Redis client; required. The broker uses one pub/sub
-	// connection of it for all channels plus its pool for publishes. A
-	// *redis.Client or *redis.ClusterClient works; a *redis.Ring does not
-	// (Start fails), since Ring shards pub/sub by channel. The broker does
-	// not close it.
+	// connection of it for all channels (on a *redis.ClusterClient: one
+	// per shard, sharded pub/sub) plus its pool for publishes. A
+	// *redis.Ring does not work (Start fails), since Ring shards pub/sub
+	// by channel. The broker does not close it.
 	Client redis.UniversalClient
 	// Prefix starts every Redis name the broker uses (see the protocol
 	// comment above); zero means DefaultRedisPrefix, "gateway:".
@@ -208,8 +226,9 @@ type BrokerStats struct {
 // receive loop retries about every 100 ms, its pool at least once a second).
 // A publish accepted while Redis is down reaches the local subscribers (the
 // hub delivers those; on raw channels it does not, and the publish reaches
-// nobody) but no other node: its batch fails, is logged (at most one line
-// per second) and counted in PublishErrors, and the publisher goes on. From
+// nobody) but no other node: its batch fails, is logged (collapsed by
+// internal/ratelog: one line per kind and interval, with repeated=<count>)
+// and counted in PublishErrors, and the publisher goes on. From
 // that failure on the broker counts Redis as down (BrokerStats.Down) until
 // a batch succeeds or a PING, sent every second meanwhile, is answered;
 // while down, Publish refuses raw-channel publishes with ErrBrokerDown.
@@ -277,7 +296,9 @@ type RedisBroker struct {
 	started   bool
 	closeOnce sync.Once
 	closed    atomic.Bool
-	ps        *redis.PubSub
+	ps        *redis.PubSub   // on one Redis
+	sps       *shardps.PubSub // on a Redis Cluster (then cluster is set)
+	cluster   *redis.ClusterClient
 	psCh      <-chan any
 	h         BrokerHandler
 
@@ -311,7 +332,7 @@ type RedisBroker struct {
 
 	hist *history.RedisStore // EnableHistory; nil: no channel keeps history
 
-	pubLog, subLog, readLog logLimiter
+	rlog *ratelog.Logger // warnings, collapsed per kind
 }
 
 type pubItem struct {
@@ -368,6 +389,7 @@ func NewRedisBroker(o RedisBrokerOptions) *RedisBroker {
 		syncPrefix: o.Prefix + "sync:",
 		nodeID:     o.NodeID,
 		log:        o.Logger.With("component", "redis-broker", "node", hex.EncodeToString(o.NodeID[:])),
+		rlog:       ratelog.New(o.Logger.With("component", "redis-broker", "node", hex.EncodeToString(o.NodeID[:])), slog.LevelWarn, 0),
 		onLag:      o.OnLag,
 		queue:      make(chan pubItem, o.QueueSize),
 		ctx:        ctx,
@@ -415,10 +437,17 @@ func (b *RedisBroker) Start(h BrokerHandler) error {
 	}
 	b.started = true
 	b.h = h
-	// With no channels this makes no connection yet; go-redis's receive
-	// loop, started by ChannelWithSubscriptions, dials and redials.
-	b.ps = b.client.Subscribe(b.ctx)
-	b.psCh = b.ps.ChannelWithSubscriptions(redis.WithChannelSize(redisChannelSize))
+	if cc, ok := b.client.(*redis.ClusterClient); ok {
+		b.cluster = cc
+		b.sps = shardps.New(shardps.Options{Cluster: cc, Logger: b.log, Buffer: redisChannelSize})
+		b.psCh = b.sps.Channel()
+	} else {
+		// With no channels this makes no connection yet; go-redis's
+		// receive loop, started by ChannelWithSubscriptions, dials and
+		// redials.
+		b.ps = b.client.Subscribe(b.ctx)
+		b.psCh = b.ps.ChannelWithSubscriptions(redis.WithChannelSize(redisChannelSize))
+	}
 	b.wg.Add(3)
 	go b.runPublisher()
 	go b.runSubscriber()
@@ -616,7 +645,9 @@ func (b *RedisBroker) Close() error {
 		b.wg.Wait()
 		grace.Stop()
 		b.cancel()
-		if e := b.ps.Close(); e != nil {
+		if b.sps != nil {
+			err = b.sps.Close()
+		} else if e := b.ps.Close(); e != nil {
 			err = e
 		}
 		// go-redis closes its channel once its receive loop sees the close;
@@ -738,7 +769,11 @@ func (p *publisher) send() {
 			b.hist.QueueAppendPublish(b.ctx, p.pipe, it.channel, it.data[envelopeKeptHead:], name, it.data[:envelopeKeptHead])
 			continue
 		}
-		p.pipe.Publish(b.ctx, name, it.data)
+		if b.cluster != nil {
+			p.pipe.SPublish(b.ctx, name, it.data)
+		} else {
+			p.pipe.Publish(b.ctx, name, it.data)
+		}
 	}
 	cmds, err := p.pipe.Exec(b.ctx)
 	if err == nil {
@@ -764,6 +799,16 @@ func (p *publisher) send() {
 		p.answer(cmds, err)
 		return
 	}
+	if b.cluster != nil {
+		// A shard failing over: its slot map is stale in go-redis until
+		// told. The other shards took their part, so Redis is not down.
+		b.cluster.ReloadState(b.ctx)
+		if failed < n {
+			p.answer(cmds, err)
+			b.warn("publish", "redis broker: publish failed on a shard", "err", err, "dropped", failed)
+			return
+		}
+	}
 	// go-redis has retried already; an error means Redis is unreachable or
 	// failing. Drop instead of sending for a while, so the queue keeps
 	// moving (and Publish keeps accepting) rather than waiting out a dial
@@ -774,7 +819,7 @@ func (p *publisher) send() {
 		p.probe.Reset(redisDownPause)
 	}
 	p.answer(cmds, err)
-	b.pubLog.warn(b.log, "redis broker: publish failed; dropping publishes to other nodes for a second",
+	b.warn("publish", "redis broker: publish failed; dropping publishes to other nodes for a second",
 		"err", err, "dropped", failed)
 }
 
@@ -933,10 +978,14 @@ func (b *RedisBroker) runSubscriber() {
 // the failure itself made go-redis reconnect at once (it resubscribes
 // before recording the new name), so failed names are redone.
 func (b *RedisBroker) subscribe(channels, names []string) (failed []string) {
+	if b.sps != nil {
+		b.sps.Subscribe(names...) // shardps redoes what fails itself
+		return nil
+	}
 	for len(names) > 0 {
 		n := min(len(names), redisSubscribeChunk)
 		if err := b.ps.Subscribe(b.ctx, names[:n]...); err != nil && b.ctx.Err() == nil {
-			b.subLog.warn(b.log, "redis broker: subscribe failed; will retry", "err", err)
+			b.warn("subscribe", "redis broker: subscribe failed; will retry", "err", err)
 			failed = append(failed, channels[:n]...)
 		}
 		names, channels = names[n:], channels[n:]
@@ -949,13 +998,20 @@ func (b *RedisBroker) subscribe(channels, names []string) (failed []string) {
 // the command fails, and a new connection does not have them, so failures
 // need no retry; a lost barrier is sent again by the retry timer.
 func (b *RedisBroker) unsubscribe(names []string, round uint64, barrier bool) {
+	if b.sps != nil {
+		b.sps.Unsubscribe(names...)
+		if barrier {
+			b.sps.Barrier(b.syncPrefix + strconv.FormatUint(round, 10))
+		}
+		return
+	}
 	if barrier {
 		names = append(names, b.syncPrefix+strconv.FormatUint(round, 10))
 	}
 	for len(names) > 0 {
 		n := min(len(names), redisSubscribeChunk)
 		if err := b.ps.Unsubscribe(b.ctx, names[:n]...); err != nil && b.ctx.Err() == nil {
-			b.subLog.warn(b.log, "redis broker: unsubscribe failed", "err", err)
+			b.warn("unsubscribe", "redis broker: unsubscribe failed", "err", err)
 		}
 		names = names[n:]
 	}
@@ -980,6 +1036,12 @@ func (b *RedisBroker) runReader() {
 		switch m := m.(type) {
 		case *redis.Message:
 			b.deliver(m)
+		case shardps.Barrier:
+			if round, err := strconv.ParseUint(strings.TrimPrefix(m.Name, b.syncPrefix), 10, 64); err == nil {
+				b.barrier(round)
+			}
+		case shardps.Reconnected:
+			b.reconnected("shard", m.Shard)
 		case *redis.Subscription:
 			switch m.Kind {
 			case "subscribe":
@@ -992,9 +1054,7 @@ func (b *RedisBroker) runReader() {
 				// resubscription), and each later count would then look
 				// like another reconnect.
 				if m.Count == 1 && len(onConn) > 0 {
-					b.reconnects.Add(1)
-					b.readLog.warn(b.log, "redis broker: reconnected; publishes from other nodes may have been lost")
-					b.h.Reconnected()
+					b.reconnected()
 					clear(onConn)
 				}
 				onConn[m.Channel] = struct{}{}
@@ -1009,6 +1069,14 @@ func (b *RedisBroker) runReader() {
 			}
 		}
 	}
+}
+
+// reconnected reports a new subscription connection: publishes may have
+// been lost on its channels meanwhile.
+func (b *RedisBroker) reconnected(logArgs ...any) {
+	b.reconnects.Add(1)
+	b.warn("reconnect", "redis broker: reconnected; publishes from other nodes may have been lost", logArgs...)
+	b.h.Reconnected()
 }
 
 // barrier handles the reply to the barrier of round: every channel
@@ -1092,7 +1160,7 @@ func (b *RedisBroker) deliver(m *redis.Message) {
 	if len(p) >= 2 && p[0] == 0x00 && p[1] == 'G' {
 		if len(p) < envelopeHeaderLen || p[2] != envelopeVersion {
 			b.malformed.Add(1)
-			b.readLog.warn(b.log, "redis broker: dropped message with unknown envelope",
+			b.warn("envelope", "redis broker: dropped message with unknown envelope",
 				"channel", channel, "len", len(p))
 			return
 		}
@@ -1119,28 +1187,9 @@ func (b *RedisBroker) observeLag(p string) {
 	}
 }
 
-// logLimiter lets through at most one line per redisLogEvery and counts
-// the lines it held back.
-type logLimiter struct {
-	mu         sync.Mutex
-	next       time.Time
-	suppressed int
-}
-
-func (l *logLimiter) warn(log *slog.Logger, msg string, args ...any) {
-	now := time.Now()
-	l.mu.Lock()
-	if now.Before(l.next) {
-		l.suppressed++
-		l.mu.Unlock()
-		return
-	}
-	n := l.suppressed
-	l.suppressed = 0
-	l.next = now.Add(redisLogEvery)
-	l.mu.Unlock()
-	if n > 0 {
-		args = append(args, "suppressed", n)
-	}
-	log.Warn(msg, args...)
+// warn logs a warning of kind (a closed set: "publish", "subscribe",
+// "unsubscribe", "reconnect", "envelope") through the broker's ratelog:
+// repeats within the interval are collapsed into one line with a count.
+func (b *RedisBroker) warn(kind, msg string, args ...any) {
+	b.rlog.Log(kind, msg, slog.Group("", args...))
 }

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/internal/redismode"
+	"github.com/wsgateway/gateway/internal/slot"
 )
 
 // RedisStore keeps revocations in Redis, shared by every node, and announces
@@ -22,34 +25,58 @@ import (
 //	<prefix>revocations           the channel; messages are JSON records
 //	<prefix>marker                a random value, written once (see Marker)
 //
+// On a Redis Cluster (a *redis.ClusterClient) the script that stores a
+// revocation also publishes it, with SPUBLISH, which Redis allows only on
+// a channel in the slot of the script's keys: every key then carries the
+// channel's name as its hash tag, and all of them live on the shard that
+// owns the channel (revocations are few and small):
+//
+//	<prefix>revoked:{<prefix>revocations}:id:<16 hex>
+//	<prefix>revoked:{<prefix>revocations}:sub:<subject>
+//	<prefix>marker:{<prefix>revocations}
+//
+// The marker thus watches the shard that holds the revocations it
+// protects. Watch subscribes with SSUBSCRIBE there.
+//
 // Each revocation key expires (PEXPIREAT) with its record. Durability across
 // a Redis crash is Redis's own (AOF/RDB configuration): run Redis with
 // persistence. Marker lets nodes notice when it was lost anyway. Safe for
 // concurrent use.
 type RedisStore struct {
 	client  redis.UniversalClient
-	prefix  string
 	channel string
+	// revoked starts every revocation key: <prefix>revoked: on a single
+	// Redis, with the channel's hash tag on a cluster.
+	revoked string
+	marker  string
+	// pub is the command revokeScript publishes with (redismode).
+	pub string
 }
 
 // NewRedisStore returns a store using client, whose key names all start
 // with prefix (for instance "gateway:"). The client stays the caller's:
-// Close does not close it.
+// Close does not close it. client may be a *redis.ClusterClient (see
+// RedisStore).
 func NewRedisStore(client redis.UniversalClient, prefix string) *RedisStore {
-	return &RedisStore{client: client, prefix: prefix, channel: prefix + "revocations"}
+	s := &RedisStore{client: client, channel: prefix + "revocations", pub: redismode.PublishCommand(client)}
+	s.revoked, s.marker = prefix+"revoked:", prefix+"marker"
+	if redismode.Cluster(client) {
+		s.revoked = slot.Colocated(prefix+"revoked:", s.channel, ":")
+		s.marker = slot.Colocated(prefix+"marker:", s.channel, "")
+	}
+	return s
 }
 
 // Channel returns the name of the pub/sub channel.
 func (s *RedisStore) Channel() string { return s.channel }
 
-func (s *RedisStore) idKey(id KeyID) string        { return s.prefix + "revoked:id:" + id.String() }
-func (s *RedisStore) subKey(subject string) string { return s.prefix + "revoked:sub:" + subject }
-func (s *RedisStore) markerKey() string            { return s.prefix + "marker" }
+func (s *RedisStore) idKey(id KeyID) string        { return s.revoked + "id:" + id.String() }
+func (s *RedisStore) subKey(subject string) string { return s.revoked + "sub:" + subject }
 
 // revokeScript stores ARGV[1] in KEYS[1] unless the key already holds a
 // number at least as large, sets its expiry to ARGV[2] (unix ms) when it
-// stores, and always publishes ARGV[4] on channel ARGV[3]. It returns 1 if it
-// stored.
+// stores, and always publishes ARGV[4] on channel ARGV[3] with the command
+// ARGV[5] (PUBLISH, or SPUBLISH on a cluster). It returns 1 if it stored.
 var revokeScript = redis.NewScript(`
 local cur = tonumber(redis.call('GET', KEYS[1]) or '')
 local stored = 0
@@ -58,7 +85,7 @@ if cur == nil or cur < tonumber(ARGV[1]) then
   redis.call('PEXPIREAT', KEYS[1], ARGV[2])
   stored = 1
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call(ARGV[5], ARGV[3], ARGV[4])
 return stored
 `)
 
@@ -99,7 +126,7 @@ func (s *RedisStore) revokeArgs(rv Revocation) (key string, args []any, err erro
 	case KindSubject:
 		key, value = s.subKey(rv.Subject), rv.At.UnixMilli()
 	}
-	return key, []any{value, rv.Expires.UnixMilli(), s.channel, string(payload)}, nil
+	return key, []any{value, rv.Expires.UnixMilli(), s.channel, string(payload), s.pub}, nil
 }
 
 // RevokeAll stores and announces every unexpired record of all as Revoke
@@ -139,7 +166,7 @@ return ARGV[1]
 `)
 
 // Marker returns the data marker: a random value the first node to find
-// none writes under <prefix>marker, without expiry, and every node
+// none writes under <prefix>marker (see RedisStore), without expiry, and every node
 // remembers. known is the marker the caller saw before ("" if none). lost
 // reports that Redis no longer holds it (the key is gone or was replaced):
 // the Redis data was lost since, by a restart without persistence, a flush
@@ -147,7 +174,7 @@ return ARGV[1]
 func (s *RedisStore) Marker(ctx context.Context, known string) (current string, lost bool, err error) {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (Go 1.24+)
-	current, err = markerScript.Run(ctx, s.client, []string{s.markerKey()}, hex.EncodeToString(b[:])).Text()
+	current, err = markerScript.Run(ctx, s.client, []string{s.marker}, hex.EncodeToString(b[:])).Text()
 	if err != nil {
 		return "", false, fmt.Errorf("token: redis marker: %w", err)
 	}
@@ -157,7 +184,7 @@ func (s *RedisStore) Marker(ctx context.Context, known string) (current string, 
 // PeekMarker returns the data marker without writing one: "" when there is
 // none.
 func (s *RedisStore) PeekMarker(ctx context.Context) (string, error) {
-	m, err := s.client.Get(ctx, s.markerKey()).Result()
+	m, err := s.client.Get(ctx, s.marker).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", nil
 	}
@@ -192,8 +219,8 @@ func (s *RedisStore) Load(ctx context.Context) ([]Revocation, error) {
 
 func (s *RedisStore) loadFrom(ctx context.Context, c redis.Cmdable) ([]Revocation, error) {
 	var out []Revocation
-	pattern := escapeGlob(s.prefix) + "revoked:*"
-	idPrefix, subPrefix := s.prefix+"revoked:id:", s.prefix+"revoked:sub:"
+	pattern := escapeGlob(s.revoked) + "*"
+	idPrefix, subPrefix := s.revoked+"id:", s.revoked+"sub:"
 	now := time.Now()
 	var cursor uint64
 	for {
@@ -273,33 +300,20 @@ func escapeGlob(s string) string {
 // Watch returns nil when ctx is done, or an error if the subscription is
 // closed under it (the client was closed).
 func (s *RedisStore) Watch(ctx context.Context, onRevoke func(Revocation), onResync func()) error {
-	ps := s.client.Subscribe(ctx, s.channel)
-	defer ps.Close()
-	ch := ps.ChannelWithSubscriptions()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case m, ok := <-ch:
-			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return errors.New("token: redis watch: subscription closed")
-			}
-			switch m := m.(type) {
-			case *redis.Subscription:
-				if m.Kind == "subscribe" && onResync != nil {
-					onResync()
-				}
-			case *redis.Message:
-				rv, err := decodeRecord([]byte(m.Payload))
-				if err == nil && onRevoke != nil {
-					onRevoke(rv)
-				}
-			}
+	err := redismode.Listen(ctx, s.client, s.channel, func() {
+		if onResync != nil {
+			onResync()
 		}
+	}, func(payload string) {
+		rv, err := decodeRecord([]byte(payload))
+		if err == nil && onRevoke != nil {
+			onRevoke(rv)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("token: redis watch: %w", err)
 	}
+	return nil
 }
 
 // Close does nothing: the client belongs to the caller.

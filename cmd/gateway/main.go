@@ -123,21 +123,11 @@ func version(args []string) error {
 // (modified)]" or "commit unknown (...)", "go GOVERSION OS/ARCH".
 func writeVersion(w io.Writer, bi *debug.BuildInfo) {
 	fmt.Fprintf(w, "gateway %s\n", gateway.Version)
-	var rev, modified string
-	if bi != nil {
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				rev = s.Value
-			case "vcs.modified":
-				modified = s.Value
-			}
-		}
-	}
+	rev, modified := gateway.VCSRevision(bi)
 	switch {
 	case rev == "":
 		fmt.Fprintln(w, "commit unknown (built without VCS information)")
-	case modified == "true":
+	case modified:
 		fmt.Fprintf(w, "commit %s (modified)\n", rev)
 	default:
 		fmt.Fprintf(w, "commit %s\n", rev)

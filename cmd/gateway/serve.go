@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -39,6 +38,7 @@ func serve(args []string) error {
 	secretFlags(fs, &cfg)
 	fs.StringVar(&cfg.RedisURL, "redis", "", "redis:// URL for revocations, KOsync data and fan-out across nodes; run Redis with persistence (empty: run alone)")
 	fs.StringVar(&cfg.RedisSentinel, "redis-sentinel", "", "master-name@host:port[,host:port...]: use the Redis master these Sentinels name and follow its failovers (instead of --redis; no password or database number yet)")
+	fs.StringVar(&cfg.RedisCluster, "redis-cluster", "", "host:port[,host:port...]: seed nodes of a Redis Cluster to use instead of --redis: keys with hash tags, fan-out by sharded pub/sub (SPUBLISH), slot moves and failovers followed (no password yet)")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "gateway:", "prefix of every Redis key and channel")
 	fs.DurationVar(&cfg.PingTimeout, "ping-timeout", native.DefaultPingTimeout, "close native clients silent this long (3003)")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", gateway.DefaultHandshakeTimeout, "TCP accept to authenticated")
@@ -86,13 +86,8 @@ func serve(args []string) error {
 		return err
 	}
 	cfg.Kosync.RegistrationClosed = !*registration
-	if cfg.RedisURL != "" && cfg.RedisSentinel != "" {
-		return usageErr("serve", errors.New("--redis and --redis-sentinel are exclusive: give one"))
-	}
-	if cfg.RedisSentinel != "" {
-		if _, _, err := node.ParseRedisSentinel(cfg.RedisSentinel); err != nil {
-			return usageErr("serve", err)
-		}
+	if err := cfg.CheckRedis(); err != nil {
+		return usageErr("serve", err)
 	}
 	cfg.History.Channels = history.ParseChannels(*historyChannels)
 	if cfg.History.Size < 0 || cfg.History.Size > history.MaxSize {
@@ -128,7 +123,7 @@ func runNode(cfg node.Config, logLevel, logFormat string) error {
 	if a := n.AdminAddr(); a != nil {
 		admin = "http://" + a.String()
 	}
-	cfg.Logger.Info("gateway listening", "listen", n.Addr().String(), "admin", admin, "redis", cfg.RedisURL != "" || cfg.RedisSentinel != "")
+	cfg.Logger.Info("gateway listening", "listen", n.Addr().String(), "admin", admin, "redis", cfg.UsesRedis())
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)

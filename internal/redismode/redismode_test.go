@@ -1,0 +1,135 @@
+package redismode
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/internal/redistest"
+	"github.com/wsgateway/gateway/internal/slot"
+)
+
+// TestListenFollowsSlotMove: on a cluster, a Listen whose channel's slot
+// moves to another master (Redis ends the sharded subscription) subscribes
+// again there and receives what is published next.
+func TestListenFollowsSlotMove(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, 2, 0)
+	c := cl.NewClusterClient(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	const channel = "gateway:control"
+	var mu sync.Mutex
+	subs, got := 0, []string{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Listen(ctx, c, channel, func() { mu.Lock(); subs++; mu.Unlock() },
+			func(p string) { mu.Lock(); got = append(got, p); mu.Unlock() })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Listen: %v", err)
+		}
+	})
+	state := func() (int, []string) { mu.Lock(); defer mu.Unlock(); return subs, append([]string(nil), got...) }
+	waitFor(t, "the subscription", func() bool { n, _ := state(); return n == 1 })
+	if n, err := NumSub(ctx, c, channel); err != nil || n != 1 {
+		t.Fatalf("NumSub = %d, %v; want 1", n, err)
+	}
+	if err := Publish(ctx, c, channel, "before").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first message", func() bool { _, g := state(); return len(g) == 1 })
+
+	s := slot.Of(channel)
+	from := cl.Owner(s)
+	to := cl.Masters[0]
+	if from == to {
+		to = cl.Masters[1]
+	}
+	moveSlot(t, s, from, to, cl.Masters)
+	waitFor(t, "the subscription on the new owner", func() bool { n, _ := state(); return n == 2 })
+	if err := Publish(ctx, c, channel, "after").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the message after the move", func() bool { _, g := state(); return len(g) == 2 })
+	if _, g := state(); g[0] != "before" || g[1] != "after" {
+		t.Fatalf("received %q", g)
+	}
+}
+
+// moveSlot gives the (keyless) slot s to master to, telling every master.
+func moveSlot(t *testing.T, s int, from, to *redistest.Server, masters []*redistest.Server) {
+	t.Helper()
+	ctx := context.Background()
+	do := func(m *redistest.Server, args ...any) any {
+		pc := redis.NewClient(&redis.Options{Addr: m.Addr})
+		defer pc.Close()
+		v, err := pc.Do(ctx, args...).Result()
+		if err != nil {
+			t.Fatalf("%v on %s: %v", args, m.Addr, err)
+		}
+		return v
+	}
+	id := do(to, "CLUSTER", "MYID")
+	do(to, "CLUSTER", "SETSLOT", s, "IMPORTING", do(from, "CLUSTER", "MYID"))
+	do(from, "CLUSTER", "SETSLOT", s, "MIGRATING", id)
+	do(to, "CLUSTER", "SETSLOT", s, "NODE", id)
+	do(from, "CLUSTER", "SETSLOT", s, "NODE", id)
+	for _, m := range masters {
+		if m != from && m != to {
+			do(m, "CLUSTER", "SETSLOT", s, "NODE", id)
+		}
+	}
+}
+
+// waitFor polls cond every 10 ms for up to 15 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestListenFollowsFailover: the master of the channel's slot is killed;
+// once its replica is promoted, Listen is subscribed there (go-redis
+// reconnects) and receives what is published next.
+func TestListenFollowsFailover(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, 3, 1)
+	c := cl.NewClusterClient(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	const channel = "gateway:revocations"
+	var mu sync.Mutex
+	subs, got := 0, []string{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Listen(ctx, c, channel, func() { mu.Lock(); subs++; mu.Unlock() },
+			func(p string) { mu.Lock(); got = append(got, p); mu.Unlock() })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Listen: %v", err)
+		}
+	})
+	state := func() (int, int) { mu.Lock(); defer mu.Unlock(); return subs, len(got) }
+	waitFor(t, "the subscription", func() bool { n, _ := state(); return n == 1 })
+	start := time.Now()
+	owner := cl.Owner(slot.Of(channel))
+	owner.Stop()
+	waitFor(t, "a replica promoted", func() bool { o := cl.Owner(slot.Of(channel)); return o != nil && o != owner })
+	waitFor(t, "the subscription on the promoted replica", func() bool { n, _ := state(); return n == 2 })
+	t.Logf("resubscribed %v after the kill", time.Since(start).Round(time.Millisecond))
+	if err := Publish(ctx, c, channel, "after").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the message after the failover", func() bool { _, n := state(); return n == 1 })
+}
