@@ -354,7 +354,7 @@ func clusterMarkdown(rep *Report) string {
 				100*float64(pb)/float64(max(total, 1)), cpu[i], 100*share[i], cpu[i]*1e6/float64(max(pb, 1)))
 		}
 	}
-	fmt.Fprintf(&b, "\n## Through Redis\n\nThe nodes' counters over the measured phase: publishes node B handed to Redis (`gateway_redis_published_total`), publishes node A received from it (`gateway_redis_received_total`; each is delivered to its channel's subscribers) node A's pub/sub reconnects (Redis closes a subscriber that passes its `client-output-buffer-limit pubsub`; what was sent meanwhile is lost) and the messages node A dropped (`gateway_dropped_messages_total`, all series: an event loop past its backlog drops deliveries rather than queue without bound).\n\n")
+	fmt.Fprintf(&b, "\n## Through Redis\n\nThe nodes' counters over the measured phase: publishes node B handed to Redis (`gateway_redis_published_total`), publishes node A received from it (`gateway_redis_received_total`; each is delivered to its channel's subscribers), node A's pub/sub reconnects (Redis closes a subscriber that passes its `client-output-buffer-limit pubsub`; what was sent meanwhile is lost) and the messages node A dropped (`gateway_dropped_messages_total`, all series: an event loop past its backlog drops deliveries rather than queue without bound).\n\n")
 	fmt.Fprintf(&b, "| set-up | publishing | round | publishes | B → Redis | Redis → A | A's pub/sub reconnects | A dropped | lost deliveries |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Results {
 		if r.Error != "" && r.Delivered == 0 {
