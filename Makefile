@@ -6,7 +6,7 @@ FUZZTIME  ?= 30s
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/wsgateway/gateway/gateway.Version=$(VERSION)
 
-.PHONY: build run test browser-deps js-deps vet race bench bench-history bench-micro fuzz soak chaos clean
+.PHONY: build run test browser-deps js-deps vet race bench bench-history bench-cluster bench-micro fuzz soak chaos clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gateway
@@ -54,6 +54,13 @@ bench: build
 # bench/results/history.{json,md}.
 bench-history: build
 	$(GO) run ./bench/cmd/bench -gateway $(BIN) -out bench/results -scenarios history $(BENCH_FLAGS)
+
+# bench-cluster: cross-node fan-out over 256 channels on one redis-server
+# and on a 3-master Redis Cluster (issue 15; bench/README.md "Cluster"),
+# with each shard's CPU per publish; results in
+# bench/results/cluster.{json,md}.
+bench-cluster: build
+	$(GO) run ./bench/cmd/bench -gateway $(BIN) -out bench/results -scenarios cluster $(BENCH_FLAGS)
 
 # bench-micro: the hot-path micro-benchmarks with allocations.
 bench-micro:

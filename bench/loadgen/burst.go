@@ -24,7 +24,7 @@ func BurstRelease(ctx context.Context, t Target, p Params) *Result {
 		return rn.finish(fmt.Errorf("burst-release needs the server's pid"))
 	}
 	const channel = "bench.burst"
-	rn.dialAll(rn.p.Subs, &subHandler{rn: rn}, func(int) []string { return []string{channel} }, 0)
+	rn.dialAll(rn.t.WSURL, rn.p.Subs, &subHandler{rn: rn}, func(int) []string { return []string{channel} }, 0)
 	n := rn.r.Conns
 	pc, _, err := rn.e.Dial(ctx, &DialSpec{URL: t.WSURL, Proto: Native, Key: rn.keys.key(-1), Handler: &pingHandler{rn: rn}})
 	if err != nil {

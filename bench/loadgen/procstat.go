@@ -82,20 +82,37 @@ func readCPU(pid int) (float64, error) {
 
 var metricsClient = &http.Client{Timeout: 5 * time.Second}
 
-// ReadMetric returns the value of an unlabelled metric from a Prometheus
-// text endpoint.
+// ReadMetric returns the value of an unlabelled metric (the first series
+// of a labelled one) from a Prometheus text endpoint.
 func ReadMetric(url, name string) (float64, error) {
+	var out float64
+	err := scanMetric(url, name, func(v float64) bool { out = v; return false })
+	return out, err
+}
+
+// SumMetric returns the sum of every series of a metric (all its label
+// values) from a Prometheus text endpoint.
+func SumMetric(url, name string) (float64, error) {
+	var sum float64
+	err := scanMetric(url, name, func(v float64) bool { sum += v; return true })
+	return sum, err
+}
+
+// scanMetric gives each value of metric name at url to each, in order,
+// while each returns true; an error if there is none.
+func scanMetric(url, name string, each func(float64) bool) error {
 	resp, err := metricsClient.Get(url)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, resp.Body)
-		return 0, fmt.Errorf("%s: %s", url, resp.Status)
+		return fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	found := false
 	for sc.Scan() {
 		line := sc.Text()
 		if rest, ok := strings.CutPrefix(line, name); ok && (strings.HasPrefix(rest, " ") || strings.HasPrefix(rest, "{")) {
@@ -103,8 +120,18 @@ func ReadMetric(url, name string) (float64, error) {
 			if len(f) == 0 {
 				continue
 			}
-			return strconv.ParseFloat(f[len(f)-1], 64)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				return err
+			}
+			found = true
+			if !each(v) {
+				return nil
+			}
 		}
 	}
-	return 0, fmt.Errorf("%s: no %s", url, name)
+	if !found {
+		return fmt.Errorf("%s: no %s", url, name)
+	}
+	return nil
 }

@@ -274,13 +274,14 @@ func (k *keyMint) key(i int) []byte {
 	return raw
 }
 
-// dialAll opens n native connections with handler h, each subscribed to
-// channels(i) (nil: none), and returns them (nil entries for failures).
-func (rn *run) dialAll(n int, h Handler, channels func(i int) []string, offset int) ([]*Conn, time.Duration) {
+// dialAll opens n native connections to url with handler h, each
+// subscribed to channels(i) (nil: none), and returns them (nil entries for
+// failures).
+func (rn *run) dialAll(url string, n int, h Handler, channels func(i int) []string, offset int) ([]*Conn, time.Duration) {
 	conns := make([]*Conn, n)
 	start := time.Now()
 	rn.e.DialMany(rn.ctx, n, func(i int) *DialSpec {
-		s := &DialSpec{URL: rn.t.WSURL, Proto: Native, Key: rn.keys.key(offset + i), Handler: h, Tag: offset + i}
+		s := &DialSpec{URL: url, Proto: Native, Key: rn.keys.key(offset + i), Handler: h, Tag: offset + i}
 		if channels != nil {
 			s.Subscribe = channels(i)
 		}
@@ -399,7 +400,7 @@ func Idle(ctx context.Context, t Target, p Params) *Result {
 		return rn.finish(err)
 	}
 	h := &pingHandler{rn: rn}
-	conns, _ := rn.dialAll(rn.p.Conns, h, nil, 0)
+	conns, _ := rn.dialAll(rn.t.WSURL, rn.p.Conns, h, nil, 0)
 	select {
 	case <-time.After(rn.p.Duration):
 	case <-ctx.Done():
@@ -450,7 +451,7 @@ func Handshake(ctx context.Context, t Target, p Params) *Result {
 	if err != nil {
 		return rn.finish(err)
 	}
-	rn.dialAll(rn.p.Conns, &pingHandler{rn: rn}, nil, 0)
+	rn.dialAll(rn.t.WSURL, rn.p.Conns, &pingHandler{rn: rn}, nil, 0)
 	return rn.finish(nil)
 }
 
@@ -463,7 +464,7 @@ func PingRTT(ctx context.Context, t Target, p Params) *Result {
 		return rn.finish(err)
 	}
 	h := &pingHandler{rn: rn}
-	conns, _ := rn.dialAll(rn.p.Conns, h, nil, 0)
+	conns, _ := rn.dialAll(rn.t.WSURL, rn.p.Conns, h, nil, 0)
 	start := time.Now()
 	total := 0
 	for range rn.p.Pings {
@@ -509,7 +510,7 @@ func Fanout(ctx context.Context, t Target, p Params) *Result {
 		return rn.finish(err)
 	}
 	channel := cmpStr(rn.p.Channel, "bench.fanout")
-	subs, _ := rn.dialAll(rn.p.Subs, &subHandler{rn: rn}, func(int) []string { return []string{channel} }, 0)
+	subs, _ := rn.dialAll(rn.t.WSURL, rn.p.Subs, &subHandler{rn: rn}, func(int) []string { return []string{channel} }, 0)
 	n := rn.r.Conns
 	pc, _, err := rn.e.Dial(ctx, &DialSpec{URL: t.WSURL, Proto: Native, Key: rn.keys.key(-1), Handler: &pingHandler{rn: rn}})
 	if err != nil {
@@ -548,9 +549,18 @@ func ManyChannels(ctx context.Context, t Target, p Params) *Result {
 	if err != nil {
 		return rn.finish(err)
 	}
+	return rn.finish(rn.channels(t.WSURL, t.WSURL, nil))
+}
+
+// channels is the body of ManyChannels with the subscribers on subURL and
+// the publishers on pubURL (another node: every delivery crosses the
+// broker). measure, if set, is called just before the first publish. The
+// Error packets the publishers get (refused publishes) are counted in
+// Extra["refused_publishes"].
+func (rn *run) channels(subURL, pubURL string, measure func()) error {
 	chName := func(i int) string { return "bench.ch." + strconv.Itoa(i) }
 	nsub := rn.p.Channels * rn.p.SubsPerChannel
-	subs, _ := rn.dialAll(nsub, &subHandler{rn: rn}, func(i int) []string { return []string{chName(i % rn.p.Channels)} }, 0)
+	subs, _ := rn.dialAll(subURL, nsub, &subHandler{rn: rn}, func(i int) []string { return []string{chName(i % rn.p.Channels)} }, 0)
 	perChannel := make([]uint64, rn.p.Channels)
 	for i, c := range subs {
 		if c != nil {
@@ -558,10 +568,11 @@ func ManyChannels(ctx context.Context, t Target, p Params) *Result {
 		}
 	}
 	pubs := make([]*publisher, rn.p.Publishers)
+	ec := &errCounter{rn: rn}
 	for i := range pubs {
-		c, _, err := rn.e.Dial(ctx, &DialSpec{URL: t.WSURL, Proto: Native, Key: rn.keys.key(-1 - i), Handler: &pingHandler{rn: rn}})
+		c, _, err := rn.e.Dial(rn.ctx, &DialSpec{URL: pubURL, Proto: Native, Key: rn.keys.key(-1 - i), Handler: ec})
 		if err != nil {
-			return rn.finish(fmt.Errorf("publisher: %w", err))
+			return fmt.Errorf("publisher: %w", err)
 		}
 		pubs[i] = &publisher{c: c, id: uint32(i), seqs: map[string]uint64{}}
 	}
@@ -570,6 +581,9 @@ func ManyChannels(ctx context.Context, t Target, p Params) *Result {
 		for k := range rn.p.Publishes {
 			want += perChannel[(pi+k)%rn.p.Channels]
 		}
+	}
+	if measure != nil {
+		measure()
 	}
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -594,10 +608,12 @@ func ManyChannels(ctx context.Context, t Target, p Params) *Result {
 	rn.r.Publishes = uint64(rn.p.Publishes * len(pubs))
 	rn.waitDeliveries(want)
 	rn.fillDeliveries(want, start)
-	if e, _ := perr.Load().(error); e != nil {
-		return rn.finish(e)
+	rn.extra("refused_publishes", ec.n.Load())
+	if f, ok := ec.first.Load().(string); ok {
+		rn.extra("first_refusal", f)
 	}
-	return rn.finish(nil)
+	e, _ := perr.Load().(error)
+	return e
 }
 
 // churnHandler counts the deliveries of short-lived connections apart:
@@ -634,7 +650,7 @@ func Churn(ctx context.Context, t Target, p Params) *Result {
 	}
 	const ch = "bench.churn"
 	stable := max(rn.p.Subs/10, 100)
-	rn.dialAll(stable, &subHandler{rn: rn}, func(int) []string { return []string{ch} }, 0)
+	rn.dialAll(rn.t.WSURL, stable, &subHandler{rn: rn}, func(int) []string { return []string{ch} }, 0)
 	nStable := uint64(rn.r.Conns)
 	pc, _, err := rn.e.Dial(ctx, &DialSpec{URL: t.WSURL, Proto: Native, Key: rn.keys.key(-1), Handler: &pingHandler{rn: rn}})
 	if err != nil {

@@ -63,11 +63,14 @@ func (s setup) label() string {
 // redisProc is a redis-server of the runner's own.
 type redisProc struct {
 	cmd  *exec.Cmd
+	addr string // 127.0.0.1:port
 	url  string
 	done chan error
 }
 
-func startRedis(tmp string) (*redisProc, error) {
+// startRedis starts a redis-server on a free port without persistence,
+// with extra arguments (a cluster node's), and waits for its PONG.
+func startRedis(tmp string, extra ...string) (*redisProc, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -78,6 +81,7 @@ func startRedis(tmp string) (*redisProc, error) {
 	}
 	cmd := exec.Command("redis-server", "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "",
 		"--appendonly", "no", "--dir", dir)
+	cmd.Args = append(cmd.Args, extra...)
 	logf, err := os.Create(filepath.Join(dir, "redis.log"))
 	if err != nil {
 		return nil, err
@@ -86,10 +90,11 @@ func startRedis(tmp string) (*redisProc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("redis-server: %w", err)
 	}
-	r := &redisProc{cmd: cmd, url: fmt.Sprintf("redis://127.0.0.1:%d", port), done: make(chan error, 1)}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	r := &redisProc{cmd: cmd, addr: addr, url: "redis://" + addr, done: make(chan error, 1)}
 	go func() { r.done <- cmd.Wait(); logf.Close() }()
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			_, _ = c.Write([]byte("PING\r\n"))
 			buf := make([]byte, 16)
@@ -149,18 +154,12 @@ func runSetup(ctx context.Context, o options, st setup, name string, sc loadgen.
 		extra = append(extra, "--redis", r.url)
 		nodes = 2
 	}
-	var servers []*server
-	defer func() {
-		for _, s := range servers {
-			s.stop()
-		}
-	}()
-	for range nodes {
-		s, err := startServer(o, loadgen.Gateway, secret, tmp, extra...)
-		if err != nil {
-			return &loadgen.Result{Scenario: name, Server: cl.Label, Params: p, Error: err.Error()}
-		}
-		servers = append(servers, s)
+	servers, err := startNodes(o, nodes, secret, tmp, extra...)
+	if err != nil {
+		return &loadgen.Result{Scenario: name, Server: cl.Label, Params: p, Error: err.Error()}
+	}
+	defer stopNodes(servers)
+	for _, s := range servers {
 		cl.Nodes = append(cl.Nodes, s.target)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
@@ -172,6 +171,34 @@ func runSetup(ctx context.Context, o options, st setup, name string, sc loadgen.
 		case <-time.After(o.histProfile + 10*time.Second):
 		}
 	}
+	noteExited(servers, res)
+	time.Sleep(500 * time.Millisecond)
+	return res
+}
+
+// startNodes starts n gateway nodes with the extra flags; if one fails,
+// those started are stopped.
+func startNodes(o options, n int, secret, tmp string, extra ...string) ([]*server, error) {
+	var servers []*server
+	for range n {
+		s, err := startServer(o, loadgen.Gateway, secret, tmp, extra...)
+		if err != nil {
+			stopNodes(servers)
+			return nil, err
+		}
+		servers = append(servers, s)
+	}
+	return servers, nil
+}
+
+func stopNodes(servers []*server) {
+	for _, s := range servers {
+		s.stop()
+	}
+}
+
+// noteExited sets res.Error (unless set) when a node exited during the run.
+func noteExited(servers []*server, res *loadgen.Result) {
 	for _, s := range servers {
 		select {
 		case err := <-s.done:
@@ -182,8 +209,6 @@ func runSetup(ctx context.Context, o options, st setup, name string, sc loadgen.
 		default:
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
-	return res
 }
 
 func runHistory(ctx context.Context, o options, names []string, secret, tmp string, rep *Report) error {

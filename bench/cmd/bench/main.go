@@ -50,6 +50,12 @@ type options struct {
 	histSetups                        string
 	histRounds                        int
 	histProfile                       time.Duration
+	clChannels, clSubsPerChannel      int
+	clPublishers, clPublishes         int
+	clPacedPublishes                  int
+	clPacedRate                       float64
+	clSetups                          string
+	clRounds                          int
 }
 
 func main() {
@@ -97,6 +103,14 @@ func main() {
 	flag.StringVar(&o.histSetups, "history-setups", "alone,redis2", "history scenarios: alone (one node, history in memory) and/or redis2 (two nodes and a redis-server)")
 	flag.IntVar(&o.histRounds, "history-rounds", 1, "history-fanout: rounds of all four set-ups, interleaved (the shared machine is noisy)")
 	flag.DurationVar(&o.histProfile, "history-profile", 0, "history scenarios: take a CPU profile of the first node (/debug/pprof/profile) this long from the start of the measured phase (first publish, reconnect), into <out>/<scenario>-<set-up>-r<round>-cpu.pprof (0: none)")
+	flag.IntVar(&o.clChannels, "cluster-channels", 256, "cluster: channels (spread over the shards by their names' hash slots)")
+	flag.IntVar(&o.clSubsPerChannel, "cluster-subs-per-channel", 20, "cluster: subscribers per channel, all on node A")
+	flag.IntVar(&o.clPublishers, "cluster-publishers", 8, "cluster: publisher connections, all on node B")
+	flag.IntVar(&o.clPublishes, "cluster-publishes", 8000, "cluster: publishes per publisher, round robin over the channels")
+	flag.IntVar(&o.clPacedPublishes, "cluster-paced-publishes", 2000, "cluster: publishes per publisher of the paced run")
+	flag.Float64Var(&o.clPacedRate, "cluster-paced-rate", 500, "cluster: publishes per second per publisher of the paced run, made after the back-to-back one on each set-up (0: no paced run)")
+	flag.StringVar(&o.clSetups, "cluster-setups", "redis1,cluster3", "cluster: set-ups in each round: redis1 (one redis-server, --redis) and/or clusterN (a Redis Cluster of N masters, --redis-cluster)")
+	flag.IntVar(&o.clRounds, "cluster-rounds", 2, "cluster: rounds of all set-ups, interleaved (the shared machine is noisy)")
 	flag.Parse()
 	if o.quick {
 		o.conns, o.handshakeConns, o.pingConns, o.pings = 300, 300, 100, 5
@@ -104,6 +118,8 @@ func main() {
 		o.pacedPublishes = 10
 		o.jsonSubs, o.jsonPublishes, o.churnRate, o.duration, o.timeout = 100, 20, 200, 2*time.Second, 20*time.Second
 		o.histSubs, o.histPublishes, o.recClients, o.recPublications = 200, 50, 100, 100
+		o.clChannels, o.clSubsPerChannel, o.clPublishers, o.clPublishes, o.clRounds = 32, 5, 2, 500, 1
+		o.clPacedPublishes, o.clPacedRate = 100, 100
 	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -144,7 +160,9 @@ func run(o options) error {
 	if o.attach != "" {
 		servers = []string{loadgen.Gateway}
 	}
-	if o.baseline == "" && contains(servers, loadgen.Baseline) && !onlyHistory(expandHistory(strings.Split(o.scenarios, ","))) {
+	names := expandHistory(strings.Split(o.scenarios, ","))
+	cluster := len(names) == 1 && names[0] == "cluster"
+	if o.baseline == "" && contains(servers, loadgen.Baseline) && !onlyHistory(names) && !cluster {
 		o.baseline = filepath.Join(tmp, "baseline")
 		fmt.Println("building ./bench/baseline ...")
 		cmd := exec.Command("go", "build", "-o", o.baseline, "./bench/baseline")
@@ -161,14 +179,15 @@ func run(o options) error {
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}
-	names := expandHistory(strings.Split(o.scenarios, ","))
 	if onlyHistory(names) {
 		return runHistory(ctx, o, names, secret, tmp, rep)
 	}
+	if cluster {
+		return runCluster(ctx, o, secret, tmp, rep)
+	}
 	for _, name := range names {
-		name = strings.TrimSpace(name)
-		if loadgen.HistoryScenarios[name] != nil {
-			return fmt.Errorf("run the history scenarios apart: -scenarios history")
+		if loadgen.HistoryScenarios[name] != nil || name == "cluster" {
+			return fmt.Errorf("run the history and cluster scenarios apart: -scenarios history, -scenarios cluster")
 		}
 		sc := loadgen.Scenarios[name]
 		if sc == nil {
