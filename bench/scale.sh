@@ -96,6 +96,7 @@ kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 anon() { awk '/^RssAnon/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 metric() { curl -s --max-time 10 "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {printf "%d", $2}'; }
+from() { awk -v m="$2" '$1 == m {printf "%d", $2}' "$1"; }
 netstat_tcp() { # TcpExt counters that a kernel limit moves
   awk '/^TcpExt:/ { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 } else for (i = 2; i <= NF; i++) print n[i], $i }' /proc/net/netstat |
     grep -E '^(ListenOverflows|ListenDrops|TCPMemoryPressures|TCPAbortOnMemory|TCPBacklogDrop|PruneCalled|RcvPruned|OfoPruned|TCPRcvQDrop|TCPReqQFullDrop|TCPReqQFullDoCookies|TCPTimeouts|TCPSynRetrans|TCPAbortFailed) '
@@ -182,7 +183,7 @@ wait_stage() {
 
 # report STAGE: the cluster's figures now.
 report() {
-  local stage=$1 sync=${2:-$1} total=0 rss=0 an=0 ps=0 heap=0 lrss=0 lpss=0 c r h i p dead=0
+  local stage=$1 sync=${2:-$1} m total=0 rss=0 an=0 ps=0 heap=0 lrss=0 lpss=0 c r h i p dead=0
   echo "== $stage ($(( $(date +%s) - start ))s after the first dial)"
   : >"$dir/nodes.$stage"
   for i in $(seq 1 "$NODES"); do
@@ -190,8 +191,9 @@ report() {
     if ! kill -0 "$p" 2>/dev/null; then
       echo "  node $i DIED: $(tail -n 2 "$dir/node$i.log" | tr '\n' ' ')"; dead=$((dead + 1)); continue
     fi
-    c=$(metric $((PORT + i)) 'gateway_connections{protocol="native"}'); r=$(kb "$p")
-    h=$(metric $((PORT + i)) go_memstats_heap_inuse_bytes)
+    m=$dir/metrics.$stage.$i
+    curl -s --max-time 20 "http://127.0.0.1:$((PORT + i))/metrics" >"$m" || true
+    c=$(from "$m" 'gateway_connections{protocol="native"}'); r=$(kb "$p"); h=$(from "$m" go_memstats_heap_inuse_bytes)
     printf "%d %d %d %d\n" "$i" "${c:-0}" "$r" "$(( ${h:-0} / 1024 ))" >>"$dir/nodes.$stage"
     total=$((total + ${c:-0})); rss=$((rss + r)); heap=$((heap + ${h:-0} / 1024))
     an=$((an + $(anon "$p"))); ps=$((ps + $(pss "$p")))
@@ -209,6 +211,8 @@ report() {
   echo "  kernel: $(grep '^TCP:' /proc/net/sockstat) (mem in pages), slab $(( ($(awk '/^Slab:/ {print $2}' /proc/meminfo) - slab0) / 1024 )) MiB more than before," \
     "MemAvailable $(awk '/MemAvailable/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), files $(cut -f1 /proc/sys/fs/file-nr) open," \
     "conntrack $(cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo n/a)"
+  cat "$dir"/metrics."$stage".* | awk '/^gateway_(disconnects_total|accept_errors_total|slow_consumer_disconnects_total|handler_panics_total)/ && $2 > 0 {s[$1] += $2}
+    END {for (k in s) printf "  nodes %s %d\n", k, s[k]}' | sort
   netstat_tcp >"$dir/netstat.$stage"
   join "$dir/netstat.before" "$dir/netstat.$stage" | awk '$3 != $2 {printf "  TcpExt %s +%d\n", $1, $3 - $2}'
   cat "$dir"/sync/"$sync".scale-* 2>/dev/null | awk '

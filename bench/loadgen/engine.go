@@ -211,6 +211,7 @@ type Conn struct {
 	closeSent  atomic.Bool
 	closed     atomic.Bool
 	closeCode  uint16
+	closeErr   error // what ended the socket, from gnet's OnClose
 	pingAt     atomic.Int64
 	lastPingTx atomic.Int64
 
@@ -859,11 +860,12 @@ func (h *engineHandler) OnTraffic(g gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
-func (h *engineHandler) OnClose(g gnet.Conn, _ error) gnet.Action {
+func (h *engineHandler) OnClose(g gnet.Conn, err error) gnet.Action {
 	c, _ := g.Context().(*Conn)
 	if c == nil || c.closed.Swap(true) {
 		return gnet.None
 	}
+	c.closeErr = err
 	h.e.live.Add(-1)
 	h.e.closed.Add(1)
 	h.e.regMu.Lock()

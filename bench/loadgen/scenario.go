@@ -185,7 +185,7 @@ type run struct {
 	start  time.Time
 	hs     Histogram
 	keys   *keyMint
-	closes sync.Map // code -> *atomic.Int64
+	closes sync.Map // closeKind -> *atomic.Int64
 	del    Deliveries
 	errMu  sync.Mutex
 }
@@ -239,7 +239,7 @@ func (rn *run) finish(err error) *Result {
 		if r.CloseCodes == nil {
 			r.CloseCodes = map[string]int{}
 		}
-		r.CloseCodes[strconv.Itoa(int(k.(uint16)))] = int(v.(*atomic.Int64).Load())
+		r.CloseCodes[k.(string)] = int(v.(*atomic.Int64).Load())
 		return true
 	})
 	r.Seconds = time.Since(rn.start).Seconds()
@@ -254,8 +254,28 @@ func (rn *run) unexpectedClose(c *Conn, code uint16) {
 	if c.closeSent.Load() {
 		return
 	}
-	v, _ := rn.closes.LoadOrStore(code, new(atomic.Int64))
+	v, _ := rn.closes.LoadOrStore(closeKind(c, code), new(atomic.Int64))
 	v.(*atomic.Int64).Add(1)
+}
+
+// closeKind names a close: its code, and for 1006 (no close frame) why the
+// socket ended: the client's own parse failure, or what the socket
+// reported (EOF: the peer closed; an errno: reset, ...).
+func closeKind(c *Conn, code uint16) string {
+	k := strconv.Itoa(int(code))
+	switch {
+	case code != 1006:
+	case c.setupErr != nil:
+		k += " client: " + c.setupErr.Error()
+	case c.closeErr != nil:
+		var errno syscall.Errno
+		if errors.As(c.closeErr, &errno) {
+			k += " " + unix.ErrnoName(errno)
+		} else {
+			k += " " + c.closeErr.Error()
+		}
+	}
+	return k
 }
 
 func (rn *run) connectErr(err error) {
