@@ -42,8 +42,15 @@
 #                  handshakes' garbage is gone from the figures); 0: none
 #   TIMEOUT        longest wait for the deliveries, per loader (300s)
 #   CONNECT_WAIT   longest wait for every loader to finish dialling (1800s)
-#   SYSCTL         1: raise net.ipv4.tcp_mem to 4x for the run (restored at
-#                  the end); 0: leave the kernel alone (0)
+#   SYSCTL         1: for the run (restored at the end) raise
+#                  net.core.netdev_max_backlog to BACKLOG and net.ipv4.tcp_mem
+#                  to 4x; 0: leave the kernel alone (0). With the default
+#                  backlog of 1000, the bursts of TCP keepalive probes (the
+#                  nodes' sockets: 60 s idle, then every 12 s, 5 tries) of
+#                  connections opened together overflow the loopback input
+#                  queue: the probes are dropped, and from ~300,000 idle
+#                  connections the kernel aborts some (TCPAbortOnTimeout)
+#   BACKLOG        net.core.netdev_max_backlog with SYSCTL=1 (100000)
 #   PORT, REDIS_PORT  (9100, 6391); the nodes' admin ports are PORT+1...
 #   OUT            a directory for the logs (a new /tmp/gateway-scale-*)
 #
@@ -63,13 +70,13 @@ PUBLISHES=${PUBLISHES:-5}
 DIAL_RATE=${DIAL_RATE:-$(( 8000 / LOADERS > 100 ? 8000 / LOADERS : 100 ))}
 IN_FLIGHT=${IN_FLIGHT:-100} SOURCE_IPS=${SOURCE_IPS:-20}
 PING_INTERVAL=${PING_INTERVAL:-240s}
-SETTLE=${SETTLE:-150} TIMEOUT=${TIMEOUT:-300s} CONNECT_WAIT=${CONNECT_WAIT:-1800} SYSCTL=${SYSCTL:-0}
+SETTLE=${SETTLE:-150} TIMEOUT=${TIMEOUT:-300s} CONNECT_WAIT=${CONNECT_WAIT:-1800} SYSCTL=${SYSCTL:-0} BACKLOG=${BACKLOG:-100000}
 PORT=${PORT:-9100} REDIS_PORT=${REDIS_PORT:-6391}
 dir=${OUT:-$(mktemp -d /tmp/gateway-scale-XXXX)}
 mkdir -p "$dir/sync"
 export GATEWAY_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-node_pids=() loader_pids=() redis_pid="" tcp_mem_saved=""
+node_pids=() loader_pids=() redis_pid="" tcp_mem_saved="" backlog_saved=""
 alive() { local n=0 p; for p in "$@"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done; echo "$n"; }
 cleanup() {
   trap - EXIT INT TERM
@@ -85,6 +92,9 @@ cleanup() {
   if [[ -n $tcp_mem_saved ]]; then
     sysctl -qw net.ipv4.tcp_mem="$tcp_mem_saved" && echo "restored net.ipv4.tcp_mem = $tcp_mem_saved"
   fi
+  if [[ -n $backlog_saved ]]; then
+    sysctl -qw net.core.netdev_max_backlog="$backlog_saved" && echo "restored net.core.netdev_max_backlog = $backlog_saved"
+  fi
   echo "logs and results in $dir"
 }
 trap cleanup EXIT
@@ -97,15 +107,18 @@ anon() { awk '/^RssAnon/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 metric() { curl -s --max-time 10 "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {printf "%d", $2}'; }
 from() { awk -v m="$2" '$1 == m {printf "%d", $2}' "$1"; }
+# packets the kernel dropped because a CPU's input backlog was full
+# (net.core.netdev_max_backlog): loopback traffic goes through it
+softnet_drops() { awk '{s += strtonum("0x" $2)} END {print s}' /proc/net/softnet_stat; }
 netstat_tcp() { # TcpExt counters that a kernel limit moves
   awk '/^TcpExt:/ { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 } else for (i = 2; i <= NF; i++) print n[i], $i }' /proc/net/netstat |
-    grep -E '^(ListenOverflows|ListenDrops|TCPMemoryPressures|TCPAbortOnMemory|TCPBacklogDrop|PruneCalled|RcvPruned|OfoPruned|TCPRcvQDrop|TCPReqQFullDrop|TCPReqQFullDoCookies|TCPTimeouts|TCPSynRetrans|TCPAbortFailed) '
+    grep -E '^(ListenOverflows|ListenDrops|TCPMemoryPressures|TCPAbortOnMemory|TCPBacklogDrop|PruneCalled|RcvPruned|OfoPruned|TCPRcvQDrop|TCPReqQFullDrop|TCPReqQFullDoCookies|TCPTimeouts|TCPSynRetrans|TCPAbortFailed|TCPAbortOnTimeout|TCPAbortOnMemory|TCPKeepAlive) '
 }
 
 echo "== scale run $(date -u +%FT%TZ), revision $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo '+changes')"
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r), open files $(ulimit -Hn) per process"
 for k in net.ipv4.ip_local_port_range fs.nr_open fs.file-max net.core.somaxconn net.ipv4.tcp_max_syn_backlog net.ipv4.tcp_mem \
-  net.ipv4.tcp_rmem net.ipv4.tcp_wmem net.ipv4.tcp_max_orphans net.netfilter.nf_conntrack_max; do
+  net.core.netdev_max_backlog net.ipv4.tcp_rmem net.ipv4.tcp_wmem net.ipv4.tcp_max_orphans net.netfilter.nf_conntrack_max; do
   echo "  $k = $(sysctl -n "$k" 2>/dev/null | tr '\t' ' ')"
 done
 echo "settings: CONNS=$CONNS LOADERS=$LOADERS x PER_LOADER=$PER_LOADER NODES=$NODES EVENT_LOOPS=$EVENT_LOOPS PUBLISHES=$PUBLISHES" \
@@ -113,9 +126,11 @@ echo "settings: CONNS=$CONNS LOADERS=$LOADERS x PER_LOADER=$PER_LOADER NODES=$NO
   "GATEWAY_FLAGS='$GATEWAY_FLAGS' GATEWAY_ENV='$GATEWAY_ENV' SYSCTL=$SYSCTL"
 if (( PER_LOADER > 19600 )); then echo "PER_LOADER $PER_LOADER: a loader would pass 20,000 open files" >&2; exit 2; fi
 if (( SYSCTL == 1 )); then
-  tcp_mem_saved=$(sysctl -n net.ipv4.tcp_mem | tr '\t' ' ')
+  tcp_mem_saved=$(sysctl -n net.ipv4.tcp_mem | tr '\t' ' ') backlog_saved=$(sysctl -n net.core.netdev_max_backlog)
   sysctl -qw net.ipv4.tcp_mem="$(echo "$tcp_mem_saved" | awk '{print $1*4, $2*4, $3*4}')"
-  echo "  set net.ipv4.tcp_mem = $(sysctl -n net.ipv4.tcp_mem | tr '\t' ' ') for the run"
+  sysctl -qw net.core.netdev_max_backlog="$BACKLOG"
+  echo "  set for the run: net.ipv4.tcp_mem = $(sysctl -n net.ipv4.tcp_mem | tr '\t' ' ')," \
+    "net.core.netdev_max_backlog = $(sysctl -n net.core.netdev_max_backlog)"
 fi
 
 go build -o "$dir/gateway" ./cmd/gateway
@@ -143,6 +158,7 @@ done
 echo "nodes ready: $NODES processes before any connection: RSS $base_rss kB in all ($((base_rss / NODES)) kB each)," \
   "of which private (RssAnon) $base_anon kB ($((base_anon / NODES)) kB each); Pss $base_pss kB in all"
 netstat_tcp >"$dir/netstat.before"
+drops0=$(softnet_drops)
 slab0=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
 
 start=$(date +%s)
@@ -215,6 +231,7 @@ report() {
     END {for (k in s) printf "  nodes %s %d\n", k, s[k]}' | sort
   netstat_tcp >"$dir/netstat.$stage"
   join "$dir/netstat.before" "$dir/netstat.$stage" | awk '$3 != $2 {printf "  TcpExt %s +%d\n", $1, $3 - $2}'
+  echo "  backlog drops (softnet_stat, net.core.netdev_max_backlog = $(sysctl -n net.core.netdev_max_backlog)): +$(( $(softnet_drops) - drops0 ))"
   cat "$dir"/sync/"$sync".scale-* 2>/dev/null | awk '
     /^cause / {cause[$2] += $3; next}
     {for (i = 1; i < NF; i += 2) {s[$i] += $(i + 1); if ($(i + 1) > mx[$i]) mx[$i] = $(i + 1)}; n++}

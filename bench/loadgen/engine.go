@@ -328,7 +328,11 @@ func (e *Engine) waitSlot(ctx context.Context) error {
 }
 
 func (e *Engine) dialer(host string) *net.Dialer {
-	d := &net.Dialer{Timeout: e.cfg.HandshakeTimeout}
+	// No TCP keepalive (Go's dialer turns it on, 15 s): the protocol Ping
+	// keeps the connection alive, and the probes of many connections opened
+	// together come in bursts that overflow the kernel's loopback input
+	// queue (net.core.netdev_max_backlog) and get connections aborted.
+	d := &net.Dialer{Timeout: e.cfg.HandshakeTimeout, KeepAlive: -1}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() || ip.To4() == nil {
 		return d
