@@ -497,7 +497,7 @@ func (e *Engine) dial(ctx context.Context, spec *DialSpec) (*Conn, Timing, error
 			buf = buf[:copy(buf, buf[k:])]
 		}
 		if c.setupErr != nil {
-			return nil, tm, c.setupErr
+			return nil, tm, fmt.Errorf("set-up: %w", c.setupErr)
 		}
 		if c.closed.Load() {
 			return nil, tm, ErrClosed{c.closeCode}
