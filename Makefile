@@ -6,7 +6,7 @@ FUZZTIME  ?= 30s
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/wsgateway/gateway/gateway.Version=$(VERSION)
 
-.PHONY: build run test browser-deps js-deps vet race bench bench-history bench-cluster bench-micro fuzz soak chaos clean
+.PHONY: build run test browser-deps js-deps vet race bench bench-history bench-cluster bench-micro fuzz soak chaos scale clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gateway
@@ -87,6 +87,13 @@ CHAOSTIME ?= 3m
 CHAOSSEED ?=
 chaos:
 	GATEWAY_CHAOS=$(CHAOSTIME) GATEWAY_CHAOS_SEED=$(CHAOSSEED) $(GO) test -count=1 -run '^TestChaos$$' -timeout 30m -v ./test/
+
+# scale: many gateway processes on one port and many load processes, up to
+# CONNS connections (default 100000; CONNS=1000000 SYSCTL=1 for the million
+# of bench/README.md "Scaling up"); the knobs are environment variables
+# listed at the top of bench/scale.sh. Not part of make test.
+scale:
+	bench/scale.sh
 
 clean:
 	rm -rf bin

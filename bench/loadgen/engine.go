@@ -211,6 +211,7 @@ type Conn struct {
 	closeSent  atomic.Bool
 	closed     atomic.Bool
 	closeCode  uint16
+	closeErr   error // what ended the socket, from gnet's OnClose
 	pingAt     atomic.Int64
 	lastPingTx atomic.Int64
 
@@ -327,7 +328,11 @@ func (e *Engine) waitSlot(ctx context.Context) error {
 }
 
 func (e *Engine) dialer(host string) *net.Dialer {
-	d := &net.Dialer{Timeout: e.cfg.HandshakeTimeout}
+	// No TCP keepalive (Go's dialer turns it on, 15 s): the protocol Ping
+	// keeps the connection alive, and the probes of many connections opened
+	// together come in bursts that overflow the kernel's loopback input
+	// queue (net.core.netdev_max_backlog) and get connections aborted.
+	d := &net.Dialer{Timeout: e.cfg.HandshakeTimeout, KeepAlive: -1}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() || ip.To4() == nil {
 		return d
@@ -492,7 +497,7 @@ func (e *Engine) dial(ctx context.Context, spec *DialSpec) (*Conn, Timing, error
 			buf = buf[:copy(buf, buf[k:])]
 		}
 		if c.setupErr != nil {
-			return nil, tm, c.setupErr
+			return nil, tm, fmt.Errorf("set-up: %w", c.setupErr)
 		}
 		if c.closed.Load() {
 			return nil, tm, ErrClosed{c.closeCode}
@@ -859,11 +864,12 @@ func (h *engineHandler) OnTraffic(g gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
-func (h *engineHandler) OnClose(g gnet.Conn, _ error) gnet.Action {
+func (h *engineHandler) OnClose(g gnet.Conn, err error) gnet.Action {
 	c, _ := g.Context().(*Conn)
 	if c == nil || c.closed.Swap(true) {
 		return gnet.None
 	}
+	c.closeErr = err
 	h.e.live.Add(-1)
 	h.e.closed.Add(1)
 	h.e.regMu.Lock()

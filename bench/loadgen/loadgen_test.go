@@ -2,11 +2,15 @@ package loadgen
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sort"
+	"syscall"
 	"testing"
 	"time"
 
@@ -192,4 +196,33 @@ func TestScenariosSmoke(t *testing.T) {
 			t.Fatalf("churn: delivered %d opened %v", r.Delivered, r.Extra["churn_opened"])
 		}
 	})
+}
+
+// TestErrorKind: a failed dial is named by its step and errno, as the
+// scale run reports kernel limits.
+func TestErrorKind(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	_, refused := net.Dial("tcp", addr) // nothing listens there now
+	if refused == nil {
+		t.Fatal("dial to a closed port succeeded")
+	}
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("connect: %w", refused), "connect: ECONNREFUSED"},
+		{fmt.Errorf("connect: %w", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EADDRNOTAVAIL)}), "connect: EADDRNOTAVAIL"},
+		{fmt.Errorf("set-up: %w", &net.OpError{Op: "write", Net: "tcp", Err: os.ErrDeadlineExceeded}), "set-up: timeout"},
+		{fmt.Errorf("connect: %w", context.DeadlineExceeded), "connect: timeout"},
+		{errors.New(`upgrade refused: "HTTP/1.1 503 Service Unavailable"`), "upgrade refused: other"},
+	} {
+		if got := ErrorKind(c.err); got != c.want {
+			t.Errorf("ErrorKind(%v) = %q, want %q", c.err, got, c.want)
+		}
+	}
 }

@@ -2,12 +2,18 @@ package loadgen
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wsgateway/gateway/packet"
 	"github.com/wsgateway/gateway/token"
@@ -59,6 +65,12 @@ type Params struct {
 	Duration       time.Duration `json:"duration,omitempty"`
 	Timeout        time.Duration `json:"timeout,omitempty"`
 	Engine         Config        `json:"-"`
+	// Barrier, when set, is called by fanout at each stage ("connected":
+	// every dial done, before the first publish; "delivered": deliveries
+	// counted, connections still open) with the figures so far, and holds
+	// the scenario until it returns: a cluster run of many load processes
+	// samples every process at the same moment. Nil: no barrier.
+	Barrier func(stage string, r *Result) `json:"-"`
 }
 
 // DefaultParams are the bounded defaults of `make bench` (2 cores, a few
@@ -107,11 +119,14 @@ type Result struct {
 	Params   Params `json:"params"`
 	Error    string `json:"error,omitempty"`
 
-	Conns          int     `json:"conns"`
-	ConnectErrors  int     `json:"connect_errors"`
-	FirstError     string  `json:"first_connect_error,omitempty"`
-	HandshakesPerS float64 `json:"handshakes_per_s,omitempty"`
-	Handshake      Latency `json:"handshake_latency"`
+	Conns         int    `json:"conns"`
+	ConnectErrors int    `json:"connect_errors"`
+	FirstError    string `json:"first_connect_error,omitempty"`
+	// ErrorKinds counts the failed dials by step and cause, e.g.
+	// "connect: EADDRNOTAVAIL", "connect: timeout", "upgrade response: ECONNRESET".
+	ErrorKinds     map[string]int `json:"connect_error_kinds,omitempty"`
+	HandshakesPerS float64        `json:"handshakes_per_s,omitempty"`
+	Handshake      Latency        `json:"handshake_latency"`
 
 	Publishes    uint64  `json:"publishes,omitempty"`
 	OfferedPerS  float64 `json:"offered_publishes_per_s,omitempty"`
@@ -170,7 +185,7 @@ type run struct {
 	start  time.Time
 	hs     Histogram
 	keys   *keyMint
-	closes sync.Map // code -> *atomic.Int64
+	closes sync.Map // closeKind -> *atomic.Int64
 	del    Deliveries
 	errMu  sync.Mutex
 }
@@ -224,7 +239,7 @@ func (rn *run) finish(err error) *Result {
 		if r.CloseCodes == nil {
 			r.CloseCodes = map[string]int{}
 		}
-		r.CloseCodes[strconv.Itoa(int(k.(uint16)))] = int(v.(*atomic.Int64).Load())
+		r.CloseCodes[k.(string)] = int(v.(*atomic.Int64).Load())
 		return true
 	})
 	r.Seconds = time.Since(rn.start).Seconds()
@@ -239,8 +254,28 @@ func (rn *run) unexpectedClose(c *Conn, code uint16) {
 	if c.closeSent.Load() {
 		return
 	}
-	v, _ := rn.closes.LoadOrStore(code, new(atomic.Int64))
+	v, _ := rn.closes.LoadOrStore(closeKind(c, code), new(atomic.Int64))
 	v.(*atomic.Int64).Add(1)
+}
+
+// closeKind names a close: its code, and for 1006 (no close frame) why the
+// socket ended: the client's own parse failure, or what the socket
+// reported (EOF: the peer closed; an errno: reset, ...).
+func closeKind(c *Conn, code uint16) string {
+	k := strconv.Itoa(int(code))
+	switch {
+	case code != 1006:
+	case c.setupErr != nil:
+		k += " client: " + c.setupErr.Error()
+	case c.closeErr != nil:
+		var errno syscall.Errno
+		if errors.As(c.closeErr, &errno) {
+			k += " " + unix.ErrnoName(errno)
+		} else {
+			k += " " + c.closeErr.Error()
+		}
+	}
+	return k
 }
 
 func (rn *run) connectErr(err error) {
@@ -250,6 +285,30 @@ func (rn *run) connectErr(err error) {
 	if rn.r.FirstError == "" {
 		rn.r.FirstError = err.Error()
 	}
+	if rn.r.ErrorKinds == nil {
+		rn.r.ErrorKinds = map[string]int{}
+	}
+	rn.r.ErrorKinds[ErrorKind(err)]++
+}
+
+// ErrorKind names a dial's failure by its step (the text before the first
+// colon of Dial's error) and its cause: the errno's name (EADDRNOTAVAIL,
+// EMFILE, ENFILE, ENOMEM, ECONNREFUSED, ECONNRESET, ...), "timeout" (a
+// SYN never answered ends so: the kernel dropped it) or "other". A kernel
+// limit shows up here by name.
+func ErrorKind(err error) string {
+	step, _, _ := strings.Cut(err.Error(), ":")
+	var errno syscall.Errno
+	switch {
+	case errors.As(err, &errno):
+		if name := unix.ErrnoName(errno); name != "" {
+			return step + ": " + name
+		}
+		return step + ": errno " + strconv.Itoa(int(errno))
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return step + ": timeout"
+	}
+	return step + ": other"
 }
 
 // keyMint issues access keys, one subject per connection index.
@@ -322,15 +381,17 @@ func (h *subHandler) OnText(*Conn, []byte, int64)  {}
 func (h *subHandler) OnClose(c *Conn, code uint16) { h.rn.unexpectedClose(c, code) }
 
 // waitDeliveries waits until want deliveries arrived, the timeout passed,
-// or nothing arrived for 5 s.
+// or nothing arrived for a sixth of the timeout (at least 5 s: a loaded
+// cluster may pause a receiver that long without losing anything).
 func (rn *run) waitDeliveries(want uint64) {
 	deadline := time.Now().Add(rn.p.Timeout)
+	stall := max(5*time.Second, rn.p.Timeout/6)
 	last, lastChange := rn.del.Delivered(), time.Now()
 	for rn.del.Delivered() < want && time.Now().Before(deadline) && rn.ctx.Err() == nil {
 		time.Sleep(5 * time.Millisecond)
 		if d := rn.del.Delivered(); d != last {
 			last, lastChange = d, time.Now()
-		} else if time.Since(lastChange) > 5*time.Second {
+		} else if time.Since(lastChange) > stall {
 			return
 		}
 	}
@@ -517,6 +578,7 @@ func Fanout(ctx context.Context, t Target, p Params) *Result {
 		return rn.finish(fmt.Errorf("publisher: %w", err))
 	}
 	_ = subs
+	rn.barrier("connected")
 	pub := &publisher{c: pc, seqs: map[string]uint64{}}
 	if !rn.p.PublishAt.IsZero() { // several load processes publish together
 		select {
@@ -538,7 +600,16 @@ func Fanout(ctx context.Context, t Target, p Params) *Result {
 	want := uint64(n) * uint64(rn.p.Publishes)
 	rn.waitDeliveries(want)
 	rn.fillDeliveries(want, start)
+	rn.barrier("delivered")
 	return rn.finish(nil)
+}
+
+// barrier calls Params.Barrier, if any.
+func (rn *run) barrier(stage string) {
+	if rn.p.Barrier != nil {
+		rn.r.Seconds = time.Since(rn.start).Seconds()
+		rn.p.Barrier(stage, rn.r)
+	}
 }
 
 // ManyChannels subscribes SubsPerChannel clients to each of Channels

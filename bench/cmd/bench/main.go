@@ -19,6 +19,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -44,6 +46,8 @@ type options struct {
 	pacedRate                         float64
 	attach, attachMetrics             string
 	attachSecret, channel             string
+	syncDir                           string
+	pingInterval                      time.Duration
 	publishAt                         int64
 	histSubs, histPublishes           int
 	recClients, recPublications       int
@@ -96,6 +100,8 @@ func main() {
 	flag.StringVar(&o.attachSecret, "attach-secret", os.Getenv("GATEWAY_SECRET"), "with -attach: the servers' GATEWAY_SECRET (default: the environment's)")
 	flag.StringVar(&o.channel, "channel", "", "fanout: channel (default bench.fanout; distinct per load process in a cluster run)")
 	flag.Int64Var(&o.publishAt, "publish-at", 0, "fanout: Unix second at which to start publishing (several load processes together)")
+	flag.StringVar(&o.syncDir, "sync-dir", "", "fanout: a directory shared by several load processes (bench/scale.sh): once connected, and again once the deliveries are counted, write <stage>.<channel> there with the figures so far and wait for the file <stage>.go (empty: no barrier)")
+	flag.DurationVar(&o.pingInterval, "ping-interval", 0, "protocol Ping period of every connection (0: 25 s; below zero: no pinger)")
 	flag.IntVar(&o.histSubs, "history-subs", 5000, "history-fanout: subscribers (spread over the nodes)")
 	flag.IntVar(&o.histPublishes, "history-publishes", 200, "history-fanout: publishes back to back")
 	flag.IntVar(&o.recClients, "recovery-clients", 1000, "history-recovery: clients that disconnect and reconnect at once")
@@ -220,7 +226,7 @@ func run(o options) error {
 func params(o options, name string) loadgen.Params {
 	p := loadgen.Params{PayloadSize: o.payload, PublishRate: o.publishRate, Duration: o.duration, Timeout: o.timeout,
 		Engine: loadgen.Config{SourceIPs: o.sourceIPs, FirstSourceIP: o.firstSourceIP, MaxInFlight: o.inFlight,
-			DialRate: o.dialRate, EventLoops: o.clientLoops}}
+			DialRate: o.dialRate, EventLoops: o.clientLoops, PingInterval: o.pingInterval}}
 	switch name {
 	case "idle":
 		p.Conns = o.conns
@@ -345,6 +351,9 @@ func (s *server) stop() {
 
 func runOne(ctx context.Context, o options, kind, name string, sc loadgen.Scenario, secret, tmp string) *loadgen.Result {
 	p := params(o, name)
+	if o.syncDir != "" {
+		p.Barrier = fileBarrier(ctx, o.syncDir, o.channel+"."+strconv.Itoa(os.Getpid()))
+	}
 	if o.attach != "" {
 		t := loadgen.Target{Kind: kind, WSURL: o.attach, MetricsURL: o.attachMetrics, Secret: o.attachSecret}
 		return sc(ctx, t, p)
@@ -380,6 +389,9 @@ func printBrief(r *loadgen.Result) {
 		fmt.Printf(" rtt p50 %.2fms p99 %.2fms", r.PingRTT.P50, r.PingRTT.P99)
 	}
 	fmt.Printf(" rss/conn %.0f heap/conn %.0f cpu %.2fs (%.1fs)\n", r.RSSPC, r.HeapPC, r.CPU, r.Seconds)
+	if len(r.ErrorKinds) > 0 {
+		fmt.Println("   connect errors by cause:", errorKinds(r.ErrorKinds))
+	}
 	if r.Error != "" {
 		fmt.Println("   error:", r.Error)
 	}
@@ -438,4 +450,52 @@ func readTrim(path string) string {
 		return "?"
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// errorKinds formats Result.ErrorKinds as "cause=count ..." in a stable
+// order.
+func errorKinds(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s=%d", k, m[k])
+	}
+	return b.String()
+}
+
+// fileBarrier is Params.Barrier over files in dir, for several load
+// processes started by one script: at each stage the process writes
+// <stage>.<id> and waits until <stage>.go exists, which the script creates
+// once every process has arrived (and it has sampled the nodes), or until
+// ctx ends (SIGTERM, SIGINT). The file's first line is "name value" pairs
+// (conns, errors, expected, delivered, lost, dup, reord, dps: deliveries/s,
+// p50, p99, max: latency in ms, t: seconds since the start) for a script to
+// sum; then one line "cause <step:cause> <count>" per kind of failed dial.
+func fileBarrier(ctx context.Context, dir, id string) func(string, *loadgen.Result) {
+	return func(stage string, r *loadgen.Result) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "conns %d errors %d expected %d delivered %d lost %d dup %d reord %d dps %.0f p50 %.1f p99 %.1f max %.1f t %.1f\n",
+			r.Conns, r.ConnectErrors, r.Expected, r.Delivered, r.Lost, r.Duplicates, r.Reordered, r.DeliveriesPS,
+			r.Latency.P50, r.Latency.P99, r.Latency.Max, r.Seconds)
+		for k, n := range r.ErrorKinds {
+			fmt.Fprintf(&b, "cause %s %d\n", strings.ReplaceAll(k, " ", ""), n)
+		}
+		tmp := filepath.Join(dir, "."+stage+"."+id)
+		if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err == nil {
+			_ = os.Rename(tmp, filepath.Join(dir, stage+"."+id))
+		}
+		for ctx.Err() == nil {
+			if _, err := os.Stat(filepath.Join(dir, stage+".go")); err == nil {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
 }
