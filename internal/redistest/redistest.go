@@ -300,7 +300,7 @@ func readReply(r *bufio.Reader, out *[]string) error {
 // ClusterNodeTimeout is the cluster-node-timeout of clusters StartCluster
 // starts: short, so a replica takes over a killed master within a test of
 // seconds (Redis fails over after about twice this plus an election delay).
-const ClusterNodeTimeout = time.Second
+const ClusterNodeTimeout = 2 * time.Second
 
 // clusterSlots is the number of hash slots of a Redis Cluster.
 const clusterSlots = 16384
