@@ -2,9 +2,6 @@ package loadgen
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -15,17 +12,8 @@ import (
 // startRedisNode is startNode on a shared Redis.
 func startRedisNode(t *testing.T, redisURL string) Target {
 	t.Helper()
-	n, err := node.Start(node.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Secret: testSecret, EventLoops: 1,
-		DataDir: t.TempDir(), WsifyListen: "127.0.0.1:0", RedisURL: redisURL, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = n.Shutdown(ctx)
-	})
-	return Target{Kind: Gateway, WSURL: "ws://" + n.Addr().(*net.TCPAddr).String() + "/api/ws", Secret: testSecret}
+	_, tg := startNodeWith(t, func(c *node.Config) { c.RedisURL = redisURL })
+	return tg
 }
 
 // TestClusterFanoutSmoke runs the cluster scenario through the real engine

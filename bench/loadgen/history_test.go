@@ -2,9 +2,6 @@ package loadgen
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -16,19 +13,8 @@ import (
 // (history.MemoryStore: a node alone).
 func startHistoryNode(t *testing.T) Target {
 	t.Helper()
-	n, err := node.Start(node.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Secret: testSecret, EventLoops: 1,
-		DataDir: t.TempDir(), WsifyListen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		History: history.Options{Size: 100, Channels: []string{"hist."}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = n.Shutdown(ctx)
-	})
-	addr := n.Addr().(*net.TCPAddr)
-	return Target{Kind: Gateway, WSURL: "ws://" + addr.String() + "/api/ws", MetricsURL: "http://" + n.AdminAddr().String() + "/metrics", Secret: testSecret}
+	_, tg := startNodeWith(t, func(c *node.Config) { c.History = history.Options{Size: 100, Channels: []string{"hist."}} })
+	return tg
 }
 
 // TestHistoryScenariosSmoke runs both history scenarios through the real

@@ -112,10 +112,18 @@ func TestAppendMaskedFrame(t *testing.T) {
 
 const testSecret = "bench-test-secret-0123456789abcdef0123456789abcdef"
 
-func startNode(t *testing.T) (*node.Node, Target) {
+func startNode(t *testing.T) (*node.Node, Target) { return startNodeWith(t, nil) }
+
+// startNodeWith starts a node on loopback ports, with configure (if not
+// nil) changing its config first, and stops it when the test ends.
+func startNodeWith(t *testing.T, configure func(*node.Config)) (*node.Node, Target) {
 	t.Helper()
-	n, err := node.Start(node.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Secret: testSecret, EventLoops: 1,
-		DataDir: t.TempDir(), WsifyListen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg := node.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Secret: testSecret, EventLoops: 1,
+		DataDir: t.TempDir(), WsifyListen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if configure != nil {
+		configure(&cfg)
+	}
+	n, err := node.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,22 +19,9 @@ func TestListenFollowsSlotMove(t *testing.T) {
 	t.Parallel()
 	cl := redistest.StartCluster(t, 2, 0)
 	c := cl.NewClusterClient(t)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	const channel = "gateway:control"
-	var mu sync.Mutex
-	subs, got := 0, []string{}
-	done := make(chan error, 1)
-	go func() {
-		done <- Listen(ctx, c, channel, func() { mu.Lock(); subs++; mu.Unlock() },
-			func(p string) { mu.Lock(); got = append(got, p); mu.Unlock() })
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Listen: %v", err)
-		}
-	})
-	state := func() (int, []string) { mu.Lock(); defer mu.Unlock(); return subs, append([]string(nil), got...) }
+	state := startListen(t, c, channel)
 	waitFor(t, "the subscription", func() bool { n, _ := state(); return n == 1 })
 	if n, err := NumSub(ctx, c, channel); err != nil || n != 1 {
 		t.Fatalf("NumSub = %d, %v; want 1", n, err)
@@ -50,7 +37,7 @@ func TestListenFollowsSlotMove(t *testing.T) {
 	if from == to {
 		to = cl.Masters[1]
 	}
-	moveSlot(t, s, from, to, cl.Masters)
+	cl.MoveSlot(t, s, from, to)
 	waitFor(t, "the subscription on the new owner", func() bool { n, _ := state(); return n == 2 })
 	if err := Publish(ctx, c, channel, "after").Err(); err != nil {
 		t.Fatal(err)
@@ -61,29 +48,24 @@ func TestListenFollowsSlotMove(t *testing.T) {
 	}
 }
 
-// moveSlot gives the (keyless) slot s to master to, telling every master.
-func moveSlot(t *testing.T, s int, from, to *redistest.Server, masters []*redistest.Server) {
-	t.Helper()
-	ctx := context.Background()
-	do := func(m *redistest.Server, args ...any) any {
-		pc := redis.NewClient(&redis.Options{Addr: m.Addr})
-		defer pc.Close()
-		v, err := pc.Do(ctx, args...).Result()
-		if err != nil {
-			t.Fatalf("%v on %s: %v", args, m.Addr, err)
+// startListen runs Listen on channel until the test ends; state returns
+// how many times it subscribed and what it received so far.
+func startListen(t *testing.T, c redis.UniversalClient, channel string) (state func() (int, []string)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	subs, got := 0, []string{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Listen(ctx, c, channel, func() { mu.Lock(); subs++; mu.Unlock() },
+			func(p string) { mu.Lock(); got = append(got, p); mu.Unlock() })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Listen: %v", err)
 		}
-		return v
-	}
-	id := do(to, "CLUSTER", "MYID")
-	do(to, "CLUSTER", "SETSLOT", s, "IMPORTING", do(from, "CLUSTER", "MYID"))
-	do(from, "CLUSTER", "SETSLOT", s, "MIGRATING", id)
-	do(to, "CLUSTER", "SETSLOT", s, "NODE", id)
-	do(from, "CLUSTER", "SETSLOT", s, "NODE", id)
-	for _, m := range masters {
-		if m != from && m != to {
-			do(m, "CLUSTER", "SETSLOT", s, "NODE", id)
-		}
-	}
+	})
+	return func() (int, []string) { mu.Lock(); defer mu.Unlock(); return subs, append([]string(nil), got...) }
 }
 
 // waitFor polls cond every 10 ms for up to 15 s.
@@ -105,22 +87,9 @@ func TestListenFollowsFailover(t *testing.T) {
 	t.Parallel()
 	cl := redistest.StartCluster(t, 3, 1)
 	c := cl.NewClusterClient(t)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	const channel = "gateway:revocations"
-	var mu sync.Mutex
-	subs, got := 0, []string{}
-	done := make(chan error, 1)
-	go func() {
-		done <- Listen(ctx, c, channel, func() { mu.Lock(); subs++; mu.Unlock() },
-			func(p string) { mu.Lock(); got = append(got, p); mu.Unlock() })
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Listen: %v", err)
-		}
-	})
-	state := func() (int, int) { mu.Lock(); defer mu.Unlock(); return subs, len(got) }
+	state := startListen(t, c, channel)
 	waitFor(t, "the subscription", func() bool { n, _ := state(); return n == 1 })
 	start := time.Now()
 	owner := cl.Owner(slot.Of(channel))
@@ -131,5 +100,5 @@ func TestListenFollowsFailover(t *testing.T) {
 	if err := Publish(ctx, c, channel, "after").Err(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the message after the failover", func() bool { _, n := state(); return n == 1 })
+	waitFor(t, "the message after the failover", func() bool { _, g := state(); return len(g) == 1 })
 }

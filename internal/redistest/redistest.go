@@ -315,7 +315,7 @@ type Cluster struct {
 
 // StartCluster starts a Redis Cluster of masters masters with replicas
 // replicas each (cluster-require-full-coverage no, so the other shards
-// serve while one fails over) and waits until every node reports the
+// serve while one fails over; cluster-replica-validity-factor 0) and waits until every node reports the
 // cluster ok and every replica is in sync.
 func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 	t.Helper()
@@ -324,7 +324,10 @@ func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 			"--save", "", "--appendonly", "no", "--dir", s.dir,
 			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 			"--cluster-node-timeout", strconv.FormatInt(ClusterNodeTimeout.Milliseconds(), 10),
-			"--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0"}
+			"--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0",
+			// A replica may take over however long ago it last heard its
+			// master: on a loaded test box that link lags.
+			"--cluster-replica-validity-factor", "0"}
 	}
 	c := &Cluster{Replicas: make([][]*Server, masters)}
 	for i := range masters {
@@ -426,6 +429,24 @@ func (c *Cluster) Owner(slot int) *Server {
 		}
 	}
 	return nil
+}
+
+// MoveSlot gives the (keyless) slot s from master from to master to, as
+// resharding does (IMPORTING, MIGRATING, then NODE on every master).
+func (c *Cluster) MoveSlot(t testing.TB, s int, from, to *Server) {
+	t.Helper()
+	slot := strconv.Itoa(s)
+	toID := mustCommand(t, to.Addr, "CLUSTER MYID")[0]
+	fromID := mustCommand(t, from.Addr, "CLUSTER MYID")[0]
+	mustCommand(t, to.Addr, "CLUSTER SETSLOT "+slot+" IMPORTING "+fromID)
+	mustCommand(t, from.Addr, "CLUSTER SETSLOT "+slot+" MIGRATING "+toID)
+	mustCommand(t, to.Addr, "CLUSTER SETSLOT "+slot+" NODE "+toID)
+	mustCommand(t, from.Addr, "CLUSTER SETSLOT "+slot+" NODE "+toID)
+	for _, m := range c.Masters {
+		if m != from && m != to && m.cmd != nil {
+			mustCommand(t, m.Addr, "CLUSTER SETSLOT "+slot+" NODE "+toID)
+		}
+	}
 }
 
 func (c *Cluster) nodes() []*Server {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"testing"
 	"time"
 
@@ -174,14 +173,8 @@ func TestSlotMigrationResubscribes(t *testing.T) {
 	h.publishAll([]string{ch, groups[1][0]}, want, "before")
 
 	// Move ch's (empty) slot from master 0 to master 1, as resharding does.
-	s := slot.Of(ch)
 	src, dst := c.Masters[0], c.Masters[1]
-	dstID := redisCmd(t, dst.Addr, "CLUSTER", "MYID")
-	srcID := redisCmd(t, src.Addr, "CLUSTER", "MYID")
-	redisCmd(t, dst.Addr, "CLUSTER", "SETSLOT", fmt.Sprint(s), "IMPORTING", srcID)
-	redisCmd(t, src.Addr, "CLUSTER", "SETSLOT", fmt.Sprint(s), "MIGRATING", dstID)
-	redisCmd(t, dst.Addr, "CLUSTER", "SETSLOT", fmt.Sprint(s), "NODE", dstID)
-	redisCmd(t, src.Addr, "CLUSTER", "SETSLOT", fmt.Sprint(s), "NODE", dstID)
+	c.MoveSlot(t, slot.Of(ch), src, dst)
 	c.WaitHealthy(t)
 	if v, ok := h.next().(Reconnected); !ok || v.Shard != dst.Addr {
 		t.Fatalf("after the migration: %#v, want Reconnected from %s", v, dst.Addr)
@@ -204,19 +197,4 @@ func TestCloseStopsEverything(t *testing.T) {
 	for range h.ps.Channel() {
 	}
 	h.ps.Subscribe("c") // after Close: no effect, no block
-}
-
-func redisCmd(t *testing.T, addr string, args ...string) string {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	a := make([]any, len(args))
-	for i, s := range args {
-		a[i] = s
-	}
-	v, err := c.Do(context.Background(), a...).Text()
-	if err != nil {
-		t.Fatalf("%s on %s: %v", strings.Join(args, " "), addr, err)
-	}
-	return v
 }
