@@ -83,7 +83,8 @@ func TestProcessRestartSamePorts(t *testing.T) {
 	t.Parallel()
 	dir := e2eDataDir(t)
 	text := e2eKeyIssue(t, e2eEnv(), "--subject", "alice", "--data-dir", dir)
-	listen, admin, wsify := e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t)
+	free := e2eFreeAddrs(t, 3)
+	listen, admin, wsify := free[0], free[1], free[2]
 	p := acServeAt(t, dir, listen, admin, wsify)
 	for run := range 2 {
 		conns := acServeSomeTraffic(t, p, text, wsify)

@@ -379,7 +379,8 @@ func TestCLIClientReconnects(t *testing.T) {
 	t.Parallel()
 	dir := e2eDataDir(t)
 	env := e2eEnv()
-	listen, admin, wsify := e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t)
+	free := e2eFreeAddrs(t, 3)
+	listen, admin, wsify := free[0], free[1], free[2]
 	serve := func() *e2eProc {
 		t.Helper()
 		p, err := e2eServeAt(t, env, listen, admin, wsify, "--data-dir", dir)

@@ -240,7 +240,8 @@ func TestGoClientReconnects(t *testing.T) {
 	t.Parallel()
 	env := e2eEnv("GATEWAY_SECRET=go-client-e2e-secret-0123456789-0123456789")
 	dir := t.TempDir()
-	listen, admin, wsify := e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t)
+	free := e2eFreeAddrs(t, 3)
+	listen, admin, wsify := free[0], free[1], free[2]
 	serve := func() *e2eProc {
 		t.Helper()
 		p, err := e2eServeAt(t, env, listen, admin, wsify, "--data-dir", dir)

@@ -54,7 +54,8 @@ func hrNewCluster(t *testing.T, srv *redistest.Server) *hrCluster {
 type hrAddrs struct{ listen, admin, wsify, dir string }
 
 func hrNewAddrs(t *testing.T) hrAddrs {
-	return hrAddrs{e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t), t.TempDir()}
+	free := e2eFreeAddrs(t, 3)
+	return hrAddrs{free[0], free[1], free[2], t.TempDir()}
 }
 
 // serve starts `gateway serve` at a, on Redis when c.redis is set, on a

@@ -153,12 +153,24 @@ func e2eKeyIssue(t testing.TB, env []string, args ...string) string {
 // e2eFreeAddr returns a loopback address free a moment ago.
 func e2eFreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return e2eFreeAddrs(t, 1)[0]
+}
+
+// e2eFreeAddrs returns n distinct loopback addresses free a moment ago:
+// all are held open together while picked, so the kernel cannot hand out
+// one port twice (one process's two listeners on one port fail its start).
+func e2eFreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		addrs[i] = l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 // e2eProc is a running `gateway serve`.
@@ -189,7 +201,8 @@ func e2eServe(t testing.TB, env []string, args ...string) *e2eProc {
 }
 
 func e2eTryServe(t testing.TB, env []string, args ...string) (*e2eProc, error) {
-	return e2eServeAt(t, env, e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t), args...)
+	a := e2eFreeAddrs(t, 3)
+	return e2eServeAt(t, env, a[0], a[1], a[2], args...)
 }
 
 // e2eServeAt starts `gateway serve` on the given main, admin and wsify

@@ -231,7 +231,8 @@ func wsifyMember(t *testing.T, listen string, exited chan error) *websocket.Conn
 // a member receives a broadcast and /broadcast checks its key.
 func TestWsifyDropInProcess(t *testing.T) {
 	t.Parallel()
-	listen, admin := e2eFreeAddr(t), e2eFreeAddr(t)
+	free := e2eFreeAddrs(t, 2)
+	listen, admin := free[0], free[1]
 	cmd := exec.Command(e2eGatewayBinary(t), "wsify", "-listen-addr", listen, "-broadcasting-key", "k1",
 		"-broker-driver", "memory", "-admin-listen", admin, "-data-dir", t.TempDir())
 	var stderr bytes.Buffer

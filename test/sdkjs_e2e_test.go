@@ -134,7 +134,8 @@ func TestSDKJS(t *testing.T) {
 	// The gateway process, restarted on the same addresses when asked.
 	env := e2eEnv("GATEWAY_SECRET=sdkjs-e2e-secret-0123456789-0123456789-0123")
 	dir := t.TempDir()
-	listen, admin, wsify := e2eFreeAddr(t), e2eFreeAddr(t), e2eFreeAddr(t)
+	free := e2eFreeAddrs(t, 3)
+	listen, admin, wsify := free[0], free[1], free[2]
 	var procMu sync.Mutex
 	proc, err := e2eServeAt(t, env, listen, admin, wsify, "--data-dir", dir)
 	if err != nil {
