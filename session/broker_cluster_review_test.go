@@ -29,7 +29,8 @@ func shardNumSub(t *testing.T, c *redistest.Cluster, name string) int64 {
 // TestRedisBrokerSubscribeUnsubscribeSubscribe on a cluster, the two
 // channels on different shards: no Live after an Unsubscribe, a Live for
 // the last Subscribe, exactly one subscription in Redis, and no
-// Reconnected from the flips.
+// Reconnected from the flips; then, with one master dead, channels on the
+// other shard still go Live.
 func TestRedisBrokerClusterSubscribeUnsubscribeSubscribe(t *testing.T) {
 	t.Parallel()
 	c := redistest.StartCluster(t, 2, 0)
@@ -85,5 +86,23 @@ func TestRedisBrokerClusterSubscribeUnsubscribeSubscribe(t *testing.T) {
 	}
 	if n := hb.reconnectCount(); n != 0 {
 		t.Fatalf("spurious Reconnected: %d", n)
+	}
+
+	// Master 1 dies for good (no replica): a channel subscribed on shard 0
+	// still goes Live and gets its publishes, even after one subscribed
+	// on the dead shard, which stays waiting.
+	more := clusterChannels(pfx, 2, 2)
+	onLive, onDead := more[0][1], more[1][1]
+	c.Masters[1].Stop()
+	b.Subscribe(onDead)
+	hb.mark("master 1 down")
+	b.Subscribe(onLive)
+	waitFor(t, 5*time.Second, "Live on the live shard while the other is down", func() bool {
+		return slices.Contains(hb.eventsAfter("master 1 down"), "live:"+onLive)
+	})
+	a.Publish(onLive, []byte("z"))
+	waitFor(t, 5*time.Second, "delivery on the live shard", func() bool { return len(hb.payloads(onLive)) == 1 })
+	if hb.liveCount(onDead) != 0 {
+		t.Fatalf("Live(%s) on the dead shard", onDead)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -95,7 +96,7 @@ func TestBarrierNotAnsweredBeforeLaterSubscribe(t *testing.T) {
 		t.Fatalf("%d events after x's confirmation, want %v", len(m.out), want)
 	}
 	for _, w := range want {
-		if v := <-m.out; v != w {
+		if v := <-m.out; !reflect.DeepEqual(v, w) {
 			t.Fatalf("got %#v, want %#v", v, w)
 		}
 	}
@@ -205,7 +206,7 @@ func TestRepeatedBarrierWhileShardDown(t *testing.T) {
 	shA := &shard{addr: a, chans: map[string]struct{}{"x": {}}, slot: 0} // down: no connection
 	m.shards[a], m.where["x"] = shA, shA
 	for range 1000 {
-		m.handleOp(op{kind: opBarrier, name: "sync:7", names: []string{"x"}})
+		m.handleOp(op{kind: opBarrier, name: "sync:7"})
 	}
 	if len(m.barriers) != 1 {
 		t.Fatalf("%d barriers pending for one name", len(m.barriers))
@@ -216,7 +217,7 @@ func TestRepeatedBarrierWhileShardDown(t *testing.T) {
 	if len(m.out) != 1 {
 		t.Fatalf("%d events once the shard answered, want Barrier sync:7", len(m.out))
 	}
-	if v := <-m.out; v != (Barrier{Name: "sync:7"}) {
+	if v := <-m.out; !reflect.DeepEqual(v, Barrier{Name: "sync:7"}) {
 		t.Fatalf("got %#v", v)
 	}
 }
@@ -276,10 +277,10 @@ func TestAuthWithCredentialsProviderContext(t *testing.T) {
 }
 
 // While one shard is down (a master killed: for the cluster's node timeout
-// until its replica is promoted, or for good without one), a Barrier
-// naming channels of the other shards is still delivered, and so is a
-// later one even while an earlier one waits for the dead shard: each
-// barrier waits only for the shards of its channels.
+// until its replica is promoted, or for good without one), a Barrier lists
+// the channels it named on the other shards at once, even those of a
+// barrier asked after one that waits for the dead shard; a channel of the
+// dead shard is listed once it is unsubscribed.
 func TestBarrierOnLiveShardWhileAnotherIsDown(t *testing.T) {
 	c := redistest.StartCluster(t, 2, 0)
 	h := newHarness(t, c)
@@ -291,15 +292,21 @@ func TestBarrierOnLiveShardWhileAnotherIsDown(t *testing.T) {
 	h.ps.Subscribe(dead[1])
 	h.ps.Barrier("on-dead", dead[1])
 	h.ps.Subscribe(live[1])
-	h.ps.Barrier("on-live", live[1])
-	if v := h.next(); v != (Barrier{Name: "on-live"}) {
-		t.Fatalf("got %#v, want Barrier on-live (on-dead waits for the dead shard)", v)
+	h.ps.Barrier("mixed", dead[1], live[1])
+	if v := h.next(); !reflect.DeepEqual(v, Barrier{Name: "mixed", Channels: []string{live[1]}}) {
+		t.Fatalf("got %#v, want Barrier mixed for %s alone (%s's shard is down)", v, live[1], dead[1])
 	}
 	if err := h.cc.SPublish(context.Background(), live[1], "x").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if v, ok := h.next().(*redis.Message); !ok || v.Channel != live[1] || v.Payload != "x" {
 		t.Fatalf("got %#v, want the message on %s", v, live[1])
+	}
+	h.ps.Unsubscribe(dead[1])
+	for _, name := range []string{"on-dead", "mixed"} {
+		if v := h.next(); !reflect.DeepEqual(v, Barrier{Name: name, Channels: []string{dead[1]}}) {
+			t.Fatalf("after Unsubscribe(%s): %#v, want Barrier %s listing it", dead[1], v, name)
+		}
 	}
 }
 
@@ -359,7 +366,7 @@ func TestCloseWithOutputFull(t *testing.T) {
 	chans := []string{groups[0][0], groups[1][0]}
 	ps.Subscribe(chans...)
 	ps.Barrier("b1")
-	if v := <-ps.Channel(); v != (Barrier{Name: "b1"}) {
+	if v := <-ps.Channel(); !reflect.DeepEqual(v, Barrier{Name: "b1"}) {
 		t.Fatalf("got %#v, want Barrier b1", v)
 	}
 	for i := range 100 {

@@ -82,13 +82,20 @@ type Options struct {
 	Buffer int
 }
 
-// Barrier is delivered on the output channel once every Subscribe and
-// Unsubscribe called before the Barrier call of this Name has taken effect
-// on the shards that own the channels the call named (every shard if it
-// named none): messages published after that on one of those channels are
-// delivered, after the Barrier. Barriers are independent: one waiting on a
-// shard that is down does not hold back one whose channels live elsewhere.
-type Barrier struct{ Name string }
+// Barrier is delivered on the output channel when the Barrier call of this
+// Name is answered. For a call that named channels, Channels lists some of
+// them: those whose Subscribe (or Unsubscribe) called before has now taken
+// effect on the shard that owns them, each shard's as soon as it answers,
+// so a shard that is down holds back only its own channels. Messages
+// published after that on a listed, subscribed channel are delivered,
+// after the Barrier. The Barriers of one call list each channel it named
+// once, a channel unsubscribed since included; channels on a shard that
+// never comes back are never listed. For a call that named none, one
+// Barrier with no Channels comes once every shard has answered.
+type Barrier struct {
+	Name     string
+	Channels []string
+}
 
 // Reconnected is delivered when the channels of Shard were subscribed
 // again on a new connection or on a new owner (a failover, a slot
@@ -199,13 +206,13 @@ func (p *PubSub) Unsubscribe(channels ...string) {
 	}
 }
 
-// Barrier asks for Barrier{name} on the output channel once everything
-// queued before it has taken effect on the shards that own channels (on
-// every shard when channels is empty). Only those shards are asked, so a
-// shard that is down delays only the barriers naming its channels (or
-// none). A channel named that is not subscribed is ignored. Barriers may
-// be delivered in another order than asked. Asked again while one of the
-// same name is pending, it replaces that one: one Barrier is delivered.
+// Barrier asks for Barrier events of name on the output channel (see
+// Barrier): for channels, as each one's shard confirms what was queued
+// before; with no channels, one once every shard has. Only the shards
+// concerned are asked, and barriers are answered in any order. A channel
+// named that is not subscribed is listed at once. A call with no channels
+// asked again while one of the same name is pending replaces that one:
+// retries while a shard is down do not pile up.
 func (p *PubSub) Barrier(name string, channels ...string) {
 	p.queue(op{kind: opBarrier, name: name, names: channels})
 }
@@ -319,14 +326,18 @@ type command struct {
 	resub   bool     // an SSUBSCRIBE that ends a shard's lost state
 }
 
+// pendingBarrier is a Barrier call not fully answered. A whole one (chans
+// nil) is delivered once waiting is empty; one for channels delivers the
+// channels it confirms (done) as they come, and ends when chans is empty.
 type pendingBarrier struct {
 	seq     uint64
 	name    string
-	chans   map[string]struct{} // the channels it is about; nil: all
-	waiting map[*shard]struct{}
+	chans   map[string]struct{} // channels not yet listed; nil: whole
+	done    []string            // channels confirmed, to list
+	waiting map[*shard]struct{} // shards to ask (a hint for channels)
 }
 
-// covers reports whether b is about ch.
+// covers reports whether b waits for ch.
 func (b *pendingBarrier) covers(ch string) bool {
 	if b.chans == nil {
 		return true
@@ -465,6 +476,7 @@ func (m *manager) unsubscribe(chans []string) {
 			m.bySlot(sh, "SUNSUBSCRIBE", chans, false)
 		}
 	}
+	m.settle(chans)
 	m.completeBarriers() // an unplaced channel dropped may have held one
 }
 
@@ -536,13 +548,12 @@ func (m *manager) ownedSlot(addr string) int {
 // ---- barriers ----
 
 func (m *manager) barrier(name string, chans []string) {
-	// A pending barrier of the same name (a caller asking again while a
-	// shard is down) is replaced: the new one is delivered once, when both
-	// could be, and retries do not pile up.
-	m.barriers = slices.DeleteFunc(m.barriers, func(b *pendingBarrier) bool { return b.name == name })
 	m.seq++
 	b := &pendingBarrier{seq: m.seq, name: name, waiting: make(map[*shard]struct{})}
 	if len(chans) == 0 {
+		// A pending one of the same name (a caller asking again while a
+		// shard is down) is replaced: retries do not pile up.
+		m.barriers = slices.DeleteFunc(m.barriers, func(o *pendingBarrier) bool { return o.chans == nil && o.name == name })
 		for _, sh := range m.shards {
 			if sh.conn != nil || len(sh.chans) > 0 {
 				b.waiting[sh] = struct{}{}
@@ -551,10 +562,13 @@ func (m *manager) barrier(name string, chans []string) {
 	} else {
 		b.chans = make(map[string]struct{}, len(chans))
 		for _, ch := range chans {
-			b.chans[ch] = struct{}{}
 			if sh := m.where[ch]; sh != nil {
-				b.waiting[sh] = struct{}{} // unplaced ones hold it in completeBarriers
+				b.waiting[sh] = struct{}{}
+			} else if _, ok := m.unplaced[ch]; !ok {
+				b.done = append(b.done, ch) // not subscribed: nothing to wait for
+				continue
 			}
+			b.chans[ch] = struct{}{}
 		}
 	}
 	m.barriers = append(m.barriers, b)
@@ -567,15 +581,21 @@ func (m *manager) barrier(name string, chans []string) {
 }
 
 // sendBarrier sends the barrier as a SUNSUBSCRIBE of a name in a slot sh
-// owns (any other slot is redirected). A shard without a known slot
-// cannot be asked; it is released from the barrier (a reload will say
-// where its channels went).
+// owns (any other slot is redirected). A shard without a known slot has
+// no channels to confirm; it is released from the barrier.
 func (m *manager) sendBarrier(sh *shard, seq uint64, name string) {
-	if sh.slot < 0 {
+	s := sh.slot
+	for ch := range sh.chans {
+		if s >= 0 {
+			break
+		}
+		s = slot.Of(ch) // placed here: a slot sh owns
+	}
+	if s < 0 {
 		m.answered(sh, seq)
 		return
 	}
-	bname := slot.InSlot(name, sh.slot)
+	bname := slot.InSlot(name, s)
 	m.send(sh, command{kind: "sunsubscribe", chans: []string{bname}, barrier: seq}, "SUNSUBSCRIBE", bname)
 }
 
@@ -593,41 +613,62 @@ func (m *manager) askShard(sh *shard) {
 	}
 }
 
-// answered records that sh confirmed barrier seq, so every older one too.
+// answered records that sh confirmed barrier seq, so every older one too:
+// every channel of theirs placed on sh is subscribed there (an SSUBSCRIBE
+// sent after the barrier command, for a channel placed here since, made
+// that command prove nothing: see place).
 func (m *manager) answered(sh *shard, seq uint64) {
 	for _, b := range m.barriers {
-		if b.seq <= seq {
-			delete(b.waiting, sh)
+		if b.seq > seq {
+			continue
+		}
+		delete(b.waiting, sh)
+		for ch := range b.chans {
+			if m.where[ch] == sh {
+				delete(b.chans, ch)
+				b.done = append(b.done, ch)
+			}
 		}
 	}
 	m.completeBarriers()
 }
 
-// completeBarriers delivers the barriers no shard is still to confirm and
-// none of whose channels is without a shard (until it is subscribed
-// somewhere, no barrier may say it is live), each as soon as it is
-// complete: one waiting on a shard that is down holds back no other.
+// settle lists chans, unsubscribed, on the barriers waiting for them: the
+// caller learns that nothing more will come for them.
+func (m *manager) settle(chans []string) {
+	for _, b := range m.barriers {
+		for _, ch := range chans {
+			if _, ok := b.chans[ch]; ok {
+				delete(b.chans, ch)
+				b.done = append(b.done, ch)
+			}
+		}
+	}
+}
+
+// completeBarriers delivers what the pending barriers have confirmed: a
+// whole one once no shard is still to answer and no subscribed channel
+// is without a shard (until it is subscribed somewhere, no barrier may say
+// it is live); for channels, those confirmed so far. Each barrier goes
+// its own pace: one waiting on a shard that is down holds back no other.
 func (m *manager) completeBarriers() {
 	kept := m.barriers[:0]
 	for _, b := range m.barriers {
-		if len(b.waiting) == 0 && !m.holdsUnplaced(b) {
-			m.emit(Barrier{Name: b.name})
-			continue
+		if b.chans == nil {
+			if len(b.waiting) == 0 && len(m.unplaced) == 0 {
+				m.emit(Barrier{Name: b.name})
+				continue
+			}
+		} else if len(b.done) > 0 {
+			m.emit(Barrier{Name: b.name, Channels: b.done})
+			b.done = nil
 		}
-		kept = append(kept, b)
+		if b.chans == nil || len(b.chans) > 0 {
+			kept = append(kept, b)
+		}
 	}
 	clear(m.barriers[len(kept):])
 	m.barriers = kept
-}
-
-// holdsUnplaced reports whether one of b's channels has no shard yet.
-func (m *manager) holdsUnplaced(b *pendingBarrier) bool {
-	for ch := range m.unplaced {
-		if b.covers(ch) {
-			return true
-		}
-	}
-	return false
 }
 
 func (m *manager) emit(v any) {
