@@ -255,8 +255,10 @@ type BrokerStats struct {
 // sent UNSUBSCRIBE of the same channel could still open a gap. go-redis keeps
 // the set of subscribed channels and resubscribes all of them on every new
 // connection, so a barrier answered on a newer connection proves the
-// channel is subscribed there too. A barrier lost with a connection is sent
-// again after 500 ms while channels wait for Live. No broker lock that
+// channel is subscribed there too. (On a cluster the round's barrier names
+// its channels and shardps reports them shard by shard: see barrier.) A
+// barrier lost with a connection is sent again after 500 ms while channels
+// wait for Live (on one Redis; shardps keeps a cluster's barriers itself). No broker lock that
 // Subscribe or Unsubscribe take is held while a handler method runs, so
 // the hub may hold its own lock around those calls and take it in Live;
 // handler methods may even call Subscribe and Unsubscribe (but not Close).

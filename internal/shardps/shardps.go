@@ -16,7 +16,9 @@
 // One goroutine (the manager) owns all state; Subscribe, Unsubscribe and
 // Barrier queue to it. Each connection has a reader goroutine that puts
 // messages straight onto the output channel, in the order Redis sent them,
-// and hands every other reply to the manager; dials and slot map reloads
+// while its connection is the shard's current one (a dropped connection's
+// reader delivers nothing more), and hands every other reply to the
+// manager; dials and slot map reloads
 // run on goroutines of their own, so nothing the manager does waits on the
 // network except a write to a local socket buffer (bounded by writeTimeout).
 package shardps
