@@ -586,3 +586,38 @@ func TestClusterDownLoggedPerShard(t *testing.T) {
 		}
 	}
 }
+
+// A barrier command refused because the slot it named left the shard
+// (MOVED) is asked again after the reload, in a slot the shard still owns:
+// the channels it confirms must not wait for ever.
+func TestRefusedBarrierAskedAgain(t *testing.T) {
+	m := testManager(t)
+	const a, b = "a:1", "b:1"
+	x := distinctSlotChannels(1)[0]
+	for s := range m.topo {
+		m.topo[s] = a
+	}
+	m.haveTopo = true
+	m.reloading = true
+	sh := &shard{addr: a, chans: map[string]struct{}{x: {}}, slot: m.ownedSlot(a), conn: nopConn{}}
+	m.shards[a], m.where[x] = sh, sh
+	m.handleOp(op{kind: opBarrier, name: "r1", names: []string{x}})
+	if len(sh.sent) != 1 || sh.sent[0].barrier == 0 {
+		t.Fatalf("no barrier command sent: %+v", sh.sent)
+	}
+	moved := sh.slot
+	if moved == slot.Of(x) {
+		t.Fatal("test needs the barrier's slot apart from x's")
+	}
+	m.handleReply(sh, reply{err: fmt.Sprintf("MOVED %d %s", moved, b)})
+	topo := m.topo
+	topo[moved] = b
+	m.handleEvent(event{kind: evSlots, slots: &topo})
+	if len(sh.sent) != 1 || sh.sent[0].barrier == 0 {
+		t.Fatalf("barrier not asked again after the reload: %+v", sh.sent)
+	}
+	m.handleReply(sh, reply{kind: "sunsubscribe", channel: sh.sent[0].chans[0]})
+	if v := <-m.out; !reflect.DeepEqual(v, Barrier{Name: "r1", Channels: []string{x}}) {
+		t.Fatalf("got %#v, want Barrier r1 listing %s", v, x)
+	}
+}

@@ -601,12 +601,18 @@ func (m *manager) sendBarrier(sh *shard, seq uint64, name string) {
 	m.send(sh, command{kind: "sunsubscribe", chans: []string{bname}, barrier: seq}, "SUNSUBSCRIBE", bname)
 }
 
-// askShard sends sh the newest barrier waiting on it, if any: answering it
-// answers the older ones there too.
+// askShard sends sh the newest barrier waiting on it, unless a barrier
+// command at least as new is in flight there: answering it answers the
+// older ones there too. A barrier command refused (the slot moved), lost
+// with a connection or made void by place is no longer in flight.
 func (m *manager) askShard(sh *shard) {
+	var inFlight uint64
+	for _, c := range sh.sent {
+		inFlight = max(inFlight, c.barrier)
+	}
 	var last *pendingBarrier
 	for _, b := range m.barriers {
-		if _, ok := b.waiting[sh]; ok && (last == nil || b.seq > last.seq) {
+		if _, ok := b.waiting[sh]; ok && b.seq > inFlight && (last == nil || b.seq > last.seq) {
 			last = b
 		}
 	}
@@ -1153,6 +1159,13 @@ func (m *manager) rehome() {
 		}
 	}
 	m.place()
+	// A barrier command refused meanwhile (it reached a master that had
+	// lost the slot it named) is asked again, in a slot the shard owns now.
+	for _, sh := range m.shards {
+		if sh.conn != nil {
+			m.askShard(sh)
+		}
+	}
 }
 
 // forget closes a shard that owns no slot and holds no channel.
