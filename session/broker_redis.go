@@ -321,6 +321,9 @@ type RedisBroker struct {
 	ops       []subOp              // calls not yet taken by the subscriber
 	awaiting  []awaitLive          // FIFO by round, for Live
 	awaitHead int
+	// awaitTaken counts the entries of awaiting taken (sub nil): those
+	// before awaitHead and, on a cluster, later ones confirmed out of order.
+	awaitTaken int
 	round     uint64 // last subscriber round taken
 	wake      chan struct{}
 
@@ -1125,15 +1128,7 @@ func (b *RedisBroker) barrier(round uint64, names []string) {
 	defer b.liveMu.Unlock()
 	b.mu.Lock()
 	live := b.takeAwaiting(round, names, b.liveBuf[:0])
-	if b.awaitHead == len(b.awaiting) {
-		b.awaiting = b.awaiting[:0]
-		b.awaitHead = 0
-	} else if b.awaitHead > 1024 && b.awaitHead*2 > len(b.awaiting) {
-		n := copy(b.awaiting, b.awaiting[b.awaitHead:])
-		clear(b.awaiting[n:])
-		b.awaiting = b.awaiting[:n]
-		b.awaitHead = 0
-	}
+	b.compactAwaiting()
 	b.mu.Unlock()
 	for _, ch := range live {
 		b.h.Live(ch)
@@ -1165,6 +1160,7 @@ func (b *RedisBroker) takeAwaiting(round uint64, names []string, live []string) 
 			continue // taken, or not confirmed yet
 		}
 		q[i] = awaitLive{round: a.round}
+		b.awaitTaken++
 		if s := b.subs[a.channel]; s == a.sub && !s.live {
 			s.live = true
 			live = append(live, a.channel)
@@ -1174,6 +1170,29 @@ func (b *RedisBroker) takeAwaiting(round uint64, names []string, live []string) 
 		b.awaitHead++
 	}
 	return live
+}
+
+// compactAwaiting drops the taken entries once they are most of the queue
+// (on a cluster, entries of a shard that is down stay at the head while
+// later rounds are confirmed behind them), keeping the order by round.
+// b.mu is held.
+func (b *RedisBroker) compactAwaiting() {
+	if b.awaitHead == len(b.awaiting) {
+		clear(b.awaiting)
+		b.awaiting, b.awaitHead, b.awaitTaken = b.awaiting[:0], 0, 0
+		return
+	}
+	if b.awaitTaken <= 1024 || b.awaitTaken*2 <= len(b.awaiting) {
+		return
+	}
+	kept := b.awaiting[:0]
+	for _, a := range b.awaiting[b.awaitHead:] {
+		if a.sub != nil {
+			kept = append(kept, a)
+		}
+	}
+	clear(b.awaiting[len(kept):])
+	b.awaiting, b.awaitHead, b.awaitTaken = kept, 0, 0
 }
 
 func (b *RedisBroker) deliver(m *redis.Message) {
