@@ -324,8 +324,8 @@ type RedisBroker struct {
 	// awaitTaken counts the entries of awaiting taken (sub nil): those
 	// before awaitHead and, on a cluster, later ones confirmed out of order.
 	awaitTaken int
-	round     uint64 // last subscriber round taken
-	wake      chan struct{}
+	round      uint64 // last subscriber round taken
+	wake       chan struct{}
 
 	confirmed atomic.Uint64 // highest barrier answered
 
