@@ -321,11 +321,11 @@ type RedisBroker struct {
 	ops       []subOp              // calls not yet taken by the subscriber
 	awaiting  []awaitLive          // FIFO by round, for Live
 	awaitHead int
-	// awaitTaken counts the entries of awaiting taken (sub nil): those
+	// awaitDone counts the entries of awaiting taken (sub nil): those
 	// before awaitHead and, on a cluster, later ones confirmed out of order.
-	awaitTaken int
-	round      uint64 // last subscriber round taken
-	wake       chan struct{}
+	awaitDone int
+	round     uint64 // last subscriber round taken
+	wake      chan struct{}
 
 	confirmed atomic.Uint64 // highest barrier answered
 
@@ -1160,7 +1160,7 @@ func (b *RedisBroker) takeAwaiting(round uint64, names []string, live []string) 
 			continue // taken, or not confirmed yet
 		}
 		q[i] = awaitLive{round: a.round}
-		b.awaitTaken++
+		b.awaitDone++
 		if s := b.subs[a.channel]; s == a.sub && !s.live {
 			s.live = true
 			live = append(live, a.channel)
@@ -1179,10 +1179,10 @@ func (b *RedisBroker) takeAwaiting(round uint64, names []string, live []string) 
 func (b *RedisBroker) compactAwaiting() {
 	if b.awaitHead == len(b.awaiting) {
 		clear(b.awaiting)
-		b.awaiting, b.awaitHead, b.awaitTaken = b.awaiting[:0], 0, 0
+		b.awaiting, b.awaitHead, b.awaitDone = b.awaiting[:0], 0, 0
 		return
 	}
-	if b.awaitTaken <= 1024 || b.awaitTaken*2 <= len(b.awaiting) {
+	if b.awaitDone <= 1024 || b.awaitDone*2 <= len(b.awaiting) {
 		return
 	}
 	kept := b.awaiting[:0]
@@ -1192,7 +1192,7 @@ func (b *RedisBroker) compactAwaiting() {
 		}
 	}
 	clear(b.awaiting[len(kept):])
-	b.awaiting, b.awaitHead, b.awaitTaken = kept, 0, 0
+	b.awaiting, b.awaitHead, b.awaitDone = kept, 0, 0
 }
 
 func (b *RedisBroker) deliver(m *redis.Message) {
