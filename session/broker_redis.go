@@ -77,10 +77,11 @@ import (
 // on internal/shardps: one connection per shard, one command per slot. The
 // barrier is then an SUNSUBSCRIBE of <prefix>sync:<n>{<tag>} on each shard
 // that owns a channel the round subscribed, <tag> picking a slot that shard
-// owns; the round is confirmed when those shards have answered, whatever
-// the others do (a master that is down delays only its own channels'
-// rounds), so rounds may be confirmed out of order. A shard's failover, a slot migration or a broken
-// subscription connection is a reconnect (Reconnected) once its channels
+// owns; each channel of the round is confirmed when its shard has
+// answered, whatever the others do (a master that is down delays only its
+// own channels), so rounds may be confirmed out of order. A shard's
+// failover, a slot migration or a broken subscription connection is a
+// reconnect (Reconnected) once its channels
 // are subscribed again on the new owner. A batch of publishes that fails on
 // some shards counts those as PublishErrors and tells go-redis to reload its
 // slot map; only a batch failing everywhere makes the broker count Redis as
@@ -258,8 +259,8 @@ type BrokerStats struct {
 // channel is subscribed there too. (On a cluster the round's barrier names
 // its channels and shardps reports them shard by shard: see barrier.) A
 // barrier lost with a connection is sent again after 500 ms while channels
-// wait for Live (on one Redis; shardps keeps a cluster's barriers itself). No broker lock that
-// Subscribe or Unsubscribe take is held while a handler method runs, so
+// wait for Live (on one Redis; shardps keeps a cluster's barriers itself).
+// No broker lock that Subscribe or Unsubscribe take is held while a handler method runs, so
 // the hub may hold its own lock around those calls and take it in Live;
 // handler methods may even call Subscribe and Unsubscribe (but not Close).
 // The price: the wanted-check and the Live call are not atomic, so a Live
@@ -977,10 +978,10 @@ func (b *RedisBroker) runSubscriber() {
 			clear(ops)
 			spare = ops[:0]
 			failed = append(failed, b.subscribe(toSub, toSubNames)...)
-			b.unsubscribe(toUnsub)
 			if b.sps != nil {
 				// shardps keeps a barrier until the shards of its channels
 				// answer, across reconnects: no retry.
+				b.sps.Unsubscribe(toUnsub...)
 				if len(awaitNames) > 0 {
 					b.sps.Barrier(b.syncName(round), awaitNames...)
 				}
@@ -989,8 +990,9 @@ func (b *RedisBroker) runSubscriber() {
 			// While a SUBSCRIBE is to be redone no barrier is sent: its
 			// reply would declare the failed channels live.
 			if len(failed) == 0 {
-				b.sendBarrier(round)
+				toUnsub = append(toUnsub, b.syncName(round))
 			}
+			b.unsubscribe(toUnsub)
 			sent = round
 			retry.Reset(redisBarrierRetry)
 		}
