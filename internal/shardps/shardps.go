@@ -18,9 +18,11 @@
 // messages straight onto the output channel, in the order Redis sent them,
 // while its connection is the shard's current one (a dropped connection's
 // reader delivers nothing more), and hands every other reply to the
-// manager; dials and slot map reloads
-// run on goroutines of their own, so nothing the manager does waits on the
-// network except a write to a local socket buffer (bounded by writeTimeout).
+// manager; dials and slot map reloads run on goroutines of their own, so
+// nothing the manager does waits on the network except a write to a local
+// socket buffer (bounded by writeTimeout) and, when it drops a connection,
+// a delivery under way by that connection's reader (the output channel may
+// be full).
 package shardps
 
 import (
@@ -368,7 +370,6 @@ func (m *manager) run() {
 					m.send(sh, command{kind: "pong"}, "PING")
 				}
 			}
-
 		}
 		m.flush()
 	}
@@ -962,7 +963,7 @@ func (m *manager) auth(ctx context.Context, conn net.Conn) error {
 	defer conn.SetDeadline(time.Time{})
 	// A deadline in the past wakes the blocked Write or Read when ctx ends.
 	defer context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })()
-	line, err := m.exchange(conn, args)
+	line, err := exchange(conn, args)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -976,7 +977,7 @@ func (m *manager) auth(ctx context.Context, conn net.Conn) error {
 }
 
 // exchange writes one command and reads one reply line.
-func (m *manager) exchange(conn net.Conn, args []string) (string, error) {
+func exchange(conn net.Conn, args []string) (string, error) {
 	if _, err := conn.Write(appendCommand(nil, args...)); err != nil {
 		return "", err
 	}
