@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"slices"
 	"testing"
@@ -29,7 +30,8 @@ func shardNumSub(t *testing.T, c *redistest.Cluster, name string) int64 {
 // TestRedisBrokerSubscribeUnsubscribeSubscribe on a cluster, the two
 // channels on different shards: no Live after an Unsubscribe, a Live for
 // the last Subscribe, exactly one subscription in Redis, and no
-// Reconnected from the flips.
+// Reconnected from the flips; then, with one master dead, channels on the
+// other shard still go Live.
 func TestRedisBrokerClusterSubscribeUnsubscribeSubscribe(t *testing.T) {
 	t.Parallel()
 	c := redistest.StartCluster(t, 2, 0)
@@ -85,5 +87,57 @@ func TestRedisBrokerClusterSubscribeUnsubscribeSubscribe(t *testing.T) {
 	}
 	if n := hb.reconnectCount(); n != 0 {
 		t.Fatalf("spurious Reconnected: %d", n)
+	}
+
+	// Master 1 dies for good (no replica): a channel subscribed on shard 0
+	// still goes Live and gets its publishes, even after one subscribed
+	// on the dead shard, which stays waiting.
+	more := clusterChannels(pfx, 2, 2)
+	onLive, onDead := more[0][1], more[1][1]
+	c.Masters[1].Stop()
+	b.Subscribe(onDead)
+	hb.mark("master 1 down")
+	b.Subscribe(onLive)
+	waitFor(t, 5*time.Second, "Live on the live shard while the other is down", func() bool {
+		return slices.Contains(hb.eventsAfter("master 1 down"), "live:"+onLive)
+	})
+	a.Publish(onLive, []byte("z"))
+	waitFor(t, 5*time.Second, "delivery on the live shard", func() bool { return len(hb.payloads(onLive)) == 1 })
+	if hb.liveCount(onDead) != 0 {
+		t.Fatalf("Live(%s) on the dead shard", onDead)
+	}
+}
+
+// On a cluster a round's channels are confirmed shard by shard, in any
+// order: a channel whose shard is down stays at the head of the awaiting
+// queue while later rounds are confirmed behind it. The queue must not
+// keep those confirmed entries (it grew with every Subscribe until the
+// shard came back), and the stuck channel still goes Live when its shard
+// answers.
+func TestRedisBrokerAwaitingOutOfOrder(t *testing.T) {
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	t.Cleanup(func() { _ = cc.Close() })
+	b := NewRedisBroker(RedisBrokerOptions{Client: cc}) // not started: the test is its reader
+	h := &fakeBrokerHandler{}
+	b.h = h
+	const rounds = 5000
+	for r := uint64(1); r <= rounds; r++ {
+		ch := fmt.Sprintf("room-%d", r)
+		s := &redisSub{}
+		b.subs[ch] = s
+		b.awaiting = append(b.awaiting, awaitLive{channel: ch, name: b.redisName(ch), sub: s, round: r})
+	}
+	for r := uint64(2); r <= rounds; r++ {
+		b.barrier(r, []string{b.redisName(fmt.Sprintf("room-%d", r))})
+	}
+	if n := len(b.awaiting); n > 2048 {
+		t.Fatalf("%d awaiting entries kept for 1 channel still waiting", n)
+	}
+	if h.liveCount("room-1") != 0 || h.liveCount("room-2") != 1 || h.liveCount(fmt.Sprintf("room-%d", rounds)) != 1 {
+		t.Fatal("wrong channels live")
+	}
+	b.barrier(1, []string{b.redisName("room-1")})
+	if h.liveCount("room-1") != 1 || len(b.awaiting) != 0 {
+		t.Fatalf("room-1 live %d times, %d entries left; want 1 and 0", h.liveCount("room-1"), len(b.awaiting))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,10 +75,13 @@ import (
 //
 // (a classic PUBLISH on a cluster reaches no node). The subscriptions run
 // on internal/shardps: one connection per shard, one command per slot. The
-// barrier is then an SUNSUBSCRIBE of <prefix>sync:<n>{<tag>} on every shard,
-// <tag> picking a slot that shard owns; the round is confirmed when every
-// shard has answered. A shard's failover, a slot migration or a broken
-// subscription connection is a reconnect (Reconnected) once its channels
+// barrier is then an SUNSUBSCRIBE of <prefix>sync:<n>{<tag>} on each shard
+// that owns a channel the round subscribed, <tag> picking a slot that shard
+// owns; each channel of the round is confirmed when its shard has
+// answered, whatever the others do (a master that is down delays only its
+// own channels), so rounds may be confirmed out of order. A shard's
+// failover, a slot migration or a broken subscription connection is a
+// reconnect (Reconnected) once its channels
 // are subscribed again on the new owner. A batch of publishes that fails on
 // some shards counts those as PublishErrors and tells go-redis to reload its
 // slot map; only a batch failing everywhere makes the broker count Redis as
@@ -252,9 +256,11 @@ type BrokerStats struct {
 // sent UNSUBSCRIBE of the same channel could still open a gap. go-redis keeps
 // the set of subscribed channels and resubscribes all of them on every new
 // connection, so a barrier answered on a newer connection proves the
-// channel is subscribed there too. A barrier lost with a connection is sent
-// again after 500 ms while channels wait for Live. No broker lock that
-// Subscribe or Unsubscribe take is held while a handler method runs, so
+// channel is subscribed there too. (On a cluster the round's barrier names
+// its channels and shardps reports them shard by shard: see barrier.) A
+// barrier lost with a connection is sent again after 500 ms while channels
+// wait for Live (on one Redis; shardps keeps a cluster's barriers itself).
+// No broker lock that Subscribe or Unsubscribe take is held while a handler method runs, so
 // the hub may hold its own lock around those calls and take it in Live;
 // handler methods may even call Subscribe and Unsubscribe (but not Close).
 // The price: the wanted-check and the Live call are not atomic, so a Live
@@ -316,6 +322,9 @@ type RedisBroker struct {
 	ops       []subOp              // calls not yet taken by the subscriber
 	awaiting  []awaitLive          // FIFO by round, for Live
 	awaitHead int
+	// awaitDone counts the entries of awaiting taken (sub nil): those
+	// before awaitHead and, on a cluster, later ones confirmed out of order.
+	awaitDone int
 	round     uint64 // last subscriber round taken
 	wake      chan struct{}
 
@@ -358,6 +367,7 @@ type subOp struct {
 
 type awaitLive struct {
 	channel string
+	name    string // its Redis name, on a cluster (the barrier lists those)
 	sub     *redisSub
 	round   uint64
 }
@@ -903,7 +913,7 @@ func (b *RedisBroker) runSubscriber() {
 					for i, ch := range keep {
 						names[i] = b.redisName(ch)
 					}
-					b.unsubscribe(names, 0, false)
+					b.unsubscribe(names)
 					failed = b.subscribe(keep, names)
 				}
 			}
@@ -912,7 +922,7 @@ func (b *RedisBroker) runSubscriber() {
 				waiting := b.awaitHead < len(b.awaiting)
 				b.mu.Unlock()
 				if waiting {
-					b.unsubscribe(nil, sent, true)
+					b.sendBarrier(sent)
 				}
 			}
 			if len(failed) > 0 || b.confirmed.Load() < sent {
@@ -939,11 +949,16 @@ func (b *RedisBroker) runSubscriber() {
 			for _, op := range ops {
 				final[op.channel] = op.sub
 			}
-			var toSub, toSubNames, toUnsub []string
+			var toSub, toSubNames, toUnsub, awaitNames []string
 			for ch, sub := range final {
 				if sub {
 					if s := b.subs[ch]; s != nil {
-						b.awaiting = append(b.awaiting, awaitLive{channel: ch, sub: s, round: round})
+						a := awaitLive{channel: ch, sub: s, round: round}
+						if b.sps != nil {
+							a.name = b.redisName(ch)
+							awaitNames = append(awaitNames, a.name)
+						}
+						b.awaiting = append(b.awaiting, a)
 					}
 				}
 				if sub == issued[ch] {
@@ -963,9 +978,21 @@ func (b *RedisBroker) runSubscriber() {
 			clear(ops)
 			spare = ops[:0]
 			failed = append(failed, b.subscribe(toSub, toSubNames)...)
+			if b.sps != nil {
+				// shardps keeps a barrier until the shards of its channels
+				// answer, across reconnects: no retry.
+				b.sps.Unsubscribe(toUnsub...)
+				if len(awaitNames) > 0 {
+					b.sps.Barrier(b.syncName(round), awaitNames...)
+				}
+				continue
+			}
 			// While a SUBSCRIBE is to be redone no barrier is sent: its
 			// reply would declare the failed channels live.
-			b.unsubscribe(toUnsub, round, len(failed) == 0)
+			if len(failed) == 0 {
+				toUnsub = append(toUnsub, b.syncName(round))
+			}
+			b.unsubscribe(toUnsub)
 			sent = round
 			retry.Reset(redisBarrierRetry)
 		}
@@ -993,20 +1020,23 @@ func (b *RedisBroker) subscribe(channels, names []string) (failed []string) {
 	return failed
 }
 
-// unsubscribe sends UNSUBSCRIBE for the Redis names, followed by the
-// barrier of round if barrier is set. go-redis forgets the names even when
-// the command fails, and a new connection does not have them, so failures
-// need no retry; a lost barrier is sent again by the retry timer.
-func (b *RedisBroker) unsubscribe(names []string, round uint64, barrier bool) {
+// syncName is the barrier name of round.
+func (b *RedisBroker) syncName(round uint64) string {
+	return b.syncPrefix + strconv.FormatUint(round, 10)
+}
+
+// sendBarrier sends the barrier of round on one Redis: an UNSUBSCRIBE of
+// its sync name, answered after every command sent before it. A lost one
+// is sent again by the retry timer.
+func (b *RedisBroker) sendBarrier(round uint64) { b.unsubscribe([]string{b.syncName(round)}) }
+
+// unsubscribe sends UNSUBSCRIBE for the Redis names. go-redis forgets the
+// names even when the command fails, and a new connection does not have
+// them, so failures need no retry.
+func (b *RedisBroker) unsubscribe(names []string) {
 	if b.sps != nil {
 		b.sps.Unsubscribe(names...)
-		if barrier {
-			b.sps.Barrier(b.syncPrefix + strconv.FormatUint(round, 10))
-		}
 		return
-	}
-	if barrier {
-		names = append(names, b.syncPrefix+strconv.FormatUint(round, 10))
 	}
 	for len(names) > 0 {
 		n := min(len(names), redisSubscribeChunk)
@@ -1038,7 +1068,7 @@ func (b *RedisBroker) runReader() {
 			b.deliver(m)
 		case shardps.Barrier:
 			if round, err := strconv.ParseUint(strings.TrimPrefix(m.Name, b.syncPrefix), 10, 64); err == nil {
-				b.barrier(round)
+				b.barrier(round, m.Channels)
 			}
 		case shardps.Reconnected:
 			b.reconnected("shard", m.Shard)
@@ -1061,7 +1091,7 @@ func (b *RedisBroker) runReader() {
 			case "unsubscribe":
 				if rest, ok := strings.CutPrefix(m.Channel, b.syncPrefix); ok {
 					if round, err := strconv.ParseUint(rest, 10, 64); err == nil {
-						b.barrier(round)
+						b.barrier(round, nil)
 					}
 					continue
 				}
@@ -1079,10 +1109,15 @@ func (b *RedisBroker) reconnected(logArgs ...any) {
 	b.h.Reconnected()
 }
 
-// barrier handles the reply to the barrier of round: every channel
-// subscribed in rounds up to it is live unless unsubscribed since.
-func (b *RedisBroker) barrier(round uint64) {
-	if round > b.confirmed.Load() {
+// barrier handles the reply to the barrier of round. On one Redis (names
+// nil: one connection answers in order) every channel subscribed in round
+// or before is live unless unsubscribed since. On a cluster, names lists
+// the Redis names of round's channels whose shard has answered (shardps):
+// those are, each shard's as soon as it answers, so rounds and their
+// channels are confirmed in any order and a master that is down holds
+// back only its own channels.
+func (b *RedisBroker) barrier(round uint64, names []string) {
+	if names == nil && round > b.confirmed.Load() {
 		b.confirmed.Store(round) // only the reader stores
 	}
 	// liveMu, not mu, is held across the Live calls: the hub calls
@@ -1094,31 +1129,72 @@ func (b *RedisBroker) barrier(round uint64) {
 	b.liveMu.Lock()
 	defer b.liveMu.Unlock()
 	b.mu.Lock()
-	live := b.liveBuf[:0]
-	for b.awaitHead < len(b.awaiting) && b.awaiting[b.awaitHead].round <= round {
-		a := b.awaiting[b.awaitHead]
-		b.awaiting[b.awaitHead] = awaitLive{}
-		b.awaitHead++
-		if s := b.subs[a.channel]; s == a.sub && !s.live {
-			s.live = true
-			live = append(live, a.channel)
-		}
-	}
-	if b.awaitHead == len(b.awaiting) {
-		b.awaiting = b.awaiting[:0]
-		b.awaitHead = 0
-	} else if b.awaitHead > 1024 && b.awaitHead*2 > len(b.awaiting) {
-		n := copy(b.awaiting, b.awaiting[b.awaitHead:])
-		clear(b.awaiting[n:])
-		b.awaiting = b.awaiting[:n]
-		b.awaitHead = 0
-	}
+	live := b.takeAwaiting(round, names, b.liveBuf[:0])
+	b.compactAwaiting()
 	b.mu.Unlock()
 	for _, ch := range live {
 		b.h.Live(ch)
 	}
 	clear(live)
 	b.liveBuf = live[:0]
+}
+
+// takeAwaiting appends to live the channels that become live: those
+// awaiting round named in names, or (names nil) every one awaiting round
+// or an earlier one. It marks their entries taken: an entry keeps its
+// round, so the queue stays sorted by round, and loses its sub. The head
+// moves past taken entries. b.mu is held.
+func (b *RedisBroker) takeAwaiting(round uint64, names []string, live []string) []string {
+	q := b.awaiting[b.awaitHead:]
+	lo := 0
+	var named map[string]bool
+	if names != nil {
+		lo = sort.Search(len(q), func(i int) bool { return q[i].round >= round })
+		named = make(map[string]bool, len(names))
+		for _, n := range names {
+			named[n] = true
+		}
+	}
+	hi := sort.Search(len(q), func(i int) bool { return q[i].round > round })
+	for i := lo; i < hi; i++ {
+		a := q[i]
+		if a.sub == nil || (named != nil && !named[a.name]) {
+			continue // taken, or not confirmed yet
+		}
+		q[i] = awaitLive{round: a.round}
+		b.awaitDone++
+		if s := b.subs[a.channel]; s == a.sub && !s.live {
+			s.live = true
+			live = append(live, a.channel)
+		}
+	}
+	for b.awaitHead < len(b.awaiting) && b.awaiting[b.awaitHead].sub == nil {
+		b.awaitHead++
+	}
+	return live
+}
+
+// compactAwaiting drops the taken entries once they are most of the queue
+// (on a cluster, entries of a shard that is down stay at the head while
+// later rounds are confirmed behind them), keeping the order by round.
+// b.mu is held.
+func (b *RedisBroker) compactAwaiting() {
+	if b.awaitHead == len(b.awaiting) {
+		clear(b.awaiting)
+		b.awaiting, b.awaitHead, b.awaitDone = b.awaiting[:0], 0, 0
+		return
+	}
+	if b.awaitDone <= 1024 || b.awaitDone*2 <= len(b.awaiting) {
+		return
+	}
+	kept := b.awaiting[:0]
+	for _, a := range b.awaiting[b.awaitHead:] {
+		if a.sub != nil {
+			kept = append(kept, a)
+		}
+	}
+	clear(b.awaiting[len(kept):])
+	b.awaiting, b.awaitHead, b.awaitDone = kept, 0, 0
 }
 
 func (b *RedisBroker) deliver(m *redis.Message) {

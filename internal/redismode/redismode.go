@@ -14,9 +14,10 @@ package redismode
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/internal/shardps"
 )
 
 // Cluster reports whether c is a Redis Cluster client.
@@ -45,115 +46,72 @@ func Publish(ctx context.Context, c redis.UniversalClient, channel string, msg a
 	return c.Publish(ctx, channel, msg)
 }
 
-// subscribe subscribes to channel: SSUBSCRIBE on a cluster (on the master
-// that owns its slot, found again at each reconnect), else SUBSCRIBE.
-func subscribe(ctx context.Context, c redis.UniversalClient, channel string) *redis.PubSub {
-	if Cluster(c) {
-		return c.SSubscribe(ctx, channel)
-	}
-	return c.Subscribe(ctx, channel)
-}
-
 // ErrClosed is Listen's error when the client was closed under it.
 var ErrClosed = errors.New("subscription closed")
 
-// resubscribeWait bounds how long a subscription made again after a slot
-// move may stay unconfirmed before Listen tries once more: go-redis sends
-// it to the master its slot map names, and refreshes that map only in the
-// background (ReloadState), so the first try may reach the old master,
-// whose MOVED answer go-redis's pub/sub drops in silence.
-const resubscribeWait = 500 * time.Millisecond
+// listenBuffer is the output buffer of a sharded Listen: its channels
+// carry rare control messages.
+const listenBuffer = 256
 
-// pingEvery is how often Listen checks a sharded subscription's
-// connection on a cluster.
-const pingEvery = time.Second
-
-// Listen subscribes to channel (see subscribe) until ctx ends. It calls
-// onSubscribed at every subscription confirmation, the first and the one
-// after each automatic reconnect (messages published meanwhile are lost),
-// and onMessage with each message's payload, one call at a time on
-// Listen's goroutine. It returns nil when ctx ends, ErrClosed if the
-// client was closed.
-//
-// On a cluster, go-redis reconnects a sharded subscription to the master
-// its slot map names, and refreshes that map only when other commands
-// fail: after a failover it would keep dialing the dead master. Listen
-// pings the subscription every pingEvery and has the map refreshed when
-// the ping fails. And Redis ends a sharded subscription when the
-// channel's slot moves to another shard (an unasked "sunsubscribe"):
-// Listen then subscribes again, where the cluster now says the slot
-// lives, until a subscription is confirmed.
+// Listen subscribes to channel until ctx ends: SUBSCRIBE on a single Redis,
+// SSUBSCRIBE on a cluster (internal/shardps, as the broker's channels:
+// on the master that owns channel's slot, followed through failovers and
+// slot migrations). It calls onSubscribed at every subscription
+// confirmation, the first and the one after each reconnect (messages
+// published meanwhile are lost), and onMessage with each message's
+// payload, one call at a time on Listen's goroutine. It returns nil when
+// ctx ends, ErrClosed if the client was closed (on a cluster: when a slot
+// map reload, which a fault or a slot move asks for, finds it closed).
 func Listen(ctx context.Context, c redis.UniversalClient, channel string, onSubscribed func(), onMessage func(payload string)) error {
-	var wait time.Duration // none for the first subscription: Redis may be down
-	for {
-		ps := subscribe(ctx, c, channel)
-		stop := make(chan struct{})
-		if cc, ok := c.(*redis.ClusterClient); ok {
-			go pingLoop(ctx, cc, ps, stop)
-		}
-		moved, err := listenOnce(ctx, ps, wait, onSubscribed, onMessage)
-		close(stop)
-		if !moved {
-			return err
-		}
-		c.(*redis.ClusterClient).ReloadState(ctx)
-		wait = resubscribeWait
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		return listenSharded(ctx, cc, channel, onSubscribed, onMessage)
 	}
-}
-
-// pingLoop pings ps every pingEvery until stop is closed, and has cc
-// refresh its slot map after a failed ping (the ping itself redials).
-func pingLoop(ctx context.Context, cc *redis.ClusterClient, ps *redis.PubSub, stop <-chan struct{}) {
-	t := time.NewTicker(pingEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			if ps.Ping(ctx) != nil {
-				cc.ReloadState(ctx)
-			}
-		}
-	}
-}
-
-// listenOnce serves one subscription until ctx ends (nil), the client is
-// closed (ErrClosed), or its slot moved or it stayed unconfirmed for wait
-// (0: forever) (moved).
-func listenOnce(ctx context.Context, ps *redis.PubSub, wait time.Duration, onSubscribed func(), onMessage func(string)) (moved bool, err error) {
+	ps := c.Subscribe(ctx, channel)
 	defer ps.Close()
 	ch := ps.ChannelWithSubscriptions()
-	var unconfirmed <-chan time.Time
-	if wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		unconfirmed = t.C
-	}
 	for {
 		select {
 		case <-ctx.Done():
-			return false, nil
-		case <-unconfirmed:
-			return true, nil
+			return nil
 		case m, ok := <-ch:
 			if !ok {
 				if ctx.Err() != nil {
-					return false, nil
+					return nil
 				}
-				return false, ErrClosed
+				return ErrClosed
 			}
 			switch m := m.(type) {
 			case *redis.Subscription:
-				switch m.Kind {
-				case "subscribe", "ssubscribe":
-					unconfirmed = nil
+				if m.Kind == "subscribe" {
 					onSubscribed()
-				case "sunsubscribe":
-					return true, nil
 				}
 			case *redis.Message:
 				onMessage(m.Payload)
+			}
+		}
+	}
+}
+
+// listenSharded is Listen on a cluster: a shardps subscription of its own,
+// confirmed by a barrier, then by each Reconnected.
+func listenSharded(ctx context.Context, cc *redis.ClusterClient, channel string, onSubscribed func(), onMessage func(string)) error {
+	ps := shardps.New(shardps.Options{Cluster: cc, Buffer: listenBuffer})
+	defer ps.Close()
+	ps.Subscribe(channel)
+	ps.Barrier(channel, channel)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case v, ok := <-ps.Channel():
+			if !ok {
+				return ErrClosed // only the client's close ends it
+			}
+			switch v := v.(type) {
+			case *redis.Message:
+				onMessage(v.Payload)
+			case shardps.Barrier, shardps.Reconnected:
+				onSubscribed()
 			}
 		}
 	}

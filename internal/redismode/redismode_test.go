@@ -102,3 +102,14 @@ func TestListenFollowsFailover(t *testing.T) {
 	}
 	waitFor(t, "the message after the failover", func() bool { _, g := state(); return len(g) == 1 })
 }
+
+// TestListenClosedClusterClient: Listen on a closed cluster client returns
+// ErrClosed (shardps finds the client closed) instead of waiting forever.
+func TestListenClosedClusterClient(t *testing.T) {
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	_ = c.Close()
+	err := Listen(context.Background(), c, "gateway:control", func() { t.Error("subscribed") }, func(string) { t.Error("message") })
+	if err != ErrClosed {
+		t.Fatalf("Listen = %v, want ErrClosed", err)
+	}
+}

@@ -2,14 +2,16 @@ package shardps
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,7 +41,7 @@ func testManager(t *testing.T) *manager {
 		out: make(chan any, 16), ops: make(chan op, 1), evs: make(chan event, 64), stop: make(chan struct{}),
 	}
 	t.Cleanup(func() {
-		close(p.stop)
+		stopManager(p)
 		p.wg.Wait()
 		_ = cc.Close()
 	})
@@ -72,7 +74,7 @@ func TestBarrierNotAnsweredBeforeLaterSubscribe(t *testing.T) {
 
 	// x's slot leaves a: Redis unsubscribes it unasked.
 	m.handleReply(shA, reply{kind: "sunsubscribe", channel: x})
-	m.handleOp(op{kind: opBarrier, names: []string{"b1"}})
+	m.handleOp(op{kind: opBarrier, name: "b1"})
 	b1OnA, b1OnB := slot.InSlot("b1", shA.slot), slot.InSlot("b1", shB.slot)
 	// The reload says x's slot is b's now: x is subscribed on b, after
 	// b1's first SUNSUBSCRIBE there.
@@ -94,7 +96,7 @@ func TestBarrierNotAnsweredBeforeLaterSubscribe(t *testing.T) {
 		t.Fatalf("%d events after x's confirmation, want %v", len(m.out), want)
 	}
 	for _, w := range want {
-		if v := <-m.out; v != w {
+		if v := <-m.out; !reflect.DeepEqual(v, w) {
 			t.Fatalf("got %#v, want %#v", v, w)
 		}
 	}
@@ -204,18 +206,18 @@ func TestRepeatedBarrierWhileShardDown(t *testing.T) {
 	shA := &shard{addr: a, chans: map[string]struct{}{"x": {}}, slot: 0} // down: no connection
 	m.shards[a], m.where["x"] = shA, shA
 	for range 1000 {
-		m.handleOp(op{kind: opBarrier, names: []string{"sync:7"}})
+		m.handleOp(op{kind: opBarrier, name: "sync:7"})
 	}
 	if len(m.barriers) != 1 {
 		t.Fatalf("%d barriers pending for one name", len(m.barriers))
 	}
 	shA.conn = nopConn{}
-	m.resendBarriers()
+	m.askShard(shA)
 	m.handleReply(shA, reply{kind: "sunsubscribe", channel: slot.InSlot("sync:7", 0)})
 	if len(m.out) != 1 {
 		t.Fatalf("%d events once the shard answered, want Barrier sync:7", len(m.out))
 	}
-	if v := <-m.out; v != (Barrier{Name: "sync:7"}) {
+	if v := <-m.out; !reflect.DeepEqual(v, Barrier{Name: "sync:7"}) {
 		t.Fatalf("got %#v", v)
 	}
 }
@@ -274,23 +276,40 @@ func TestAuthWithCredentialsProviderContext(t *testing.T) {
 	}
 }
 
-// Open design finding (not fixed): a Barrier waits for every shard, so
-// while one shard is down (a master killed: for the cluster's node
-// timeout until its replica is promoted, or for good without a replica)
-// no Barrier comes at all, and the broker declares no new channel on any
-// shard Live. Run with SHARDPS_OPEN_FINDINGS=1; it fails today.
+// While one shard is down (a master killed: for the cluster's node timeout
+// until its replica is promoted, or for good without one), a Barrier lists
+// the channels it named on the other shards at once, even those of a
+// barrier asked after one that waits for the dead shard; a channel of the
+// dead shard is listed once it is unsubscribed.
 func TestBarrierOnLiveShardWhileAnotherIsDown(t *testing.T) {
-	if os.Getenv("SHARDPS_OPEN_FINDINGS") == "" {
-		t.Skip("open design finding; set SHARDPS_OPEN_FINDINGS=1")
-	}
 	c := redistest.StartCluster(t, 2, 0)
 	h := newHarness(t, c)
 	groups := channelsPerShard(2, 2)
-	h.ps.Subscribe(groups[0][0], groups[1][0])
+	live, dead := groups[0], groups[1]
+	h.ps.Subscribe(live[0], dead[0])
 	h.barrier("b1")
 	c.Masters[1].Stop()
-	h.ps.Subscribe(groups[0][1]) // on the live shard
-	h.barrier("b2")              // fails: no event within 10 s
+	h.ps.Subscribe(dead[1])
+	h.ps.Barrier("on-dead", dead[1])
+	h.ps.Subscribe(live[1])
+	asked := time.Now()
+	h.ps.Barrier("mixed", dead[1], live[1])
+	if v := h.next(); !reflect.DeepEqual(v, Barrier{Name: "mixed", Channels: []string{live[1]}}) {
+		t.Fatalf("got %#v, want Barrier mixed for %s alone (%s's shard is down)", v, live[1], dead[1])
+	}
+	t.Logf("live shard's channel confirmed %v after the Barrier call, the other master down", time.Since(asked))
+	if err := h.cc.SPublish(context.Background(), live[1], "x").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := h.next().(*redis.Message); !ok || v.Channel != live[1] || v.Payload != "x" {
+		t.Fatalf("got %#v, want the message on %s", v, live[1])
+	}
+	h.ps.Unsubscribe(dead[1])
+	for _, name := range []string{"on-dead", "mixed"} {
+		if v := h.next(); !reflect.DeepEqual(v, Barrier{Name: name, Channels: []string{dead[1]}}) {
+			t.Fatalf("after Unsubscribe(%s): %#v, want Barrier %s listing it", dead[1], v, name)
+		}
+	}
 }
 
 // A shard's resubscription after a gap in which one slot's SSUBSCRIBE is
@@ -349,7 +368,7 @@ func TestCloseWithOutputFull(t *testing.T) {
 	chans := []string{groups[0][0], groups[1][0]}
 	ps.Subscribe(chans...)
 	ps.Barrier("b1")
-	if v := <-ps.Channel(); v != (Barrier{Name: "b1"}) {
+	if v := <-ps.Channel(); !reflect.DeepEqual(v, Barrier{Name: "b1"}) {
 		t.Fatalf("got %#v, want Barrier b1", v)
 	}
 	for i := range 100 {
@@ -380,5 +399,227 @@ func TestCloseWithOutputFull(t *testing.T) {
 	}
 	if n > 1 {
 		t.Fatalf("%d events after Close, want at most the buffered one", n)
+	}
+}
+
+// stopManager closes p.stop unless a test did.
+func stopManager(p *PubSub) {
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
+}
+
+// smessage is the RESP2 form of a message on ch.
+func smessage(ch, payload string) string {
+	return fmt.Sprintf("*3\r\n$8\r\nsmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(ch), ch, len(payload), payload)
+}
+
+// Once a connection is dropped, its reader delivers nothing more, not even
+// the messages it had read before: they would follow what the next
+// connection delivers (Reconnected, newer messages). Here the reader holds
+// ten messages it cannot hand over (nobody receives yet) when the manager
+// drops the connection.
+func TestNoDeliveryFromDroppedConnection(t *testing.T) {
+	m := testManager(t)
+	m.out = make(chan any) // the reader blocks on its first message
+	const a = "127.0.0.1:1"
+	for s := range m.topo {
+		m.topo[s] = a
+	}
+	m.haveTopo = true
+	m.reloading = true // no reload goroutine: the reader is the only one
+	sh := &shard{addr: a, chans: map[string]struct{}{"x": {}}, slot: 0, dialing: true}
+	m.shards[a], m.where["x"] = sh, sh
+	client, server := net.Pipe()
+	defer server.Close()
+	m.handleEvent(event{kind: evConnected, sh: sh, gen: sh.gen, conn: client})
+	var stream strings.Builder
+	for i := range 10 {
+		stream.WriteString(smessage("x", fmt.Sprint(i)))
+	}
+	if _, err := server.Write([]byte(stream.String())); err != nil { // read whole into the reader's buffer
+		t.Fatal(err)
+	}
+	sh.dialing = true // drop's redial is not wanted here
+	dropped := make(chan struct{})
+	go func() {
+		m.drop(sh)
+		close(dropped)
+	}()
+	got := 0
+	for done := false; !done; {
+		select { // the drop first, when both are ready
+		case <-dropped:
+			done = true
+			continue
+		default:
+		}
+		select {
+		case <-m.out:
+			got++ // handed over before the drop returned
+		case <-dropped:
+			done = true
+		}
+	}
+	exited := make(chan struct{})
+	go func() {
+		m.wg.Wait()
+		close(exited)
+	}()
+	select {
+	case v := <-m.out:
+		t.Fatalf("after the drop (%d delivered before it), the dropped connection delivered %#v", got, v)
+	case <-exited:
+	}
+}
+
+// Close ends a new connection's AUTH at once; it waited for the AUTH's
+// own time bound (5 s) before.
+func TestCloseCancelsAuth(t *testing.T) {
+	m := testManager(t)
+	m.opt.Password = "secret"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan error, 1)
+	go func() {
+		conn, err := m.connect(ln.Addr().String())
+		if conn != nil {
+			_ = conn.Close()
+		}
+		done <- err
+	}()
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	want := appendCommand(nil, "AUTH", "secret")
+	if _, err := io.ReadFull(srv, make([]byte, len(want))); err != nil { // AUTH sent, never answered
+		t.Fatal(err)
+	}
+	stopManager(m.PubSub)
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("connect after Close: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("connect still blocked 10 s after Close")
+	}
+}
+
+// An ASK is a one-off redirect while a slot migrates: it must not change
+// the slot map (the slot is still the source's until the migration ends),
+// and the refused channel is subscribed again after a reload.
+func TestAskKeepsSlotMap(t *testing.T) {
+	m := testManager(t)
+	const a, x = "a:1", "room-a"
+	for s := range m.topo {
+		m.topo[s] = a
+	}
+	m.haveTopo = true
+	m.reloading = true
+	sh := &shard{addr: a, chans: map[string]struct{}{}, slot: 0, conn: nopConn{}}
+	m.shards[a] = sh
+	m.handleOp(op{kind: opSubscribe, names: []string{x}})
+	m.handleReply(sh, reply{err: fmt.Sprintf("ASK %d b:1", slot.Of(x))})
+	if m.topo[slot.Of(x)] != a {
+		t.Fatalf("slot %d's owner is %q after an ASK, want %q", slot.Of(x), m.topo[slot.Of(x)], a)
+	}
+	if _, ok := m.unplaced[x]; !ok || !m.reloadAgain {
+		t.Fatalf("x unplaced: %v, reload asked: %v; want both", ok, m.reloadAgain)
+	}
+}
+
+// lockedBuffer is a log destination tests read.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// A CLUSTERDOWN is logged with the shard that answered it, each shard on
+// its own line: a second shard's within the log interval was counted under
+// the first one's line (the "refused" kind), naming the wrong shard.
+func TestClusterDownLoggedPerShard(t *testing.T) {
+	m := testManager(t)
+	var logs lockedBuffer
+	m.rlog = ratelog.New(slog.New(slog.NewTextHandler(&logs, nil)), slog.LevelWarn, 0)
+	chans := channelsPerShard(2, 1)
+	for s := range m.topo {
+		m.topo[s] = "a:1"
+		if s >= slot.Count/2 {
+			m.topo[s] = "b:1"
+		}
+	}
+	m.haveTopo = true
+	m.reloading = true
+	shA := &shard{addr: "a:1", chans: map[string]struct{}{}, slot: 0, conn: nopConn{}}
+	shB := &shard{addr: "b:1", chans: map[string]struct{}{}, slot: slot.Count / 2, conn: nopConn{}}
+	m.shards["a:1"], m.shards["b:1"] = shA, shB
+	m.handleOp(op{kind: opSubscribe, names: []string{chans[0][0], chans[1][0]}})
+	m.handleReply(shA, reply{err: "CLUSTERDOWN The cluster is down"})
+	m.handleReply(shB, reply{err: "CLUSTERDOWN The cluster is down"})
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d log lines, want one per shard:\n%s", len(lines), logs.String())
+	}
+	for i, addr := range []string{"a:1", "b:1"} {
+		for _, want := range []string{"reports the cluster down", "shard=" + addr, fmt.Sprintf("slot=%d", slot.Of(chans[i][0]))} {
+			if !strings.Contains(lines[i], want) {
+				t.Errorf("line %d %q lacks %q", i, lines[i], want)
+			}
+		}
+	}
+}
+
+// A barrier command refused because the slot it named left the shard
+// (MOVED) is asked again after the reload, in a slot the shard still owns:
+// the channels it confirms must not wait for ever.
+func TestRefusedBarrierAskedAgain(t *testing.T) {
+	m := testManager(t)
+	const a, b = "a:1", "b:1"
+	x := distinctSlotChannels(1)[0]
+	for s := range m.topo {
+		m.topo[s] = a
+	}
+	m.haveTopo = true
+	m.reloading = true
+	sh := &shard{addr: a, chans: map[string]struct{}{x: {}}, slot: m.ownedSlot(a), conn: nopConn{}}
+	m.shards[a], m.where[x] = sh, sh
+	m.handleOp(op{kind: opBarrier, name: "r1", names: []string{x}})
+	if len(sh.sent) != 1 || sh.sent[0].barrier == 0 {
+		t.Fatalf("no barrier command sent: %+v", sh.sent)
+	}
+	moved := sh.slot
+	if moved == slot.Of(x) {
+		t.Fatal("test needs the barrier's slot apart from x's")
+	}
+	m.handleReply(sh, reply{err: fmt.Sprintf("MOVED %d %s", moved, b)})
+	topo := m.topo
+	topo[moved] = b
+	m.handleEvent(event{kind: evSlots, slots: &topo})
+	if len(sh.sent) != 1 || sh.sent[0].barrier == 0 {
+		t.Fatalf("barrier not asked again after the reload: %+v", sh.sent)
+	}
+	m.handleReply(sh, reply{kind: "sunsubscribe", channel: sh.sent[0].chans[0]})
+	if v := <-m.out; !reflect.DeepEqual(v, Barrier{Name: "r1", Channels: []string{x}}) {
+		t.Fatalf("got %#v, want Barrier r1 listing %s", v, x)
 	}
 }

@@ -16,21 +16,28 @@
 // One goroutine (the manager) owns all state; Subscribe, Unsubscribe and
 // Barrier queue to it. Each connection has a reader goroutine that puts
 // messages straight onto the output channel, in the order Redis sent them,
-// and hands every other reply to the manager; dials and slot map reloads
-// run on goroutines of their own, so nothing the manager does waits on the
-// network except a write to a local socket buffer (bounded by writeTimeout).
+// while its connection is the shard's current one (a dropped connection's
+// reader delivers nothing more), and hands every other reply to the
+// manager; dials and slot map reloads run on goroutines of their own, so
+// nothing the manager does waits on the network except a write to a local
+// socket buffer (bounded by writeTimeout) and, when it drops a connection,
+// a delivery under way by that connection's reader (the output channel may
+// be full).
 package shardps
 
 import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -79,11 +86,20 @@ type Options struct {
 	Buffer int
 }
 
-// Barrier is delivered on the output channel once every Subscribe and
-// Unsubscribe called before the Barrier call of this Name has taken effect
-// on the shard that owns its channel: messages published after that on a
-// subscribed channel are delivered, after the Barrier.
-type Barrier struct{ Name string }
+// Barrier is delivered on the output channel when the Barrier call of this
+// Name is answered. For a call that named channels, Channels lists some of
+// them: those whose Subscribe (or Unsubscribe) called before has now taken
+// effect on the shard that owns them, each shard's as soon as it answers,
+// so a shard that is down holds back only its own channels. Messages
+// published after that on a listed, subscribed channel are delivered,
+// after the Barrier. The Barriers of one call list each channel it named
+// once, a channel unsubscribed since included; channels on a shard that
+// never comes back are never listed. For a call that named none, one
+// Barrier with no Channels comes once every shard has answered.
+type Barrier struct {
+	Name     string
+	Channels []string
+}
 
 // Reconnected is delivered when the channels of Shard were subscribed
 // again on a new connection or on a new owner (a failover, a slot
@@ -101,9 +117,10 @@ type PubSub struct {
 	ops  chan op
 	evs  chan event
 
-	stop      chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup // manager, readers, dialers, reloads
+	stop       chan struct{}
+	closeOnce  sync.Once
+	clientGone atomic.Bool    // ended because the cluster client was closed
+	wg         sync.WaitGroup // manager, readers, dialers, reloads
 }
 
 type opKind uint8
@@ -116,7 +133,8 @@ const (
 
 type op struct {
 	kind  opKind
-	names []string
+	name  string   // opBarrier's name
+	names []string // the channels
 }
 
 type evKind uint8
@@ -179,22 +197,34 @@ func (p *PubSub) Channel() <-chan any { return p.out }
 // Subscribe subscribes the channels (SSUBSCRIBE on their owners). It does
 // not wait for Redis; a Barrier tells when they are live. Subscribing a
 // channel twice is the same as once.
-func (p *PubSub) Subscribe(channels ...string) { p.queue(opSubscribe, channels) }
+func (p *PubSub) Subscribe(channels ...string) {
+	if len(channels) > 0 {
+		p.queue(op{kind: opSubscribe, names: channels})
+	}
+}
 
 // Unsubscribe drops the channels.
-func (p *PubSub) Unsubscribe(channels ...string) { p.queue(opUnsubscribe, channels) }
-
-// Barrier asks for Barrier{name} on the output channel once everything
-// queued before it has taken effect. Asked again while the newest pending
-// one has the same name, it replaces that one: one Barrier is delivered.
-func (p *PubSub) Barrier(name string) { p.queue(opBarrier, []string{name}) }
-
-func (p *PubSub) queue(k opKind, names []string) {
-	if len(names) == 0 {
-		return
+func (p *PubSub) Unsubscribe(channels ...string) {
+	if len(channels) > 0 {
+		p.queue(op{kind: opUnsubscribe, names: channels})
 	}
+}
+
+// Barrier asks for Barrier events of name on the output channel (see
+// Barrier): for channels, as each one's shard confirms what was queued
+// before; with no channels, one once every shard has. Only the shards
+// concerned are asked, and barriers are answered in any order. A channel
+// named that is not subscribed is listed at once. A call with no channels
+// asked again while one of the same name is pending replaces that one:
+// retries while a shard is down do not pile up.
+func (p *PubSub) Barrier(name string, channels ...string) {
+	p.queue(op{kind: opBarrier, name: name, names: channels})
+}
+
+func (p *PubSub) queue(o op) {
+	o.names = append([]string(nil), o.names...)
 	select {
-	case p.ops <- op{kind: k, names: append([]string(nil), names...)}:
+	case p.ops <- o:
 	case <-p.stop:
 	}
 }
@@ -207,6 +237,20 @@ func (p *PubSub) Close() error {
 		p.wg.Wait()
 		close(p.out)
 	})
+	return nil
+}
+
+// ErrClientClosed is Err's answer when the PubSub ended by itself because
+// its cluster client was closed.
+var ErrClientClosed = errors.New("shardps: the cluster client was closed")
+
+// Err tells why the output channel was closed: ErrClientClosed when the
+// cluster client was found closed (by a slot map reload, which a broken
+// connection, a failover or a migration asks for), else nil (Close).
+func (p *PubSub) Err() error {
+	if p.clientGone.Load() {
+		return ErrClientClosed
+	}
 	return nil
 }
 
@@ -260,12 +304,16 @@ type shard struct {
 	chans map[string]struct{} // channels placed here
 	slot  int                 // a slot it owns, for its barriers; -1: none known
 
-	conn    net.Conn // nil while dialing or waiting to
-	gen     int      // connection generation: events of older ones are stale
-	wbuf    []byte   // commands not yet written
-	sent    []command
-	dialing bool
-	retry   time.Duration
+	conn net.Conn // nil while dialing or waiting to
+	// gen is the connection generation: events of older ones are stale,
+	// and their readers may no longer deliver (see deliver). The manager
+	// changes it only under deliverMu (supersede).
+	gen       int
+	deliverMu sync.Mutex
+	wbuf      []byte // commands not yet written
+	sent      []command
+	dialing   bool
+	retry     time.Duration
 
 	// lost: channels here were subscribed on a connection or shard that is
 	// gone; resubs counts the SSUBSCRIBEs whose confirmations end that.
@@ -282,10 +330,24 @@ type command struct {
 	resub   bool     // an SSUBSCRIBE that ends a shard's lost state
 }
 
+// pendingBarrier is a Barrier call not fully answered. A whole one (chans
+// nil) is delivered once waiting is empty; one for channels delivers the
+// channels it confirms (done) as they come, and ends when chans is empty.
 type pendingBarrier struct {
 	seq     uint64
 	name    string
-	waiting map[*shard]struct{}
+	chans   map[string]struct{} // channels not yet listed; nil: whole
+	done    []string            // channels confirmed, to list
+	waiting map[*shard]struct{} // shards to ask (a hint for channels)
+}
+
+// covers reports whether b waits for ch.
+func (b *pendingBarrier) covers(ch string) bool {
+	if b.chans == nil {
+		return true
+	}
+	_, ok := b.chans[ch]
+	return ok
 }
 
 func (m *manager) run() {
@@ -327,7 +389,7 @@ func (m *manager) handleOp(o op) {
 	case opUnsubscribe:
 		m.unsubscribe(o.names)
 	case opBarrier:
-		m.barrier(o.names[0])
+		m.barrier(o.name, o.names)
 	}
 }
 
@@ -349,7 +411,7 @@ func (m *manager) handleEvent(ev event) {
 	case evReply:
 		m.handleReply(sh, ev.rep)
 	case evBroken:
-		m.warn("broken", "sharded pub/sub: connection lost; resubscribing", "shard", sh.addr, "err", ev.err)
+		m.warn(sh, "broken", "sharded pub/sub: connection lost; resubscribing", "err", ev.err)
 		m.drop(sh)
 	}
 }
@@ -379,22 +441,25 @@ func (m *manager) place() {
 			sh.lost = true
 		}
 		for _, b := range m.barriers {
-			b.waiting[sh] = struct{}{} // its new channels must be confirmed too
+			if slices.ContainsFunc(chans, b.covers) {
+				b.waiting[sh] = struct{}{} // its new channels must be confirmed too
+			}
 		}
 		if sh.conn != nil {
 			// A barrier already sent here is answered before these
-			// SSUBSCRIBEs: it proves nothing about them. resendBarriers
-			// asks again after them.
+			// SSUBSCRIBEs: it proves nothing about them. askShard asks
+			// again after them.
 			for i := range sh.sent {
 				sh.sent[i].barrier = 0
 			}
 			m.subscribeOn(sh, chans, lost[sh])
+			m.askShard(sh)
 		}
 	}
 	if len(m.unplaced) > 0 {
 		m.reload() // some slots have no known owner: ask again
 	}
-	m.resendBarriers()
+	m.completeBarriers()
 }
 
 func (m *manager) unsubscribe(chans []string) {
@@ -414,6 +479,7 @@ func (m *manager) unsubscribe(chans []string) {
 			m.bySlot(sh, "SUNSUBSCRIBE", chans, false)
 		}
 	}
+	m.settle(chans)
 	m.completeBarriers() // an unplaced channel dropped may have held one
 }
 
@@ -456,7 +522,7 @@ func (m *manager) flush() {
 		_, err := sh.conn.Write(sh.wbuf)
 		sh.wbuf = sh.wbuf[:0]
 		if err != nil {
-			m.warn("write", "sharded pub/sub: write failed; resubscribing", "shard", sh.addr, "err", err)
+			m.warn(sh, "write", "sharded pub/sub: write failed; resubscribing", "err", err)
 			m.drop(sh)
 		}
 	}
@@ -484,91 +550,134 @@ func (m *manager) ownedSlot(addr string) int {
 
 // ---- barriers ----
 
-func (m *manager) barrier(name string) {
-	// The newest pending barrier of the same name (a caller asking again
-	// while a shard is down) is replaced: the new one is delivered once,
-	// when both could be, and retries do not pile up.
-	if n := len(m.barriers); n > 0 && m.barriers[n-1].name == name {
-		m.barriers = m.barriers[:n-1]
-	}
+func (m *manager) barrier(name string, chans []string) {
 	m.seq++
 	b := &pendingBarrier{seq: m.seq, name: name, waiting: make(map[*shard]struct{})}
-	for _, sh := range m.shards {
-		if sh.conn == nil && len(sh.chans) == 0 {
-			continue // nothing there to confirm
+	if len(chans) == 0 {
+		// A pending one of the same name (a caller asking again while a
+		// shard is down) is replaced: retries do not pile up.
+		m.barriers = slices.DeleteFunc(m.barriers, func(o *pendingBarrier) bool { return o.chans == nil && o.name == name })
+		for _, sh := range m.shards {
+			if sh.conn != nil || len(sh.chans) > 0 {
+				b.waiting[sh] = struct{}{}
+			}
 		}
-		b.waiting[sh] = struct{}{}
+	} else {
+		b.chans = make(map[string]struct{}, len(chans))
+		for _, ch := range chans {
+			if sh := m.where[ch]; sh != nil {
+				b.waiting[sh] = struct{}{}
+			} else if _, ok := m.unplaced[ch]; !ok {
+				b.done = append(b.done, ch) // not subscribed: nothing to wait for
+				continue
+			}
+			b.chans[ch] = struct{}{}
+		}
+	}
+	m.barriers = append(m.barriers, b)
+	for sh := range b.waiting {
 		if sh.conn != nil {
 			m.sendBarrier(sh, b.seq, name)
 		}
 	}
-	m.barriers = append(m.barriers, b)
 	m.completeBarriers()
 }
 
 // sendBarrier sends the barrier as a SUNSUBSCRIBE of a name in a slot sh
-// owns (any other slot is redirected). A shard without a known slot
-// cannot be asked; it is released from the barrier (a reload will say
-// where its channels went).
+// owns (any other slot is redirected). A shard without a known slot has
+// no channels to confirm; it is released from the barrier.
 func (m *manager) sendBarrier(sh *shard, seq uint64, name string) {
-	if sh.slot < 0 {
+	s := sh.slot
+	for ch := range sh.chans {
+		if s >= 0 {
+			break
+		}
+		s = slot.Of(ch) // placed here: a slot sh owns
+	}
+	if s < 0 {
 		m.answered(sh, seq)
 		return
 	}
-	bname := slot.InSlot(name, sh.slot)
+	bname := slot.InSlot(name, s)
 	m.send(sh, command{kind: "sunsubscribe", chans: []string{bname}, barrier: seq}, "SUNSUBSCRIBE", bname)
 }
 
-// resendBarriers asks every connected shard that pending barriers wait on
-// for the newest of them (answering it answers the older ones).
-func (m *manager) resendBarriers() {
-	if len(m.barriers) == 0 {
-		return
+// askShard sends sh the newest barrier waiting on it, unless a barrier
+// command at least as new is in flight there: answering it answers the
+// older ones there too. A barrier command refused (the slot moved), lost
+// with a connection or made void by place is no longer in flight.
+func (m *manager) askShard(sh *shard) {
+	var inFlight uint64
+	for _, c := range sh.sent {
+		inFlight = max(inFlight, c.barrier)
 	}
-	last := m.barriers[len(m.barriers)-1]
-	for sh := range m.waitedOn() {
-		if sh.conn != nil {
-			m.sendBarrier(sh, last.seq, last.name)
-		}
-	}
-	m.completeBarriers()
-}
-
-func (m *manager) waitedOn() map[*shard]struct{} {
-	set := make(map[*shard]struct{})
+	var last *pendingBarrier
 	for _, b := range m.barriers {
-		for sh := range b.waiting {
-			set[sh] = struct{}{}
+		if _, ok := b.waiting[sh]; ok && b.seq > inFlight && (last == nil || b.seq > last.seq) {
+			last = b
 		}
 	}
-	return set
+	if last != nil {
+		m.sendBarrier(sh, last.seq, last.name)
+	}
 }
 
-// answered records that sh confirmed barrier seq, so every older one too.
+// answered records that sh confirmed barrier seq, so every older one too:
+// every channel of theirs placed on sh is subscribed there (an SSUBSCRIBE
+// sent after the barrier command, for a channel placed here since, made
+// that command prove nothing: see place).
 func (m *manager) answered(sh *shard, seq uint64) {
 	for _, b := range m.barriers {
-		if b.seq <= seq {
-			delete(b.waiting, sh)
+		if b.seq > seq {
+			continue
+		}
+		delete(b.waiting, sh)
+		for ch := range b.chans {
+			if m.where[ch] == sh {
+				delete(b.chans, ch)
+				b.done = append(b.done, ch)
+			}
 		}
 	}
 	m.completeBarriers()
 }
 
-// completeBarriers delivers the barriers no shard is still to confirm,
-// oldest first, unless a subscribed channel has no shard yet: until it is
-// subscribed somewhere, no barrier may say it is live.
+// settle lists chans, unsubscribed, on the barriers waiting for them: the
+// caller learns that nothing more will come for them.
+func (m *manager) settle(chans []string) {
+	for _, b := range m.barriers {
+		for _, ch := range chans {
+			if _, ok := b.chans[ch]; ok {
+				delete(b.chans, ch)
+				b.done = append(b.done, ch)
+			}
+		}
+	}
+}
+
+// completeBarriers delivers what the pending barriers have confirmed: a
+// whole one once no shard is still to answer and no subscribed channel
+// is without a shard (until it is subscribed somewhere, no barrier may say
+// it is live); for channels, those confirmed so far. Each barrier goes
+// its own pace: one waiting on a shard that is down holds back no other.
 func (m *manager) completeBarriers() {
-	if len(m.unplaced) > 0 {
-		return
+	kept := m.barriers[:0]
+	for _, b := range m.barriers {
+		if b.chans == nil {
+			if len(b.waiting) == 0 && len(m.unplaced) == 0 {
+				m.emit(Barrier{Name: b.name})
+				continue
+			}
+		} else if len(b.done) > 0 {
+			m.emit(Barrier{Name: b.name, Channels: b.done})
+			b.done = nil
+		}
+		if b.chans == nil || len(b.chans) > 0 {
+			kept = append(kept, b)
+		}
 	}
-	n := 0
-	for n < len(m.barriers) && len(m.barriers[n].waiting) == 0 {
-		m.emit(Barrier{Name: m.barriers[n].name})
-		n++
-	}
-	if n > 0 {
-		m.barriers = append(m.barriers[:0], m.barriers[n:]...)
-	}
+	clear(m.barriers[len(kept):])
+	m.barriers = kept
 }
 
 func (m *manager) emit(v any) {
@@ -589,7 +698,7 @@ func (m *manager) handleReply(sh *shard, rep reply) {
 		return
 	}
 	if len(sh.sent) == 0 {
-		m.warn("protocol", "sharded pub/sub: unexpected reply; reconnecting", "shard", sh.addr, "reply", rep.kind, "err", rep.err)
+		m.warn(sh, "protocol", "sharded pub/sub: unexpected reply; reconnecting", "reply", rep.kind, "err", rep.err)
 		m.drop(sh)
 		return
 	}
@@ -600,7 +709,7 @@ func (m *manager) handleReply(sh *shard, rep reply) {
 		return
 	}
 	if rep.kind != c.kind || (c.kind != "pong" && c.chans[c.next] != rep.channel) {
-		m.warn("protocol", "sharded pub/sub: reply out of order; reconnecting", "shard", sh.addr, "reply", rep.kind, "channel", rep.channel)
+		m.warn(sh, "protocol", "sharded pub/sub: reply out of order; reconnecting", "reply", rep.kind, "channel", rep.channel)
 		m.drop(sh)
 		return
 	}
@@ -673,9 +782,21 @@ func (m *manager) migrated(sh *shard, ch string) {
 }
 
 // refused handles an error reply to c: its channels (an SSUBSCRIBE) are
-// placed again after a reload; a barrier is asked again then.
+// placed again after a reload; a barrier is asked again then. A MOVED
+// updates the slot map at once; an ASK (a one-off redirect while the slot
+// migrates) does not: the slot is still the source's, tried again after
+// the reload until the migration ends (then MOVED). CLUSTERDOWN is this
+// shard's view of the cluster, logged under its own kind.
 func (m *manager) refused(sh *shard, c command, msg string) {
-	m.warn("refused", "sharded pub/sub: Redis refused a command; reloading the slot map", "shard", sh.addr, "command", c.kind, "err", msg)
+	kind, what := "refused", "sharded pub/sub: a shard refused a command; reloading the slot map"
+	if strings.HasPrefix(msg, "CLUSTERDOWN") {
+		kind, what = "clusterdown", "sharded pub/sub: a shard reports the cluster down; retrying"
+	}
+	args := []any{"command", c.kind, "err", msg}
+	if c.kind != "pong" {
+		args = append(args, "slot", slot.Of(c.chans[0]))
+	}
+	m.warn(sh, kind, what, args...)
 	if c.kind == "ssubscribe" {
 		for _, ch := range c.chans {
 			if m.where[ch] == sh {
@@ -694,10 +815,10 @@ func (m *manager) refused(sh *shard, c command, msg string) {
 	m.reload()
 }
 
-// parseMoved reads "MOVED <slot> <addr>" (or ASK).
+// parseMoved reads "MOVED <slot> <addr>". An ASK is no new owner.
 func parseMoved(msg string) (addr string, s int, ok bool) {
 	f := strings.Fields(msg)
-	if len(f) != 3 || (f[0] != "MOVED" && f[0] != "ASK") {
+	if len(f) != 3 || f[0] != "MOVED" {
 		return "", 0, false
 	}
 	s, err := strconv.Atoi(f[1])
@@ -716,7 +837,7 @@ func (m *manager) drop(sh *shard) {
 		_ = sh.conn.Close()
 		sh.conn = nil
 	}
-	sh.gen++
+	sh.supersede()
 	sh.sent, sh.wbuf, sh.resubs = nil, sh.wbuf[:0], 0
 	if len(sh.chans) > 0 {
 		sh.lost = true
@@ -732,7 +853,7 @@ func nextRetry(d time.Duration) time.Duration { return min(max(2*d, minRetry), m
 func (m *manager) connected(sh *shard, conn net.Conn, err error) {
 	sh.dialing = false
 	if err != nil {
-		m.warn("dial", "sharded pub/sub: cannot connect to a shard; retrying", "shard", sh.addr, "err", err)
+		m.warn(sh, "dial", "sharded pub/sub: cannot connect to a shard; retrying", "err", err)
 		sh.retry = nextRetry(sh.retry)
 		m.reload()
 		m.dial(sh, sh.retry)
@@ -749,10 +870,7 @@ func (m *manager) connected(sh *shard, conn net.Conn, err error) {
 		sh.lost = false
 	}
 	m.subscribeOn(sh, chans, sh.lost)
-	if _, ok := m.waitedOn()[sh]; ok {
-		last := m.barriers[len(m.barriers)-1]
-		m.sendBarrier(sh, last.seq, last.name)
-	}
+	m.askShard(sh)
 }
 
 // dial connects to sh after delay on a goroutine of its own.
@@ -821,6 +939,7 @@ func (m *manager) tlsHandshake(ctx context.Context, conn net.Conn, addr string) 
 
 // auth sends AUTH when the cluster client has credentials, taken as
 // go-redis takes them (a StreamingCredentialsProvider is not supported).
+// It ends with ctx (Close, or connect's time bound).
 func (m *manager) auth(ctx context.Context, conn net.Conn) error {
 	user, pass := m.opt.Username, m.opt.Password
 	switch {
@@ -839,19 +958,30 @@ func (m *manager) auth(ctx context.Context, conn net.Conn) error {
 	if user != "" {
 		args = []string{"AUTH", user, pass}
 	}
-	_ = conn.SetDeadline(time.Now().Add(writeTimeout))
+	dl, _ := ctx.Deadline() // zero: none
+	_ = conn.SetDeadline(dl)
 	defer conn.SetDeadline(time.Time{})
-	if _, err := conn.Write(appendCommand(nil, args...)); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
+	// A deadline in the past wakes the blocked Write or Read when ctx ends.
+	defer context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })()
+	line, err := exchange(conn, args)
 	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return err
 	}
 	if !strings.HasPrefix(line, "+OK") {
 		return fmt.Errorf("shardps: AUTH: %s", strings.TrimSpace(strings.TrimPrefix(line, "-")))
 	}
 	return nil
+}
+
+// exchange writes one command and reads one reply line.
+func exchange(conn net.Conn, args []string) (string, error) {
+	if _, err := conn.Write(appendCommand(nil, args...)); err != nil {
+		return "", err
+	}
+	return bufio.NewReader(conn).ReadString('\n')
 }
 
 // read is a connection's reader: messages go to the output channel, every
@@ -875,15 +1005,41 @@ func (m *manager) read(sh *shard, conn net.Conn, gen int) {
 			return
 		}
 		if rep.kind == "smessage" {
-			select {
-			case m.out <- &redis.Message{Channel: rep.channel, Payload: rep.payload}:
-			case <-m.stop:
+			if !m.deliver(sh, gen, &redis.Message{Channel: rep.channel, Payload: rep.payload}) {
 				return
 			}
 			continue
 		}
 		m.event(event{kind: evReply, sh: sh, gen: gen, rep: rep})
 	}
+}
+
+// deliver puts msg from connection gen of sh on the output channel, unless
+// that connection was superseded (dropped or forgotten): false then, or at
+// Close, and the reader ends. The check and the send are one step under
+// deliverMu, which supersede takes too, so once the manager has superseded
+// a connection nothing it read can follow what the next one delivers
+// (Reconnected, messages), even a message read long before.
+func (m *manager) deliver(sh *shard, gen int, msg *redis.Message) bool {
+	sh.deliverMu.Lock()
+	defer sh.deliverMu.Unlock()
+	if sh.gen != gen {
+		return false
+	}
+	select {
+	case m.out <- msg:
+		return true
+	case <-m.stop:
+		return false
+	}
+}
+
+// supersede retires sh's connection: its reader delivers nothing more. It
+// waits for a delivery under way (the output channel may be full).
+func (sh *shard) supersede() {
+	sh.deliverMu.Lock()
+	sh.gen++
+	sh.deliverMu.Unlock()
 }
 
 func (m *manager) closeAll() {
@@ -943,8 +1099,12 @@ func (m *manager) slotsLoaded(ev event) {
 		}
 		return
 	}
+	if errors.Is(ev.err, redis.ErrClosed) {
+		m.clientClosed()
+		return
+	}
 	if ev.err != nil {
-		m.warn("slots", "sharded pub/sub: cannot load the cluster's slot map; retrying", "err", ev.err)
+		m.warn(nil, "slots", "sharded pub/sub: cannot load the cluster's slot map; retrying", "err", ev.err)
 		m.reloadAgain = true
 	} else {
 		if m.haveTopo && m.topo != *ev.slots {
@@ -1000,6 +1160,13 @@ func (m *manager) rehome() {
 		}
 	}
 	m.place()
+	// A barrier command refused meanwhile (it reached a master that had
+	// lost the slot it named) is asked again, in a slot the shard owns now.
+	for _, sh := range m.shards {
+		if sh.conn != nil {
+			m.askShard(sh)
+		}
+	}
 }
 
 // forget closes a shard that owns no slot and holds no channel.
@@ -1008,7 +1175,7 @@ func (m *manager) forget(sh *shard) {
 		_ = sh.conn.Close()
 		sh.conn = nil
 	}
-	sh.gen++
+	sh.supersede()
 	delete(m.shards, sh.addr)
 	for _, b := range m.barriers {
 		delete(b.waiting, sh)
@@ -1016,8 +1183,22 @@ func (m *manager) forget(sh *shard) {
 	m.completeBarriers()
 }
 
-// warn logs through the ratelog: repeats of a kind within its interval
-// are collapsed into one line with a count.
-func (m *manager) warn(kind, msg string, args ...any) {
+// clientClosed ends the PubSub: without its cluster client it cannot find
+// a shard again. Close runs on a goroutine of its own (it waits for the
+// manager).
+func (m *manager) clientClosed() {
+	m.clientGone.Store(true)
+	go m.Close()
+}
+
+// warn logs through the ratelog, naming sh (nil: about no shard): repeats
+// of a kind from one shard within its interval are collapsed into one line
+// with a count. The key includes the shard (a closed set: the cluster's
+// masters), so a fault of one shard is never counted under another's line.
+func (m *manager) warn(sh *shard, kind, msg string, args ...any) {
+	if sh != nil {
+		kind += " " + sh.addr
+		args = append([]any{"shard", sh.addr}, args...)
+	}
 	m.rlog.Log(kind, msg, slog.Group("", args...))
 }

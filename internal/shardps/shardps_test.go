@@ -198,3 +198,20 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 	h.ps.Subscribe("c") // after Close: no effect, no block
 }
+
+// A PubSub whose cluster client is closed ends by itself, Err telling why:
+// without the client it cannot find a shard again (redismode.Listen then
+// returns its ErrClosed).
+func TestEndsWhenClientClosed(t *testing.T) {
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	_ = cc.Close()
+	ps := New(Options{Cluster: cc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer ps.Close()
+	ps.Subscribe("x")
+	for v := range ps.Channel() {
+		t.Fatalf("got %#v from a PubSub without a client", v)
+	}
+	if err := ps.Err(); err != ErrClientClosed {
+		t.Fatalf("Err() = %v, want ErrClientClosed", err)
+	}
+}
