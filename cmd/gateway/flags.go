@@ -52,7 +52,9 @@ var docs = map[string]commandDoc{
 	"serve": {synopsis: "gateway serve [flags]    (or gateway [flags])", env: true, about: `Runs a node: the native protocol, KOsync, Hypothesis and wsify on their
 listeners, the admin listener (metrics, health, admin API), until SIGTERM or
 SIGINT, then drains. The secret is GATEWAY_SECRET, else --secret-file, else
---data-dir/secret, generated there at the first start. A secret shorter than
+--data-dir/secret, generated there at the first start. Redis passwords are
+GATEWAY_REDIS_PASSWORD (GATEWAY_REDIS_SENTINEL_PASSWORD for the Sentinels' own),
+a --redis-password-file, or the URL's; none is ever logged. A secret shorter than
 32 bytes, or a secret or --admin-token copied from the deployment examples
 (REPLACE-..., ...CHANGE-ME...), is refused at start.`},
 	"key issue": {synopsis: "gateway key issue --subject S [--ttl D] [--data-dir D | --secret-file F]", env: true, about: `Prints a new access key (base64url) on stdout, signed with the node's
