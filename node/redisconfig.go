@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/token"
 )
 
 // The environment variables that carry the Redis passwords (cmd/gateway
@@ -210,8 +212,27 @@ func (cfg Config) redisClientOptions() (ro redisOptions, creds string, err error
 		return ro, "", nil
 	}
 	creds = cfg.credentialsDoc(*user, *password != "")
+	source := cfg.passwordSource(*password != "")
 	*password = cmpOr(*password, pass) // parseRedis refused a password in both
+	if err := refusePlaceholder(source, *password); err != nil {
+		return ro, "", err
+	}
+	if ro.failover != nil {
+		if err := refusePlaceholder(cfg.sentinelPasswordSource(), ro.failover.SentinelPassword); err != nil {
+			return ro, "", err
+		}
+	}
 	return ro, creds, nil
+}
+
+// refusePlaceholder refuses a password copied from the deployment
+// examples (token.IsPlaceholder), as the secrets are refused: a Redis set
+// up from the same example would accept it.
+func refusePlaceholder(source, password string) error {
+	if token.IsPlaceholder(password) {
+		return fmt.Errorf("the Redis password from %s is a placeholder from the deployment examples, not a secret", source)
+	}
+	return nil
 }
 
 // readPassword returns direct, else the content of file without one

@@ -101,7 +101,8 @@ func TestRedisCredentials(t *testing.T) {
 	}
 
 	// Password files are read at Start (not by CheckRedis): a file that
-	// is missing, empty or of two lines fails it, naming the flag and file.
+	// is missing, empty or of two lines fails it, naming the flag and file;
+	// so does a placeholder password.
 	for _, tc := range []struct {
 		cfg     Config
 		wantErr string
@@ -109,6 +110,9 @@ func TestRedisCredentials(t *testing.T) {
 		{Config{RedisCluster: "a:1", RedisPasswordFile: missing}, "--redis-password-file: open " + missing + ": no such file or directory"},
 		{Config{RedisCluster: "a:1", RedisPasswordFile: emptyFile}, "--redis-password-file " + emptyFile + ": the file is empty"},
 		{Config{RedisSentinel: "m@a:1", RedisSentinelPasswordFile: twoLines}, "--redis-sentinel-password-file " + twoLines + ": more than one line; want the password alone"},
+		// A placeholder from the deployment examples is refused, as a secret is.
+		{Config{RedisCluster: "redis://:REPLACE-ME@a:1"}, "the Redis password from the URL is a placeholder from the deployment examples, not a secret"},
+		{Config{RedisSentinel: "m@a:1", RedisSentinelPassword: "REPLACE-ME"}, "the Redis password from GATEWAY_REDIS_SENTINEL_PASSWORD is a placeholder from the deployment examples, not a secret"},
 	} {
 		if err := tc.cfg.CheckRedis(); err != nil {
 			t.Errorf("%s: CheckRedis = %v, want nil", redisSettings(tc.cfg), err)

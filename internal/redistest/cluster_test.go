@@ -20,7 +20,7 @@ func TestStartClusterFailsOver(t *testing.T) {
 	c.Masters[1].Stop()
 	waitUntil(t, "replica promoted", func() bool { return c.Owner(8000) == c.Replicas[1][0] })
 	t.Logf("failover in %v", time.Since(start))
-	if !strings.Contains(strings.Join(command(c.Replicas[1][0].Addr, "INFO replication"), ""), "role:master") {
+	if !strings.Contains(strings.Join(command(c.Replicas[1][0], "INFO replication"), ""), "role:master") {
 		t.Fatal("replica not master")
 	}
 }
