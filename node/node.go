@@ -632,15 +632,15 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 		n.store = fs
 		return &session.Standalone{}, nil
 	}
-	client, creds, err := newRedisClient(cfg)
+	ro, creds, err := cfg.redisClientOptions()
 	if err != nil {
 		return nil, err
 	}
 	routeRedisLogs(n.log)
-	n.redis = client // closed by stopParts, even on the error below
-	if err := checkRedisAuth(client, cfg.redisFlag(), creds); err != nil {
+	if err := checkRedisAuth(ro, cfg.redisFlag(), creds); err != nil {
 		return nil, err
 	}
+	n.redis = ro.client(false)
 	prefix := cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix)
 	n.store = token.NewRedisStore(n.redis, prefix)
 	name := wsify.RedisChannelName(cfg.WsifyRedisPrefix, prefix)

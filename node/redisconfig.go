@@ -167,22 +167,32 @@ func (cfg Config) sentinelPasswordSource() string {
 	return "none"
 }
 
-// newRedisClient builds the one client every Redis use shares: a plain
-// client for RedisURL, a failover client for RedisSentinel (both a
-// *redis.Client), a *redis.ClusterClient for RedisCluster. The broker and
-// the stores tell a cluster by that type. creds describes the credentials
-// for checkRedisAuth.
-func newRedisClient(cfg Config) (c redis.UniversalClient, creds string, err error) {
-	ro, creds, err := cfg.redisClientOptions()
+// client builds the client ro describes: a plain client for RedisURL, a
+// failover client for RedisSentinel (both a *redis.Client), a
+// *redis.ClusterClient for RedisCluster. The broker and the stores tell a
+// cluster by that type. A probe client tries once (no retry, one dial
+// attempt), on copies of the options: checkRedisAuth's, so that a Redis
+// that is down does not make Start wait through go-redis's retries.
+func (ro redisOptions) client(probe bool) redis.UniversalClient {
 	switch {
-	case err != nil:
-		return nil, "", err
 	case ro.cluster != nil:
-		return redis.NewClusterClient(ro.cluster), creds, nil
+		o := *ro.cluster
+		if probe {
+			o.MaxRetries, o.DialerRetries = -1, 1
+		}
+		return redis.NewClusterClient(&o)
 	case ro.failover != nil:
-		return redis.NewFailoverClient(ro.failover), creds, nil
+		o := *ro.failover
+		if probe {
+			o.MaxRetries, o.DialerRetries = -1, 1
+		}
+		return redis.NewFailoverClient(&o)
 	}
-	return redis.NewClient(ro.plain), creds, nil
+	o := *ro.plain
+	if probe {
+		o.MaxRetries, o.DialerRetries = -1, 1
+	}
+	return redis.NewClient(&o)
 }
 
 // redisClientOptions is parseRedis with every credential in place, the
@@ -255,16 +265,19 @@ func readPassword(direct, file, flag string) (string, error) {
 	return p, nil
 }
 
-// checkRedisAuth pings Redis once (bounded by redisAuthCheckWait): a
-// refusal of the node's credentials (WRONGPASS, NOAUTH, NOPERM, a password
-// the server does not have) is a mistake in the configuration and fails
-// Start with an error that says where the password came from, never the
-// password. A Redis that does not answer does not fail Start: the node
-// starts not ready and reconnects, as when Redis goes down later.
-func checkRedisAuth(c redis.UniversalClient, flag, creds string) error {
+// checkRedisAuth pings Redis once with a probe client (bounded by
+// redisAuthCheckWait): a refusal of the credentials (WRONGPASS, NOAUTH,
+// NOPERM, a password the server does not have) is a mistake in the
+// configuration and fails Start with an error that says where the password
+// came from (creds), never the password. A Redis that does not answer does
+// not fail Start: the node starts not ready and reconnects, as when Redis
+// goes down later.
+func checkRedisAuth(ro redisOptions, flag, creds string) error {
+	probe := ro.client(true)
+	defer probe.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), redisAuthCheckWait)
 	defer cancel()
-	err := c.Ping(ctx).Err()
+	err := probe.Ping(ctx).Err()
 	if err == nil || !isCredentialError(err) {
 		return nil
 	}

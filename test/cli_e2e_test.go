@@ -649,8 +649,9 @@ func deployPlaceholders(t *testing.T) map[string][]string {
 
 // TestDeployPlaceholderSecretsRefused: every placeholder in deploy/ is
 // refused at start as GATEWAY_SECRET (serve, key issue, wsify), in a secret
-// file (serve), as --admin-token (serve) and as GATEWAY_REDIS_PASSWORD (serve), with a message naming where
-// it came from; the process exits 1 and listens on nothing.
+// file (serve), as --admin-token and as GATEWAY_REDIS_PASSWORD (serve),
+// with a message naming where it came from; the process exits 1 and
+// listens on nothing.
 func TestDeployPlaceholderSecretsRefused(t *testing.T) {
 	t.Parallel()
 	found := deployPlaceholders(t)
