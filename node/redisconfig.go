@@ -28,8 +28,8 @@ const (
 // fails it, not a slow or absent Redis.
 const redisAuthCheckWait = 3 * time.Second
 
-// redisOptions is cfg's Redis settings parsed, the password files not yet
-// read: exactly one of the three is set.
+// redisOptions is cfg's Redis settings as go-redis options: exactly one
+// of the three is set (none without Redis).
 type redisOptions struct {
 	plain    *redis.Options
 	failover *redis.FailoverOptions
@@ -64,6 +64,9 @@ func (cfg Config) redisFlag() string {
 	return ""
 }
 
+// parseRedis parses cfg's Redis settings and checks them (CheckRedis),
+// RedisUsername in place; the passwords given apart from the URL are left
+// to redisClientOptions, which reads the files.
 func (cfg Config) parseRedis() (redisOptions, error) {
 	given := 0
 	for _, v := range []string{cfg.RedisURL, cfg.RedisSentinel, cfg.RedisCluster} {
