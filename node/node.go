@@ -93,7 +93,8 @@ type Config struct {
 	// places is an error, so no password silently wins over another.
 	RedisPassword string
 	// RedisPasswordFile holds RedisPassword (one trailing newline is not
-	// part of it), read at Start: see RedisPassword.
+	// part of it): see RedisPassword. Read at Start, and again for every
+	// new connection, so a rotated password needs no restart.
 	RedisPasswordFile string
 	// RedisSentinelUsername, RedisSentinelPassword
 	// (GATEWAY_REDIS_SENTINEL_PASSWORD) and RedisSentinelPasswordFile are

@@ -210,17 +210,18 @@ func (cfg Config) redisClientOptions() (ro redisOptions, creds string, err error
 		return ro, "", err
 	}
 	var user, password *string
+	var provider *credentialsProvider
 	switch {
 	case ro.cluster != nil:
-		user, password = &ro.cluster.Username, &ro.cluster.Password
+		user, password, provider = &ro.cluster.Username, &ro.cluster.Password, &ro.cluster.CredentialsProviderContext
 	case ro.failover != nil:
-		user, password = &ro.failover.Username, &ro.failover.Password
+		user, password, provider = &ro.failover.Username, &ro.failover.Password, &ro.failover.CredentialsProviderContext
 		ro.failover.SentinelUsername = cfg.RedisSentinelUsername
 		if ro.failover.SentinelPassword, err = readPassword(cfg.RedisSentinelPassword, cfg.RedisSentinelPasswordFile, "--redis-sentinel-password-file"); err != nil {
 			return ro, "", err
 		}
 	case ro.plain != nil:
-		user, password = &ro.plain.Username, &ro.plain.Password
+		user, password, provider = &ro.plain.Username, &ro.plain.Password, &ro.plain.CredentialsProviderContext
 	default:
 		return ro, "", nil
 	}
@@ -229,6 +230,9 @@ func (cfg Config) redisClientOptions() (ro redisOptions, creds string, err error
 	*password = cmpOr(*password, pass) // parseRedis refused a password in both
 	if err := refusePlaceholder(source, *password); err != nil {
 		return ro, "", err
+	}
+	if cfg.RedisPasswordFile != "" {
+		*provider = fileCredentials(*user, cfg.RedisPasswordFile)
 	}
 	if ro.failover != nil {
 		if err := refusePlaceholder(cfg.sentinelPasswordSource(), ro.failover.SentinelPassword); err != nil {
@@ -246,6 +250,22 @@ func refusePlaceholder(source, password string) error {
 		return fmt.Errorf("the Redis password from %s is a placeholder from the deployment examples, not a secret", source)
 	}
 	return nil
+}
+
+// credentialsProvider is go-redis's CredentialsProviderContext.
+type credentialsProvider = func(context.Context) (username, password string, err error)
+
+// fileCredentials reads the password file again for every new connection
+// (go-redis's, and the sharded subscriber's), so a rotated password (a
+// Kubernetes Secret volume updates its files in place; ACL SETUSER can
+// give a user both passwords meanwhile) takes effect without a restart.
+// The file was read once at Start: a file gone later fails the
+// connection, not the node.
+func fileCredentials(user, file string) credentialsProvider {
+	return func(context.Context) (string, string, error) {
+		p, err := readPassword("", file, "--redis-password-file")
+		return user, p, err
+	}
 }
 
 // readPassword returns direct, else the content of file without one

@@ -1,11 +1,17 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/internal/redistest"
 )
 
 // TestRedisCredentials: where the data servers' and the Sentinels'
@@ -129,4 +135,44 @@ func redisSettings(cfg Config) string {
 	return fmt.Sprintf("redis %q sentinel %q cluster %q user %q password %q file %q sentinel user %q password %q file %q",
 		cfg.RedisURL, cfg.RedisSentinel, cfg.RedisCluster, cfg.RedisUsername, cfg.RedisPassword, cfg.RedisPasswordFile,
 		cfg.RedisSentinelUsername, cfg.RedisSentinelPassword, cfg.RedisSentinelPasswordFile)
+}
+
+// TestRedisPasswordFileRotation: the password file is read again for every
+// new connection: after Redis's password changes and the file follows,
+// the node's cut connections come back with the new one, without a
+// restart (a static password would get WRONGPASS).
+func TestRedisPasswordFileRotation(t *testing.T) {
+	t.Parallel()
+	srv := redistest.StartLocal(t, redistest.WithAuth(redistest.Auth{Password: "old-s3cret"}))
+	file := filepath.Join(t.TempDir(), "redis-password")
+	write := func(p string) {
+		if err := os.WriteFile(file, []byte(p+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("old-s3cret")
+	n, err := Start(Config{Listen: "127.0.0.1:0", NoAdmin: true, DataDir: t.TempDir(), RedisURL: srv.URL, RedisPasswordFile: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
+	ctx := context.Background()
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr, Password: "old-s3cret"})
+	t.Cleanup(func() { _ = admin.Close() })
+
+	if err := admin.ConfigSet(ctx, "requirepass", "new-s3cret").Err(); err != nil {
+		t.Fatal(err)
+	}
+	write("new-s3cret")
+	for _, typ := range []string{"normal", "pubsub"} { // every connection of the node; not admin's own
+		if err := admin.Do(ctx, "CLIENT", "KILL", "TYPE", typ).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Revoker.RevokeSubject(ctx, "alice", time.Time{}); err != nil {
+		t.Fatalf("revoke after the rotation: %v", err)
+	}
+	if got, err := admin.Exists(ctx, "gateway:revoked:sub:alice").Result(); got != 1 || err != nil {
+		t.Fatalf("revocation in Redis: %d, %v", got, err)
+	}
 }
