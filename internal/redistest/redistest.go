@@ -68,9 +68,6 @@ func applyOptions(opts []Option) options {
 	return o
 }
 
-// Auth returns what s requires of its clients.
-func (s *Server) Auth() Auth { return s.auth }
-
 // serverArgs are the redis-server arguments that make a server require a
 // and its replicas authenticate to their master with it.
 func (a Auth) serverArgs() []string {
