@@ -176,3 +176,20 @@ func TestRedisPasswordFileRotation(t *testing.T) {
 		t.Fatalf("revocation in Redis: %d, %v", got, err)
 	}
 }
+
+// TestRedisCredentialRefusals: Start fails, saying where the password came
+// from, when Redis requires a password and none is given (a wrong one:
+// the process tests in test/). A password given to a Redis without one is
+// not refused: Redis 6 and later accept any password for a nopass user.
+func TestRedisCredentialRefusals(t *testing.T) {
+	t.Parallel()
+	locked := redistest.StartLocal(t, redistest.WithAuth(redistest.Auth{Password: "s3cret"}))
+	cfg := Config{RedisURL: locked.URL, Listen: "127.0.0.1:0", NoAdmin: true, DataDir: t.TempDir()}
+	const want = `--redis: Redis refused the node's credentials (user "default", password from none): NOAUTH Authentication required.`
+	if n, err := Start(cfg); errString(err) != want {
+		if n != nil {
+			_ = n.Shutdown(context.Background())
+		}
+		t.Errorf("Start = %v, want %q", err, want)
+	}
+}
