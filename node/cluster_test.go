@@ -13,13 +13,19 @@ import (
 
 func TestParseRedisCluster(t *testing.T) {
 	for _, tc := range []struct {
-		in      string
-		addrs   []string
-		wantErr string
+		in         string
+		addrs      []string
+		user, pass string
+		wantErr    string
 	}{
 		{in: "127.0.0.1:7000", addrs: []string{"127.0.0.1:7000"}},
 		{in: "a:1,b:2, c:3 ,", addrs: []string{"a:1", "b:2", "c:3"}},
 		{in: "[::1]:7000", addrs: []string{"[::1]:7000"}},
+		{in: "redis://a:1,[::1]:2", addrs: []string{"a:1", "[::1]:2"}},
+		{in: "redis://gw:s3cret@a:1,b:2/", addrs: []string{"a:1", "b:2"}, user: "gw", pass: "s3cret"},
+		{in: "redis://:s3cret@a:1/0", addrs: []string{"a:1"}, pass: "s3cret"},
+		{in: "redis://gw@a:1", addrs: []string{"a:1"}, user: "gw"},
+		{in: "redis://gw:p%40ss@a:1", addrs: []string{"a:1"}, user: "gw", pass: "p@ss"},
 		{in: "", wantErr: "want host:port[,host:port...]"},
 		{in: " , ", wantErr: "want host:port[,host:port...]"},
 		{in: "127.0.0.1", wantErr: `seed node address "127.0.0.1": want host:port`},
@@ -27,16 +33,23 @@ func TestParseRedisCluster(t *testing.T) {
 		{in: "a:0", wantErr: "port must be 1..65535"},
 		{in: "a:65536", wantErr: "port must be 1..65535"},
 		{in: "a:1,b", wantErr: `"b": want host:port`},
+		{in: "redis://gw:s3cret@", wantErr: `"redis://gw:xxxxx@": want host:port[,host:port...] or redis://`},
+		{in: "redis://gw:s3cret@a:1,b", wantErr: `"b": want host:port`},
+		{in: "redis://gw:s3cret@a:1/2", wantErr: `"redis://gw:xxxxx@a:1/2": a Redis Cluster has only database 0`},
+		{in: "redis://gw:s3cret@a:1?addr=b:2", wantErr: "no query or fragment is understood"},
+		{in: "rediss://gw:s3cret@a:1", wantErr: "rediss:// (TLS) is not supported here yet"},
+		{in: "unix://gw:s3cret@a:1", wantErr: "want a redis:// URL"},
 	} {
-		addrs, err := ParseRedisCluster(tc.in)
+		o, err := ParseRedisCluster(tc.in)
 		if tc.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.HasPrefix(err.Error(), "--redis-cluster") {
-				t.Errorf("%q: err %v, want one starting --redis-cluster and containing %q", tc.in, err, tc.wantErr)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.HasPrefix(err.Error(), "--redis-cluster") ||
+				strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("%q: err %v, want one starting --redis-cluster, containing %q, without the password", tc.in, err, tc.wantErr)
 			}
 			continue
 		}
-		if err != nil || !slices.Equal(addrs, tc.addrs) {
-			t.Errorf("%q: got %q %v, want %q", tc.in, addrs, err, tc.addrs)
+		if err != nil || !slices.Equal(o.Addrs, tc.addrs) || o.Username != tc.user || o.Password != tc.pass {
+			t.Errorf("%q: got %+v %v, want %q user %q pass %q", tc.in, o, err, tc.addrs, tc.user, tc.pass)
 		}
 	}
 }

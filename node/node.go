@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,24 +63,47 @@ type Config struct {
 	// of `gateway wsify` without -admin-listen); zero (false) means it
 	// listens on AdminListen.
 	NoAdmin bool
-	// RedisURL ("redis://host:port/db"): zero means no Redis: the node runs
-	// alone, revocations persist in DataDir.
+	// RedisURL ("redis://[user[:password]@]host:port[/db]"): zero means
+	// no Redis: the node runs alone, revocations persist in DataDir.
 	RedisURL string
-	// RedisSentinel ("master-name@host:port[,host:port…]") runs every Redis
-	// use on the master that these Sentinels name, and follows it when a
-	// replica is promoted (ParseRedisSentinel checks the form). Exclusive
-	// with RedisURL. Zero means no Sentinel (RedisURL decides). No
-	// password or database number yet: the master is reached without
-	// AUTH, database 0.
+	// RedisSentinel runs every Redis use on the master that these
+	// Sentinels name, and follows it when a replica is promoted:
+	// "master-name@host:port[,host:port…]", or the URL form
+	// "redis://[user[:password]@]host:port[,host:port…]/master-name[/db]"
+	// whose user and password are the master's (ParseRedisSentinel).
+	// Exclusive with RedisURL. Zero means no Sentinel (RedisURL decides).
 	RedisSentinel string
-	// RedisCluster ("host:port[,host:port…]", seed nodes; ParseRedisCluster
-	// checks the form) runs every Redis use on a Redis Cluster: keys that
-	// one operation touches together share a hash tag, publishes travel by
-	// sharded pub/sub (SPUBLISH/SSUBSCRIBE), and the client follows slot
-	// moves and failovers. Exclusive with RedisURL and RedisSentinel. Zero
-	// means no cluster. No password yet: the nodes are reached without
-	// AUTH.
+	// RedisCluster runs every Redis use on a Redis Cluster:
+	// "host:port[,host:port…]" (seed nodes), or the URL form
+	// "redis://[user[:password]@]host:port[,host:port…]"
+	// (ParseRedisCluster). Keys that one operation touches together share
+	// a hash tag, publishes travel by sharded pub/sub (SPUBLISH/SSUBSCRIBE),
+	// and the client follows slot moves and failovers. Exclusive with
+	// RedisURL and RedisSentinel. Zero means no cluster.
 	RedisCluster string
+	// RedisUsername is the ACL user the node authenticates as to the Redis
+	// servers that hold its data (the --redis server, the Sentinels'
+	// master and its replicas, every cluster node). Zero means the URL's
+	// user, else the default user. Given with a different URL user, it is
+	// an error.
+	RedisUsername string
+	// RedisPassword (GATEWAY_REDIS_PASSWORD) is RedisUsername's password
+	// (or requirepass, the default user's). Zero means RedisPasswordFile,
+	// else the URL's password, else no AUTH. Giving it in two of these
+	// places is an error, so no password silently wins over another.
+	RedisPassword string
+	// RedisPasswordFile holds RedisPassword (one trailing newline is not
+	// part of it): see RedisPassword. Read at Start, and again for every
+	// new connection, so a rotated password needs no restart.
+	RedisPasswordFile string
+	// RedisSentinelUsername, RedisSentinelPassword
+	// (GATEWAY_REDIS_SENTINEL_PASSWORD) and RedisSentinelPasswordFile are
+	// the Sentinels' own credentials (their requirepass or ACL user),
+	// apart from the master's; only with RedisSentinel. Zero means no AUTH
+	// to the Sentinels.
+	RedisSentinelUsername     string
+	RedisSentinelPassword     string
+	RedisSentinelPasswordFile string
 	// RedisPrefix starts every Redis key and channel: zero means
 	// session.DefaultRedisPrefix ("gateway:").
 	RedisPrefix string
@@ -611,12 +633,15 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 		n.store = fs
 		return &session.Standalone{}, nil
 	}
-	client, err := newRedisClient(cfg)
+	ro, creds, err := cfg.redisClientOptions()
 	if err != nil {
 		return nil, err
 	}
 	routeRedisLogs(n.log)
-	n.redis = client
+	if err := checkRedisAuth(ro, cfg.redisFlag(), creds); err != nil {
+		return nil, err
+	}
+	n.redis = ro.client(false)
 	prefix := cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix)
 	n.store = token.NewRedisStore(n.redis, prefix)
 	name := wsify.RedisChannelName(cfg.WsifyRedisPrefix, prefix)
@@ -631,121 +656,6 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 		b.EnableHistory(history.NewRedisStore(n.redis, prefix, o))
 	}
 	return b, nil
-}
-
-// UsesRedis reports whether cfg names a Redis of any kind.
-func (cfg Config) UsesRedis() bool {
-	return cfg.RedisURL != "" || cfg.RedisSentinel != "" || cfg.RedisCluster != ""
-}
-
-// CheckRedis checks cfg's Redis settings without dialing: at most one of
-// RedisURL, RedisSentinel and RedisCluster, and a Sentinel or cluster
-// list well formed. Its errors name the flags, for a usage error.
-func (cfg Config) CheckRedis() error {
-	given := 0
-	for _, v := range []string{cfg.RedisURL, cfg.RedisSentinel, cfg.RedisCluster} {
-		if v != "" {
-			given++
-		}
-	}
-	var err error
-	switch {
-	case given > 1:
-		err = errors.New("--redis, --redis-sentinel and --redis-cluster are exclusive: give one")
-	case cfg.RedisCluster != "":
-		_, err = ParseRedisCluster(cfg.RedisCluster)
-	case cfg.RedisSentinel != "":
-		_, _, err = ParseRedisSentinel(cfg.RedisSentinel)
-	}
-	return err
-}
-
-// newRedisClient builds the one client every Redis use shares: a plain
-// client for RedisURL, a failover client for RedisSentinel (both a
-// *redis.Client), a *redis.ClusterClient for RedisCluster. The broker and
-// the stores tell a cluster by that type.
-func newRedisClient(cfg Config) (redis.UniversalClient, error) {
-	switch {
-	case cfg.RedisCluster != "":
-		addrs, err := ParseRedisCluster(cfg.RedisCluster)
-		if err != nil {
-			return nil, err
-		}
-		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs}), nil
-	case cfg.RedisSentinel != "":
-		name, addrs, err := ParseRedisSentinel(cfg.RedisSentinel)
-		if err != nil {
-			return nil, err
-		}
-		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: name, SentinelAddrs: addrs}), nil
-	}
-	opt, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		return nil, fmt.Errorf("--redis: %w", err)
-	}
-	return redis.NewClient(opt), nil
-}
-
-// ParseRedisSentinel splits a RedisSentinel value,
-// "master-name@host:port[,host:port…]", into the master's name and the
-// Sentinels' addresses; an empty name, no address, or an address that is
-// not host:port with a port is an error naming the flag.
-func ParseRedisSentinel(v string) (name string, addrs []string, err error) {
-	name, list, ok := strings.Cut(v, "@")
-	if !ok || name == "" {
-		return "", nil, fmt.Errorf("--redis-sentinel %q: want master-name@host:port[,host:port...]", v)
-	}
-	addrs, err = parseAddrs("--redis-sentinel", "sentinel", list)
-	if err != nil {
-		return "", nil, err
-	}
-	if len(addrs) == 0 {
-		return "", nil, fmt.Errorf("--redis-sentinel %q: no sentinel address after the @", v)
-	}
-	return name, addrs, nil
-}
-
-// ParseRedisCluster splits a RedisCluster value, "host:port[,host:port…]",
-// into the seed nodes' addresses; no address, or one that is not host:port
-// with a port, is an error naming the flag.
-func ParseRedisCluster(v string) ([]string, error) {
-	addrs, err := parseAddrs("--redis-cluster", "seed node", v)
-	if err == nil && len(addrs) == 0 {
-		err = fmt.Errorf("--redis-cluster %q: want host:port[,host:port...]", v)
-	}
-	return addrs, err
-}
-
-// parseAddrs splits a comma-separated list of host:port addresses
-// (blanks around them and empty items skipped); errors name flag and what
-// an address is.
-func parseAddrs(flag, what, list string) ([]string, error) {
-	var addrs []string
-	for a := range strings.SplitSeq(list, ",") {
-		a = strings.TrimSpace(a)
-		if a == "" {
-			continue
-		}
-		host, port, err := net.SplitHostPort(a)
-		if err != nil || host == "" {
-			return nil, fmt.Errorf("%s: %s address %q: want host:port", flag, what, a)
-		}
-		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-			return nil, fmt.Errorf("%s: %s address %q: port must be 1..65535", flag, what, a)
-		}
-		addrs = append(addrs, a)
-	}
-	return addrs, nil
-}
-
-// redisAddr names the Redis a client reaches, for logs and the status
-// page: the address of a plain or failover client (go-redis gives
-// "FailoverClient" for the latter), the seed nodes of a cluster client.
-func redisAddr(c redis.UniversalClient) string {
-	if cc, ok := c.(*redis.ClusterClient); ok {
-		return strings.Join(cc.Options().Addrs, ",")
-	}
-	return c.(*redis.Client).Options().Addr
 }
 
 // revoked is the Revoker's callback, from any goroutine: it asks for a

@@ -196,7 +196,13 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"serve", "--redis", "redis://127.0.0.1:1", "--redis-cluster", "127.0.0.1:7000"}, "gateway: serve: --redis, --redis-sentinel and --redis-cluster are exclusive: give one\n", "usage: gateway serve"},
 		{[]string{"serve", "--redis-sentinel", "m@127.0.0.1:2", "--redis-cluster", "127.0.0.1:7000"}, "gateway: serve: --redis, --redis-sentinel and --redis-cluster are exclusive: give one\n", "usage: gateway serve"},
 		{[]string{"serve", "--redis-cluster", "127.0.0.1"}, "gateway: serve: --redis-cluster: seed node address \"127.0.0.1\": want host:port\n", "usage: gateway serve"},
-		{[]string{"serve", "--redis-sentinel", "127.0.0.1:26379"}, "gateway: serve: --redis-sentinel \"127.0.0.1:26379\": want master-name@host:port[,host:port...]\n", "usage: gateway serve"},
+		{[]string{"serve", "--redis-sentinel", "127.0.0.1:26379"}, "gateway: serve: --redis-sentinel \"127.0.0.1:26379\": want master-name@host:port[,host:port...] or redis://[user:password@]host:port[,host:port...]/master-name[/db]\n", "usage: gateway serve"},
+		// A password in a URL is never repeated in an error.
+		{[]string{"serve", "--redis", "redis://gw:s3cret@127.0.0.1:x/0"}, "gateway: serve: --redis \"redis://gw:xxxxx@127.0.0.1:x/0\": invalid port \":x\" after host\n", "usage: gateway serve"},
+		{[]string{"serve", "--redis-cluster", "redis://gw:s3cret@127.0.0.1:7000/2"}, "gateway: serve: --redis-cluster \"redis://gw:xxxxx@127.0.0.1:7000/2\": a Redis Cluster has only database 0: want no path\n", "usage: gateway serve"},
+		{[]string{"serve", "--redis-sentinel", "redis://gw:s3cret@127.0.0.1:26379"}, "gateway: serve: --redis-sentinel \"redis://gw:xxxxx@127.0.0.1:26379\": want the master's name as the path", "usage: gateway serve"},
+		{[]string{"serve", "--redis-cluster", "redis://gw:s3cret@127.0.0.1:7000", "--redis-password-file", "/dev/null"}, "gateway: serve: --redis-cluster: the URL has a password and --redis-password-file /dev/null gives one too: give it once\n", "usage: gateway serve"},
+		{[]string{"serve", "--redis-sentinel-username", "sn", "--redis-cluster", "127.0.0.1:7000"}, "gateway: serve: --redis-sentinel-username, GATEWAY_REDIS_SENTINEL_PASSWORD and --redis-sentinel-password-file need --redis-sentinel\n", "usage: gateway serve"},
 		{[]string{"key"}, "gateway: key: want a subcommand: issue, revoke or revoke-subject\n", "usage: gateway key"},
 		{[]string{"key", "bogus"}, "gateway: key: unknown subcommand \"bogus\"\n", "usage: gateway key"},
 		{[]string{"key", "issue", "--bogus"}, "gateway: key issue: flag provided but not defined: -bogus\n", "usage: gateway key issue"},
@@ -209,7 +215,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"serve", "--ping-timeout", "xyz"}, "gateway: serve: invalid value \"xyz\" for flag -ping-timeout: parse error\n", "usage: gateway serve"},
 	} {
 		stdout, stderr, code := cliRunIn(t, dir, env, "", c.args...)
-		if code != 2 || stdout != "" || !strings.HasPrefix(stderr, c.wantPrefix) || !strings.Contains(stderr, c.wantUsage) {
+		if code != 2 || stdout != "" || !strings.HasPrefix(stderr, c.wantPrefix) || !strings.Contains(stderr, c.wantUsage) || strings.Contains(stderr, "s3cret") {
 			t.Errorf("gateway %v: exit %d, stdout %q, stderr %q; want 2, nothing, and stderr %q... with %q",
 				c.args, code, stdout, stderr, c.wantPrefix, c.wantUsage)
 		}
@@ -643,8 +649,9 @@ func deployPlaceholders(t *testing.T) map[string][]string {
 
 // TestDeployPlaceholderSecretsRefused: every placeholder in deploy/ is
 // refused at start as GATEWAY_SECRET (serve, key issue, wsify), in a secret
-// file (serve), and as --admin-token (serve), with a message naming where
-// it came from; the process exits 1 and listens on nothing.
+// file (serve), as --admin-token and as GATEWAY_REDIS_PASSWORD (serve),
+// with a message naming where it came from; the process exits 1 and
+// listens on nothing.
 func TestDeployPlaceholderSecretsRefused(t *testing.T) {
 	t.Parallel()
 	found := deployPlaceholders(t)
@@ -671,6 +678,7 @@ func TestDeployPlaceholderSecretsRefused(t *testing.T) {
 			{"serve --secret-file", e2eEnv(), append([]string{"serve", "--secret-file", secretFile}, addrs...), secretFile},
 			{"serve --admin-token", e2eEnv("GATEWAY_SECRET=" + testSecret), append([]string{"serve", "--admin-token", p}, addrs...), "--admin-token (GATEWAY_ADMIN_TOKEN) "},
 			{"serve GATEWAY_ADMIN_TOKEN", e2eEnv("GATEWAY_SECRET="+testSecret, "GATEWAY_ADMIN_TOKEN="+p), append([]string{"serve"}, addrs...), "--admin-token (GATEWAY_ADMIN_TOKEN) "},
+			{"serve GATEWAY_REDIS_PASSWORD", e2eEnv("GATEWAY_SECRET="+testSecret, "GATEWAY_REDIS_PASSWORD="+p), append([]string{"serve", "--redis-cluster", "127.0.0.1:1"}, addrs...), "the Redis password from GATEWAY_REDIS_PASSWORD "},
 			{"key issue", e2eEnv("GATEWAY_SECRET=" + p), []string{"key", "issue", "--subject", "alice", "--data-dir", data}, "GATEWAY_SECRET: "},
 			{"wsify", e2eEnv("GATEWAY_SECRET=" + p), []string{"wsify", "-listen-addr", e2eFreeAddr(t)}, "GATEWAY_SECRET: "},
 		} {

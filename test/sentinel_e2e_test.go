@@ -21,20 +21,24 @@ import (
 const sentinelFailoverWait = 15 * time.Second
 
 // TestSentinelFailover: two nodes on a master with one replica and one
-// Sentinel (--redis-sentinel). Fan-out crosses the nodes; the master is
-// killed (kill -9); once the Sentinel has promoted the replica, a publish on
-// A reaches B again and a key revoked on A closes its session on B with
-// 3004, with no restart of either node.
+// Sentinel (--redis-sentinel), master and replica with requirepass (the
+// replica and the Sentinel authenticate with masterauth and auth-pass, the
+// nodes with GATEWAY_REDIS_PASSWORD). Fan-out crosses the nodes; the
+// master is killed (kill -9); once the Sentinel has promoted the replica, a
+// publish on A reaches B again and a key revoked on A closes its session
+// on B with 3004, with no restart of either node: the nodes authenticate to
+// the promoted replica as they did to the master.
 func TestSentinelFailover(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
-	master := redistest.StartLocal(t)
+	const password = "failover-s3cret"
+	master := redistest.StartLocal(t, redistest.WithAuth(redistest.Auth{Password: password}))
 	replica := master.StartReplica(t)
 	sn := redistest.StartSentinel(t, "m", master)
 	if got := sn.MasterAddr("m"); got != master.Addr {
 		t.Fatalf("sentinel names master %q, want %q", got, master.Addr)
 	}
-	onSentinel := func(c *node.Config) { c.RedisSentinel = "m@" + sn.Addr }
+	onSentinel := func(c *node.Config) { c.RedisSentinel, c.RedisPassword = "m@"+sn.Addr, password }
 	a, b := startNode(t, onSentinel), startNode(t, onSentinel)
 	t.Logf("master %s, replica %s, sentinel %s, nodes up after %v", master.Addr, replica.Addr, sn.Addr, time.Since(start))
 

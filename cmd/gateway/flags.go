@@ -54,7 +54,9 @@ listeners, the admin listener (metrics, health, admin API), until SIGTERM or
 SIGINT, then drains. The secret is GATEWAY_SECRET, else --secret-file, else
 --data-dir/secret, generated there at the first start. A secret shorter than
 32 bytes, or a secret or --admin-token copied from the deployment examples
-(REPLACE-..., ...CHANGE-ME...), is refused at start.`},
+(REPLACE-..., ...CHANGE-ME...), is refused at start. Redis passwords come from
+GATEWAY_REDIS_PASSWORD (GATEWAY_REDIS_SENTINEL_PASSWORD: the Sentinels' own),
+--redis-password-file or the URL; none is ever logged.`},
 	"key issue": {synopsis: "gateway key issue --subject S [--ttl D] [--data-dir D | --secret-file F]", env: true, about: `Prints a new access key (base64url) on stdout, signed with the node's
 secret: GATEWAY_SECRET, else --secret-file, else the secret the node generated
 in --data-dir (it never makes one up: start the node first, or give the same

@@ -36,9 +36,13 @@ func serve(args []string) error {
 	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "main listener: WebSocket and HTTP")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", gateway.DefaultAdminListen, "admin listener: metrics, health, admin API")
 	secretFlags(fs, &cfg)
-	fs.StringVar(&cfg.RedisURL, "redis", "", "redis:// URL for revocations, KOsync data and fan-out across nodes; run Redis with persistence (empty: run alone)")
-	fs.StringVar(&cfg.RedisSentinel, "redis-sentinel", "", "master-name@host:port[,host:port...]: use the Redis master these Sentinels name and follow its failovers (instead of --redis; no password or database number yet)")
-	fs.StringVar(&cfg.RedisCluster, "redis-cluster", "", "host:port[,host:port...]: seed nodes of a Redis Cluster to use instead of --redis: keys with hash tags, fan-out by sharded pub/sub (SPUBLISH), slot moves and failovers followed (no password yet)")
+	fs.StringVar(&cfg.RedisURL, "redis", "", "redis://[user[:password]@]host:port[/db] URL for revocations, KOsync data and fan-out across nodes; run Redis with persistence (empty: run alone)")
+	fs.StringVar(&cfg.RedisSentinel, "redis-sentinel", "", "master-name@host:port[,host:port...] or redis://[user[:password]@]host:port[,host:port...]/master-name[/db] (user and password: the master's): use the Redis master these Sentinels name and follow its failovers (instead of --redis)")
+	fs.StringVar(&cfg.RedisCluster, "redis-cluster", "", "host:port[,host:port...] or redis://[user[:password]@]host:port[,host:port...]: seed nodes of a Redis Cluster to use instead of --redis: keys with hash tags, fan-out by sharded pub/sub (SPUBLISH), slot moves and failovers followed")
+	fs.StringVar(&cfg.RedisUsername, "redis-username", "", "ACL user for the Redis servers (--redis, the Sentinels' master and replicas, the cluster nodes); its password: "+node.EnvRedisPassword+", --redis-password-file or the URL's (empty: the URL's user, else the default user)")
+	fs.StringVar(&cfg.RedisPasswordFile, "redis-password-file", "", "file holding the Redis servers' password, instead of "+node.EnvRedisPassword+" or one in the URL (which ps shows); read again for every new connection, so a rotated password needs no restart")
+	fs.StringVar(&cfg.RedisSentinelUsername, "redis-sentinel-username", "", "ACL user for the Sentinels themselves, apart from the master's; its password: "+node.EnvRedisSentinelPassword+" or --redis-sentinel-password-file")
+	fs.StringVar(&cfg.RedisSentinelPasswordFile, "redis-sentinel-password-file", "", "file holding the Sentinels' own password (their requirepass), instead of "+node.EnvRedisSentinelPassword)
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "gateway:", "prefix of every Redis key and channel")
 	fs.DurationVar(&cfg.PingTimeout, "ping-timeout", native.DefaultPingTimeout, "close native clients silent this long (3003)")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", gateway.DefaultHandshakeTimeout, "TCP accept to authenticated")
@@ -86,6 +90,8 @@ func serve(args []string) error {
 		return err
 	}
 	cfg.Kosync.RegistrationClosed = !*registration
+	cfg.RedisPassword = os.Getenv(node.EnvRedisPassword)
+	cfg.RedisSentinelPassword = os.Getenv(node.EnvRedisSentinelPassword)
 	if err := cfg.CheckRedis(); err != nil {
 		return usageErr("serve", err)
 	}

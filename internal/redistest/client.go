@@ -8,9 +8,10 @@ import (
 )
 
 // NewClusterClient returns a go-redis cluster client seeded with every
-// node of c, closed when the test ends.
+// node of c, with the credentials c requires, closed when the test ends.
 func (c *Cluster) NewClusterClient(t testing.TB) *redis.ClusterClient {
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	a := c.Masters[0].auth
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), Username: a.Username, Password: a.Password})
 	t.Cleanup(func() { _ = cc.Close() })
 	return cc
 }
@@ -24,7 +25,7 @@ func (c *Cluster) Holder(t testing.TB, key string) *Server {
 		if s.cmd == nil {
 			continue
 		}
-		pc := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+		pc := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, Username: s.auth.Username, Password: s.auth.Password})
 		n, err := pc.Exists(context.Background(), key).Result()
 		_ = pc.Close()
 		if err == nil && n == 1 {

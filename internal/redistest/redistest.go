@@ -5,11 +5,14 @@
 // loopback port in a temporary directory and stopped when the test ends.
 // Where no Redis can be had the test is skipped loudly; under CI=true that is
 // a failure instead, so CI never passes by skipping.
+//
+// StartLocal, StartCluster and StartSentinel start servers that require AUTH
+// (requirepass, or an ACL user) when given WithAuth; by default they
+// require nothing.
 package redistest
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -35,6 +38,59 @@ type Server struct {
 	// args, when set, replace the plain server's command line (a replica,
 	// a sentinel).
 	args []string
+	// auth is what the server requires (the zero Auth: nothing).
+	auth Auth
+}
+
+// Auth is what a server started by this package requires of its clients.
+// Password alone is requirepass, the default user's password; with
+// Username, an ACL user that may run everything while the default user is
+// off. A replica authenticates to its master with its master's Auth
+// (masterauth, masteruser), so that a failover can promote it. The zero
+// Auth requires nothing: the default.
+type Auth struct{ Username, Password string }
+
+// Option changes what StartLocal, StartCluster or StartSentinel start.
+type Option func(*options)
+
+type options struct{ auth Auth }
+
+// WithAuth makes the servers started require a (see Auth); for
+// StartSentinel, the Sentinel itself (its master's Auth comes from the
+// master).
+func WithAuth(a Auth) Option { return func(o *options) { o.auth = a } }
+
+func applyOptions(opts []Option) options {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// serverArgs are the redis-server arguments that make a server require a
+// and its replicas authenticate to their master with it.
+func (a Auth) serverArgs() []string {
+	switch {
+	case a.Password == "":
+		return nil
+	case a.Username == "":
+		return []string{"--requirepass", a.Password, "--masterauth", a.Password}
+	}
+	return []string{"--user", a.Username, "on", ">" + a.Password, "~*", "&*", "+@all",
+		"--user", "default", "off", "--masteruser", a.Username, "--masterauth", a.Password}
+}
+
+// configLines are serverArgs as lines of a configuration file (a
+// Sentinel's, which takes no masterauth).
+func (a Auth) configLines() string {
+	switch {
+	case a.Password == "":
+		return ""
+	case a.Username == "":
+		return "requirepass " + a.Password + "\n"
+	}
+	return "user " + a.Username + " on >" + a.Password + " ~* &* +@all\nuser default off\n"
 }
 
 // Start returns a Redis for t. See the package comment.
@@ -84,8 +140,7 @@ func (s *Server) Stop() {
 func (s *Server) start(bin string) error {
 	args := s.args
 	if args == nil {
-		args = []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", s.dir}
+		args = plainArgs(s)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = nil, nil
@@ -95,36 +150,13 @@ func (s *Server) start(bin string) error {
 	s.cmd = cmd
 	deadline := time.Now().Add(startTimeout)
 	for time.Now().Before(deadline) {
-		if ping(s.Addr) == nil {
+		if r := command(s, "PING"); len(r) == 1 && r[0] == "PONG" {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	s.Stop()
 	return fmt.Errorf("redistest: redis-server on %s did not answer PING within %v", s.Addr, startTimeout)
-}
-
-func ping(addr string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "+PONG") {
-		return fmt.Errorf("unexpected reply %q", line)
-	}
-	return nil
 }
 
 func freePort(t testing.TB) int {
@@ -145,27 +177,38 @@ func unavailable(t testing.TB, why string) {
 }
 
 // StartLocal is Start without the REDIS_URL escape: always a redis-server
-// process of the test's own, for tests that kill it or replicate it.
-func StartLocal(t testing.TB) *Server {
+// process of the test's own, for tests that kill it or replicate it, or
+// that need it to require AUTH (WithAuth).
+func StartLocal(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	return startProcess(t, nil)
+	o := applyOptions(opts)
+	if o.auth == (Auth{}) {
+		return startProcess(t, Auth{}, nil)
+	}
+	return startProcess(t, o.auth, func(s *Server) []string { return append(plainArgs(s), o.auth.serverArgs()...) })
+}
+
+// plainArgs is the command line of a plain server.
+func plainArgs(s *Server) []string {
+	return []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir}
 }
 
 // StartReplica starts a redis-server replicating s (REPLICAOF) and waits
-// until its link to s is up, so a failover can promote it.
+// until its link to s is up, so a failover can promote it. It requires
+// s's Auth and authenticates to s with it.
 func (s *Server) StartReplica(t testing.TB) *Server {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(s.Addr)
 	// Redis 7 waits 5 s for more replicas before a diskless full sync.
-	if command(s.Addr, "CONFIG SET repl-diskless-sync-delay 0") == nil {
+	if command(s, "CONFIG SET repl-diskless-sync-delay 0") == nil {
 		t.Fatalf("redistest: CONFIG SET on %s failed", s.Addr)
 	}
-	r := startProcess(t, func(r *Server) []string {
-		return []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", r.dir, "--replicaof", host, port}
+	r := startProcess(t, s.auth, func(r *Server) []string {
+		return append(append(plainArgs(r), "--replicaof", host, port), s.auth.serverArgs()...)
 	})
 	deadline := time.Now().Add(startTimeout)
-	for !strings.Contains(strings.Join(command(r.Addr, "INFO replication"), ""), "master_link_status:up") {
+	for !strings.Contains(strings.Join(command(r, "INFO replication"), ""), "master_link_status:up") {
 		if time.Now().After(deadline) {
 			t.Fatalf("redistest: replica %s did not sync with %s within %v", r.Addr, s.Addr, startTimeout)
 		}
@@ -181,24 +224,34 @@ const SentinelDownAfter = 500 * time.Millisecond
 
 // StartSentinel starts a Redis Sentinel that monitors master under name
 // with quorum 1 (SentinelDownAfter, failover timeout 2 s) and waits until
-// it knows at least one replica of it. Its Addr is the sentinel's.
-func StartSentinel(t testing.TB, name string, master *Server) *Server {
+// it knows at least one replica of it. Its Addr is the sentinel's. It
+// authenticates to the master and replicas with the master's Auth
+// (auth-user, auth-pass); WithAuth makes the Sentinel itself require one.
+func StartSentinel(t testing.TB, name string, master *Server, opts ...Option) *Server {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(master.Addr)
-	sn := startProcess(t, func(sn *Server) []string {
+	o := applyOptions(opts)
+	sn := startProcess(t, o.auth, func(sn *Server) []string {
 		conf := filepath.Join(sn.dir, "sentinel.conf") // sentinel rewrites it
 		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
 			"sentinel monitor %s %s %s 1\n"+
 			"sentinel down-after-milliseconds %s %d\n"+
 			"sentinel failover-timeout %s 2000\n",
 			sn.port, sn.dir, name, host, port, name, SentinelDownAfter.Milliseconds(), name)
+		if a := master.auth; a.Password != "" {
+			body += fmt.Sprintf("sentinel auth-pass %s %s\n", name, a.Password)
+			if a.Username != "" {
+				body += fmt.Sprintf("sentinel auth-user %s %s\n", name, a.Username)
+			}
+		}
+		body += o.auth.configLines()
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return []string{conf, "--sentinel"}
 	})
 	deadline := time.Now().Add(startTimeout)
-	for len(command(sn.Addr, "SENTINEL replicas "+name)) == 0 {
+	for len(command(sn, "SENTINEL replicas "+name)) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("redistest: sentinel %s found no replica of %s within %v", sn.Addr, master.Addr, startTimeout)
 		}
@@ -210,20 +263,20 @@ func StartSentinel(t testing.TB, name string, master *Server) *Server {
 // MasterAddr asks the sentinel s for the address of the master it calls
 // name ("" when it cannot tell).
 func (s *Server) MasterAddr(name string) string {
-	parts := command(s.Addr, "SENTINEL get-master-addr-by-name "+name)
+	parts := command(s, "SENTINEL get-master-addr-by-name "+name)
 	if len(parts) != 2 {
 		return ""
 	}
 	return net.JoinHostPort(parts[0], parts[1])
 }
 
-func startProcess(t testing.TB, args func(*Server) []string) *Server {
+func startProcess(t testing.TB, auth Auth, args func(*Server) []string) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		unavailable(t, "redis-server not found on PATH")
 	}
-	s := &Server{dir: t.TempDir(), port: freePort(t)}
+	s := &Server{dir: t.TempDir(), port: freePort(t), auth: auth}
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	s.URL = "redis://" + s.Addr
 	if args != nil {
@@ -236,24 +289,45 @@ func startProcess(t testing.TB, args func(*Server) []string) *Server {
 	return s
 }
 
-// command sends one inline command and returns its reply flattened: the
-// strings of a (nested) array, or the one string; nil on any error (or an
-// error reply). Bounded by a second.
-func command(addr, cmd string) []string {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+// command sends s one inline command, after AUTH when s requires it, and
+// returns its reply flattened: the strings of a (nested) array, or the one
+// string; nil on any error (or an error reply). Bounded by a second.
+func command(s *Server, cmd string) []string {
+	c, err := net.DialTimeout("tcp", s.Addr, time.Second)
 	if err != nil {
 		return nil
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(time.Second))
+	r := bufio.NewReader(c)
+	if s.auth.Password != "" {
+		auth := []string{"AUTH", s.auth.Password}
+		if s.auth.Username != "" {
+			auth = []string{"AUTH", s.auth.Username, s.auth.Password}
+		}
+		var ok []string
+		if _, err := c.Write(respCommand(auth...)); err != nil || readReply(r, &ok) != nil {
+			return nil
+		}
+	}
 	if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
 		return nil
 	}
 	var out []string
-	if readReply(bufio.NewReader(c), &out) != nil {
+	if readReply(r, &out) != nil {
 		return nil
 	}
 	return out
+}
+
+// respCommand encodes a command as a RESP array (an inline command would
+// split a password with a blank).
+func respCommand(args ...string) []byte {
+	b := fmt.Appendf(nil, "*%d\r\n", len(args))
+	for _, a := range args {
+		b = fmt.Appendf(b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	return b
 }
 
 // readReply reads one RESP2 reply, appending its strings to out.
@@ -316,11 +390,13 @@ type Cluster struct {
 // StartCluster starts a Redis Cluster of masters masters with replicas
 // replicas each (cluster-require-full-coverage no, so the other shards
 // serve while one fails over; cluster-replica-validity-factor 0) and waits until every node reports the
-// cluster ok and every replica is in sync.
-func StartCluster(t testing.TB, masters, replicas int) *Cluster {
+// cluster ok and every replica is in sync. WithAuth makes every node
+// require it, and the replicas authenticate to their masters with it.
+func StartCluster(t testing.TB, masters, replicas int, opts ...Option) *Cluster {
 	t.Helper()
+	auth := applyOptions(opts).auth
 	clusterArgs := func(s *Server) []string {
-		return []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--dir", s.dir,
 			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 			"--cluster-node-timeout", strconv.FormatInt(ClusterNodeTimeout.Milliseconds(), 10),
@@ -328,38 +404,39 @@ func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 			// A replica may take over however long ago it last heard its
 			// master: on a loaded test box that link lags.
 			"--cluster-replica-validity-factor", "0"}
+		return append(args, auth.serverArgs()...)
 	}
 	c := &Cluster{Replicas: make([][]*Server, masters)}
 	for i := range masters {
-		m := startProcess(t, clusterArgs)
+		m := startProcess(t, auth, clusterArgs)
 		lo, hi := i*clusterSlots/masters, (i+1)*clusterSlots/masters-1
-		mustCommand(t, m.Addr, fmt.Sprintf("CLUSTER ADDSLOTSRANGE %d %d", lo, hi))
+		mustCommand(t, m, fmt.Sprintf("CLUSTER ADDSLOTSRANGE %d %d", lo, hi))
 		c.Masters = append(c.Masters, m)
 	}
 	all := append([]*Server(nil), c.Masters...)
 	for i := range masters {
 		for range replicas {
-			r := startProcess(t, clusterArgs)
+			r := startProcess(t, auth, clusterArgs)
 			c.Replicas[i] = append(c.Replicas[i], r)
 			all = append(all, r)
 		}
 	}
 	for _, s := range all[1:] {
 		host, port, _ := net.SplitHostPort(s.Addr)
-		mustCommand(t, all[0].Addr, "CLUSTER MEET "+host+" "+port)
+		mustCommand(t, all[0], "CLUSTER MEET "+host+" "+port)
 	}
 	waitUntil(t, "every node to know every other", func() bool {
 		for _, s := range all {
-			if n := len(strings.Split(strings.TrimSpace(strings.Join(command(s.Addr, "CLUSTER NODES"), "")), "\n")); n != len(all) {
+			if n := len(strings.Split(strings.TrimSpace(strings.Join(command(s, "CLUSTER NODES"), "")), "\n")); n != len(all) {
 				return false
 			}
 		}
 		return true
 	})
 	for i, m := range c.Masters {
-		id := mustCommand(t, m.Addr, "CLUSTER MYID")[0]
+		id := mustCommand(t, m, "CLUSTER MYID")[0]
 		for _, r := range c.Replicas[i] {
-			mustCommand(t, r.Addr, "CLUSTER REPLICATE "+id)
+			mustCommand(t, r, "CLUSTER REPLICATE "+id)
 		}
 	}
 	c.WaitHealthy(t)
@@ -391,11 +468,11 @@ func (c *Cluster) WaitHealthy(t testing.TB) {
 			if s.cmd == nil {
 				continue
 			}
-			info := strings.Join(command(s.Addr, "CLUSTER INFO"), "")
+			info := strings.Join(command(s, "CLUSTER INFO"), "")
 			if !strings.Contains(info, "cluster_state:ok") {
 				return false
 			}
-			repl := strings.Join(command(s.Addr, "INFO replication"), "")
+			repl := strings.Join(command(s, "INFO replication"), "")
 			if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
 				return false
 			}
@@ -410,7 +487,7 @@ func (c *Cluster) Owner(slot int) *Server {
 		if s.cmd == nil {
 			continue
 		}
-		for _, line := range strings.Split(strings.Join(command(s.Addr, "CLUSTER NODES"), ""), "\n") {
+		for _, line := range strings.Split(strings.Join(command(s, "CLUSTER NODES"), ""), "\n") {
 			f := strings.Fields(line)
 			if len(f) < 9 || !strings.Contains(f[2], "myself") || !strings.Contains(f[2], "master") {
 				continue
@@ -436,15 +513,15 @@ func (c *Cluster) Owner(slot int) *Server {
 func (c *Cluster) MoveSlot(t testing.TB, s int, from, to *Server) {
 	t.Helper()
 	slot := strconv.Itoa(s)
-	toID := mustCommand(t, to.Addr, "CLUSTER MYID")[0]
-	fromID := mustCommand(t, from.Addr, "CLUSTER MYID")[0]
-	mustCommand(t, to.Addr, "CLUSTER SETSLOT "+slot+" IMPORTING "+fromID)
-	mustCommand(t, from.Addr, "CLUSTER SETSLOT "+slot+" MIGRATING "+toID)
-	mustCommand(t, to.Addr, "CLUSTER SETSLOT "+slot+" NODE "+toID)
-	mustCommand(t, from.Addr, "CLUSTER SETSLOT "+slot+" NODE "+toID)
+	toID := mustCommand(t, to, "CLUSTER MYID")[0]
+	fromID := mustCommand(t, from, "CLUSTER MYID")[0]
+	mustCommand(t, to, "CLUSTER SETSLOT "+slot+" IMPORTING "+fromID)
+	mustCommand(t, from, "CLUSTER SETSLOT "+slot+" MIGRATING "+toID)
+	mustCommand(t, to, "CLUSTER SETSLOT "+slot+" NODE "+toID)
+	mustCommand(t, from, "CLUSTER SETSLOT "+slot+" NODE "+toID)
 	for _, m := range c.Masters {
 		if m != from && m != to && m.cmd != nil {
-			mustCommand(t, m.Addr, "CLUSTER SETSLOT "+slot+" NODE "+toID)
+			mustCommand(t, m, "CLUSTER SETSLOT "+slot+" NODE "+toID)
 		}
 	}
 }
@@ -457,11 +534,11 @@ func (c *Cluster) nodes() []*Server {
 	return out
 }
 
-func mustCommand(t testing.TB, addr, cmd string) []string {
+func mustCommand(t testing.TB, s *Server, cmd string) []string {
 	t.Helper()
-	out := command(addr, cmd)
+	out := command(s, cmd)
 	if out == nil {
-		t.Fatalf("redistest: %s on %s failed", cmd, addr)
+		t.Fatalf("redistest: %s on %s failed", cmd, s.Addr)
 	}
 	return out
 }
