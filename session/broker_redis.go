@@ -337,7 +337,8 @@ type RedisBroker struct {
 	malformed     atomic.Uint64
 	reconnects    atomic.Uint64
 	lag           atomic.Int64
-	down          atomic.Bool // a batch failed, and no batch or PING succeeded since
+	down          atomic.Bool // every lane is down: its batch failed, and no batch or PING succeeded since
+	lanes         laneSet     // the publisher's lanes (publanes.go)
 
 	hist *history.RedisStore // EnableHistory; nil: no channel keeps history
 
@@ -346,6 +347,8 @@ type RedisBroker struct {
 
 type pubItem struct {
 	channel string
+	name    string       // Redis channel; set by the dispatcher or the lane
+	slot    uint16       // name's slot, on a cluster (set by the dispatcher)
 	data    []byte       // whole envelope, or the payload alone on a raw channel
 	done    chan<- error // PublishConfirmed's: gets the outcome (buffered); else nil
 	// kept: a publish on a channel with history (PublishKept): data is the
@@ -458,8 +461,8 @@ func (b *RedisBroker) Start(h BrokerHandler) error {
 		b.ps = b.client.Subscribe(b.ctx)
 		b.psCh = b.ps.ChannelWithSubscriptions(redis.WithChannelSize(redisChannelSize))
 	}
-	b.wg.Add(3)
-	go b.runPublisher()
+	b.wg.Add(2)
+	b.startPublishing()
 	go b.runSubscriber()
 	go b.runReader()
 	return nil
@@ -687,195 +690,10 @@ func (b *RedisBroker) Stats() BrokerStats {
 		Received:      b.received.Load(),
 		Malformed:     b.malformed.Load(),
 		Reconnects:    b.reconnects.Load(),
-		QueueLen:      len(b.queue),
+		QueueLen:      len(b.queue) + b.lanes.queued(),
 		Lag:           time.Duration(b.lag.Load()),
 		Down:          b.down.Load(),
 	}
-}
-
-// ---- publisher ----
-
-// publisher is the publisher goroutine's state.
-type publisher struct {
-	b         *RedisBroker
-	pipe      redis.Pipeliner
-	batch     []pubItem
-	names     map[string]string // gateway channel -> Redis channel
-	downUntil time.Time         // after a failed batch: drop without sending until then
-	probe     *time.Timer       // while b.down: when to PING Redis
-}
-
-func (b *RedisBroker) runPublisher() {
-	defer b.wg.Done()
-	p := &publisher{
-		b:     b,
-		pipe:  b.client.Pipeline(),
-		batch: make([]pubItem, 0, redisPublishBatch),
-		names: make(map[string]string),
-		probe: time.NewTimer(redisDownPause),
-	}
-	p.probe.Stop()
-	defer p.probe.Stop()
-	for {
-		select {
-		case it := <-b.queue:
-			p.batch = append(p.batch, it)
-			p.fill()
-			p.send()
-		case <-p.probe.C:
-			p.ping()
-		case <-b.stop:
-			// Flush what is queued; Close cancels b.ctx after its grace.
-			for {
-				p.fill()
-				if len(p.batch) == 0 {
-					return
-				}
-				p.send()
-			}
-		}
-	}
-}
-
-// fill takes queued publishes without waiting, up to a batch.
-func (p *publisher) fill() {
-	for len(p.batch) < redisPublishBatch {
-		select {
-		case it := <-p.b.queue:
-			p.batch = append(p.batch, it)
-		default:
-			return
-		}
-	}
-}
-
-// send publishes the batch in one pipeline round trip and empties it.
-func (p *publisher) send() {
-	b, n := p.b, uint64(len(p.batch))
-	defer func() {
-		clear(p.batch) // let the envelopes go
-		p.batch = p.batch[:0]
-	}()
-	if b.ctx.Err() != nil {
-		b.publishErrors.Add(n)
-		p.answer(nil, errRedisBrokerClosed)
-		return
-	}
-	if time.Now().Before(p.downUntil) {
-		b.publishErrors.Add(n)
-		p.answer(nil, ErrBrokerDown)
-		return
-	}
-	for _, it := range p.batch {
-		name, ok := p.names[it.channel]
-		if !ok {
-			if len(p.names) >= redisNameCache {
-				clear(p.names)
-			}
-			name = b.redisName(it.channel)
-			p.names[it.channel] = name
-		}
-		if it.kept {
-			b.hist.QueueAppendPublish(b.ctx, p.pipe, it.channel, it.data[envelopeKeptHead:], name, it.data[:envelopeKeptHead])
-			continue
-		}
-		if b.cluster != nil {
-			p.pipe.SPublish(b.ctx, name, it.data)
-		} else {
-			p.pipe.Publish(b.ctx, name, it.data)
-		}
-	}
-	cmds, err := p.pipe.Exec(b.ctx)
-	if err == nil {
-		b.published.Add(n)
-		b.down.Store(false)
-		p.answer(nil, nil)
-		return
-	}
-	failed := n
-	if len(cmds) == int(n) {
-		failed = 0
-		for _, c := range cmds {
-			if c.Err() != nil {
-				failed++
-			}
-		}
-	} else {
-		cmds = nil
-	}
-	b.published.Add(n - failed)
-	b.publishErrors.Add(failed)
-	if b.ctx.Err() != nil {
-		p.answer(cmds, err)
-		return
-	}
-	if b.cluster != nil {
-		// A shard failing over: its slot map is stale in go-redis until
-		// told. The other shards took their part, so Redis is not down.
-		b.cluster.ReloadState(b.ctx)
-		if failed < n {
-			p.answer(cmds, err)
-			b.warn("publish", "redis broker: publish failed on a shard", "err", err, "dropped", failed)
-			return
-		}
-	}
-	// go-redis has retried already; an error means Redis is unreachable or
-	// failing. Drop instead of sending for a while, so the queue keeps
-	// moving (and Publish keeps accepting) rather than waiting out a dial
-	// timeout per batch. The waiting PublishConfirmed callers are answered
-	// after b.down is set: a caller told "down" finds Publish refusing.
-	p.downUntil = time.Now().Add(redisDownPause)
-	if !b.down.Swap(true) {
-		p.probe.Reset(redisDownPause)
-	}
-	p.answer(cmds, err)
-	b.warn("publish", "redis broker: publish failed; dropping publishes to other nodes for a second",
-		"err", err, "dropped", failed)
-}
-
-// answer tells the batch's PublishConfirmed callers their outcome: err for
-// all of them, or with cmds (one per item) each command's own.
-func (p *publisher) answer(cmds []redis.Cmder, err error) {
-	for i, it := range p.batch {
-		if it.done == nil && it.failed == nil {
-			continue
-		}
-		e := err
-		if cmds != nil {
-			e = cmds[i].Err()
-		}
-		if e != nil && !errors.Is(e, ErrBrokerBusy) {
-			e = fmt.Errorf("%w: %w", ErrBrokerDown, e)
-		}
-		switch {
-		case it.done != nil:
-			it.done <- e
-		case e != nil:
-			it.failed(e)
-		}
-	}
-}
-
-// ping runs while Redis is known down: raw publishes are refused then, so
-// no batch may come to prove Redis is back; a PING does. It runs on the
-// publisher goroutine, like a batch would, so it waits out go-redis's dial
-// like one.
-func (p *publisher) ping() {
-	b := p.b
-	if !b.down.Load() || b.ctx.Err() != nil {
-		return
-	}
-	if time.Now().Before(p.downUntil) {
-		p.probe.Reset(time.Until(p.downUntil))
-		return
-	}
-	if err := b.client.Ping(b.ctx).Err(); err == nil {
-		p.downUntil = time.Time{}
-		b.down.Store(false)
-		return
-	}
-	p.downUntil = time.Now().Add(redisDownPause)
-	p.probe.Reset(redisDownPause)
 }
 
 // ---- subscriber ----
