@@ -1,0 +1,213 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/internal/redistest"
+)
+
+// freeze stops the redis-server at addr (SIGSTOP) until the returned
+// function, also run at the test's end, resumes it (SIGCONT). A stopped
+// server keeps its sockets: the kernel takes connections and commands, and
+// the server runs them when it resumes.
+func freeze(t *testing.T, addr string) (resume func()) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	info, err := c.Info(context.Background(), "server").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`process_id:(\d+)`).FindStringSubmatch(info)
+	if m == nil {
+		t.Fatalf("no process_id in INFO server of %s", addr)
+	}
+	pid, _ := strconv.Atoi(m[1])
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	resume = func() { once.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	return resume
+}
+
+// commandCalls returns how many times the Redis at addr has run cmd.
+func commandCalls(t *testing.T, addr, cmd string) int {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`cmdstat_` + cmd + `:calls=(\d+)`).FindStringSubmatch(info)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// TestRedisBrokerPublishTimeoutNotResent: a PUBLISH whose reply times out
+// (Redis stopped longer than the read timeout) still runs when Redis
+// resumes, so it must not be sent again: it is counted failed, its caller
+// is told, and subscribers see it once. The client has go-redis's default
+// retries, and its dialer resumes Redis when go-redis dials again (as it
+// does to retry a pipeline whose connection timed out), so a retry would
+// reach a Redis that runs both copies.
+func TestRedisBrokerPublishTimeoutNotResent(t *testing.T) {
+	t.Parallel()
+	srv := redistest.StartLocal(t)
+	pfx := testPrefix(t)
+	var resume atomic.Pointer[func()]
+	client := redis.NewClient(&redis.Options{
+		Addr:        srv.Addr,
+		ReadTimeout: 200 * time.Millisecond,
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if r := resume.Swap(nil); r != nil {
+				(*r)()
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	})
+	t.Cleanup(func() { _ = client.Close() })
+	a := startBroker(t, "", RedisBrokerOptions{Prefix: pfx, Client: client}, &fakeBrokerHandler{})
+	ctx := context.Background()
+	if err := a.PublishConfirmed(ctx, "warm", []byte("up")); err != nil {
+		t.Fatal(err)
+	}
+
+	watcher := newRedisClient(t, srv.Addr)
+	sub := watcher.Subscribe(ctx, pfx+"ch:room")
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil { // the subscribe reply
+		t.Fatal(err)
+	}
+
+	r := freeze(t, srv.Addr)
+	resume.Store(&r)
+	err := a.PublishConfirmed(ctx, "room", []byte("once"))
+	if !errors.Is(err, ErrBrokerDown) {
+		t.Errorf("publish to a stopped Redis: %v, want ErrBrokerDown", err)
+	}
+	if resume.Swap(nil) == nil {
+		t.Error("go-redis dialed again while the publish was under way: a retry")
+	}
+	r()
+	if err := watcher.Publish(ctx, pfx+"ch:room", "end").Err(); err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for {
+		m, err := sub.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Payload == "end" {
+			break
+		}
+		if !strings.HasSuffix(m.Payload, "once") {
+			t.Fatalf("unexpected message %q", m.Payload)
+		}
+		got++
+	}
+	calls := commandCalls(t, srv.Addr, "publish")
+	st := a.Stats()
+	t.Logf("after the timeout: Redis ran %d PUBLISH (1 warm-up, 1 end), subscriber got %d; %+v", calls, got, st)
+	if got != 1 || calls != 3 {
+		t.Fatalf("the timed-out publish ran %d times, subscriber got %d: want once (sent once, run on resume)", calls-2, got)
+	}
+	if st.Published != 1 || st.PublishErrors != 1 {
+		t.Fatalf("Published %d, PublishErrors %d; want 1 (warm-up) and 1 (the timed-out one)", st.Published, st.PublishErrors)
+	}
+}
+
+// TestRedisBrokerClusterStoppedShard: with one master stopped (SIGSTOP, no
+// replica to take over) the publishes to channels on the other shards are
+// delivered, in order, while it stays stopped; the stopped shard's are
+// delayed, not lost, and follow in order once it resumes. The client's
+// read timeout is longer than the test, so a publisher that waited for
+// every shard of a batch would deliver nothing until the resume.
+func TestRedisBrokerClusterStoppedShard(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t, 3, 0)
+	pfx := testPrefix(t)
+	ha, hb := &fakeBrokerHandler{}, &fakeBrokerHandler{}
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), ReadTimeout: time.Minute})
+	t.Cleanup(func() { _ = cc.Close() })
+	a := startBroker(t, "", RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'A'}, Client: cc}, ha)
+	b := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'B'}}, hb)
+	groups := clusterChannels(pfx, 3, 2)
+	all := slices.Concat(groups...)
+	for _, ch := range all {
+		b.Subscribe(ch)
+	}
+	waitFor(t, 10*time.Second, "Live of every channel on B", func() bool {
+		for _, ch := range all {
+			if hb.liveCount(ch) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	// Warm up: every shard's lane exists and every channel is known.
+	for _, ch := range all {
+		if err := a.PublishConfirmed(context.Background(), ch, []byte(ch+"/warm")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the warm-up on B", func() bool { return hb.deliveredCount() == len(all) })
+
+	resume := freeze(t, c.Masters[1].Addr)
+	const n = 20
+	publish := func(channels []string) {
+		t.Helper()
+		for i := range n {
+			for _, ch := range channels {
+				if err := a.Publish(ch, fmt.Appendf(nil, "%s/%d", ch, i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	publish(groups[1]) // first, so a batch for them is in flight and stuck
+	healthy := slices.Concat(groups[0], groups[2])
+	publish(healthy)
+	waitFor(t, 15*time.Second, "the healthy shards' publishes on B while master 1 is stopped", func() bool {
+		return hb.deliveredCount() == len(all)+n*len(healthy)
+	})
+	st := a.Stats()
+	if want := uint64(len(all) + n*len(healthy)); st.Published != want || st.PublishErrors != 0 || st.Dropped != 0 {
+		t.Fatalf("while stopped: %+v, want Published %d (warm-up and healthy shards) and no loss", st, want)
+	}
+	resume()
+	waitFor(t, 20*time.Second, "the stopped shard's publishes on B after it resumed", func() bool {
+		return hb.deliveredCount() == len(all)*(n+1)
+	})
+	for _, ch := range all {
+		got := hb.payloads(ch)
+		for i := range n {
+			if want := fmt.Sprintf("%s/%d", ch, i); string(got[i+1]) != want {
+				t.Fatalf("%s: delivery %d is %q, want %q", ch, i+1, got[i+1], want)
+			}
+		}
+	}
+	if st := a.Stats(); st.Published != uint64(len(all)*(n+1)) || st.PublishErrors != 0 {
+		t.Fatalf("after the resume: %+v, want every publish sent", st)
+	}
+}
