@@ -521,10 +521,17 @@ func (b *RedisBroker) PublishKept(channel string, payload []byte, origin uint64,
 func (b *RedisBroker) AppendNow(ctx context.Context, channel string, payload []byte) (history.Position, error) {
 	head := make([]byte, envelopeKeptHead)
 	b.putHeader(head, envelopeKept)
-	pos, err := b.hist.AppendPublish(ctx, channel, payload, b.redisName(channel), head)
+	// One command on a pipeline of its own, to be NoRetry (see publanes.go):
+	// a timed-out append may have run, and must not run twice.
+	stage, pipe, wrap := b.client.Pipeline(), b.client.Pipeline(), make([]noRetryCmd, 1)
+	cmd := b.hist.QueueAppendPublish(ctx, stage, channel, payload, b.redisName(channel), head)
+	_, _ = execNoRetry(ctx, stage, pipe, wrap)
+	pos, err := history.ReadPosition(cmd)
 	if err == nil {
 		b.published.Add(1)
-		b.down.Store(false) // Redis answers: no need to wait for the probe
+		if b.cluster == nil { // one shard, and it answers: no need to wait for the probe
+			b.down.Store(false)
+		}
 	}
 	return pos, err
 }

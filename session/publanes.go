@@ -1,6 +1,7 @@
 package session
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -284,12 +285,19 @@ func (l *lane) exec() ([]redis.Cmder, error) {
 			l.stage.Publish(b.ctx, it.name, it.data)
 		}
 	}
-	for i, c := range l.stage.Cmds() {
-		l.wrap[i].Cmder = c
-		_ = l.pipe.Process(b.ctx, &l.wrap[i])
+	return execNoRetry(b.ctx, l.stage, l.pipe, l.wrap)
+}
+
+// execNoRetry sends the commands queued on stage (which it empties) on
+// pipe in one round trip, each wrapped in wrap[i] (len(wrap) >= the
+// commands) to be NoRetry. The Cmders it returns are the wrappers.
+func execNoRetry(ctx context.Context, stage, pipe redis.Pipeliner, wrap []noRetryCmd) ([]redis.Cmder, error) {
+	for i, c := range stage.Cmds() {
+		wrap[i].Cmder = c
+		_ = pipe.Process(ctx, &wrap[i])
 	}
-	l.stage.Discard()
-	return l.pipe.Exec(b.ctx)
+	stage.Discard()
+	return pipe.Exec(ctx)
 }
 
 // release lets the batch's envelopes and commands go and, on a cluster,
