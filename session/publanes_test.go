@@ -211,3 +211,40 @@ func TestRedisBrokerClusterStoppedShard(t *testing.T) {
 		t.Fatalf("after the resume: %+v, want every publish sent", st)
 	}
 }
+
+// BenchmarkClusterDispatchRoute measures the dispatcher's routing of one
+// publish on a real 3-master cluster: Redis name (cached), slot, pending
+// count and owner lane from go-redis's slot map. It must not allocate.
+func BenchmarkClusterDispatchRoute(b *testing.B) {
+	c := redistest.StartCluster(b, 3, 0)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	defer cc.Close()
+	br := NewRedisBroker(RedisBrokerOptions{Client: cc, Logger: testLogger(b)})
+	defer br.Close()
+	br.cluster = cc
+	d := &dispatcher{b: br, cc: cc, names: make(nameCache), lanes: make(map[string]*lane)}
+	chans := make([]string, 64)
+	for i := range chans {
+		chans[i] = fmt.Sprintf("room-%d", i)
+	}
+	route := func(i int) {
+		it := pubItem{channel: chans[i%len(chans)]}
+		it.name = d.names.get(br, it.channel)
+		d.route(&it)
+		d.pending[it.slot].Add(-1) // answered at once
+	}
+	for i := range chans { // the slot map, the names and the lanes
+		route(i)
+	}
+	if len(d.lanes) != 3 {
+		b.Fatalf("%d lanes for 64 channels on 3 masters, want 3", len(d.lanes))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		route(i)
+	}
+	b.StopTimer()
+	d.closeLanes()
+	br.wg.Wait()
+}
