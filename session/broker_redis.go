@@ -81,11 +81,11 @@ import (
 // answered, whatever the others do (a master that is down delays only its
 // own channels), so rounds may be confirmed out of order. A shard's
 // failover, a slot migration or a broken subscription connection is a
-// reconnect (Reconnected) once its channels
-// are subscribed again on the new owner. A batch of publishes that fails on
-// some shards counts those as PublishErrors and tells go-redis to reload its
-// slot map; only a batch failing everywhere makes the broker count Redis as
-// down.
+// reconnect (Reconnected) once its channels are subscribed again on the
+// new owner. Publishes go out per shard, on lanes (publanes.go): a shard
+// that fails delays and drops only the publishes whose channel it owns,
+// counts them as PublishErrors and tells go-redis to reload its slot map;
+// the broker counts Redis as down only when every lane is.
 //
 // Envelope. Every message a node publishes on a channel that is not raw is
 //
@@ -176,7 +176,10 @@ type RedisBrokerOptions struct {
 	// each other's publishes as their own.
 	NodeID [8]byte
 	// QueueSize is the length of the outbound publish queue; zero means
-	// DefaultBrokerQueue. When it is full Publish returns ErrBrokerBusy.
+	// DefaultBrokerQueue. When it is full Publish returns ErrBrokerBusy. On
+	// a Redis Cluster each shard's lane has a queue of this length too;
+	// when one is full, the publishes for that shard are dropped (Dropped;
+	// PublishConfirmed answers ErrBrokerBusy).
 	QueueSize int
 	// Logger receives the broker's warnings; zero means slog.Default().
 	Logger *slog.Logger
@@ -206,21 +209,23 @@ type RedisBrokerOptions struct {
 // BrokerStats are counters of a broker since it was made.
 type BrokerStats struct {
 	Published     uint64        // publishes Redis accepted
-	PublishErrors uint64        // publishes lost to Redis errors (sent to no other node)
-	Dropped       uint64        // publishes refused with ErrBrokerBusy (queue full, closed, or ErrBrokerDown)
+	PublishErrors uint64        // publishes failed by Redis errors or timeouts (sent to no other node; after a timeout, at most once)
+	Dropped       uint64        // publishes refused with ErrBrokerBusy (queue or a shard's lane full, closed, or ErrBrokerDown)
 	Received      uint64        // publishes from Redis delivered to the handler (other nodes', outside ones, and this node's own on raw channels)
 	Malformed     uint64        // incoming envelopes of an unknown version or truncated, dropped
 	Reconnects    uint64        // reconnects reported with BrokerHandler.Reconnected
-	QueueLen      int           // publishes waiting in the queue now
+	QueueLen      int           // publishes waiting in the queue and the lanes' queues now
 	Lag           time.Duration // lag of the most recently delivered envelope
-	Down          bool          // Redis is known unreachable: raw publishes are refused (ErrBrokerDown)
+	Down          bool          // Redis (on a cluster: every shard) is known unreachable: raw publishes are refused (ErrBrokerDown)
 }
 
 // RedisBroker is a Broker over Redis pub/sub. See the protocol comment at
 // the top of this file for what goes over the wire.
 //
-// Goroutines: Start runs three. The publisher drains the publish queue and
-// sends up to 512 PUBLISH commands per pipeline round trip. The subscriber
+// Goroutines: Start runs the publisher (on one Redis a lane that drains the
+// publish queue and sends up to 512 PUBLISH commands per pipeline round
+// trip; on a Redis Cluster a dispatcher and a lane per shard, see
+// publanes.go), the subscriber and the reader. The subscriber
 // turns queued Subscribe/Unsubscribe calls into SUBSCRIBE/UNSUBSCRIBE
 // commands on the single *redis.PubSub. The reader reads that PubSub and
 // calls the handler; being one goroutine, it keeps the order of every Redis
@@ -236,9 +241,10 @@ type BrokerStats struct {
 // that failure on the broker counts Redis as down (BrokerStats.Down) until
 // a batch succeeds or a PING, sent every second meanwhile, is answered;
 // while down, Publish refuses raw-channel publishes with ErrBrokerDown.
-// After a failed batch (go-redis has retried it already) the publisher
-// drops what it takes from the queue, counting it in PublishErrors, for one
-// second before it tries Redis again: the queue keeps draining during an
+// A publish pipeline is never retried (see publanes.go: a timed-out
+// PUBLISH may have run, and must not run twice). After a failed batch the
+// publisher drops what it takes from the queue, counting it in
+// PublishErrors, for one second before it tries Redis again: the queue keeps draining during an
 // outage instead of filling while each batch waits out go-redis's dial
 // retries; it fills (and Publish returns ErrBrokerBusy) only while a batch
 // is actually waiting on Redis. Subscriptions asked for meanwhile are made when
@@ -484,7 +490,8 @@ func (b *RedisBroker) EnableHistory(store *history.RedisStore) { b.hist = store 
 func (b *RedisBroker) History() *history.RedisStore { return b.hist }
 
 // Down reports whether the publisher knows Redis is unreachable (a batch
-// failed and no batch or PING succeeded since).
+// failed and no batch or PING succeeded since; on a cluster, on every
+// shard's lane).
 func (b *RedisBroker) Down() bool { return b.down.Load() }
 
 // PublishKept queues a publish on a channel with history: in Redis, one
@@ -545,10 +552,11 @@ func (b *RedisBroker) putHeader(buf []byte, version byte) {
 
 // PublishConfirmed implements Confirmer: Publish, then the outcome of the
 // PUBLISH command. A publish that fails (Redis unreachable, or an error
-// reply) gets an error wrapping ErrBrokerDown and the Redis error; one the
-// publisher drops unsent, during its pause after a failed batch, gets
-// ErrBrokerDown; one still queued when the broker is closed gets an error
-// wrapping ErrBrokerBusy. It costs a channel per call: it is for callers
+// reply, or a timeout: it is not sent again) gets an error wrapping
+// ErrBrokerDown and the Redis error; one the publisher drops unsent, during
+// its pause after a failed batch, gets ErrBrokerDown; one dropped because
+// its shard's lane is full gets ErrBrokerBusy; one still queued when the
+// broker is closed gets an error wrapping ErrBrokerBusy. It costs a channel per call: it is for callers
 // that can wait, not for event loops.
 func (b *RedisBroker) PublishConfirmed(ctx context.Context, channel string, payload []byte) error {
 	done := make(chan error, 1)
