@@ -173,7 +173,17 @@ func TestRedisBrokerClusterStoppedShard(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "the warm-up on B", func() bool { return hb.deliveredCount() == len(all) })
 
+	// small: a broker with queues of 4, for the drops of a full lane.
+	small := clusterChannels(pfx+"small:", 3, 1)
+	sb := startBroker(t, "", RedisBrokerOptions{Prefix: pfx + "small:", QueueSize: 4, Client: cc}, &fakeBrokerHandler{})
+	for _, g := range small {
+		if err := sb.PublishConfirmed(context.Background(), g[0], []byte("warm")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	resume := freeze(t, c.Masters[1].Addr)
+	held := fillStoppedLane(t, sb, small)
 	const n = 20
 	publish := func(channels []string) {
 		t.Helper()
@@ -210,6 +220,60 @@ func TestRedisBrokerClusterStoppedShard(t *testing.T) {
 	if st := a.Stats(); st.Published != uint64(len(all)*(n+1)) || st.PublishErrors != 0 {
 		t.Fatalf("after the resume: %+v, want every publish sent", st)
 	}
+	if err := held.wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// heldPublishes are PublishConfirmed calls still waiting.
+type heldPublishes struct {
+	n    int
+	errs chan error
+}
+
+// wait returns the first error other than ErrBrokerBusy (a drop) of the
+// held calls once all are answered: the held publishes are delayed, not
+// lost.
+func (h heldPublishes) wait() error {
+	var first error
+	for range h.n {
+		if err := <-h.errs; err != nil && !errors.Is(err, ErrBrokerBusy) && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// fillStoppedLane, with master 1 stopped, makes k PublishConfirmed calls on
+// sb (queues of 4) for a channel of master 1: the lane holds at most 9 (a
+// batch of 1 + 4 in flight, 4 queued) and the rest are answered
+// ErrBrokerBusy at once and counted dropped, while a channel of master 0
+// still publishes. It returns the calls still waiting, answered once the
+// master resumes.
+func fillStoppedLane(t *testing.T, sb *RedisBroker, small [][]string) heldPublishes {
+	t.Helper()
+	const k, maxHeld = 100, 1 + 4 + 4
+	ctx := context.Background()
+	errs := make(chan error, k)
+	for i := range k {
+		go func() { errs <- sb.PublishConfirmed(ctx, small[1][0], fmt.Appendf(nil, "%d", i)) }()
+	}
+	busy := 0
+	for busy < k-maxHeld {
+		if err := <-errs; !errors.Is(err, ErrBrokerBusy) {
+			t.Fatalf("a publish to the stopped shard answered %v before it resumed, want ErrBrokerBusy", err)
+		}
+		busy++
+	}
+	for range 5 {
+		if err := sb.PublishConfirmed(ctx, small[0][0], []byte("live")); err != nil {
+			t.Fatalf("publish to a healthy shard while the stopped shard's lane is full: %v", err)
+		}
+	}
+	if st := sb.Stats(); st.Dropped < uint64(busy) || st.Published != 3+5 {
+		t.Fatalf("%+v: want at least %d dropped and 8 published (warm-up, healthy)", st, busy)
+	}
+	return heldPublishes{n: k - busy, errs: errs}
 }
 
 // BenchmarkClusterDispatchRoute measures the dispatcher's routing of one
