@@ -354,13 +354,13 @@ type RedisBroker struct {
 type pubItem struct {
 	channel string
 	name    string       // Redis channel; set by the dispatcher or the lane
-	slot    uint16       // name's slot, on a cluster (set by the dispatcher)
 	data    []byte       // whole envelope, or the payload alone on a raw channel
 	done    chan<- error // PublishConfirmed's: gets the outcome (buffered); else nil
 	// kept: a publish on a channel with history (PublishKept): data is the
 	// version 2 header, then the payload; the history script appends it
 	// and publishes it with its position. failed, if set, hears a loss.
 	kept   bool
+	slot   uint16 // name's slot, on a cluster (set by the dispatcher)
 	failed func(error)
 }
 

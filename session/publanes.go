@@ -43,7 +43,15 @@ import (
 // once). On a cluster go-redis still follows MOVED and ASK replies (up to
 // ClusterOptions.MaxRedirects, which also bounds the network retries a
 // NoRetry command does not get): a redirect says the command did not run.
-// The history script of PublishKept is sent the same way.
+// The history script of PublishKept is sent the same way, and so is
+// AppendNow's.
+//
+// Down: a lane whose batch failed drops what it takes for a second
+// (redisDownPause), then tries again, and PINGs its shard every second
+// until a batch or a PING succeeds; Redis counts as down (b.down) while
+// every lane is. Lanes live as long as the broker: after a failover the
+// old master's lane stays, idle, and PINGs the old address once a second
+// for as long as it stays unreachable.
 
 // noRetryCmd marks a command as not to be sent again by go-redis (its
 // NoRetry hook); everything else is the command's own.
@@ -69,15 +77,15 @@ func (s *laneSet) add(l *lane) {
 func (s *laneSet) setDown(b *RedisBroker, l *lane, down bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if l.down == down {
-		return
+	if l.down != down {
+		l.down = down
+		if down {
+			s.nDown++
+		} else {
+			s.nDown--
+		}
 	}
-	l.down = down
-	if down {
-		s.nDown++
-	} else {
-		s.nDown--
-	}
+	// Stored every time: AppendNow may have cleared it meanwhile.
 	b.down.Store(s.nDown > 0 && s.nDown == len(s.all))
 }
 
