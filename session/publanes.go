@@ -34,17 +34,20 @@ import (
 // grouping: go-redis still routes each command by its own slot map at send
 // time and follows MOVED and ASK.
 //
-// No retries: every command a lane sends is marked NoRetry (noRetryCmd), so
-// go-redis never sends a publish pipeline again after a network error or a
-// timeout. A timed-out PUBLISH may have run in Redis (it was sent; Redis was
-// slow to answer), and sending it again would deliver it twice; a duplicate
+// No retries: every command a lane sends is marked NoRetry (noRetryCmd,
+// go-redis's Cmder.NoRetry), so go-redis never sends a publish pipeline
+// again after a network error or a timeout, whatever the client's
+// MaxRetries. A timed-out PUBLISH may have run in Redis (it was sent; Redis
+// was slow to answer), and sending it again delivers it twice; a duplicate
 // delivery is worse than a counted loss. Such a publish is counted in
 // PublishErrors and answered as failed (it reached other nodes at most
-// once). On a cluster go-redis still follows MOVED and ASK replies (up to
-// ClusterOptions.MaxRedirects, which also bounds the network retries a
-// NoRetry command does not get): a redirect says the command did not run.
-// The history script of PublishKept is sent the same way, and so is
-// AppendNow's.
+// once); so is one whose connection could not even be dialled, where a
+// retry would have been safe, to keep one rule. On a cluster go-redis still
+// follows MOVED and ASK replies, which say the command did not run, up to
+// ClusterOptions.MaxRedirects: its cluster pipeline counts network retries
+// and redirects against that one budget, so a client with MaxRedirects -1
+// would lose the redirects too; NoRetry stops only the former. The history
+// script of PublishKept is sent the same way, and so is AppendNow's.
 //
 // Down: a lane whose batch failed drops what it takes for a second
 // (redisDownPause), then tries again, and PINGs its shard every second
