@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/internal/redistest"
+	"github.com/wsgateway/gateway/internal/slot"
 )
 
 // freeze stops the redis-server at addr (SIGSTOP) until the returned
@@ -223,6 +224,67 @@ func TestRedisBrokerClusterStoppedShard(t *testing.T) {
 	if err := held.wait(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestRedisBrokerClusterMovedFollowed: publish commands are NoRetry, yet a
+// publisher whose slot map is stale after a slot moved still publishes:
+// go-redis follows the MOVED reply (a redirect, not a retry), and the
+// channel's publishes arrive in order on the new owner.
+func TestRedisBrokerClusterMovedFollowed(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t, 2, 0)
+	pfx := testPrefix(t)
+	hb := &fakeBrokerHandler{}
+	a := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'A'}}, &fakeBrokerHandler{})
+	b := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'B'}}, hb)
+	ch := clusterChannels(pfx, 2, 1)[0][0]
+	b.Subscribe(ch)
+	waitFor(t, 10*time.Second, "Live on B", func() bool { return hb.liveCount(ch) == 1 })
+	ctx := context.Background()
+	if err := a.PublishConfirmed(ctx, ch, []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+
+	src, dst := c.Masters[0], c.Masters[1]
+	c.MoveSlot(t, slot.Of(pfx+"ch:"+ch), src, dst)
+	waitFor(t, 10*time.Second, "B subscribed on the new owner", func() bool { return hb.reconnectCount() == 1 })
+	movedBefore := errorCount(t, src.Addr, "MOVED")
+	const n = 10
+	for i := range n {
+		if err := a.PublishConfirmed(ctx, ch, fmt.Appendf(nil, "after/%d", i)); err != nil {
+			t.Fatalf("publish %d after the move: %v", i, err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the publishes on B", func() bool { return len(hb.payloads(ch)) == n+1 })
+	for i, p := range hb.payloads(ch)[1:] {
+		if want := fmt.Sprintf("after/%d", i); string(p) != want {
+			t.Fatalf("delivery %d is %q, want %q", i+1, p, want)
+		}
+	}
+	if moved := errorCount(t, src.Addr, "MOVED") - movedBefore; moved == 0 {
+		t.Fatal("the old owner answered no MOVED: the publisher's slot map was not stale, nothing was redirected")
+	}
+	if st := a.Stats(); st.Published != n+1 || st.PublishErrors != 0 {
+		t.Fatalf("%+v, want %d published and no error", st, n+1)
+	}
+}
+
+// errorCount returns how many error replies starting with prefix the Redis
+// at addr has given (INFO errorstats).
+func errorCount(t *testing.T, addr, prefix string) int {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	info, err := c.Info(context.Background(), "errorstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`errorstat_` + prefix + `:count=(\d+)`).FindStringSubmatch(info)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
 }
 
 // heldPublishes are PublishConfirmed calls still waiting.
