@@ -244,12 +244,12 @@ type BrokerStats struct {
 // A publish pipeline is never retried (see publanes.go: a timed-out
 // PUBLISH may have run, and must not run twice). After a failed batch the
 // publisher drops what it takes from the queue, counting it in
-// PublishErrors, for one second before it tries Redis again: the queue keeps draining during an
-// outage instead of filling while each batch waits out go-redis's dial
-// retries; it fills (and Publish returns ErrBrokerBusy) only while a batch
-// is actually waiting on Redis. Subscriptions asked for meanwhile are made when
-// the connection comes back (a failed SUBSCRIBE is redone every 500 ms),
-// and Live is called then.
+// PublishErrors, for one second before it tries Redis again: the queue
+// keeps draining during an outage instead of filling while each batch
+// waits out go-redis's dial timeout; it fills (and Publish returns
+// ErrBrokerBusy) only while a batch is actually waiting on Redis.
+// Subscriptions asked for meanwhile are made when the connection comes back
+// (a failed SUBSCRIBE is redone every 500 ms), and Live is called then.
 //
 // Live: after each round of (UN)SUBSCRIBE commands the subscriber sends the
 // barrier UNSUBSCRIBE <prefix>sync:<n>. Redis answers on the one connection
