@@ -152,6 +152,10 @@ const (
 	// trying Redis after a batch failed, and how often it PINGs Redis
 	// while it knows it is down.
 	redisDownPause = time.Second
+	// redisLaneStall is how long a shard's lane (Redis Cluster) may take
+	// over one batch before it counts as stalled: the dispatcher waits for
+	// room in a full lane that is moving, and drops for a stalled one.
+	redisLaneStall = 100 * time.Millisecond
 	// redisNameCache bounds the publisher's cache of Redis channel names.
 	redisNameCache = 4096
 )
@@ -178,8 +182,10 @@ type RedisBrokerOptions struct {
 	// QueueSize is the length of the outbound publish queue; zero means
 	// DefaultBrokerQueue. When it is full Publish returns ErrBrokerBusy. On
 	// a Redis Cluster each shard's lane has a queue of this length too;
-	// when one is full, the publishes for that shard are dropped (Dropped;
-	// PublishConfirmed answers ErrBrokerBusy).
+	// when one is full the publisher waits for room while its shard
+	// answers (so the queue fills, as on one Redis), and drops the
+	// shard's publishes (Dropped; PublishConfirmed answers ErrBrokerBusy)
+	// while its batch has been unanswered for redisLaneStall or longer.
 	QueueSize int
 	// Logger receives the broker's warnings; zero means slog.Default().
 	Logger *slog.Logger

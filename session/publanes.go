@@ -22,9 +22,11 @@ import (
 // says) plus one for publishes whose owner is unknown, each with its own
 // bounded queue, and a dispatcher goroutine moves the broker's queue into
 // them by the slot of each publish's Redis channel: a shard that is down or
-// slow then delays, and after its batch fails drops, only the publishes
+// stopped then delays, and after its batch fails drops, only the publishes
 // whose channel it owns (go-redis's cluster pipeline waits for every shard
-// of a batch, so one batch for all shards waited for the slowest).
+// of a batch, so one batch for all shards waited for the slowest). A full
+// lane is waited for while it moves (backpressure, as on one Redis) and
+// dropped for once it stalls (see dispatch).
 //
 // Order: a channel's publishes go through one lane, in order. When a slot's
 // owner changes (failover, resharding) the dispatcher keeps routing the
@@ -135,9 +137,10 @@ type lane struct {
 	stage     redis.Pipeliner // builds the commands (never executed)
 	batch     []pubItem
 	wrap      []noRetryCmd
-	downUntil time.Time   // after a failed batch: drop without sending until then
-	probe     *time.Timer // while down: when to PING
-	down      bool        // written under laneSet.mu, by the lane's goroutine only
+	sending   atomic.Int64 // when the batch or PING under way was sent (Unix ns); 0: none
+	downUntil time.Time    // after a failed batch: drop without sending until then
+	probe     *time.Timer  // while down: when to PING
+	down      bool         // written under laneSet.mu, by the lane's goroutine only
 }
 
 func (b *RedisBroker) newLane(addr string, node redis.Cmdable, in <-chan pubItem) *lane {
@@ -168,8 +171,7 @@ func (b *RedisBroker) startPublishing() {
 		go l.run()
 		return
 	}
-	d := &dispatcher{b: b, cc: b.cluster, names: make(nameCache), lanes: make(map[string]*lane)}
-	go d.run()
+	go newDispatcher(b).run()
 }
 
 func (l *lane) run() {
@@ -278,10 +280,23 @@ func (l *lane) send() {
 		"err", err, "dropped", failed, "shard", l.addr)
 }
 
+// stallIn returns how long the batch under way may still take before the
+// lane counts as stalled (redisLaneStall after it was sent), or 0 if it is
+// stalled; an idle lane has redisLaneStall to take a batch.
+func (l *lane) stallIn() time.Duration {
+	since := l.sending.Load()
+	if since == 0 {
+		return redisLaneStall
+	}
+	return max(redisLaneStall-time.Duration(time.Now().UnixNano()-since), 0)
+}
+
 // exec builds the batch's commands with go-redis's own builders on the
 // stage pipeline, marks each NoRetry and sends them in one round trip.
 func (l *lane) exec() ([]redis.Cmder, error) {
 	b := l.b
+	l.sending.Store(time.Now().UnixNano())
+	defer l.sending.Store(0)
 	for i := range l.batch {
 		it := &l.batch[i]
 		if l.names != nil {
@@ -366,7 +381,10 @@ func (l *lane) ping() {
 		l.probe.Reset(time.Until(l.downUntil))
 		return
 	}
-	if err := l.node.Ping(b.ctx).Err(); err == nil {
+	l.sending.Store(time.Now().UnixNano()) // a round trip too: stalled if Redis is
+	err := l.node.Ping(b.ctx).Err()
+	l.sending.Store(0)
+	if err == nil {
 		l.downUntil = time.Time{}
 		b.lanes.setDown(b, l, false)
 		return
@@ -388,6 +406,13 @@ type dispatcher struct {
 	// noMapUntil: go-redis could not load its slot map; until then,
 	// publishes go to the unknown-owner lane without asking again.
 	noMapUntil time.Time
+	wait       *time.Timer // dispatch's wait for room in a moving lane
+}
+
+func newDispatcher(b *RedisBroker) *dispatcher {
+	d := &dispatcher{b: b, cc: b.cluster, names: make(nameCache), lanes: make(map[string]*lane), wait: time.NewTimer(time.Hour)}
+	d.wait.Stop()
+	return d
 }
 
 func (d *dispatcher) run() {
@@ -411,18 +436,32 @@ func (d *dispatcher) run() {
 	}
 }
 
-// dispatch queues it on its slot's lane, or drops it when that lane's
-// queue is full: the dispatcher never waits for a shard.
+// dispatch queues it on its slot's lane. When that lane's queue is full it
+// waits for room while the lane is moving (a busy shard: the wait fills
+// the broker's queue, and Publish refuses, as on one Redis), but not for a
+// stalled lane (a batch under way for redisLaneStall or longer: a shard
+// down or stopped): it drops the publish then, so the dispatcher never
+// waits on a stalled shard longer than redisLaneStall once.
 func (d *dispatcher) dispatch(it pubItem) {
 	it.name = d.names.get(d.b, it.channel)
 	l := d.route(&it)
 	select {
 	case l.feed <- it:
+		return
 	default:
-		d.pending[it.slot].Add(-1)
-		d.b.dropped.Add(1)
-		it.tell(ErrBrokerBusy)
 	}
+	if wait := l.stallIn(); wait > 0 {
+		d.wait.Reset(wait)
+		select {
+		case l.feed <- it:
+			d.wait.Stop()
+			return
+		case <-d.wait.C:
+		}
+	}
+	d.pending[it.slot].Add(-1)
+	d.b.dropped.Add(1)
+	it.tell(ErrBrokerBusy)
 }
 
 // route picks it's lane, sets it.slot and counts it pending there.
