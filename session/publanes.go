@@ -440,8 +440,9 @@ func (d *dispatcher) run() {
 // waits for room while the lane is moving (a busy shard: the wait fills
 // the broker's queue, and Publish refuses, as on one Redis), but not for a
 // stalled lane (a batch under way for redisLaneStall or longer: a shard
-// down or stopped): it drops the publish then, so the dispatcher never
-// waits on a stalled shard longer than redisLaneStall once.
+// down or stopped): it drops the publish then. So a stalled shard holds up
+// the others' publishes at most once per stuck batch, for at most
+// redisLaneStall, and only when its lane has filled.
 func (d *dispatcher) dispatch(it pubItem) {
 	it.name = d.names.get(d.b, it.channel)
 	l := d.route(&it)
