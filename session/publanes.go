@@ -268,8 +268,8 @@ func (l *lane) send() {
 	// The lane's Redis is unreachable or failing. Drop instead of sending
 	// for a while, so the queue keeps moving (and Publish keeps accepting)
 	// rather than waiting out a dial timeout per batch. The waiting
-	// PublishConfirmed callers are answered after b.down is set: a caller
-	// told "down" finds Publish refusing.
+	// PublishConfirmed callers are answered after b.down is set: on one
+	// Redis a caller told "down" finds Publish refusing.
 	l.downUntil = time.Now().Add(redisDownPause)
 	if !l.down {
 		l.probe.Reset(redisDownPause)
@@ -465,7 +465,7 @@ func (d *dispatcher) dispatch(it pubItem) {
 	it.tell(ErrBrokerBusy)
 }
 
-// route picks it's lane, sets it.slot and counts it pending there.
+// route picks the publish's lane, sets it.slot and counts it pending there.
 func (d *dispatcher) route(it *pubItem) *lane {
 	s := slot.Of(it.name)
 	it.slot = uint16(s)
