@@ -81,11 +81,11 @@ import (
 // answered, whatever the others do (a master that is down delays only its
 // own channels), so rounds may be confirmed out of order. A shard's
 // failover, a slot migration or a broken subscription connection is a
-// reconnect (Reconnected) once its channels
-// are subscribed again on the new owner. A batch of publishes that fails on
-// some shards counts those as PublishErrors and tells go-redis to reload its
-// slot map; only a batch failing everywhere makes the broker count Redis as
-// down.
+// reconnect (Reconnected) once its channels are subscribed again on the
+// new owner. Publishes go out per shard, on lanes (publanes.go): a shard
+// that fails delays and drops only the publishes whose channel it owns,
+// counts them as PublishErrors and tells go-redis to reload its slot map;
+// the broker counts Redis as down only when every lane is.
 //
 // Envelope. Every message a node publishes on a channel that is not raw is
 //
@@ -152,6 +152,10 @@ const (
 	// trying Redis after a batch failed, and how often it PINGs Redis
 	// while it knows it is down.
 	redisDownPause = time.Second
+	// redisLaneStall is how long a shard's lane (Redis Cluster) may take
+	// over one batch before it counts as stalled: the dispatcher waits for
+	// room in a full lane that is moving, and drops for a stalled one.
+	redisLaneStall = 100 * time.Millisecond
 	// redisNameCache bounds the publisher's cache of Redis channel names.
 	redisNameCache = 4096
 )
@@ -176,7 +180,12 @@ type RedisBrokerOptions struct {
 	// each other's publishes as their own.
 	NodeID [8]byte
 	// QueueSize is the length of the outbound publish queue; zero means
-	// DefaultBrokerQueue. When it is full Publish returns ErrBrokerBusy.
+	// DefaultBrokerQueue. When it is full Publish returns ErrBrokerBusy. On
+	// a Redis Cluster each shard's lane has a queue of this length too;
+	// when one is full the publisher waits for room while its shard
+	// answers (so the queue fills, as on one Redis), and drops the
+	// shard's publishes (Dropped; PublishConfirmed answers ErrBrokerBusy)
+	// while its batch has been unanswered for redisLaneStall or longer.
 	QueueSize int
 	// Logger receives the broker's warnings; zero means slog.Default().
 	Logger *slog.Logger
@@ -206,21 +215,23 @@ type RedisBrokerOptions struct {
 // BrokerStats are counters of a broker since it was made.
 type BrokerStats struct {
 	Published     uint64        // publishes Redis accepted
-	PublishErrors uint64        // publishes lost to Redis errors (sent to no other node)
-	Dropped       uint64        // publishes refused with ErrBrokerBusy (queue full, closed, or ErrBrokerDown)
+	PublishErrors uint64        // publishes failed by Redis errors or timeouts (sent to no other node; after a timeout, at most once)
+	Dropped       uint64        // publishes refused with ErrBrokerBusy (queue or a shard's lane full, closed, or ErrBrokerDown)
 	Received      uint64        // publishes from Redis delivered to the handler (other nodes', outside ones, and this node's own on raw channels)
 	Malformed     uint64        // incoming envelopes of an unknown version or truncated, dropped
 	Reconnects    uint64        // reconnects reported with BrokerHandler.Reconnected
-	QueueLen      int           // publishes waiting in the queue now
+	QueueLen      int           // publishes waiting in the queue and the lanes' queues now
 	Lag           time.Duration // lag of the most recently delivered envelope
-	Down          bool          // Redis is known unreachable: raw publishes are refused (ErrBrokerDown)
+	Down          bool          // Redis (on a cluster: every shard) is known unreachable: raw publishes are refused (ErrBrokerDown)
 }
 
 // RedisBroker is a Broker over Redis pub/sub. See the protocol comment at
 // the top of this file for what goes over the wire.
 //
-// Goroutines: Start runs three. The publisher drains the publish queue and
-// sends up to 512 PUBLISH commands per pipeline round trip. The subscriber
+// Goroutines: Start runs the publisher (on one Redis a lane that drains the
+// publish queue and sends up to 512 PUBLISH commands per pipeline round
+// trip; on a Redis Cluster a dispatcher and a lane per shard, see
+// publanes.go), the subscriber and the reader. The subscriber
 // turns queued Subscribe/Unsubscribe calls into SUBSCRIBE/UNSUBSCRIBE
 // commands on the single *redis.PubSub. The reader reads that PubSub and
 // calls the handler; being one goroutine, it keeps the order of every Redis
@@ -236,14 +247,15 @@ type BrokerStats struct {
 // that failure on the broker counts Redis as down (BrokerStats.Down) until
 // a batch succeeds or a PING, sent every second meanwhile, is answered;
 // while down, Publish refuses raw-channel publishes with ErrBrokerDown.
-// After a failed batch (go-redis has retried it already) the publisher
-// drops what it takes from the queue, counting it in PublishErrors, for one
-// second before it tries Redis again: the queue keeps draining during an
-// outage instead of filling while each batch waits out go-redis's dial
-// retries; it fills (and Publish returns ErrBrokerBusy) only while a batch
-// is actually waiting on Redis. Subscriptions asked for meanwhile are made when
-// the connection comes back (a failed SUBSCRIBE is redone every 500 ms),
-// and Live is called then.
+// A publish pipeline is never retried (see publanes.go: a timed-out
+// PUBLISH may have run, and must not run twice). After a failed batch the
+// publisher drops what it takes from the queue, counting it in
+// PublishErrors, for one second before it tries Redis again: the queue
+// keeps draining during an outage instead of filling while each batch
+// waits out go-redis's dial timeout; it fills (and Publish returns
+// ErrBrokerBusy) only while a batch is actually waiting on Redis.
+// Subscriptions asked for meanwhile are made when the connection comes back
+// (a failed SUBSCRIBE is redone every 500 ms), and Live is called then.
 //
 // Live: after each round of (UN)SUBSCRIBE commands the subscriber sends the
 // barrier UNSUBSCRIBE <prefix>sync:<n>. Redis answers on the one connection
@@ -337,7 +349,8 @@ type RedisBroker struct {
 	malformed     atomic.Uint64
 	reconnects    atomic.Uint64
 	lag           atomic.Int64
-	down          atomic.Bool // a batch failed, and no batch or PING succeeded since
+	down          atomic.Bool // every lane is down: its batch failed, and no batch or PING succeeded since
+	lanes         laneSet     // the publisher's lanes (publanes.go)
 
 	hist *history.RedisStore // EnableHistory; nil: no channel keeps history
 
@@ -346,12 +359,14 @@ type RedisBroker struct {
 
 type pubItem struct {
 	channel string
+	name    string       // Redis channel; set by the dispatcher or the lane
 	data    []byte       // whole envelope, or the payload alone on a raw channel
 	done    chan<- error // PublishConfirmed's: gets the outcome (buffered); else nil
 	// kept: a publish on a channel with history (PublishKept): data is the
 	// version 2 header, then the payload; the history script appends it
 	// and publishes it with its position. failed, if set, hears a loss.
 	kept   bool
+	slot   uint16 // name's slot, on a cluster (set by the dispatcher)
 	failed func(error)
 }
 
@@ -458,8 +473,8 @@ func (b *RedisBroker) Start(h BrokerHandler) error {
 		b.ps = b.client.Subscribe(b.ctx)
 		b.psCh = b.ps.ChannelWithSubscriptions(redis.WithChannelSize(redisChannelSize))
 	}
-	b.wg.Add(3)
-	go b.runPublisher()
+	b.wg.Add(2)
+	b.startPublishing()
 	go b.runSubscriber()
 	go b.runReader()
 	return nil
@@ -481,7 +496,8 @@ func (b *RedisBroker) EnableHistory(store *history.RedisStore) { b.hist = store 
 func (b *RedisBroker) History() *history.RedisStore { return b.hist }
 
 // Down reports whether the publisher knows Redis is unreachable (a batch
-// failed and no batch or PING succeeded since).
+// failed and no batch or PING succeeded since; on a cluster, on every
+// shard's lane).
 func (b *RedisBroker) Down() bool { return b.down.Load() }
 
 // PublishKept queues a publish on a channel with history: in Redis, one
@@ -518,10 +534,17 @@ func (b *RedisBroker) PublishKept(channel string, payload []byte, origin uint64,
 func (b *RedisBroker) AppendNow(ctx context.Context, channel string, payload []byte) (history.Position, error) {
 	head := make([]byte, envelopeKeptHead)
 	b.putHeader(head, envelopeKept)
-	pos, err := b.hist.AppendPublish(ctx, channel, payload, b.redisName(channel), head)
+	// One command on a pipeline of its own, to be NoRetry (see publanes.go):
+	// a timed-out append may have run, and must not run twice.
+	stage, pipe, wrap := b.client.Pipeline(), b.client.Pipeline(), make([]noRetryCmd, 1)
+	cmd := b.hist.QueueAppendPublish(ctx, stage, channel, payload, b.redisName(channel), head)
+	_, _ = execNoRetry(ctx, stage, pipe, wrap)
+	pos, err := history.ReadPosition(cmd)
 	if err == nil {
 		b.published.Add(1)
-		b.down.Store(false) // Redis answers: no need to wait for the probe
+		if b.cluster == nil { // one shard, and it answers: no need to wait for the probe
+			b.down.Store(false)
+		}
 	}
 	return pos, err
 }
@@ -535,10 +558,11 @@ func (b *RedisBroker) putHeader(buf []byte, version byte) {
 
 // PublishConfirmed implements Confirmer: Publish, then the outcome of the
 // PUBLISH command. A publish that fails (Redis unreachable, or an error
-// reply) gets an error wrapping ErrBrokerDown and the Redis error; one the
-// publisher drops unsent, during its pause after a failed batch, gets
-// ErrBrokerDown; one still queued when the broker is closed gets an error
-// wrapping ErrBrokerBusy. It costs a channel per call: it is for callers
+// reply, or a timeout: it is not sent again) gets an error wrapping
+// ErrBrokerDown and the Redis error; one the publisher drops unsent, during
+// its pause after a failed batch, gets ErrBrokerDown; one dropped because
+// its shard's lane is full gets ErrBrokerBusy; one still queued when the
+// broker is closed gets an error wrapping ErrBrokerBusy. It costs a channel per call: it is for callers
 // that can wait, not for event loops.
 func (b *RedisBroker) PublishConfirmed(ctx context.Context, channel string, payload []byte) error {
 	done := make(chan error, 1)
@@ -687,195 +711,10 @@ func (b *RedisBroker) Stats() BrokerStats {
 		Received:      b.received.Load(),
 		Malformed:     b.malformed.Load(),
 		Reconnects:    b.reconnects.Load(),
-		QueueLen:      len(b.queue),
+		QueueLen:      len(b.queue) + b.lanes.queued(),
 		Lag:           time.Duration(b.lag.Load()),
 		Down:          b.down.Load(),
 	}
-}
-
-// ---- publisher ----
-
-// publisher is the publisher goroutine's state.
-type publisher struct {
-	b         *RedisBroker
-	pipe      redis.Pipeliner
-	batch     []pubItem
-	names     map[string]string // gateway channel -> Redis channel
-	downUntil time.Time         // after a failed batch: drop without sending until then
-	probe     *time.Timer       // while b.down: when to PING Redis
-}
-
-func (b *RedisBroker) runPublisher() {
-	defer b.wg.Done()
-	p := &publisher{
-		b:     b,
-		pipe:  b.client.Pipeline(),
-		batch: make([]pubItem, 0, redisPublishBatch),
-		names: make(map[string]string),
-		probe: time.NewTimer(redisDownPause),
-	}
-	p.probe.Stop()
-	defer p.probe.Stop()
-	for {
-		select {
-		case it := <-b.queue:
-			p.batch = append(p.batch, it)
-			p.fill()
-			p.send()
-		case <-p.probe.C:
-			p.ping()
-		case <-b.stop:
-			// Flush what is queued; Close cancels b.ctx after its grace.
-			for {
-				p.fill()
-				if len(p.batch) == 0 {
-					return
-				}
-				p.send()
-			}
-		}
-	}
-}
-
-// fill takes queued publishes without waiting, up to a batch.
-func (p *publisher) fill() {
-	for len(p.batch) < redisPublishBatch {
-		select {
-		case it := <-p.b.queue:
-			p.batch = append(p.batch, it)
-		default:
-			return
-		}
-	}
-}
-
-// send publishes the batch in one pipeline round trip and empties it.
-func (p *publisher) send() {
-	b, n := p.b, uint64(len(p.batch))
-	defer func() {
-		clear(p.batch) // let the envelopes go
-		p.batch = p.batch[:0]
-	}()
-	if b.ctx.Err() != nil {
-		b.publishErrors.Add(n)
-		p.answer(nil, errRedisBrokerClosed)
-		return
-	}
-	if time.Now().Before(p.downUntil) {
-		b.publishErrors.Add(n)
-		p.answer(nil, ErrBrokerDown)
-		return
-	}
-	for _, it := range p.batch {
-		name, ok := p.names[it.channel]
-		if !ok {
-			if len(p.names) >= redisNameCache {
-				clear(p.names)
-			}
-			name = b.redisName(it.channel)
-			p.names[it.channel] = name
-		}
-		if it.kept {
-			b.hist.QueueAppendPublish(b.ctx, p.pipe, it.channel, it.data[envelopeKeptHead:], name, it.data[:envelopeKeptHead])
-			continue
-		}
-		if b.cluster != nil {
-			p.pipe.SPublish(b.ctx, name, it.data)
-		} else {
-			p.pipe.Publish(b.ctx, name, it.data)
-		}
-	}
-	cmds, err := p.pipe.Exec(b.ctx)
-	if err == nil {
-		b.published.Add(n)
-		b.down.Store(false)
-		p.answer(nil, nil)
-		return
-	}
-	failed := n
-	if len(cmds) == int(n) {
-		failed = 0
-		for _, c := range cmds {
-			if c.Err() != nil {
-				failed++
-			}
-		}
-	} else {
-		cmds = nil
-	}
-	b.published.Add(n - failed)
-	b.publishErrors.Add(failed)
-	if b.ctx.Err() != nil {
-		p.answer(cmds, err)
-		return
-	}
-	if b.cluster != nil {
-		// A shard failing over: its slot map is stale in go-redis until
-		// told. The other shards took their part, so Redis is not down.
-		b.cluster.ReloadState(b.ctx)
-		if failed < n {
-			p.answer(cmds, err)
-			b.warn("publish", "redis broker: publish failed on a shard", "err", err, "dropped", failed)
-			return
-		}
-	}
-	// go-redis has retried already; an error means Redis is unreachable or
-	// failing. Drop instead of sending for a while, so the queue keeps
-	// moving (and Publish keeps accepting) rather than waiting out a dial
-	// timeout per batch. The waiting PublishConfirmed callers are answered
-	// after b.down is set: a caller told "down" finds Publish refusing.
-	p.downUntil = time.Now().Add(redisDownPause)
-	if !b.down.Swap(true) {
-		p.probe.Reset(redisDownPause)
-	}
-	p.answer(cmds, err)
-	b.warn("publish", "redis broker: publish failed; dropping publishes to other nodes for a second",
-		"err", err, "dropped", failed)
-}
-
-// answer tells the batch's PublishConfirmed callers their outcome: err for
-// all of them, or with cmds (one per item) each command's own.
-func (p *publisher) answer(cmds []redis.Cmder, err error) {
-	for i, it := range p.batch {
-		if it.done == nil && it.failed == nil {
-			continue
-		}
-		e := err
-		if cmds != nil {
-			e = cmds[i].Err()
-		}
-		if e != nil && !errors.Is(e, ErrBrokerBusy) {
-			e = fmt.Errorf("%w: %w", ErrBrokerDown, e)
-		}
-		switch {
-		case it.done != nil:
-			it.done <- e
-		case e != nil:
-			it.failed(e)
-		}
-	}
-}
-
-// ping runs while Redis is known down: raw publishes are refused then, so
-// no batch may come to prove Redis is back; a PING does. It runs on the
-// publisher goroutine, like a batch would, so it waits out go-redis's dial
-// like one.
-func (p *publisher) ping() {
-	b := p.b
-	if !b.down.Load() || b.ctx.Err() != nil {
-		return
-	}
-	if time.Now().Before(p.downUntil) {
-		p.probe.Reset(time.Until(p.downUntil))
-		return
-	}
-	if err := b.client.Ping(b.ctx).Err(); err == nil {
-		p.downUntil = time.Time{}
-		b.down.Store(false)
-		return
-	}
-	p.downUntil = time.Now().Add(redisDownPause)
-	p.probe.Reset(redisDownPause)
 }
 
 // ---- subscriber ----
