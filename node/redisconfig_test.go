@@ -193,3 +193,38 @@ func TestRedisCredentialRefusals(t *testing.T) {
 		t.Errorf("Start = %v, want %q", err, want)
 	}
 }
+
+// TestRedisErrorsHideUnencodedPasswords: a password written into a URL
+// without percent-encoding its / ? # (a base64 password has /) is cut by
+// url.Parse into the host, port, path, query or fragment, which the
+// parsers' errors quote, or parses into an address of password digits.
+// No error, and no accepted address, holds any piece of it; the short
+// forms, given a user and password without redis://, do not quote them.
+func TestRedisErrorsHideUnencodedPasswords(t *testing.T) {
+	const notEncoded = "not a valid URL: percent-encode / ? # @ % and spaces in the password (%2F %3F %23 %40 %25 %20)"
+	for _, tc := range []struct {
+		cfg     Config
+		wantErr string
+	}{
+		{Config{RedisURL: "redis://:Abc/Def@h:6379"}, `--redis "redis://:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:Abc?Def@h:6379"}, `--redis "redis://gw:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:4242/Qz@h:6379/0"}, `--redis "redis://gw:xxxxx@h:6379/0": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:4242?Qz@h:6379"}, `--redis "redis://gw:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:4242#Qz@h:6379"}, `--redis "redis://gw:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:Ab%zzCd@h:6379"}, `--redis "redis://gw:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisCluster: "gw:Abc4242@a:1,b:2"},
+			"--redis-cluster: a seed node address holds a user or password: use the URL form redis://user:password@host:port,..."},
+		{Config{RedisSentinel: "m@gw:Abc4242@a:1"},
+			"--redis-sentinel: a sentinel address holds a user or password: use the URL form redis://user:password@host:port,..."},
+	} {
+		err := tc.cfg.CheckRedis()
+		if errString(err) != tc.wantErr {
+			t.Errorf("%s: CheckRedis = %v, want %q", redisSettings(tc.cfg), err, tc.wantErr)
+		}
+	}
+	// Well encoded, the same passwords are taken whole.
+	o, err := parseRedisURL("redis://gw:4242%2FQz%3F%23@h:6379/0")
+	if err != nil || o.Password != "4242/Qz?#" || o.Addr != "h:6379" {
+		t.Errorf("encoded password: %+v, %v", o, err)
+	}
+}
