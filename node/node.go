@@ -25,6 +25,7 @@ import (
 	"github.com/wsgateway/gateway/history"
 	"github.com/wsgateway/gateway/hypothesis"
 	"github.com/wsgateway/gateway/internal/ratelog"
+	"github.com/wsgateway/gateway/internal/redismode"
 	"github.com/wsgateway/gateway/kosync"
 	"github.com/wsgateway/gateway/native"
 	"github.com/wsgateway/gateway/packet"
@@ -786,10 +787,13 @@ var redisLogs struct {
 // is down) to the node's logger, at warn with from=go-redis, instead of
 // stderr; collapsed per kind of line (ratelog): while Redis is down, its
 // dial failures (about one a second per client and pub/sub connection)
-// make one line per kind per interval, with a count (repeated=N).
+// make one line per kind per interval, with a count (repeated=N). The
+// warnings of redismode.Listen's sharded subscriptions (the control
+// channel's, the revocations') go there too, with from=redismode.
 func routeRedisLogs(l *slog.Logger) {
 	redisLogs.to.CompareAndSwap(nil, ratelog.New(l.With("from", "go-redis"), slog.LevelWarn, 0))
 	redisLogs.once.Do(func() { redis.SetLogger(redisLogger{}) })
+	redismode.SetLogger(l.With("from", "redismode"))
 }
 
 type redisLogger struct{}
