@@ -89,7 +89,8 @@ type Config struct {
 	// an error.
 	RedisUsername string
 	// RedisPassword (GATEWAY_REDIS_PASSWORD) is RedisUsername's password
-	// (or requirepass, the default user's). Zero means RedisPasswordFile,
+	// (or requirepass, the default user's); one trailing newline is not
+	// part of it, as in RedisPasswordFile. Zero means RedisPasswordFile,
 	// else the URL's password, else no AUTH. Giving it in two of these
 	// places is an error, so no password silently wins over another.
 	RedisPassword string

@@ -268,17 +268,19 @@ func fileCredentials(user, file string) credentialsProvider {
 	}
 }
 
-// readPassword returns direct, else the content of file without one
-// trailing newline (empty, or more than one line, is an error), else "".
+// readPassword returns direct, else the content of file (empty, or more
+// than one line, is an error), else "": either without one trailing
+// newline (a Kubernetes Secret made from a file puts the file's newline in
+// the variable too).
 func readPassword(direct, file, flag string) (string, error) {
 	if direct != "" || file == "" {
-		return direct, nil
+		return withoutNewline(direct), nil
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", flag, err)
 	}
-	p := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	p := withoutNewline(string(b))
 	switch {
 	case p == "":
 		return "", fmt.Errorf("%s %s: the file is empty", flag, file)
@@ -286,6 +288,11 @@ func readPassword(direct, file, flag string) (string, error) {
 		return "", fmt.Errorf("%s %s: more than one line; want the password alone", flag, file)
 	}
 	return p, nil
+}
+
+// withoutNewline is s without one trailing "\n" or "\r\n".
+func withoutNewline(s string) string {
+	return strings.TrimSuffix(strings.TrimSuffix(s, "\n"), "\r")
 }
 
 // checkRedisAuth pings Redis once with a probe client (bounded by

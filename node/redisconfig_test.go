@@ -228,3 +228,40 @@ func TestRedisErrorsHideUnencodedPasswords(t *testing.T) {
 		t.Errorf("encoded password: %+v, %v", o, err)
 	}
 }
+
+// TestRedisPasswordVariableNewline: a password variable filled from a
+// Kubernetes Secret made from a file (kubectl create secret
+// --from-file) ends with that file's newline; the password file's rule
+// applies (one trailing newline or CRLF is not part of the password), as
+// GATEWAY_SECRET's does. The newline used to reach AUTH: WRONGPASS at
+// start.
+func TestRedisPasswordVariableNewline(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		user string
+		pass string
+	}{
+		{Config{RedisCluster: "a:1", RedisUsername: "gw", RedisPassword: "s3cret\n"}, "gw", "s3cret"},
+		{Config{RedisURL: "redis://a:1/0", RedisPassword: "s3cret\r\n"}, "", "s3cret"},
+	} {
+		ro, _, err := tc.cfg.redisClientOptions()
+		if err != nil {
+			t.Fatalf("%s: %v", redisSettings(tc.cfg), err)
+		}
+		var user, pass string
+		switch {
+		case ro.cluster != nil:
+			user, pass = ro.cluster.Username, ro.cluster.Password
+		default:
+			user, pass = ro.plain.Username, ro.plain.Password
+		}
+		if user != tc.user || pass != tc.pass {
+			t.Errorf("%s: user %q password %q, want %q %q", redisSettings(tc.cfg), user, pass, tc.user, tc.pass)
+		}
+	}
+	cfg := Config{RedisSentinel: "m@a:1", RedisSentinelPassword: "s3cret-sn\n"}
+	ro, _, err := cfg.redisClientOptions()
+	if err != nil || ro.failover.SentinelPassword != "s3cret-sn" {
+		t.Errorf("%s: Sentinel password %q (%v), want %q", redisSettings(cfg), ro.failover.SentinelPassword, err, "s3cret-sn")
+	}
+}
