@@ -25,6 +25,7 @@ import (
 	"github.com/wsgateway/gateway/history"
 	"github.com/wsgateway/gateway/hypothesis"
 	"github.com/wsgateway/gateway/internal/ratelog"
+	"github.com/wsgateway/gateway/internal/redismode"
 	"github.com/wsgateway/gateway/kosync"
 	"github.com/wsgateway/gateway/native"
 	"github.com/wsgateway/gateway/packet"
@@ -88,7 +89,8 @@ type Config struct {
 	// an error.
 	RedisUsername string
 	// RedisPassword (GATEWAY_REDIS_PASSWORD) is RedisUsername's password
-	// (or requirepass, the default user's). Zero means RedisPasswordFile,
+	// (or requirepass, the default user's); one trailing newline is not
+	// part of it, as in RedisPasswordFile. Zero means RedisPasswordFile,
 	// else the URL's password, else no AUTH. Giving it in two of these
 	// places is an error, so no password silently wins over another.
 	RedisPassword string
@@ -786,10 +788,13 @@ var redisLogs struct {
 // is down) to the node's logger, at warn with from=go-redis, instead of
 // stderr; collapsed per kind of line (ratelog): while Redis is down, its
 // dial failures (about one a second per client and pub/sub connection)
-// make one line per kind per interval, with a count (repeated=N).
+// make one line per kind per interval, with a count (repeated=N). The
+// warnings of redismode.Listen's sharded subscriptions (the control
+// channel's, the revocations') go there too, with from=redismode.
 func routeRedisLogs(l *slog.Logger) {
 	redisLogs.to.CompareAndSwap(nil, ratelog.New(l.With("from", "go-redis"), slog.LevelWarn, 0))
 	redisLogs.once.Do(func() { redis.SetLogger(redisLogger{}) })
+	redismode.SetLogger(l.With("from", "redismode"))
 }
 
 type redisLogger struct{}

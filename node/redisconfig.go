@@ -268,17 +268,19 @@ func fileCredentials(user, file string) credentialsProvider {
 	}
 }
 
-// readPassword returns direct, else the content of file without one
-// trailing newline (empty, or more than one line, is an error), else "".
+// readPassword returns direct, else the content of file (empty, or more
+// than one line, is an error), else "": either without one trailing
+// newline (a Kubernetes Secret made from a file puts the file's newline in
+// the variable too).
 func readPassword(direct, file, flag string) (string, error) {
 	if direct != "" || file == "" {
-		return direct, nil
+		return withoutNewline(direct), nil
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", flag, err)
 	}
-	p := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	p := withoutNewline(string(b))
 	switch {
 	case p == "":
 		return "", fmt.Errorf("%s %s: the file is empty", flag, file)
@@ -286,6 +288,11 @@ func readPassword(direct, file, flag string) (string, error) {
 		return "", fmt.Errorf("%s %s: more than one line; want the password alone", flag, file)
 	}
 	return p, nil
+}
+
+// withoutNewline is s without one trailing "\n" or "\r\n".
+func withoutNewline(s string) string {
+	return strings.TrimSuffix(strings.TrimSuffix(s, "\n"), "\r")
 }
 
 // checkRedisAuth pings Redis once with a probe client (bounded by
@@ -328,17 +335,63 @@ func (cfg Config) credentialsDoc(user string, urlHasPassword bool) string {
 }
 
 // parseRedisURL parses a --redis value (redis.ParseURL); its errors never
-// hold the password (url.Parse's repeat the whole URL).
+// hold the password (url.Parse's repeat the whole URL, and a password
+// with an unescaped / ? or # is cut into the host, port, path or query,
+// which the errors of url.Parse and go-redis quote).
 func parseRedisURL(v string) (*redis.Options, error) {
 	opt, err := redis.ParseURL(v)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
+	raw, hasPassword := urlPassword(v)
+	if err == nil {
+		if !hasPassword || opt.Password == unescaped(raw) {
+			return opt, nil
 		}
-		return nil, fmt.Errorf("--redis %q: %v", redactURL(v), err)
+		// The password went, in part, elsewhere (the address, a fragment).
+		err = errNotEncoded
 	}
-	return opt, nil
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	var escape url.EscapeError // quotes the bad %XX, maybe the password's
+	if hasPassword && (errors.As(err, &escape) || revealsPart(err.Error(), raw)) {
+		err = errNotEncoded
+	}
+	return nil, fmt.Errorf("--redis %q: %v", redactURL(v), err)
+}
+
+// errNotEncoded stands for an error about a URL that would quote a part
+// of its password.
+var errNotEncoded = errors.New("not a valid URL: percent-encode / ? # @ % and spaces in the password (%2F %3F %23 %40 %25 %20)")
+
+// unescaped is s percent-decoded, s itself if it is not well encoded.
+func unescaped(s string) string {
+	if u, err := url.PathUnescape(s); err == nil {
+		return u
+	}
+	return s
+}
+
+// revealsPart reports whether msg holds a piece of the raw password pw
+// as a URL parser cuts it (at / ? # % @).
+func revealsPart(msg, pw string) bool {
+	for piece := range strings.FieldsFuncSeq(pw, func(r rune) bool { return strings.ContainsRune("/?#%@", r) }) {
+		if strings.Contains(msg, piece) {
+			return true
+		}
+	}
+	return false
+}
+
+// urlPassword returns the raw (still percent-encoded) password of a URL,
+// everything between the user's : and the last @ (see redactURL).
+func urlPassword(v string) (raw string, ok bool) {
+	_, rest, isURL := strings.Cut(v, "://")
+	at := strings.LastIndex(rest, "@")
+	if !isURL || at < 0 {
+		return "", false
+	}
+	_, raw, ok = strings.Cut(rest[:at], ":")
+	return raw, ok
 }
 
 // redactURL returns v with the password of a URL in it replaced by
@@ -346,15 +399,12 @@ func parseRedisURL(v string) (*redis.Options, error) {
 // last @ counts as the user and password, so a password with an
 // unescaped / or @ is hidden whole.
 func redactURL(v string) string {
-	scheme, rest, ok := strings.Cut(v, "://")
+	if _, ok := urlPassword(v); !ok {
+		return v
+	}
+	scheme, rest, _ := strings.Cut(v, "://")
 	at := strings.LastIndex(rest, "@")
-	if !ok || at < 0 {
-		return v
-	}
-	user, _, hasPassword := strings.Cut(rest[:at], ":")
-	if !hasPassword {
-		return v
-	}
+	user, _, _ := strings.Cut(rest[:at], ":")
 	return scheme + "://" + user + ":xxxxx" + rest[at:]
 }
 
@@ -478,6 +528,11 @@ func parseAddrs(flag, what, list string) ([]string, error) {
 		a = strings.TrimSpace(a)
 		if a == "" {
 			continue
+		}
+		if strings.Contains(a, "@") {
+			// Not quoted: a user and password written without the
+			// redis:// the short forms take none.
+			return nil, fmt.Errorf("%s: a %s address holds a user or password: use the URL form redis://user:password@host:port,...", flag, what)
 		}
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" {

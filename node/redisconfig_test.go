@@ -193,3 +193,75 @@ func TestRedisCredentialRefusals(t *testing.T) {
 		t.Errorf("Start = %v, want %q", err, want)
 	}
 }
+
+// TestRedisErrorsHideUnencodedPasswords: a password written into a URL
+// without percent-encoding its / ? # (a base64 password has /) is cut by
+// url.Parse into the host, port, path, query or fragment, which the
+// parsers' errors quote, or parses into an address of password digits.
+// No error, and no accepted address, holds any piece of it; the short
+// forms, given a user and password without redis://, do not quote them.
+func TestRedisErrorsHideUnencodedPasswords(t *testing.T) {
+	const notEncoded = "not a valid URL: percent-encode / ? # @ % and spaces in the password (%2F %3F %23 %40 %25 %20)"
+	for _, tc := range []struct {
+		cfg     Config
+		wantErr string
+	}{
+		{Config{RedisURL: "redis://:Abc/Def@h:6379"}, `--redis "redis://:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:Abc?Def@h:6379"}, `--redis "redis://gw:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:4242/Qz@h:6379/0"}, `--redis "redis://gw:xxxxx@h:6379/0": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:4242?Qz@h:6379"}, `--redis "redis://gw:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:4242#Qz@h:6379"}, `--redis "redis://gw:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisURL: "redis://gw:Ab%zzCd@h:6379"}, `--redis "redis://gw:xxxxx@h:6379": ` + notEncoded},
+		{Config{RedisCluster: "gw:Abc4242@a:1,b:2"},
+			"--redis-cluster: a seed node address holds a user or password: use the URL form redis://user:password@host:port,..."},
+		{Config{RedisSentinel: "m@gw:Abc4242@a:1"},
+			"--redis-sentinel: a sentinel address holds a user or password: use the URL form redis://user:password@host:port,..."},
+	} {
+		err := tc.cfg.CheckRedis()
+		if errString(err) != tc.wantErr {
+			t.Errorf("%s: CheckRedis = %v, want %q", redisSettings(tc.cfg), err, tc.wantErr)
+		}
+	}
+	// Well encoded, the same passwords are taken whole.
+	o, err := parseRedisURL("redis://gw:4242%2FQz%3F%23@h:6379/0")
+	if err != nil || o.Password != "4242/Qz?#" || o.Addr != "h:6379" {
+		t.Errorf("encoded password: %+v, %v", o, err)
+	}
+}
+
+// TestRedisPasswordVariableNewline: a password variable filled from a
+// Kubernetes Secret made from a file (kubectl create secret
+// --from-file) ends with that file's newline; the password file's rule
+// applies (one trailing newline or CRLF is not part of the password), as
+// GATEWAY_SECRET's does. The newline used to reach AUTH: WRONGPASS at
+// start.
+func TestRedisPasswordVariableNewline(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		user string
+		pass string
+	}{
+		{Config{RedisCluster: "a:1", RedisUsername: "gw", RedisPassword: "s3cret\n"}, "gw", "s3cret"},
+		{Config{RedisURL: "redis://a:1/0", RedisPassword: "s3cret\r\n"}, "", "s3cret"},
+	} {
+		ro, _, err := tc.cfg.redisClientOptions()
+		if err != nil {
+			t.Fatalf("%s: %v", redisSettings(tc.cfg), err)
+		}
+		var user, pass string
+		switch {
+		case ro.cluster != nil:
+			user, pass = ro.cluster.Username, ro.cluster.Password
+		default:
+			user, pass = ro.plain.Username, ro.plain.Password
+		}
+		if user != tc.user || pass != tc.pass {
+			t.Errorf("%s: user %q password %q, want %q %q", redisSettings(tc.cfg), user, pass, tc.user, tc.pass)
+		}
+	}
+	cfg := Config{RedisSentinel: "m@a:1", RedisSentinelPassword: "s3cret-sn\n"}
+	ro, _, err := cfg.redisClientOptions()
+	if err != nil || ro.failover.SentinelPassword != "s3cret-sn" {
+		t.Errorf("%s: Sentinel password %q (%v), want %q", redisSettings(cfg), ro.failover.SentinelPassword, err, "s3cret-sn")
+	}
+}

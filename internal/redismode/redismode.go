@@ -14,6 +14,8 @@ package redismode
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 
@@ -48,6 +50,16 @@ func Publish(ctx context.Context, c redis.UniversalClient, channel string, msg a
 
 // ErrClosed is Listen's error when the client was closed under it.
 var ErrClosed = errors.New("subscription closed")
+
+// logger receives the warnings of Listen's sharded subscriptions; nil
+// means slog.Default().
+var logger atomic.Pointer[slog.Logger]
+
+// SetLogger sends the warnings of Listen on a cluster (a shard's
+// connection lost, a command refused: see shardps) to l instead of
+// slog.Default(), which the gateway does not configure. One per process,
+// the first call's, like go-redis's own logger: the node sets both.
+func SetLogger(l *slog.Logger) { logger.CompareAndSwap(nil, l) }
 
 // listenBuffer is the output buffer of a sharded Listen: its channels
 // carry rare control messages.
@@ -95,7 +107,7 @@ func Listen(ctx context.Context, c redis.UniversalClient, channel string, onSubs
 // listenSharded is Listen on a cluster: a shardps subscription of its own,
 // confirmed by a barrier, then by each Reconnected.
 func listenSharded(ctx context.Context, cc *redis.ClusterClient, channel string, onSubscribed func(), onMessage func(string)) error {
-	ps := shardps.New(shardps.Options{Cluster: cc, Buffer: listenBuffer})
+	ps := shardps.New(shardps.Options{Cluster: cc, Buffer: listenBuffer, Logger: logger.Load()})
 	defer ps.Close()
 	ps.Subscribe(channel)
 	ps.Barrier(channel, channel)

@@ -2,6 +2,8 @@ package redismode
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -112,4 +114,41 @@ func TestListenClosedClusterClient(t *testing.T) {
 	if err != ErrClosed {
 		t.Fatalf("Listen = %v, want ErrClosed", err)
 	}
+}
+
+// TestListenWarnsThroughSetLogger: on a cluster, the warnings of Listen's
+// subscription (here: its shard's connection lost) go to the logger given
+// to SetLogger, as the node's other Redis lines do; they went to
+// slog.Default(), which ignores the node's --log-format and --log-level.
+func TestListenWarnsThroughSetLogger(t *testing.T) {
+	t.Parallel()
+	var logs lockedBuffer
+	SetLogger(slog.New(slog.NewJSONHandler(&logs, nil)))
+	cl := redistest.StartCluster(t, 2, 0)
+	c := cl.NewClusterClient(t)
+	const channel = "gateway:revoked"
+	state := startListen(t, c, channel)
+	waitFor(t, "the subscription", func() bool { n, _ := state(); return n == 1 })
+	owner := cl.Owner(slot.Of(channel))
+	owner.Stop()
+	want := `"msg":"sharded pub/sub: connection lost; resubscribing","shard":"` + owner.Addr + `"`
+	waitFor(t, "the warning in the logger given", func() bool { return strings.Contains(logs.String(), want) })
+}
+
+// lockedBuffer is a log destination tests read.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -295,7 +295,12 @@ type manager struct {
 
 	reloading   bool // a CLUSTER SLOTS is under way or waiting out its back-off
 	reloadAgain bool // another was asked for meanwhile
-	reloadWait  time.Duration
+	// refusedLately: a command was refused since the last reload (not a
+	// MOVED): the next reload backs off, as the refusal may come again
+	// (NOPERM for an ACL user without the channel, CLUSTERDOWN) and the
+	// reload places the channels where they were refused.
+	refusedLately bool
+	reloadWait    time.Duration
 }
 
 // shard is one master and the connection to it.
@@ -811,6 +816,8 @@ func (m *manager) refused(sh *shard, c command, msg string) {
 	}
 	if addr, s, ok := parseMoved(msg); ok {
 		m.topo[s] = addr
+	} else {
+		m.refusedLately = true
 	}
 	m.reload()
 }
@@ -1118,7 +1125,8 @@ func (m *manager) slotsLoaded(ev event) {
 	}
 	// Wait before the next reload, so a flapping cluster is not asked in a
 	// tight loop; asks meanwhile coalesce.
-	if m.reloadAgain || len(m.unplaced) > 0 {
+	if m.reloadAgain || len(m.unplaced) > 0 || m.refusedLately {
+		m.refusedLately = false
 		m.reloadWait = nextRetry(m.reloadWait)
 		m.reloadAgain = true
 	} else {
