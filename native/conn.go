@@ -31,7 +31,6 @@ type conn struct {
 
 	// pending holds Message packets of the open batch window.
 	pending []byte
-	flushFn func(any)
 }
 
 // OnOpen sends the hello; it leaves in the same write as the 101.
@@ -402,16 +401,17 @@ func (h *conn) sendOwn(pkt []byte) {
 // first and sending early past batchFlushBytes.
 func (h *conn) hold(pkt []byte) {
 	if len(h.pending) == 0 {
-		if h.flushFn == nil {
-			h.flushFn = h.flush
-		}
-		h.c.After(h.batch, h.flushFn, nil)
+		h.c.After(h.batch, flushWindow, h)
 	}
 	h.pending = append(h.pending, pkt...)
 	if len(h.pending) >= batchFlushBytes {
 		h.flush(nil)
 	}
 }
+
+// flushWindow is the batch window's timer: a function, not a method value
+// kept in each conn (conn stays in its size class, TestHotStructSizes).
+func flushWindow(h any) { h.(*conn).flush(nil) }
 
 // flush sends the batch window's packets as one message. A timer armed for
 // a window already flushed finds nothing to send.

@@ -458,10 +458,21 @@ func (c *conn) OutboundBuffered() int {
 	return c.outboundBuffer.Buffered()
 }
 
-func (c *conn) Context() any         { return c.ctx }
-func (c *conn) SetContext(ctx any)   { c.ctx = ctx }
-func (c *conn) LocalAddr() net.Addr  { return c.localAddr }
-func (c *conn) RemoteAddr() net.Addr { return c.remoteAddr }
+func (c *conn) Context() any        { return c.ctx }
+func (c *conn) SetContext(ctx any)  { c.ctx = ctx }
+func (c *conn) LocalAddr() net.Addr { return c.localAddr }
+
+// RemoteAddr returns the address it was given, or, for a connection
+// accepted from a listener, one built from the accepted socket address on
+// each call (wsgateway patch: a server holding many idle connections does
+// not keep a *net.TCPAddr beside that address for each; PATCH.md). nil
+// once the connection is released, as before.
+func (c *conn) RemoteAddr() net.Addr {
+	if c.remoteAddr != nil || c.remote == nil || c.isDatagram {
+		return c.remoteAddr
+	}
+	return socket.SockaddrToTCPOrUnixAddr(c.remote)
+}
 
 // Implementation of Socket interface
 
