@@ -329,6 +329,9 @@ func (s *Server) Start() error {
 	}
 	opts := []gnet.Option{
 		gnet.WithAcceptErrorHandler(s.gate.failed),
+		// OnOpen keeps the peer's address in Conn.remote: gnet need not keep
+		// its own copy for each connection's life (issue 15, memory).
+		gnet.WithRemoteAddrInOpenOnly(true),
 		gnet.WithNumEventLoop(s.opts.EventLoops),
 		gnet.WithReusePort(s.opts.ReusePort),
 		gnet.WithReuseAddr(true), // restart at once over the TIME_WAITs of the last run

@@ -466,7 +466,8 @@ func (c *conn) LocalAddr() net.Addr { return c.localAddr }
 // accepted from a listener, one built from the accepted socket address on
 // each call (wsgateway patch: a server holding many idle connections does
 // not keep a *net.TCPAddr beside that address for each; PATCH.md). nil
-// once the connection is released, as before.
+// once the connection is released, as before, and after OnOpen with
+// Options.RemoteAddrInOpenOnly.
 func (c *conn) RemoteAddr() net.Addr {
 	if c.remoteAddr != nil || c.remote == nil || c.isDatagram {
 		return c.remoteAddr
