@@ -48,17 +48,21 @@ func (sh *Shard) topic(channel string) *topic {
 
 // Add registers an authenticated session with the shard.
 func (sh *Shard) Add(s *Session) {
-	s.shard = sh
 	s.index = len(sh.sessions)
 	sh.sessions = append(sh.sessions, s)
 	sh.hub.sessions.Add(1)
+}
+
+// holds reports whether s was added to this shard and not removed.
+func (sh *Shard) holds(s *Session) bool {
+	return s.index >= 0 && s.index < len(sh.sessions) && sh.sessions[s.index] == s
 }
 
 // Remove unsubscribes s from everything and forgets it: O(subscriptions of
 // s). Safe to call for a session that was never added, and from inside a
 // delivery or Each (the removal then waits until the iteration ends).
 func (sh *Shard) Remove(s *Session) {
-	if s.shard != sh || s.index < 0 {
+	if !sh.holds(s) {
 		return
 	}
 	if sh.walking > 0 {
