@@ -27,7 +27,7 @@ package gateway
 // invalid).
 //
 // The fix is in gnet, where the error is: third_party/gnet is gnet v2.9.7
-// with one patch (third_party/gnet/PATCH.md), used through a replace
+// with a few patches (third_party/gnet/PATCH.md: this is the first), used through a replace
 // directive in go.mod. With the new option WithAcceptErrorHandler, an
 // accept error takes the listener out of the poller and calls the handler
 // instead of shutting down; the handler puts the listener back when it
