@@ -27,11 +27,11 @@ package gateway
 // invalid).
 //
 // The fix is in gnet, where the error is: third_party/gnet is gnet v2.9.7
-// with one patch (third_party/gnet/PATCH.md), used through a replace
-// directive in go.mod. With the new option WithAcceptErrorHandler, an
-// accept error takes the listener out of the poller and calls the handler
-// instead of shutting down; the handler puts the listener back when it
-// chooses. Accepting on our own goroutines with Go's net package and
+// with a few patches (third_party/gnet/PATCH.md: this is the first), used
+// through a replace directive in go.mod. With the new option
+// WithAcceptErrorHandler, an accept error takes the listener out of the
+// poller and calls the handler instead of shutting down; the handler puts
+// the listener back when it chooses. Accepting on our own goroutines with Go's net package and
 // handing each connection to gnet with Enroll was built and measured
 // first: Enroll dups every descriptor, Go's netFD set-up and close add
 // about five system calls and a round trip to the loop per accept, and

@@ -49,52 +49,121 @@ type Conn struct {
 	route   *Route
 	timer   session.Timer[Conn]
 	remote  netip.AddrPort
-	accept  time.Duration // the TCP accept, on the server's monotonic clock
-	seq     uint64        // ConnID.Seq (connid.go)
+	seq     uint64 // ConnID.Seq (connid.go)
 	// tat is the message rate's token bucket (GCRA: when the bucket is next
 	// empty, in nanoseconds since the server's epoch).
 	tat int64
 
-	frag []byte // a fragmented message being joined; nil otherwise
-	// rx is a frame whose payload is still arriving; nil otherwise.
-	rx       *partialFrame
-	outbox   []byte // frames queued during a batch of tasks; nil otherwise
-	outRef   []byte // or the one encoded frame queued, by reference
-	fragOp   ws.OpCode
-	state    connState
-	discard  bool   // a framing error: no more frames can be parsed
-	shutWR   bool   // half-close our side once the close frame is flushed
-	scanned  uint16 // how far the request head was searched for its end
-	listener uint8  // index in Server.listeners
-	// authorizing: a HeadAuthorizer is deciding; bytes wait in gnet's
-	// buffer. cancelAuth ends its call (closed); set and cleared on the
-	// loop only.
-	authorizing bool
-	authState   any // what it decided, for Accept
-	cancelAuth  context.CancelFunc
-	// carry: bytes read before gnet had the connection (net/http gave it
-	// back for an upgrade); OnTraffic reads them first. nil otherwise.
-	carry []byte
+	outbox []byte // frames queued during a batch of tasks; nil otherwise
+	outRef []byte // or the one encoded frame queued, by reference
+	// written counts the bytes handed to gnet's Write by sendWithin
+	// (outbound.go).
+	written uint64
+	// cold holds what a connection needs only at times (connCold); nil
+	// for an idle open connection.
+	cold *connCold
+
 	// lastActive is the wheel second of the last bytes from the peer.
 	lastActive uint32
+	closeCode  uint16 // the code sent or received, for metrics and the log
 
-	closeCode uint16 // the code sent or received, for metrics and the log
-	byPeer    bool   // the peer started the close
-	// closeReason is the reason sent, or the peer's when debug lines are
-	// written, for "connection closed" (connlog.go).
-	closeReason string
+	// The one-byte fields last, together: Conn fills its size class
+	// (TestHotStructSizes).
+	state    connState
+	discard  bool  // a framing error: no more frames can be parsed
+	shutWR   bool  // half-close our side once the close frame is flushed
+	byPeer   bool  // the peer started the close
+	listener uint8 // index in Server.listeners
+	// authorizing: a HeadAuthorizer is deciding; bytes wait in gnet's
+	// buffer. cold.cancelAuth ends its call (closed); set and cleared on
+	// the loop only.
+	authorizing bool
 	// admitted, ipHeld: the connection holds a place in the limiter's
 	// server cap, in its address's cap (releaseLimits).
 	admitted, ipHeld bool
-	// utf8 validates a fragmented text message as its fragments come; zero
-	// otherwise (3 bytes, in what was padding).
-	utf8 utf8State
+}
 
-	// written counts the bytes handed to gnet's Write by sendWithin, and
+// connCold is the part of a Conn that an idle open connection does not
+// need, allocated only while some of it is in use: the handshake (from
+// OnOpen to the upgrade), a fragmented or partly arrived message, an
+// oversized write in flight, a close reason, bytes carried from net/http.
+// An idle authenticated connection is the common case by far (issue 15:
+// at most 1 KiB of RSS each), and these fields would more than double
+// what it keeps in Conn (TestHotStructSizes). It is dropped at the upgrade
+// when nothing but the handshake used it, and at the close; once a
+// connection has read a fragmented message or a partial frame it keeps
+// it until the close, so that a stream of large messages does not
+// allocate one per message. It holds no pointer back to the Conn.
+type connCold struct {
+	accept time.Duration // the TCP accept, on the server's monotonic clock
+	// carry: bytes read before gnet had the connection (net/http gave it
+	// back for an upgrade); OnTraffic reads them first. nil otherwise.
+	carry      []byte
+	authState  any                // what a HeadAuthorizer decided, for Accept
+	cancelAuth context.CancelFunc // ends a HeadAuthorizer's call
+	frag       []byte             // a fragmented message being joined; nil otherwise
+	// rx is a frame whose payload is still arriving; nil otherwise.
+	rx *partialFrame
 	// big holds the writes over the outbound budget still in flight
 	// (outbound.go).
-	written uint64
-	big     *oversized
+	big *oversized
+	// closeReason is the reason sent, or the peer's when debug lines are
+	// written, for "connection closed" (connlog.go).
+	closeReason string
+	scanned     uint16 // how far the request head was searched for its end
+	fragOp      ws.OpCode
+	// utf8 validates a fragmented text message as its fragments come; zero
+	// otherwise.
+	utf8 utf8State
+}
+
+// more returns the connection's cold part, allocating it on first use.
+func (c *Conn) more() *connCold {
+	if c.cold == nil {
+		c.cold = new(connCold)
+	}
+	return c.cold
+}
+
+// shedCold drops the cold part once the handshake is over if nothing else
+// holds anything there: the handshake's fields must be cleared first.
+func (c *Conn) shedCold() {
+	if x := c.cold; x != nil && x.carry == nil && x.frag == nil && x.rx == nil && x.big == nil &&
+		x.closeReason == "" && x.authState == nil && x.cancelAuth == nil && x.fragOp == 0 {
+		c.cold = nil
+	}
+}
+
+// fragOp returns the opcode of the fragmented message being joined, or 0.
+func (c *Conn) fragOp() ws.OpCode {
+	if c.cold == nil {
+		return 0
+	}
+	return c.cold.fragOp
+}
+
+// fragLen returns the bytes of the fragmented message joined so far.
+func (c *Conn) fragLen() int {
+	if c.cold == nil {
+		return 0
+	}
+	return len(c.cold.frag)
+}
+
+// carried returns the bytes carried from net/http, or nil.
+func (c *Conn) carried() []byte {
+	if c.cold == nil {
+		return nil
+	}
+	return c.cold.carry
+}
+
+// closeReason returns the reason kept for "connection closed", or "".
+func (c *Conn) closeReason() string {
+	if c.cold == nil {
+		return ""
+	}
+	return c.cold.closeReason
 }
 
 // Loop returns the connection's event loop.
@@ -324,7 +393,10 @@ func (c *Conn) Close(code uint16, reason string) {
 	if code == CloseInternalError {
 		code = cmpOr(c.route.InternalError, CloseInternalError)
 	}
-	c.closeCode, c.closeReason = code, reason
+	c.closeCode = code
+	if reason != "" || c.cold != nil {
+		c.more().closeReason = reason
+	}
 	l := c.loop
 	// The state moves first: a write that fails below closes the
 	// connection, and that must be the last word.
@@ -357,7 +429,9 @@ func (c *Conn) halfClose() {
 func (c *Conn) fail(code uint16, reason string) {
 	c.Close(code, reason)
 	c.discard = true
-	c.frag = nil
+	if c.cold != nil {
+		c.cold.frag = nil
+	}
 }
 
 // closeNow drops the TCP connection at once (on the loop).
@@ -391,7 +465,9 @@ func (c *Conn) deadlinePassed() {
 	}
 }
 
-// closed runs from gnet's OnClose: the connection is gone.
+// closed runs from gnet's OnClose: the connection is gone. Its cold part
+// goes too, except while a HeadAuthorizer's call runs: authorized, which
+// comes back in any case, needs its cancel function and drops it then.
 func (c *Conn) closed() {
 	if c.state == stateClosed {
 		return
@@ -400,11 +476,13 @@ func (c *Conn) closed() {
 	c.state = stateClosed
 	c.gc = nil
 	c.loop.wheel.Stop(&c.timer)
-	c.frag = nil
+	if c.cold != nil {
+		c.cold.frag = nil
+	}
 	if c.authorizing {
 		// The call ends now; its decision still comes back (authorized),
 		// and gives the places back then, not before.
-		c.cancelAuth()
+		c.cold.cancelAuth()
 	} else {
 		c.releaseLimits()
 	}
@@ -412,6 +490,9 @@ func (c *Conn) closed() {
 		c.loop.srv.metrics.disconnect(c.route.Protocol, c.closeCode, c.byPeer)
 		c.logClosed()
 		c.notifyClosed()
+	}
+	if !c.authorizing {
+		c.cold = nil
 	}
 }
 
@@ -443,14 +524,14 @@ func (c *Conn) traffic(buf []byte) (int, gnet.Action) {
 
 // frames parses, validates, unmasks and dispatches every complete frame at
 // the front of buf. The payload of a frame cut short moves into the
-// connection's own buffer (c.rx) and is consumed; only a header cut short
+// connection's own buffer (cold.rx) and is consumed; only a header cut short
 // stays in gnet's buffer for the next OnTraffic.
 func (c *Conn) frames(buf []byte) (int, gnet.Action) {
 	if c.discard {
 		return len(buf), gnet.None
 	}
 	off := 0
-	if c.rx != nil {
+	if c.cold != nil && c.cold.rx != nil {
 		n, action, done := c.moreOfFrame(buf)
 		if !done || action != gnet.None {
 			return n, action
@@ -471,14 +552,14 @@ func (c *Conn) frames(buf []byte) (int, gnet.Action) {
 			break
 		}
 		state := ws.StateServerSide
-		if c.fragOp != 0 {
+		if c.fragOp() != 0 {
 			state |= ws.StateFragmented
 		}
 		if err := ws.CheckHeader(h, state); err != nil {
 			c.fail(CloseProtocolError, err.Error())
 			continue
 		}
-		if !h.OpCode.IsControl() && h.Length > int64(max-len(c.frag)) {
+		if !h.OpCode.IsControl() && h.Length > int64(max-c.fragLen()) {
 			c.fail(CloseMessageTooBig, "message too big")
 			continue
 		}
@@ -518,28 +599,35 @@ func (c *Conn) frame(h ws.Header, payload []byte) gnet.Action {
 		c.fail(CloseUnsupportedData, "text messages are not accepted; send binary")
 		return gnet.None
 	}
-	if h.Fin && c.fragOp == 0 {
+	if h.Fin && c.fragOp() == 0 {
 		if !c.overRate() {
 			c.message(h.OpCode, payload, false)
 		}
 		return gnet.None
 	}
+	return c.fragment(h, payload)
+}
+
+// fragment joins one fragment of a message, in the cold part, which the
+// connection keeps from then on.
+func (c *Conn) fragment(h ws.Header, payload []byte) gnet.Action {
+	x := c.more()
 	if h.OpCode != ws.OpContinuation {
-		c.fragOp = h.OpCode
-		c.utf8 = utf8State{}
+		x.fragOp = h.OpCode
+		x.utf8 = utf8State{}
 	}
 	// Text is checked fragment by fragment: the close comes as soon as the
 	// bytes so far cannot be UTF-8, not when the message ends (RFC 6455
 	// 8.1; Autobahn 6.x "fail fast"). A sequence cut at a fragment's end
 	// waits for the next fragment.
-	if c.fragOp == ws.OpText && (!c.utf8.feed(payload) || h.Fin && !c.utf8.complete()) {
+	if x.fragOp == ws.OpText && (!x.utf8.feed(payload) || h.Fin && !x.utf8.complete()) {
 		c.fail(CloseInvalidPayload, "text message is not valid utf-8")
 		return gnet.None
 	}
-	c.frag = append(c.frag, payload...)
+	x.frag = append(x.frag, payload...)
 	if h.Fin {
-		op, msg := c.fragOp, c.frag
-		c.fragOp, c.frag, c.utf8 = 0, nil, utf8State{}
+		op, msg := x.fragOp, x.frag
+		x.fragOp, x.frag, x.utf8 = 0, nil, utf8State{}
 		if !c.overRate() {
 			c.message(op, msg, true)
 		}

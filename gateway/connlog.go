@@ -87,7 +87,7 @@ func (c *Conn) logClosed() {
 	if !s.debugOn() {
 		return
 	}
-	code, reason, by := int(c.closeCode), c.closeReason, closedByServer
+	code, reason, by := int(c.closeCode), c.closeReason(), closedByServer
 	switch {
 	case c.byPeer:
 		by = closedByPeer
@@ -107,7 +107,7 @@ func (c *Conn) logClosed() {
 // only when debug lines are written (it allocates).
 func (c *Conn) peerReason(payload []byte) {
 	if len(payload) > 2 && c.loop.srv.debugOn() {
-		c.closeReason = ratelog.Truncate(string(payload[2:]), maxCloseReason)
+		c.more().closeReason = ratelog.Truncate(string(payload[2:]), maxCloseReason)
 	}
 }
 

@@ -48,8 +48,8 @@ func TestLifecycleLinesFreeWithDebugOff(t *testing.T) {
 	if h.asked == 0 {
 		t.Fatal("debug was never asked about")
 	}
-	if c.closeReason != "" {
-		t.Errorf("the peer's reason was kept with debug off: %q", c.closeReason)
+	if c.closeReason() != "" {
+		t.Errorf("the peer's reason was kept with debug off: %q", c.closeReason())
 	}
 
 	var buf bytes.Buffer
@@ -77,7 +77,7 @@ func TestClosedLineWhoAndCode(t *testing.T) {
 		set  func(c *Conn)
 		want string
 	}{
-		{"server", func(c *Conn) { c.closeCode, c.closeReason = 3001, "invalid access key" },
+		{"server", func(c *Conn) { c.closeCode, c.more().closeReason = 3001, "invalid access key" },
 			`code=3001 reason="invalid access key" by=server`},
 		{"peer without a code", func(c *Conn) { c.byPeer = true }, `code=1005 reason="" by=peer`},
 		{"lost", func(*Conn) {}, `code=1006 reason="connection lost" by=peer`},

@@ -129,7 +129,7 @@ func (l *Loop) accept() error {
 		URI: hs.uri, Path: pathOf(hs.uri), Host: hs.host,
 		Origin: nilIfEmpty(hs.origin), Authorization: nilIfEmpty(hs.auth),
 		ForwardedFor: nilIfEmpty(hs.xff), ForwardedProto: nilIfEmpty(hs.xfp),
-		Remote: hs.conn.remote, Authorized: hs.conn.authState, ID: hs.conn.ID(),
+		Remote: hs.conn.remote, Authorized: hs.conn.more().authState, ID: hs.conn.ID(),
 	}
 	h, err := hs.route.Protocol.Accept(&hs.req)
 	if err != nil {
@@ -159,7 +159,11 @@ func (l *Loop) resetHandshake(c *Conn) {
 // server's connection cap) are checked before any HeadAuthorizer call or
 // any work of the upgrade itself.
 func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
-	end, refusal := scanHead(buf, int(c.scanned))
+	scanned := 0
+	if c.cold != nil {
+		scanned = int(c.cold.scanned)
+	}
+	end, refusal := scanHead(buf, scanned)
 	if refusal != nil {
 		return c.refuse(refusal, resultBadRequest)
 	}
@@ -167,7 +171,7 @@ func (c *Conn) handshake(buf []byte) (int, gnet.Action) {
 		if len(buf) > MaxHeadSize {
 			return c.refuse(response431, resultTooLarge)
 		}
-		c.scanned = uint16(len(buf))
+		c.more().scanned = uint16(len(buf))
 		return 0, gnet.None
 	}
 	if end > MaxHeadSize {
@@ -233,7 +237,7 @@ func (c *Conn) authorize(a HeadAuthorizer, head []byte) bool {
 		return false
 	}
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connIDKey{}, c.ID()))
-	c.authorizing, c.cancelAuth = true, cancel
+	c.authorizing, c.more().cancelAuth = true, cancel
 	copied := append([]byte(nil), head...)
 	l := c.loop
 	go func() {
@@ -267,8 +271,8 @@ func (l *Loop) authorized(arg any) {
 	d := arg.(*authDecision)
 	c := d.c
 	c.authorizing = false
-	c.cancelAuth() // frees the context; the call is over
-	c.cancelAuth = nil
+	c.cold.cancelAuth() // frees the context; the call is over
+	c.cold.cancelAuth = nil
 	if c.state != stateHandshake {
 		if c.state == stateClosed {
 			c.releaseLimits() // closed left them for now
@@ -286,7 +290,7 @@ func (l *Loop) authorized(arg any) {
 		c.closeNow()
 		return
 	}
-	c.authState = d.state
+	c.more().authState = d.state
 	l.cur = c
 	_, action := c.upgrade(d.head)
 	l.cur = nil
@@ -341,10 +345,14 @@ func (c *Conn) upgrade(head []byte) (int, gnet.Action) {
 		return 0, gnet.Close // gobwas wrote the error response into l.out
 	}
 	c.route, c.handler = l.hs.route, l.hs.handler
-	c.authState = nil // Accept has taken what it needs
 	l.hs.conn, l.hs.handler, l.hs.route = nil, nil, nil
 	c.state = stateOpen
-	l.srv.metrics.upgraded(c.route.Protocol, l.srv.sinceEpoch()-c.accept)
+	x := c.more()
+	l.srv.metrics.upgraded(c.route.Protocol, l.srv.sinceEpoch()-x.accept)
+	// The handshake is over (Accept has taken the authorizer's state):
+	// an idle connection keeps no cold part.
+	x.accept, x.scanned, x.authState = 0, 0, nil
+	c.shedCold()
 	c.logOpened()
 	c.handler.OnOpen(c)
 	return len(head), gnet.None

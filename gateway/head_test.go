@@ -159,7 +159,7 @@ func TestReturnedConnCarry(t *testing.T) {
 	}
 	f.out = f.out[:0]
 	l.feed(f, frame[3:])
-	if string(f.out) != "\x82\x04ping" || len(f.in) != 0 || f.ctx.(*Conn).carry != nil {
-		t.Fatalf("out %q, %d bytes left in gnet's buffer, carry %q", f.out, len(f.in), f.ctx.(*Conn).carry)
+	if string(f.out) != "\x82\x04ping" || len(f.in) != 0 || f.ctx.(*Conn).carried() != nil {
+		t.Fatalf("out %q, %d bytes left in gnet's buffer, carry %q", f.out, len(f.in), f.ctx.(*Conn).carried())
 	}
 }

@@ -149,9 +149,11 @@ func (c *Conn) consumeCarried(buf []byte, n, fresh int) {
 	if fresh > 0 { // never Discard(0): that discards everything
 		_, _ = c.gc.Discard(fresh)
 	}
-	c.carry = nil
+	c.cold.carry = nil
 	if n < len(buf) {
-		c.carry = buf[n:] // ours: append made it
+		c.more().carry = buf[n:] // ours: append made it
+	} else {
+		c.shedCold()
 	}
 }
 

@@ -31,7 +31,7 @@ func (c *Conn) startFrame(h ws.Header, have []byte) {
 	case l.spareFrame != nil:
 		rx.payload, l.spareFrame = l.spareFrame, nil
 	}
-	c.rx = rx
+	c.more().rx = rx
 	rx.take(have)
 }
 
@@ -55,12 +55,12 @@ const minFrameGrowth = 4 << 10
 // moreOfFrame feeds buf to the frame still arriving. It returns how much of
 // buf it consumed, and done once the frame was complete and handled.
 func (c *Conn) moreOfFrame(buf []byte) (int, gnet.Action, bool) {
-	rx := c.rx
+	rx := c.cold.rx
 	n := rx.take(buf)
 	if len(rx.payload) < int(rx.h.Length) {
 		return n, gnet.None, false
 	}
-	c.rx = nil
+	c.cold.rx = nil
 	action := c.frame(rx.h, rx.payload)
 	c.loop.putFrameBuf(rx.payload) // handlers never keep a payload
 	return n, action, true

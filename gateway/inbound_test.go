@@ -51,7 +51,7 @@ func TestFrameInPieces(t *testing.T) {
 	if !bytes.Equal(f.out, want) {
 		t.Fatalf("echo differs: %d bytes out, want %d", len(f.out), len(want))
 	}
-	if c := f.ctx.(*Conn); c.rx != nil || len(f.in) != 0 {
+	if c := f.ctx.(*Conn); c.cold != nil && c.cold.rx != nil || len(f.in) != 0 {
 		t.Fatal("frame state left behind")
 	}
 }

@@ -37,10 +37,10 @@ type oversized [maxOversized]span
 // unsentOversized returns how many of the pending bytes belong to oversized
 // writes, forgetting the writes gnet has sent by now.
 func (c *Conn) unsentOversized(sent uint64) int {
-	o := c.big
-	if o == nil {
+	if c.cold == nil || c.cold.big == nil {
 		return 0
 	}
+	o := c.cold.big
 	n, live := 0, false
 	for i := range o {
 		s := &o[i]
@@ -52,7 +52,7 @@ func (c *Conn) unsentOversized(sent uint64) int {
 		n += int(s.end - max(s.start, sent))
 	}
 	if !live {
-		c.big = nil
+		c.cold.big = nil
 	}
 	return n
 }
@@ -60,11 +60,12 @@ func (c *Conn) unsentOversized(sent uint64) int {
 // noteOversized records a write of n bytes starting at start; it reports
 // false when maxOversized are already in flight.
 func (c *Conn) noteOversized(start uint64, n int) bool {
-	if c.big == nil {
-		c.big = new(oversized)
+	x := c.more()
+	if x.big == nil {
+		x.big = new(oversized)
 	}
-	for i := range c.big {
-		if s := &c.big[i]; s.end == 0 {
+	for i := range x.big {
+		if s := &x.big[i]; s.end == 0 {
 			*s = span{start, start + uint64(n)}
 			return true
 		}

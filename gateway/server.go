@@ -329,6 +329,9 @@ func (s *Server) Start() error {
 	}
 	opts := []gnet.Option{
 		gnet.WithAcceptErrorHandler(s.gate.failed),
+		// OnOpen keeps the peer's address in Conn.remote: gnet need not keep
+		// its own copy for each connection's life (issue 15, memory).
+		gnet.WithRemoteAddrInOpenOnly(true),
 		gnet.WithNumEventLoop(s.opts.EventLoops),
 		gnet.WithReusePort(s.opts.ReusePort),
 		gnet.WithReuseAddr(true), // restart at once over the TIME_WAITs of the last run
@@ -481,14 +484,14 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		s.logger.Error("event loop", "err", err)
 		return nil, gnet.Close
 	}
-	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), accept: s.sinceEpoch(),
+	c := &Conn{gc: gc, loop: l, remote: addrPort(gc.RemoteAddr()), cold: &connCold{accept: s.sinceEpoch()},
 		listener: s.listenerOf(gc.Fd()), seq: s.lastSeq.Add(1)}
 	if r, ok := gc.Context().(*returnedConn); ok { // an upgrade net/http gave back
-		c.carry, c.ipHeld = r.carry, r.placeHeld
+		c.cold.carry, c.ipHeld = r.carry, r.placeHeld
 		_ = gc.Wake(nil) // OnTraffic reads the carried head
 	}
 	c.timer.Init(c)
-	l.wheel.Set(&c.timer, s.secondsAfter(c.accept+s.opts.HandshakeTimeout))
+	l.wheel.Set(&c.timer, s.secondsAfter(c.cold.accept+s.opts.HandshakeTimeout))
 	gc.SetContext(c)
 	s.conns.Add(1)
 	s.metrics.accepted.Inc()
@@ -522,8 +525,9 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	}
 	buf, _ := gc.Peek(-1)
 	fresh := len(buf)
-	if c.carry != nil {
-		buf = append(c.carry, buf...)
+	carry := c.carried()
+	if carry != nil {
+		buf = append(carry, buf...)
 	}
 	l := c.loop
 	c.lastActive = l.wheel.Now()
@@ -534,7 +538,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		l.out = l.out[:0]
 		return gnet.None
 	}
-	if c.carry != nil {
+	if carry != nil {
 		c.consumeCarried(buf, n, fresh)
 	} else if n > 0 {
 		_, _ = gc.Discard(n)

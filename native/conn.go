@@ -23,15 +23,31 @@ type conn struct {
 	p    *Protocol
 	c    *gateway.Conn
 	sess *session.Session // nil until authenticated
+	// set holds the session's settings once a Settings packet moved one
+	// from its default, and the batch window's packets; nil otherwise, as
+	// for most connections: conn stays in the 32-byte size class
+	// (TestHotStructSizes; issue 15, memory per idle connection).
+	set *settings
+}
 
-	// Settings.
+// settings are a session's settings (PROTOCOL.md §6) and its batch window.
+type settings struct {
 	echo  bool
 	batch time.Duration
 	name  string
-
 	// pending holds Message packets of the open batch window.
 	pending []byte
-	flushFn func(any)
+}
+
+// echo reports whether the session gets its own publishes.
+func (h *conn) echo() bool { return h.set != nil && h.set.echo }
+
+// batch returns the batch window, 0 for none.
+func (h *conn) batch() time.Duration {
+	if h.set == nil {
+		return 0
+	}
+	return h.set.batch
 }
 
 // OnOpen sends the hello; it leaves in the same write as the 101.
@@ -182,7 +198,11 @@ func (h *conn) run(pk *packet.Packet) {
 
 // settings applies a Settings packet all or nothing.
 func (h *conn) settings(raw []byte) {
-	echo, batch, name := h.echo, h.batch, h.name
+	var cur settings
+	if h.set != nil {
+		cur = *h.set
+	}
+	echo, batch, name := cur.echo, cur.batch, cur.name
 	r := packet.NewSettingsReader(raw)
 	var s packet.Setting
 	for r.Next(&s) {
@@ -208,9 +228,18 @@ func (h *conn) settings(raw []byte) {
 			batch = d
 		}
 	}
-	h.echo, h.batch, h.name = echo, batch, name
-	if h.batch == 0 {
+	if h.set == nil {
+		if !echo && batch == 0 && name == "" {
+			return // the defaults, as before
+		}
+		h.set = new(settings)
+	}
+	h.set.echo, h.set.batch, h.set.name = echo, batch, name
+	if batch == 0 {
 		h.flush(nil) // a window closed by the setting sends what it held
+		if !echo && name == "" {
+			h.set = nil // back to the defaults: nothing to keep
+		}
 	}
 }
 
@@ -327,7 +356,7 @@ func (h *conn) OnClose(c *gateway.Conn) {
 	if h.sess != nil {
 		c.Loop().Shard().Remove(h.sess)
 	}
-	h.pending = nil
+	h.set = nil
 }
 
 // Subscribed implements session.Sink.
@@ -342,7 +371,7 @@ func (h *conn) Close(code uint16, reason string) { h.c.Close(code, reason) }
 // Deliver implements session.Sink: the frame is encoded once per loop; a
 // batch window gathers Message packets into one WebSocket message.
 func (h *conn) Deliver(m *session.Message, enc *session.EncodeCache) {
-	if !h.c.Open() || (m.Origin == h.sess.ID && !h.echo) {
+	if !h.c.Open() || (m.Origin == h.sess.ID && !h.echo()) {
 		return
 	}
 	h.sendShared(enc.Get(encoding, encodeMessage), packet.MessageLen(len(m.Channel), len(m.Payload)))
@@ -381,7 +410,7 @@ func (h *conn) SubscribedFrom(channel string, pos history.Position, recovered bo
 // sendShared sends a frame from the loop's encode cache, whose last n bytes
 // are its packet; a batch window gathers the packet instead.
 func (h *conn) sendShared(frame []byte, n int) {
-	if h.batch == 0 {
+	if h.batch() == 0 {
 		h.c.SendEncoded(frame)
 		return
 	}
@@ -391,7 +420,7 @@ func (h *conn) sendShared(frame []byte, n int) {
 // sendOwn sends one packet of the session's own, or holds it in the batch
 // window with the others.
 func (h *conn) sendOwn(pkt []byte) {
-	if h.batch == 0 {
+	if h.batch() == 0 {
 		h.c.Send(ws.OpBinary, pkt)
 		return
 	}
@@ -399,28 +428,32 @@ func (h *conn) sendOwn(pkt []byte) {
 }
 
 // hold appends a packet to the batch window, arming its timer for the
-// first and sending early past batchFlushBytes.
+// first and sending early past batchFlushBytes. Only a session with a
+// batch window holds packets, so h.set is there.
 func (h *conn) hold(pkt []byte) {
-	if len(h.pending) == 0 {
-		if h.flushFn == nil {
-			h.flushFn = h.flush
-		}
-		h.c.After(h.batch, h.flushFn, nil)
+	x := h.set
+	if len(x.pending) == 0 {
+		h.c.After(x.batch, flushWindow, h)
 	}
-	h.pending = append(h.pending, pkt...)
-	if len(h.pending) >= batchFlushBytes {
+	x.pending = append(x.pending, pkt...)
+	if len(x.pending) >= batchFlushBytes {
 		h.flush(nil)
 	}
 }
 
+// flushWindow is the batch window's timer: a function, not a method value
+// kept in each conn (conn stays in its size class, TestHotStructSizes).
+func flushWindow(h any) { h.(*conn).flush(nil) }
+
 // flush sends the batch window's packets as one message. A timer armed for
-// a window already flushed finds nothing to send.
+// a window already flushed (or settings gone back to the defaults) finds
+// nothing to send.
 func (h *conn) flush(any) {
-	if len(h.pending) == 0 {
+	if h.set == nil || len(h.set.pending) == 0 {
 		return
 	}
-	h.c.Send(ws.OpBinary, h.pending)
-	h.pending = h.pending[:0]
+	h.c.Send(ws.OpBinary, h.set.pending)
+	h.set.pending = h.set.pending[:0]
 }
 
 // encodeMessage encodes a publish as a whole native frame: the WebSocket

@@ -97,7 +97,7 @@ func (sh *Shard) SubscribeFrom(s *Session, channel string, since history.Positio
 	}
 	t := sh.topic(channel)
 	rec := &recovery{since: since}
-	s.addSub(subscription{channel: channel, index: len(t.positioned), rec: rec})
+	s.addSub(subscription{channel: channel, index: int32(len(t.positioned)), rec: rec})
 	t.positioned = append(t.positioned, s)
 	if t.isLive {
 		sh.recover(s, channel, rec, true, nil)

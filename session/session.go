@@ -83,8 +83,11 @@ type Session struct {
 	// negative value means no cap (internal sessions only).
 	MaxSubscriptions int
 
-	shard *Shard
-	index int            // position in shard.sessions; -1 when not added
+	// index is the position in its shard's sessions; -1 when not added.
+	// The session keeps no pointer to its shard: Session stays in the
+	// 144-byte size class (TestHotStructSizes), and the shard finds itself
+	// by identity (Shard.Remove).
+	index int
 	subs  []subscription // channels subscribed or waiting to be live
 	// byChannel indexes subs by channel once there are more than
 	// indexFrom of them, so that lookups stay O(1) whatever the cap; nil
@@ -98,10 +101,11 @@ type Session struct {
 const indexFrom = 8
 
 // subscription records where the session stands in a shard topic so that it
-// can leave in O(1).
+// can leave in O(1). It is 32 bytes (TestHotStructSizes): a session's first
+// subscription is a slice of one, allocated in the 32-byte size class.
 type subscription struct {
 	channel string
-	index   int // in topic.live or topic.pending; with rec, in topic.positioned
+	index   int32 // in topic.live or topic.pending; with rec, in topic.positioned
 	live    bool
 	// rec is the position of a subscription made with SubscribeFrom
 	// (recovery.go); nil for a plain one.
@@ -114,9 +118,6 @@ var lastSessionID atomic.Uint64
 func New(claims token.Claims, sink Sink) *Session {
 	return &Session{ID: lastSessionID.Add(1), Claims: claims, Sink: sink, index: -1}
 }
-
-// Shard returns the shard the session was added to, or nil.
-func (s *Session) Shard() *Shard { return s.shard }
 
 // Subscriptions returns how many channels the session subscribed to,
 // live or pending.

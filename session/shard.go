@@ -48,17 +48,21 @@ func (sh *Shard) topic(channel string) *topic {
 
 // Add registers an authenticated session with the shard.
 func (sh *Shard) Add(s *Session) {
-	s.shard = sh
 	s.index = len(sh.sessions)
 	sh.sessions = append(sh.sessions, s)
 	sh.hub.sessions.Add(1)
+}
+
+// holds reports whether s was added to this shard and not removed.
+func (sh *Shard) holds(s *Session) bool {
+	return s.index >= 0 && s.index < len(sh.sessions) && sh.sessions[s.index] == s
 }
 
 // Remove unsubscribes s from everything and forgets it: O(subscriptions of
 // s). Safe to call for a session that was never added, and from inside a
 // delivery or Each (the removal then waits until the iteration ends).
 func (sh *Shard) Remove(s *Session) {
-	if s.shard != sh || s.index < 0 {
+	if !sh.holds(s) {
 		return
 	}
 	if sh.walking > 0 {
@@ -135,12 +139,12 @@ func (sh *Shard) Subscribe(s *Session, channel string) error {
 	}
 	t := sh.topic(channel)
 	if t.isLive {
-		s.addSub(subscription{channel: channel, index: len(t.live), live: true})
+		s.addSub(subscription{channel: channel, index: int32(len(t.live)), live: true})
 		t.live = append(t.live, s)
 		s.Sink.Subscribed(channel)
 		return nil
 	}
-	s.addSub(subscription{channel: channel, index: len(t.pending)})
+	s.addSub(subscription{channel: channel, index: int32(len(t.pending))})
 	t.pending = append(t.pending, s)
 	return nil
 }
@@ -159,11 +163,11 @@ func (sh *Shard) Unsubscribe(s *Session, channel string) {
 	switch {
 	case sub.rec != nil:
 		sub.rec.state = recGone
-		t.positioned = removeAt(t.positioned, sub.index, channel)
+		t.positioned = removeAt(t.positioned, int(sub.index), channel)
 	case sub.live:
-		t.live = removeAt(t.live, sub.index, channel)
+		t.live = removeAt(t.live, int(sub.index), channel)
 	default:
-		t.pending = removeAt(t.pending, sub.index, channel)
+		t.pending = removeAt(t.pending, int(sub.index), channel)
 	}
 	if t.empty() {
 		delete(sh.topics, channel)
@@ -179,7 +183,7 @@ func removeAt(list []*Session, i int, channel string) []*Session {
 	list[i] = moved
 	list[last] = nil
 	if moved != nil && i != last {
-		moved.subs[moved.find(channel)].index = i
+		moved.subs[moved.find(channel)].index = int32(i)
 	}
 	return list[:last]
 }
@@ -233,7 +237,7 @@ func (sh *Shard) markLive(arg any) {
 	t.live, t.pending = t.pending, nil // nobody is live before the topic is
 	for i, s := range t.live {
 		sub := &s.subs[s.find(channel)]
-		sub.live, sub.index = true, i
+		sub.live, sub.index = true, int32(i)
 	}
 	sh.walking++
 	defer sh.doneWalking()

@@ -17,6 +17,7 @@
 package gnet
 
 import (
+	"net"
 	"runtime"
 
 	"golang.org/x/sys/unix"
@@ -42,7 +43,6 @@ func (el *eventloop) accept0(fd int, _ netpoll.IOEvent, _ netpoll.IOFlags) error
 			return el.acceptFailed(fd, err, true) // wsgateway patch
 		}
 
-		remoteAddr := socket.SockaddrToTCPOrUnixAddr(sa)
 		network := el.listeners[fd].network
 		if opts := el.engine.opts; opts.TCPKeepAlive > 0 && network == "tcp" &&
 			(runtime.GOOS != "linux" && runtime.GOOS != "freebsd" && runtime.GOOS != "dragonfly") {
@@ -61,8 +61,12 @@ func (el *eventloop) accept0(fd int, _ netpoll.IOEvent, _ netpoll.IOFlags) error
 			}
 		}
 
+		var remoteAddr net.Addr // wsgateway patch: built only for the balancer that reads it
+		if el.engine.opts.LB == SourceAddrHash {
+			remoteAddr = socket.SockaddrToTCPOrUnixAddr(sa)
+		}
 		el := el.engine.eventLoops.next(remoteAddr)
-		c := newStreamConn(network, nfd, el, sa, el.listeners[fd].addr, remoteAddr)
+		c := newStreamConn(network, nfd, el, sa, el.listeners[fd].addr, nil) // wsgateway patch: RemoteAddr from sa when asked
 		err = el.poller.Trigger(queue.HighPriority, el.register, c)
 		if err != nil {
 			el.getLogger().Errorf("failed to enqueue the accepted socket fd=%d to poller: %v", c.fd, err)
@@ -90,7 +94,6 @@ func (el *eventloop) accept(fd int, ev netpoll.IOEvent, flags netpoll.IOFlags) e
 		return el.acceptFailed(fd, err, false) // wsgateway patch
 	}
 
-	remoteAddr := socket.SockaddrToTCPOrUnixAddr(sa)
 	if opts := el.engine.opts; opts.TCPKeepAlive > 0 && el.listeners[fd].network == "tcp" &&
 		(runtime.GOOS != "linux" && runtime.GOOS != "freebsd" && runtime.GOOS != "dragonfly") {
 		// TCP keepalive options are not inherited from the listening socket
@@ -108,6 +111,6 @@ func (el *eventloop) accept(fd int, ev netpoll.IOEvent, flags netpoll.IOFlags) e
 		}
 	}
 
-	c := newStreamConn(network, nfd, el, sa, el.listeners[fd].addr, remoteAddr)
+	c := newStreamConn(network, nfd, el, sa, el.listeners[fd].addr, nil) // wsgateway patch: RemoteAddr from sa when asked
 	return el.register0(c)
 }

@@ -232,6 +232,9 @@ func (el *eventloop) open(c *conn) error {
 	c.opened = true
 
 	out, action := el.eventHandler.OnOpen(c)
+	if el.engine.opts.RemoteAddrInOpenOnly && c.remoteAddr == nil && !c.isDatagram {
+		c.remote = nil // wsgateway patch: the handler kept what it needs (PATCH.md)
+	}
 	if out != nil {
 		if err := c.open(out); err != nil {
 			return err

@@ -161,6 +161,15 @@ type Options struct {
 	// upstream gnet.)
 	AcceptErrorHandler func(listener net.Addr, err error, resume func())
 
+	// RemoteAddrInOpenOnly, when set, makes a connection accepted from a
+	// listener forget its peer's address once OnOpen returns: RemoteAddr
+	// answers in OnOpen, nil afterwards. A server that reads the address
+	// there and keeps its own copy saves the accepted socket address (32
+	// bytes for IPv4, more for IPv6) for each connection's life. Client,
+	// Enrolled and UDP connections are not affected. This option is
+	// server-only. (wsgateway patch; not in upstream gnet.)
+	RemoteAddrInOpenOnly bool
+
 	// EdgeTriggeredIOChunk specifies the number of bytes that `gnet` can
 	// read/write up to in one event loop of ET. This option implies
 	// EdgeTriggeredIO when it is set to a value greater than 0.
@@ -333,6 +342,14 @@ func WithEdgeTriggeredIO(et bool) Option {
 func WithEdgeTriggeredIOChunk(chunk int) Option {
 	return func(opts *Options) {
 		opts.EdgeTriggeredIOChunk = chunk
+	}
+}
+
+// WithRemoteAddrInOpenOnly makes accepted connections forget their peer's
+// address after OnOpen (wsgateway patch; Options.RemoteAddrInOpenOnly).
+func WithRemoteAddrInOpenOnly(b bool) Option {
+	return func(opts *Options) {
+		opts.RemoteAddrInOpenOnly = b
 	}
 }
 
