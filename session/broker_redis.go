@@ -156,6 +156,10 @@ const (
 	// over one batch before it counts as stalled: the dispatcher waits for
 	// room in a full lane that is moving, and drops for a stalled one.
 	redisLaneStall = 100 * time.Millisecond
+	// redisLaneCheck is how often the publisher on a Redis Cluster retires
+	// the lanes of addresses that no longer master their slots (after a
+	// failover or a slot move; see publanes.go).
+	redisLaneCheck = 5 * time.Second
 	// redisNameCache bounds the publisher's cache of Redis channel names.
 	redisNameCache = 4096
 )

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,9 +55,16 @@ import (
 // Down: a lane whose batch failed drops what it takes for a second
 // (redisDownPause), then tries again, and PINGs its shard every second
 // until a batch or a PING succeeds; Redis counts as down (b.down) while
-// every lane is. Lanes live as long as the broker: after a failover the
-// old master's lane stays, idle, and PINGs the old address once a second
-// for as long as it stays unreachable.
+// every lane is.
+//
+// Retirement: every redisLaneCheck the dispatcher closes and forgets each
+// lane that holds nothing (no publish pending on it) and whose address no
+// longer masters any slot it was given, in go-redis's slot map (a failed
+// over or moved master, or the unknown-owner lane): its goroutine, queue
+// and PINGs go, and "every lane down" counts only the shards in use. A
+// retired address that masters a slot again gets a new lane. While such a
+// lane is down the check asks go-redis to reload its map, which it
+// otherwise rereads only every minute or on a MOVED.
 
 // noRetryCmd marks a command as not to be sent again by go-redis (its
 // NoRetry hook); everything else is the command's own.
@@ -78,10 +86,33 @@ func (s *laneSet) add(l *lane) {
 	s.mu.Unlock()
 }
 
-// setDown records a lane's state and sets b.down: every lane down.
+// remove forgets a retired lane and sets b.down for the lanes left.
+func (s *laneSet) remove(b *RedisBroker, l *lane) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.all = slices.DeleteFunc(s.all, func(x *lane) bool { return x == l })
+	l.gone = true
+	if l.down {
+		s.nDown--
+	}
+	b.down.Store(s.nDown > 0 && s.nDown == len(s.all))
+}
+
+// isDown reports a lane's state, for the dispatcher.
+func (s *laneSet) isDown(l *lane) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return l.down
+}
+
+// setDown records a lane's state and sets b.down: every lane down. A
+// retired lane (a PING that ended after remove) changes nothing.
 func (s *laneSet) setDown(b *RedisBroker, l *lane, down bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if l.gone {
+		return
+	}
 	if l.down != down {
 		l.down = down
 		if down {
@@ -141,6 +172,7 @@ type lane struct {
 	downUntil time.Time    // after a failed batch: drop without sending until then
 	probe     *time.Timer  // while down: when to PING
 	down      bool         // written under laneSet.mu, by the lane's goroutine only
+	gone      bool         // under laneSet.mu: retired, no longer counted
 }
 
 func (b *RedisBroker) newLane(addr string, node redis.Cmdable, in <-chan pubItem) *lane {
@@ -406,6 +438,7 @@ type dispatcher struct {
 	// noMapUntil: go-redis could not load its slot map; until then,
 	// publishes go to the unknown-owner lane without asking again.
 	noMapUntil time.Time
+	mapped     bool        // go-redis has a slot map: looking a slot up does not wait for a load
 	wait       *time.Timer // dispatch's wait for room in a moving lane
 }
 
@@ -419,10 +452,14 @@ func (d *dispatcher) run() {
 	b := d.b
 	defer b.wg.Done()
 	defer d.closeLanes()
+	check := time.NewTicker(redisLaneCheck)
+	defer check.Stop()
 	for {
 		select {
 		case it := <-b.queue:
 			d.dispatch(it)
+		case <-check.C:
+			d.retireLanes()
 		case <-b.stop:
 			for {
 				select {
@@ -492,6 +529,7 @@ func (d *dispatcher) owner(name string) *lane {
 		d.noMapUntil = time.Now().Add(redisDownPause)
 		return d.lane("", d.cc)
 	}
+	d.mapped = true
 	return d.lane(c.Options().Addr, c)
 }
 
@@ -508,6 +546,70 @@ func (d *dispatcher) lane(addr string, node redis.Cmdable) *lane {
 	d.b.wg.Add(1)
 	go l.run()
 	return l
+}
+
+// retireLanes retires the lanes that hold nothing and whose address masters
+// none of the slots they were given (see the comment at the top). A lane
+// holds nothing when its queue is empty and no slot routed to it has a
+// publish pending: a slot's publishes are pending on the lane slotsAt
+// names until answered, and only this goroutine routes, so none can come
+// meanwhile.
+func (d *dispatcher) retireLanes() {
+	if !d.mapped {
+		return
+	}
+	idle := make(map[*lane]bool, len(d.lanes))
+	for _, l := range d.lanes {
+		idle[l] = len(l.feed) == 0
+	}
+	for s, l := range d.slotsAt {
+		if l != nil && d.pending[s].Load() > 0 {
+			idle[l] = false
+		}
+	}
+	stale := false
+	for l, ok := range idle {
+		switch {
+		case !ok:
+		case !d.mastersAny(l):
+			d.retire(l)
+		case d.b.lanes.isDown(l):
+			stale = true // a failover under way: the map may be stale
+		}
+	}
+	if stale {
+		d.cc.ReloadState(d.b.ctx)
+	}
+}
+
+// mastersAny reports whether l's address masters one of the slots routed
+// to l, in go-redis's slot map; the first such slot ends the look-up.
+func (d *dispatcher) mastersAny(l *lane) bool {
+	if l.addr == "" {
+		return false
+	}
+	for s, at := range d.slotsAt {
+		if at != l {
+			continue
+		}
+		c, err := d.cc.MasterForKey(d.b.ctx, slot.InSlot("", s))
+		if err != nil || c.Options().Addr == l.addr {
+			return true // or cannot tell: keep it
+		}
+	}
+	return false
+}
+
+// retire closes l, which holds nothing; its goroutine ends.
+func (d *dispatcher) retire(l *lane) {
+	delete(d.lanes, l.addr)
+	for s, at := range d.slotsAt {
+		if at == l {
+			d.slotsAt[s] = nil
+		}
+	}
+	d.b.lanes.remove(d.b, l)
+	close(l.feed)
 }
 
 // closeLanes ends the lanes once they have sent what they hold.

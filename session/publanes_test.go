@@ -389,6 +389,36 @@ func BenchmarkClusterDispatchRoute(b *testing.B) {
 	br.wg.Wait()
 }
 
+// BenchmarkClusterRetireCheck measures the dispatcher's periodic lane
+// check (every redisLaneCheck) on a real 3-master cluster with 64 channels
+// routed and every lane a master's: nothing is retired.
+func BenchmarkClusterRetireCheck(b *testing.B) {
+	c := redistest.StartCluster(b, 3, 0)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	defer cc.Close()
+	br := NewRedisBroker(RedisBrokerOptions{Client: cc, Logger: testLogger(b)})
+	defer br.Close()
+	br.cluster = cc
+	d := newDispatcher(br)
+	for i := range 64 {
+		it := pubItem{channel: fmt.Sprintf("room-%d", i)}
+		it.name = d.names.get(br, it.channel)
+		d.route(&it)
+		d.pending[it.slot].Add(-1)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d.retireLanes()
+	}
+	b.StopTimer()
+	if len(d.lanes) != 3 {
+		b.Fatalf("%d lanes left, want the 3 masters'", len(d.lanes))
+	}
+	d.closeLanes()
+	br.wg.Wait()
+}
+
 // BenchmarkClusterBrokerPublish is BenchmarkRedisBrokerPublish on a real
 // 3-master cluster, over channels of every shard: Publish, the dispatcher
 // and a lane per shard, until Redis has taken every publish.
@@ -422,5 +452,84 @@ func BenchmarkClusterBrokerPublish(bm *testing.B) {
 			break
 		}
 		runtime.Gosched()
+	}
+}
+
+// laneAddrs returns the addresses of the broker's lanes, in no order.
+func laneAddrs(b *RedisBroker) []string {
+	b.lanes.mu.Lock()
+	defer b.lanes.mu.Unlock()
+	var out []string
+	for _, l := range b.lanes.all {
+		out = append(out, l.addr)
+	}
+	return out
+}
+
+// TestRedisBrokerClusterFailoverLaneRetired: a broker that publishes on
+// one shard only (raw channels, which Publish refuses while Redis is
+// down) has one lane; when that shard's master is killed the lane fails
+// and Redis counts as down. Once the replica has taken over, the old
+// master's lane is retired (its address owns no slot, nothing is pending
+// on it), Redis is no longer down, and the channel publishes again, in
+// order, on a lane of the new master. A lane kept for the dead address
+// left the broker down for good: its PINGs go to the dead address, and no
+// raw publish got through to start the new master's lane.
+func TestRedisBrokerClusterFailoverLaneRetired(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t, 3, 1)
+	pfx := testPrefix(t)
+	raw := func(string) bool { return true }
+	hb := &fakeBrokerHandler{}
+	a := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'A'}, Raw: raw}, &fakeBrokerHandler{})
+	b := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'B'}, Raw: raw}, hb)
+	ch := clusterChannels(pfx, 3, 1)[1][0]
+	b.Subscribe(ch)
+	waitFor(t, 10*time.Second, "Live on B", func() bool { return hb.liveCount(ch) == 1 })
+	ctx := context.Background()
+	if err := a.PublishConfirmed(ctx, ch, []byte("warm")); err != nil {
+		t.Fatal(err)
+	}
+	victim, standby := c.Masters[1], c.Replicas[1][0]
+	if got := laneAddrs(a); !slices.Equal(got, []string{victim.Addr}) {
+		t.Fatalf("lanes %q, want the one of master 1 %s", got, victim.Addr)
+	}
+
+	victim.Stop()
+	waitFor(t, 10*time.Second, "A down after the kill", func() bool {
+		_ = a.PublishConfirmed(ctx, ch, []byte("lost"))
+		return a.Down()
+	})
+	c.WaitHealthy(t)
+	waitFor(t, 4*redisLaneCheck, "a raw publish accepted after the failover", func() bool {
+		return a.PublishConfirmed(ctx, ch, []byte("back")) == nil
+	})
+	if got := laneAddrs(a); !slices.Equal(got, []string{standby.Addr}) {
+		t.Fatalf("lanes %q after the failover, want only the new master's %s", got, standby.Addr)
+	}
+	waitFor(t, 10*time.Second, "B subscribed on the new master", func() bool { return hb.reconnectCount() >= 1 })
+	const n = 20
+	for i := range n {
+		if err := a.PublishConfirmed(ctx, ch, fmt.Appendf(nil, "after/%d", i)); err != nil {
+			t.Fatalf("publish %d after the failover: %v", i, err)
+		}
+	}
+	var after []string
+	waitFor(t, 10*time.Second, "the publishes after the failover on B", func() bool {
+		after = after[:0]
+		for _, p := range hb.payloads(ch) {
+			if bytes.HasPrefix(p, []byte("after/")) {
+				after = append(after, string(p))
+			}
+		}
+		return len(after) == n
+	})
+	for i, p := range after {
+		if want := fmt.Sprintf("after/%d", i); p != want {
+			t.Fatalf("delivery %d after the failover is %q, want %q", i, p, want)
+		}
+	}
+	if st := a.Stats(); st.Down || st.QueueLen != 0 {
+		t.Fatalf("%+v: want up, nothing queued", st)
 	}
 }
