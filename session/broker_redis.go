@@ -160,6 +160,12 @@ const (
 	// the lanes of addresses that no longer master their slots (after a
 	// failover or a slot move; see publanes.go).
 	redisLaneCheck = 5 * time.Second
+	// redisLaneQueue caps each shard lane's queue (Redis Cluster): a few
+	// batches keep its pipeline busy, and the backlog waits in the
+	// broker's own queue. A lane as long as the broker's queue (65,536
+	// envelopes, 5 MiB, scanned by every GC) would hold a backlog per
+	// shard on top of it.
+	redisLaneQueue = 4 * redisPublishBatch
 	// redisNameCache bounds the publisher's cache of Redis channel names.
 	redisNameCache = 4096
 )
@@ -185,8 +191,8 @@ type RedisBrokerOptions struct {
 	NodeID [8]byte
 	// QueueSize is the length of the outbound publish queue; zero means
 	// DefaultBrokerQueue. When it is full Publish returns ErrBrokerBusy. On
-	// a Redis Cluster each shard's lane has a queue of this length too;
-	// when one is full the publisher waits for room while its shard
+	// a Redis Cluster each shard's lane has a queue of its own, of this
+	// length or redisLaneQueue (2,048) if shorter; when one is full the publisher waits for room while its shard
 	// answers (so the queue fills, as on one Redis), and drops the
 	// shard's publishes (Dropped; PublishConfirmed answers ErrBrokerBusy)
 	// while its batch has been unanswered for redisLaneStall or longer.

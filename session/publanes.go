@@ -538,7 +538,7 @@ func (d *dispatcher) lane(addr string, node redis.Cmdable) *lane {
 	if l := d.lanes[addr]; l != nil {
 		return l
 	}
-	feed := make(chan pubItem, cap(d.b.queue))
+	feed := make(chan pubItem, min(cap(d.b.queue), redisLaneQueue))
 	l := d.b.newLane(addr, node, feed)
 	l.feed = feed
 	l.pending = &d.pending
