@@ -463,6 +463,7 @@ func (c *Cluster) Addrs() []string {
 // promoted replica serves and the survivors follow it).
 func (c *Cluster) WaitHealthy(t testing.TB) {
 	t.Helper()
+	defer c.logStateIfFailed(t)
 	waitUntil(t, "the cluster to be ok with replicas in sync", func() bool {
 		for _, s := range c.nodes() {
 			if s.cmd == nil {
@@ -479,6 +480,22 @@ func (c *Cluster) WaitHealthy(t testing.TB) {
 		}
 		return true
 	})
+}
+
+// logStateIfFailed logs each running node's view of the cluster and its
+// replication when t has failed: a failover that never completes (seen
+// rarely on a loaded machine) is explained by who saw whom fail.
+func (c *Cluster) logStateIfFailed(t testing.TB) {
+	if !t.Failed() {
+		return
+	}
+	for _, s := range c.nodes() {
+		if s.cmd == nil {
+			continue
+		}
+		t.Logf("redistest: node %s CLUSTER NODES:\n%s\nINFO replication:\n%s", s.Addr,
+			strings.Join(command(s, "CLUSTER NODES"), ""), strings.Join(command(s, "INFO replication"), ""))
+	}
 }
 
 // Owner returns the running node that serves slot as a master now, or nil.
