@@ -20,11 +20,13 @@ run: build
 	@echo "a client: $(BIN) client --key KEY --sub room"
 	$(BIN) serve --data-dir $(DATA_DIR)
 
-# test: vet, then every test with the race detector. Redis tests start their
-# own redis-server on a free port (REDIS_URL overrides); fuzz targets run
-# their seed corpora.
+# test: vet, then every test with the race detector, and the tests of our
+# gnet patches (third_party/gnet is a module of its own, outside ./...).
+# Redis tests start their own redis-server on a free port (REDIS_URL
+# overrides); fuzz targets run their seed corpora.
 test: vet browser-deps js-deps
 	$(GO) test -race -count=1 -timeout 10m ./...
+	cd third_party/gnet && $(GO) test -race -count=1 -run 'TestConnSize|TestRemoteAddrInOpenOnly' .
 
 # browser-deps: Debian's chromium and playwright-core for the browser test,
 # installed only when missing (test/browser/install.sh; warns and goes on

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"testing"
+
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/wsgateway/gateway/session"
@@ -41,3 +43,10 @@ func (s *Server) testLoop(fl *fakeLoop) *Loop {
 	}
 	return l
 }
+
+// ResetByPeer makes the connection's next write fail as one to a peer
+// that reset it (gnet closes the connection inside Write).
+func (f *fakeConn) ResetByPeer() { f.reset = true }
+
+// Panics returns the panics the server recovered.
+func (l *fakeLoop) Panics(t *testing.T) int { return int(counterValue(t, l.srv.metrics.panics)) }

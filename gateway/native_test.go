@@ -179,3 +179,29 @@ func TestBatchOfPublishesIsOneWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchWindowFlushToResetPeer: a batch window that fills twice in one
+// batch of deliveries writes the first window's bytes to a peer that reset
+// the connection; gnet closes it inside that write and the protocol's
+// OnClose drops the window's state while flush is still running. Nothing
+// may panic, and the connection is closed once.
+func TestBatchWindowFlushToResetPeer(t *testing.T) {
+	l, key := nativeLoop(t)
+	f := authenticated(t, l, key)
+	l.Feed(f, unmasked(packet.AppendSettings(nil, packet.Setting{ID: packet.SettingBatchWindow, Short: 1000})))
+	l.Feed(f, unmasked(packet.AppendSubscribe(nil, "b")))
+	f.ResetByPeer()
+	hub := l.Server().Hub()
+	for range 10 { // 160 KiB: the window reaches 64 KiB twice
+		if err := hub.Publish("b", bytes.Repeat([]byte("x"), 16<<10), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Run()
+	if n := l.Panics(t); n != 0 {
+		t.Fatalf("%d panics recovered", n)
+	}
+	if n := l.Server().Hub().Sessions(); n != 0 {
+		t.Fatalf("%d sessions left", n)
+	}
+}

@@ -53,6 +53,7 @@ func (c *Conn) unsentOversized(sent uint64) int {
 	}
 	if !live {
 		c.cold.big = nil
+		c.shedCold() // only open connections write: nothing of the handshake is left
 	}
 	return n
 }

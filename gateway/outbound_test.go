@@ -118,3 +118,27 @@ func TestPowerOfTwoPieces(t *testing.T) {
 		}
 	}
 }
+
+// The cold part that records an oversized write in flight goes once gnet
+// has sent it: an idle connection that once got a large reply (KOsync's
+// documents.all) keeps no cold part for the rest of its life.
+func TestColdPartGoesWithTheOversizedWrite(t *testing.T) {
+	const budget = 1 << 20
+	l := NewFakeLoop(Options{MaxMessageSize: 16 << 20, MaxOutbound: budget},
+		Route{Path: "/echo", Protocol: echoProtocol{}, Text: true})
+	f := openEcho(t, l)
+	f.discardOutput = true
+	c := f.ctx.(*Conn)
+	f.pending = 0
+	if !c.sendWithin(make([]byte, 2*budget)) || c.cold == nil || c.cold.big == nil {
+		t.Fatalf("oversized write not recorded: cold part %+v", c.cold)
+	}
+	f.pending = budget // half of it still in gnet's buffer
+	if !c.sendWithin(make([]byte, 10)) || c.cold == nil || c.cold.big == nil {
+		t.Fatalf("oversized write in flight forgotten: cold part %+v", c.cold)
+	}
+	f.pending = 0 // all sent
+	if !c.sendWithin(make([]byte, 10)) || c.cold != nil {
+		t.Fatalf("cold part kept after the oversized write was sent: %+v", c.cold)
+	}
+}

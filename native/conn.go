@@ -449,11 +449,12 @@ func flushWindow(h any) { h.(*conn).flush(nil) }
 // a window already flushed (or settings gone back to the defaults) finds
 // nothing to send.
 func (h *conn) flush(any) {
-	if h.set == nil || len(h.set.pending) == 0 {
+	x := h.set // a write that fails closes the connection: OnClose drops h.set
+	if x == nil || len(x.pending) == 0 {
 		return
 	}
-	h.c.Send(ws.OpBinary, h.set.pending)
-	h.set.pending = h.set.pending[:0]
+	h.c.Send(ws.OpBinary, x.pending)
+	x.pending = x.pending[:0]
 }
 
 // encodeMessage encodes a publish as a whole native frame: the WebSocket
