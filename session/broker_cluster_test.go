@@ -1,11 +1,8 @@
 package session
 
 import (
-	"context"
 	"fmt"
-	"regexp"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -37,23 +34,6 @@ func startClusterBroker(t *testing.T, c *redistest.Cluster, o RedisBrokerOptions
 	t.Cleanup(func() { _ = cc.Close() })
 	o.Client = cc
 	return startBroker(t, "", o, h)
-}
-
-// spublishCalls returns how many SPUBLISH commands addr has run.
-func spublishCalls(t *testing.T, addr string) int {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	info, err := c.Info(context.Background(), "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`cmdstat_spublish:calls=(\d+)`).FindStringSubmatch(info)
-	if m == nil {
-		return 0
-	}
-	n, _ := strconv.Atoi(m[1])
-	return n
 }
 
 // TestRedisBrokerCluster runs the broker on a real 3-master cluster with a
@@ -99,7 +79,7 @@ func TestRedisBrokerCluster(t *testing.T) {
 		}
 	}
 	for i, m := range c.Masters {
-		if calls := spublishCalls(t, m.Addr); calls < n*len(groups[i]) {
+		if calls := commandCalls(t, m.Addr, "spublish"); calls < n*len(groups[i]) {
 			t.Errorf("master %d ran %d SPUBLISH, want its %d channels' %d each", i, calls, len(groups[i]), n)
 		}
 	}

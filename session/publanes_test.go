@@ -51,14 +51,26 @@ func freeze(t *testing.T, addr string) (resume func()) {
 
 // commandCalls returns how many times the Redis at addr has run cmd.
 func commandCalls(t *testing.T, addr, cmd string) int {
+	return infoCount(t, addr, "commandstats", `cmdstat_`+cmd+`:calls=(\d+)`)
+}
+
+// errorCount returns how many error replies starting with prefix the Redis
+// at addr has given (INFO errorstats).
+func errorCount(t *testing.T, addr, prefix string) int {
+	return infoCount(t, addr, "errorstats", `errorstat_`+prefix+`:count=(\d+)`)
+}
+
+// infoCount returns the number that pattern's group matches in the INFO
+// section of the Redis at addr, 0 if it is not there.
+func infoCount(t *testing.T, addr, section, pattern string) int {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: addr})
 	defer c.Close()
-	info, err := c.Info(context.Background(), "commandstats").Result()
+	info, err := c.Info(context.Background(), section).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`cmdstat_` + cmd + `:calls=(\d+)`).FindStringSubmatch(info)
+	m := regexp.MustCompile(pattern).FindStringSubmatch(info)
 	if m == nil {
 		return 0
 	}
@@ -267,24 +279,6 @@ func TestRedisBrokerClusterMovedFollowed(t *testing.T) {
 	if st := a.Stats(); st.Published != n+1 || st.PublishErrors != 0 {
 		t.Fatalf("%+v, want %d published and no error", st, n+1)
 	}
-}
-
-// errorCount returns how many error replies starting with prefix the Redis
-// at addr has given (INFO errorstats).
-func errorCount(t *testing.T, addr, prefix string) int {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	info, err := c.Info(context.Background(), "errorstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`errorstat_` + prefix + `:count=(\d+)`).FindStringSubmatch(info)
-	if m == nil {
-		return 0
-	}
-	n, _ := strconv.Atoi(m[1])
-	return n
 }
 
 // stoppedLane is the outcome of fillStoppedLane: k PublishConfirmed calls

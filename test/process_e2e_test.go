@@ -285,6 +285,19 @@ func e2eDialURL(t testing.TB, url string) *websocket.Conn {
 	return c
 }
 
+// e2eFanOutAcross subscribes alice on node to and has bob publish on node
+// from; alice must get it (the nodes share a Redis). It returns alice's
+// connection, still subscribed to "room".
+func e2eFanOutAcross(t testing.TB, env []string, from, to *e2eProc) *websocket.Conn {
+	t.Helper()
+	alice := e2eConnectURL(t, to.ws, e2eKeyIssue(t, env, "--subject", "alice"))
+	bob := e2eConnectURL(t, from.ws, e2eKeyIssue(t, env, "--subject", "bob"))
+	subscribe(t, alice, "room")
+	send(t, bob, packet.AppendPublish(nil, "room", []byte("across")))
+	e2eExpectMessage(t, alice, "room", []byte("across"))
+	return alice
+}
+
 // e2eConnectURL dials and authenticates with the key text, expecting Pong.
 func e2eConnectURL(t testing.TB, url, keyText string) *websocket.Conn {
 	t.Helper()

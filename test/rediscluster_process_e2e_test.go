@@ -37,11 +37,7 @@ func TestProcessRedisCluster(t *testing.T) {
 	b := e2eServe(t, e2eEnv(secret), "--data-dir", t.TempDir(),
 		"--redis-cluster", cl.Masters[2].Addr, "--redis-username", user, "--redis-password-file", pwFile)
 	env := e2eEnv(secret)
-	alice := e2eConnectURL(t, b.ws, e2eKeyIssue(t, env, "--subject", "alice"))
-	bob := e2eConnectURL(t, a.ws, e2eKeyIssue(t, env, "--subject", "bob"))
-	subscribe(t, alice, "room")
-	send(t, bob, packet.AppendPublish(nil, "room", []byte("across")))
-	e2eExpectMessage(t, alice, "room", []byte("across"))
+	alice := e2eFanOutAcross(t, env, a, b)
 
 	stdout, stderr, code := e2eRun(t, env, "key", "revoke-subject", "--admin", a.admin, "alice")
 	if code != 0 || !strings.Contains(stdout, `"revoked":true`) {

@@ -10,7 +10,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/internal/redistest"
-	"github.com/wsgateway/gateway/packet"
 )
 
 // TestProcessSentinelAuth: two `gateway serve --redis-sentinel` processes
@@ -43,12 +42,7 @@ func TestProcessSentinelAuth(t *testing.T) {
 		"GATEWAY_REDIS_SENTINEL_PASSWORD="+sentinelPassword), "--data-dir", t.TempDir())
 	b := e2eServe(t, e2eEnv(secret), "--data-dir", t.TempDir(), "--redis-sentinel", "redis://"+user+"@"+sn.Addr+"/m/3",
 		"--redis-password-file", file("master", password), "--redis-sentinel-password-file", file("sentinel", sentinelPassword))
-	env := e2eEnv(secret)
-	alice := e2eConnectURL(t, b.ws, e2eKeyIssue(t, env, "--subject", "alice"))
-	bob := e2eConnectURL(t, a.ws, e2eKeyIssue(t, env, "--subject", "bob"))
-	subscribe(t, alice, "room")
-	send(t, bob, packet.AppendPublish(nil, "room", []byte("across")))
-	e2eExpectMessage(t, alice, "room", []byte("across"))
+	e2eFanOutAcross(t, e2eEnv(secret), a, b)
 
 	for db, want := range map[int]bool{0: false, 3: true} {
 		c := redis.NewClient(&redis.Options{Addr: master.Addr, Username: user, Password: password, DB: db})

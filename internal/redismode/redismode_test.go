@@ -122,7 +122,7 @@ func TestListenClosedClusterClient(t *testing.T) {
 // slog.Default(), which ignores the node's --log-format and --log-level.
 func TestListenWarnsThroughSetLogger(t *testing.T) {
 	t.Parallel()
-	var logs lockedBuffer
+	var logs redistest.LogBuffer
 	SetLogger(slog.New(slog.NewJSONHandler(&logs, nil)))
 	cl := redistest.StartCluster(t, 2, 0)
 	c := cl.NewClusterClient(t)
@@ -133,22 +133,4 @@ func TestListenWarnsThroughSetLogger(t *testing.T) {
 	owner.Stop()
 	want := `"msg":"sharded pub/sub: connection lost; resubscribing","shard":"` + owner.Addr + `"`
 	waitFor(t, "the warning in the logger given", func() bool { return strings.Contains(logs.String(), want) })
-}
-
-// lockedBuffer is a log destination tests read.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

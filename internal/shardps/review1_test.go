@@ -26,7 +26,7 @@ func TestRefusedSubscribeBacksOff(t *testing.T) {
 	c := redistest.StartCluster(t, 2, 0)
 	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
 	t.Cleanup(func() { _ = cc.Close() })
-	var logs lockedBuffer
+	var logs redistest.LogBuffer
 	ps := New(Options{Cluster: cc, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	t.Cleanup(func() { _ = ps.Close() })
 	h := &harness{t: t, ps: ps, cc: cc}

@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -536,30 +535,12 @@ func TestAskKeepsSlotMap(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log destination tests read.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // A CLUSTERDOWN is logged with the shard that answered it, each shard on
 // its own line: a second shard's within the log interval was counted under
 // the first one's line (the "refused" kind), naming the wrong shard.
 func TestClusterDownLoggedPerShard(t *testing.T) {
 	m := testManager(t)
-	var logs lockedBuffer
+	var logs redistest.LogBuffer
 	m.rlog = ratelog.New(slog.New(slog.NewTextHandler(&logs, nil)), slog.LevelWarn, 0)
 	chans := channelsPerShard(2, 1)
 	for s := range m.topo {
