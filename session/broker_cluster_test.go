@@ -95,7 +95,10 @@ func TestRedisBrokerCluster(t *testing.T) {
 	c.Masters[1].Stop()
 	accepted := uint64(n * len(all))
 	for i := 0; hb.reconnectCount() == 0 || len(hb.payloads(dead)) == deadBefore; i++ {
-		if i > 2000 { // 20 s
+		if i == 1500 { // 15 s: an election stalled on a loaded box
+			c.TakeOverFailedMasters(t)
+		}
+		if i > 2500 { // 25 s
 			t.Fatalf("no recovery: reconnects %d, deliveries on %s since the kill %d", hb.reconnectCount(), dead, len(hb.payloads(dead))-deadBefore)
 		}
 		for _, ch := range []string{dead, alive} {

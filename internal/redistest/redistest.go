@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,13 +29,21 @@ import (
 // startTimeout bounds how long a fresh redis-server may take to answer PING.
 const startTimeout = 10 * time.Second
 
+// startAttempts is how many times a new server is tried, each on ports
+// picked afresh: a port found free may be taken before redis-server binds
+// it (a cluster node's bus port too), and the server then exits at once.
+const startAttempts = 3
+
 // Server is a Redis server a test may use.
 type Server struct {
 	URL  string
 	Addr string
 	cmd  *exec.Cmd
+	done chan struct{} // closed once cmd has exited (and been waited for)
 	dir  string
 	port int
+	// busPort is a cluster node's cluster bus port (0 otherwise).
+	busPort int
 	// args, when set, replace the plain server's command line (a replica,
 	// a sentinel).
 	args []string
@@ -99,18 +108,7 @@ func Start(t testing.TB) *Server {
 	if url := os.Getenv("REDIS_URL"); url != "" {
 		return &Server{URL: url, Addr: strings.TrimPrefix(strings.TrimPrefix(url, "redis://"), "/")}
 	}
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		unavailable(t, "redis-server not found on PATH and REDIS_URL unset")
-	}
-	s := &Server{dir: t.TempDir(), port: freePort(t)}
-	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
-	s.URL = "redis://" + s.Addr
-	if err := s.start(bin); err != nil {
-		unavailable(t, err.Error())
-	}
-	t.Cleanup(s.Stop)
-	return s
+	return startProcess(t, Auth{}, nil)
 }
 
 // Restart stops the server (if it runs) and starts it again on the same
@@ -129,34 +127,65 @@ func (s *Server) Restart(t testing.TB) {
 
 // Stop kills the server; Start's cleanup calls it too.
 func (s *Server) Stop() {
-	if s.cmd == nil || s.cmd.Process == nil {
+	if s.cmd == nil {
 		return
 	}
 	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	<-s.done
 	s.cmd = nil
 }
 
+// start runs redis-server with s's arguments, its log in s.dir, and waits
+// until it answers PING; a server that exits first (its port taken since
+// it was picked) fails at once, with its log's last line.
 func (s *Server) start(bin string) error {
 	args := s.args
 	if args == nil {
 		args = plainArgs(s)
 	}
+	logPath := filepath.Join(s.dir, "redis-server.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
 	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = nil, nil
+	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redistest: start redis-server: %w", err)
 	}
-	s.cmd = cmd
+	s.cmd, s.done = cmd, make(chan struct{})
+	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(s.done)
 	deadline := time.Now().Add(startTimeout)
 	for time.Now().Before(deadline) {
 		if r := command(s, "PING"); len(r) == 1 && r[0] == "PONG" {
 			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-s.done:
+			s.cmd = nil
+			return fmt.Errorf("redistest: redis-server on %s exited: %s", s.Addr, lastLine(logPath))
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	s.Stop()
-	return fmt.Errorf("redistest: redis-server on %s did not answer PING within %v", s.Addr, startTimeout)
+	return fmt.Errorf("redistest: redis-server on %s did not answer PING within %v: %s", s.Addr, startTimeout, lastLine(logPath))
+}
+
+// logTailLines is how much of each node's log a failed WaitHealthy shows.
+const logTailLines = 25
+
+// logTail returns the last n lines of the server's log.
+func (s *Server) logTail(n int) string { return lastLines(filepath.Join(s.dir, "redis-server.log"), n) }
+
+// lastLine returns the last non-empty line of the file at path.
+func lastLine(path string) string { return lastLines(path, 1) }
+
+// lastLines returns the last n lines of the file at path, trimmed.
+func lastLines(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
 
 func freePort(t testing.TB) int {
@@ -276,17 +305,21 @@ func startProcess(t testing.TB, auth Auth, args func(*Server) []string) *Server 
 	if err != nil {
 		unavailable(t, "redis-server not found on PATH")
 	}
-	s := &Server{dir: t.TempDir(), port: freePort(t), auth: auth}
-	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
-	s.URL = "redis://" + s.Addr
-	if args != nil {
-		s.args = args(s)
+	for range startAttempts {
+		s := &Server{dir: t.TempDir(), port: freePort(t), auth: auth}
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+		s.URL = "redis://" + s.Addr
+		if args != nil {
+			s.args = args(s)
+		}
+		if err = s.start(bin); err == nil {
+			t.Cleanup(s.Stop)
+			return s
+		}
+		t.Logf("%v; trying other ports", err)
 	}
-	if err := s.start(bin); err != nil {
-		unavailable(t, err.Error())
-	}
-	t.Cleanup(s.Stop)
-	return s
+	unavailable(t, err.Error())
+	return nil
 }
 
 // command sends s one inline command, after AUTH when s requires it, and
@@ -396,9 +429,13 @@ func StartCluster(t testing.TB, masters, replicas int, opts ...Option) *Cluster 
 	t.Helper()
 	auth := applyOptions(opts).auth
 	clusterArgs := func(s *Server) []string {
+		s.busPort = freePort(t)
 		args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--dir", s.dir,
 			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			// A bus port picked free like the port, rather than port+10000,
+			// which may be a client socket's ephemeral port.
+			"--cluster-port", strconv.Itoa(s.busPort),
 			"--cluster-node-timeout", strconv.FormatInt(ClusterNodeTimeout.Milliseconds(), 10),
 			"--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0",
 			// A replica may take over however long ago it last heard its
@@ -423,7 +460,7 @@ func StartCluster(t testing.TB, masters, replicas int, opts ...Option) *Cluster 
 	}
 	for _, s := range all[1:] {
 		host, port, _ := net.SplitHostPort(s.Addr)
-		mustCommand(t, all[0], "CLUSTER MEET "+host+" "+port)
+		mustCommand(t, all[0], "CLUSTER MEET "+host+" "+port+" "+strconv.Itoa(s.busPort))
 	}
 	waitUntil(t, "every node to know every other", func() bool {
 		for _, s := range all {
@@ -461,10 +498,21 @@ func (c *Cluster) Addrs() []string {
 // WaitHealthy waits until every running node reports cluster_state:ok and
 // every running replica's link to its master is up (after a failover: the
 // promoted replica serves and the survivors follow it).
+//
+// A replica that has not won its election within electionStall (seen
+// rarely on a loaded machine: its master marked failed everywhere, the
+// replica never promoted) is made to take over (CLUSTER FAILOVER
+// TAKEOVER), logged: these tests are about clients following a promotion,
+// not about Redis's election.
 func (c *Cluster) WaitHealthy(t testing.TB) {
 	t.Helper()
 	defer c.logStateIfFailed(t)
+	stallAt := time.Now().Add(electionStall)
 	waitUntil(t, "the cluster to be ok with replicas in sync", func() bool {
+		if time.Now().After(stallAt) {
+			c.TakeOverFailedMasters(t)
+			stallAt = time.Now().Add(electionStall)
+		}
 		for _, s := range c.nodes() {
 			if s.cmd == nil {
 				continue
@@ -482,6 +530,49 @@ func (c *Cluster) WaitHealthy(t testing.TB) {
 	})
 }
 
+// electionStall is how long WaitHealthy lets a replica of a failed master
+// win its election before it makes the replica take over: several times
+// the few seconds an election takes (twice ClusterNodeTimeout and a retry).
+const electionStall = 15 * time.Second
+
+// TakeOverFailedMasters makes each running replica whose master it sees
+// failed take over that master's slots without an election, logged: for a
+// test waiting for a promotion by other means than WaitHealthy, once it
+// has waited electionStall.
+func (c *Cluster) TakeOverFailedMasters(t testing.TB) {
+	for _, s := range c.nodes() {
+		if s.cmd == nil {
+			continue
+		}
+		if master := failedMasterOf(strings.Join(command(s, "CLUSTER NODES"), "")); master != "" {
+			t.Logf("redistest: replica %s not promoted within %v of its master %s failing: CLUSTER FAILOVER TAKEOVER", s.Addr, electionStall, master)
+			command(s, "CLUSTER FAILOVER TAKEOVER")
+		}
+	}
+}
+
+// failedMasterOf returns, from a node's CLUSTER NODES, the address of its
+// master if the node is a replica and sees that master failed, else "".
+func failedMasterOf(nodes string) string {
+	var masterID string
+	byID := map[string][]string{}
+	for _, line := range strings.Split(nodes, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 {
+			continue
+		}
+		byID[f[0]] = f
+		if strings.Contains(f[2], "myself") && strings.Contains(f[2], "slave") {
+			masterID = f[3]
+		}
+	}
+	m := byID[masterID]
+	if m == nil || !slices.Contains(strings.Split(m[2], ","), "fail") {
+		return ""
+	}
+	return m[1]
+}
+
 // logStateIfFailed logs each running node's view of the cluster and its
 // replication when t has failed: a failover that never completes (seen
 // rarely on a loaded machine) is explained by who saw whom fail.
@@ -493,8 +584,9 @@ func (c *Cluster) logStateIfFailed(t testing.TB) {
 		if s.cmd == nil {
 			continue
 		}
-		t.Logf("redistest: node %s CLUSTER NODES:\n%s\nINFO replication:\n%s", s.Addr,
-			strings.Join(command(s, "CLUSTER NODES"), ""), strings.Join(command(s, "INFO replication"), ""))
+		t.Logf("redistest: node %s CLUSTER NODES:\n%s\nINFO replication:\n%s\nlog (last %d lines):\n%s", s.Addr,
+			strings.Join(command(s, "CLUSTER NODES"), ""), strings.Join(command(s, "INFO replication"), ""),
+			logTailLines, s.logTail(logTailLines))
 	}
 }
 
