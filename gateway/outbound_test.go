@@ -11,11 +11,7 @@ import (
 // write (the fake's OutboundBuffered).
 func TestBudgetCountsWhatIsBehindAnOversizedWrite(t *testing.T) {
 	const budget = 1 << 20
-	l := NewFakeLoop(Options{MaxMessageSize: 16 << 20, MaxOutbound: budget},
-		Route{Path: "/echo", Protocol: echoProtocol{}, Text: true})
-	f := openEcho(t, l)
-	f.discardOutput = true
-	c := f.ctx.(*Conn)
+	f, c := openBudgetedEcho(t, budget)
 	steps := []struct {
 		name    string
 		pending int // what gnet holds before the write
@@ -124,11 +120,7 @@ func TestPowerOfTwoPieces(t *testing.T) {
 // documents.all) keeps no cold part for the rest of its life.
 func TestColdPartGoesWithTheOversizedWrite(t *testing.T) {
 	const budget = 1 << 20
-	l := NewFakeLoop(Options{MaxMessageSize: 16 << 20, MaxOutbound: budget},
-		Route{Path: "/echo", Protocol: echoProtocol{}, Text: true})
-	f := openEcho(t, l)
-	f.discardOutput = true
-	c := f.ctx.(*Conn)
+	f, c := openBudgetedEcho(t, budget)
 	f.pending = 0
 	if !c.sendWithin(make([]byte, 2*budget)) || c.cold == nil || c.cold.big == nil {
 		t.Fatalf("oversized write not recorded: cold part %+v", c.cold)
@@ -141,4 +133,14 @@ func TestColdPartGoesWithTheOversizedWrite(t *testing.T) {
 	if !c.sendWithin(make([]byte, 10)) || c.cold != nil {
 		t.Fatalf("cold part kept after the oversized write was sent: %+v", c.cold)
 	}
+}
+
+// openBudgetedEcho opens an echo connection on a fake loop with an
+// outbound budget of budget bytes, its output discarded.
+func openBudgetedEcho(t *testing.T, budget int) (*fakeConn, *Conn) {
+	l := NewFakeLoop(Options{MaxMessageSize: 16 << 20, MaxOutbound: budget},
+		Route{Path: "/echo", Protocol: echoProtocol{}, Text: true})
+	f := openEcho(t, l)
+	f.discardOutput = true
+	return f, f.ctx.(*Conn)
 }

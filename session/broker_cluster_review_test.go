@@ -36,9 +36,7 @@ func TestRedisBrokerClusterSubscribeUnsubscribeSubscribe(t *testing.T) {
 	t.Parallel()
 	c := redistest.StartCluster(t, 2, 0)
 	pfx := testPrefix(t)
-	hb := &fakeBrokerHandler{}
-	a := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'A'}}, &fakeBrokerHandler{})
-	b := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'B'}}, hb)
+	a, b, hb := startClusterPair(t, c, RedisBrokerOptions{Prefix: pfx})
 	groups := clusterChannels(pfx, 2, 1)
 	gone, r := groups[0][0], groups[1][0]
 

@@ -36,6 +36,18 @@ func startClusterBroker(t *testing.T, c *redistest.Cluster, o RedisBrokerOptions
 	return startBroker(t, "", o, h)
 }
 
+// startClusterPair starts broker A (publishing) and broker B (whose
+// handler it returns) on c with o, each with its NodeID.
+func startClusterPair(t *testing.T, c *redistest.Cluster, o RedisBrokerOptions) (a, b *RedisBroker, hb *fakeBrokerHandler) {
+	t.Helper()
+	hb = &fakeBrokerHandler{}
+	o.NodeID = [8]byte{'A'}
+	a = startClusterBroker(t, c, o, &fakeBrokerHandler{})
+	o.NodeID = [8]byte{'B'}
+	b = startClusterBroker(t, c, o, hb)
+	return a, b, hb
+}
+
 // TestRedisBrokerCluster runs the broker on a real 3-master cluster with a
 // replica each: sharded fan-out between two nodes over every shard, then a
 // kill -9 of a master under load.

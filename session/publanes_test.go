@@ -246,9 +246,7 @@ func TestRedisBrokerClusterMovedFollowed(t *testing.T) {
 	t.Parallel()
 	c := redistest.StartCluster(t, 2, 0)
 	pfx := testPrefix(t)
-	hb := &fakeBrokerHandler{}
-	a := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'A'}}, &fakeBrokerHandler{})
-	b := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'B'}}, hb)
+	a, b, hb := startClusterPair(t, c, RedisBrokerOptions{Prefix: pfx})
 	ch := clusterChannels(pfx, 2, 1)[0][0]
 	b.Subscribe(ch)
 	waitFor(t, 10*time.Second, "Live on B", func() bool { return hb.liveCount(ch) == 1 })
@@ -474,9 +472,7 @@ func TestRedisBrokerClusterFailoverLaneRetired(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1)
 	pfx := testPrefix(t)
 	raw := func(string) bool { return true }
-	hb := &fakeBrokerHandler{}
-	a := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'A'}, Raw: raw}, &fakeBrokerHandler{})
-	b := startClusterBroker(t, c, RedisBrokerOptions{Prefix: pfx, NodeID: [8]byte{'B'}, Raw: raw}, hb)
+	a, b, hb := startClusterPair(t, c, RedisBrokerOptions{Prefix: pfx, Raw: raw})
 	ch := clusterChannels(pfx, 3, 1)[1][0]
 	b.Subscribe(ch)
 	waitFor(t, 10*time.Second, "Live on B", func() bool { return hb.liveCount(ch) == 1 })
