@@ -236,7 +236,7 @@ func (h *conn) settings(raw []byte) {
 	}
 	h.set.echo, h.set.batch, h.set.name = echo, batch, name
 	if batch == 0 {
-		h.flush(nil) // a window closed by the setting sends what it held
+		h.flush() // a window closed by the setting sends what it held
 		if !echo && name == "" {
 			h.set = nil // back to the defaults: nothing to keep
 		}
@@ -312,7 +312,7 @@ func (h *conn) publishFailed(arg any) {
 // SubscribeFromFailed implements session.PositionSink: the history could
 // not be read; the subscription is gone.
 func (h *conn) SubscribeFromFailed(channel string, err error) {
-	h.flush(nil)
+	h.flush()
 	h.sendError(packet.ErrorUnavailable, fmt.Sprintf("subscribe from %s: history unavailable (%v); try again", quoteChannel([]byte(channel)), err))
 }
 
@@ -402,7 +402,7 @@ const replayStackBuf = 1024
 // SubscribedFrom implements session.PositionSink. What the batch window
 // holds goes first: SubscribedFrom never overtakes a Publication.
 func (h *conn) SubscribedFrom(channel string, pos history.Position, recovered bool) {
-	h.flush(nil)
+	h.flush()
 	var b [3 + MaxChannelLen + 17]byte
 	h.c.Send(ws.OpBinary, packet.AppendSubscribedFrom(b[:0], channel, pos.Epoch, pos.Offset, recovered))
 }
@@ -437,18 +437,18 @@ func (h *conn) hold(pkt []byte) {
 	}
 	x.pending = append(x.pending, pkt...)
 	if len(x.pending) >= batchFlushBytes {
-		h.flush(nil)
+		h.flush()
 	}
 }
 
 // flushWindow is the batch window's timer: a function, not a method value
 // kept in each conn (conn stays in its size class, TestHotStructSizes).
-func flushWindow(h any) { h.(*conn).flush(nil) }
+func flushWindow(h any) { h.(*conn).flush() }
 
 // flush sends the batch window's packets as one message. A timer armed for
 // a window already flushed (or settings gone back to the defaults) finds
 // nothing to send.
-func (h *conn) flush(any) {
+func (h *conn) flush() {
 	x := h.set // a write that fails closes the connection: OnClose drops h.set
 	if x == nil || len(x.pending) == 0 {
 		return
