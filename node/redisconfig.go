@@ -81,29 +81,36 @@ func (cfg Config) parseRedis() (redisOptions, error) {
 		return redisOptions{}, err
 	}
 	var ro redisOptions
-	var user *string
-	var urlPassword string
 	var err error
 	switch {
 	case cfg.RedisCluster != "":
-		if ro.cluster, err = ParseRedisCluster(cfg.RedisCluster); err == nil {
-			user, urlPassword = &ro.cluster.Username, ro.cluster.Password
-		}
+		ro.cluster, err = ParseRedisCluster(cfg.RedisCluster)
 	case cfg.RedisSentinel != "":
-		if ro.failover, err = ParseRedisSentinel(cfg.RedisSentinel); err == nil {
-			user, urlPassword = &ro.failover.Username, ro.failover.Password
-		}
+		ro.failover, err = ParseRedisSentinel(cfg.RedisSentinel)
 	case cfg.RedisURL != "":
-		if ro.plain, err = parseRedisURL(cfg.RedisURL); err == nil {
-			user, urlPassword = &ro.plain.Username, ro.plain.Password
-		}
+		ro.plain, err = parseRedisURL(cfg.RedisURL)
 	default:
 		return ro, nil
 	}
 	if err != nil {
 		return redisOptions{}, err
 	}
-	return ro, cfg.mergeUser(user, urlPassword != "")
+	user, password, _ := ro.auth()
+	return ro, cfg.mergeUser(user, *password != "")
+}
+
+// auth points at the data servers' user, password and credentials
+// provider in whichever of ro's options is set (all nil for none).
+func (ro redisOptions) auth() (user, password *string, provider *credentialsProvider) {
+	switch {
+	case ro.cluster != nil:
+		return &ro.cluster.Username, &ro.cluster.Password, &ro.cluster.CredentialsProviderContext
+	case ro.failover != nil:
+		return &ro.failover.Username, &ro.failover.Password, &ro.failover.CredentialsProviderContext
+	case ro.plain != nil:
+		return &ro.plain.Username, &ro.plain.Password, &ro.plain.CredentialsProviderContext
+	}
+	return nil, nil, nil
 }
 
 // checkCredentialSources refuses credentials without the Redis they are
@@ -209,21 +216,15 @@ func (cfg Config) redisClientOptions() (ro redisOptions, creds string, err error
 	if err != nil {
 		return ro, "", err
 	}
-	var user, password *string
-	var provider *credentialsProvider
-	switch {
-	case ro.cluster != nil:
-		user, password, provider = &ro.cluster.Username, &ro.cluster.Password, &ro.cluster.CredentialsProviderContext
-	case ro.failover != nil:
-		user, password, provider = &ro.failover.Username, &ro.failover.Password, &ro.failover.CredentialsProviderContext
+	user, password, provider := ro.auth()
+	if user == nil {
+		return ro, "", nil
+	}
+	if ro.failover != nil {
 		ro.failover.SentinelUsername = cfg.RedisSentinelUsername
 		if ro.failover.SentinelPassword, err = readPassword(cfg.RedisSentinelPassword, cfg.RedisSentinelPasswordFile, "--redis-sentinel-password-file"); err != nil {
 			return ro, "", err
 		}
-	case ro.plain != nil:
-		user, password, provider = &ro.plain.Username, &ro.plain.Password, &ro.plain.CredentialsProviderContext
-	default:
-		return ro, "", nil
 	}
 	creds = cfg.credentialsDoc(*user, *password != "")
 	source := cfg.passwordSource(*password != "")
