@@ -386,13 +386,23 @@ func revealsPart(msg, pw string) bool {
 // urlPassword returns the raw (still percent-encoded) password of a URL,
 // everything between the user's : and the last @ (see redactURL).
 func urlPassword(v string) (raw string, ok bool) {
-	_, rest, isURL := strings.Cut(v, "://")
-	at := strings.LastIndex(rest, "@")
-	if !isURL || at < 0 {
+	_, userinfo, _, isURL := splitUserinfo(v)
+	if !isURL {
 		return "", false
 	}
-	_, raw, ok = strings.Cut(rest[:at], ":")
+	_, raw, ok = strings.Cut(userinfo, ":")
 	return raw, ok
+}
+
+// splitUserinfo cuts a URL with a user at its last @: ok false if v is
+// not a URL or has no @.
+func splitUserinfo(v string) (scheme, userinfo, after string, ok bool) {
+	scheme, rest, isURL := strings.Cut(v, "://")
+	at := strings.LastIndex(rest, "@")
+	if !isURL || at < 0 {
+		return "", "", "", false
+	}
+	return scheme, rest[:at], rest[at+1:], true
 }
 
 // redactURL returns v with the password of a URL in it replaced by
@@ -400,13 +410,12 @@ func urlPassword(v string) (raw string, ok bool) {
 // last @ counts as the user and password, so a password with an
 // unescaped / or @ is hidden whole.
 func redactURL(v string) string {
-	if _, ok := urlPassword(v); !ok {
+	scheme, userinfo, after, ok := splitUserinfo(v)
+	user, _, hasPassword := strings.Cut(userinfo, ":")
+	if !ok || !hasPassword {
 		return v
 	}
-	scheme, rest, _ := strings.Cut(v, "://")
-	at := strings.LastIndex(rest, "@")
-	user, _, _ := strings.Cut(rest[:at], ":")
-	return scheme + "://" + user + ":xxxxx" + rest[at:]
+	return scheme + "://" + user + ":xxxxx@" + after
 }
 
 // listURL is the URL form of --redis-sentinel and --redis-cluster,
@@ -432,8 +441,8 @@ func splitListURL(flag, v string) (u listURL, isURL bool, err error) {
 	default:
 		return u, true, fmt.Errorf("%s %q: want a redis:// URL", flag, redactURL(v))
 	}
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
-		user, password, _ := strings.Cut(rest[:at], ":")
+	if _, userinfo, after, ok := splitUserinfo(v); ok {
+		user, password, _ := strings.Cut(userinfo, ":")
 		u.user, err = url.PathUnescape(user)
 		if err == nil {
 			u.password, err = url.PathUnescape(password)
@@ -441,7 +450,7 @@ func splitListURL(flag, v string) (u listURL, isURL bool, err error) {
 		if err != nil {
 			return u, true, fmt.Errorf("%s %q: the user or password is not percent-encoded (write %% as %%25, @ as %%40, : in the user as %%3A)", flag, redactURL(v))
 		}
-		rest = rest[at+1:]
+		rest = after
 	}
 	if strings.ContainsAny(rest, "?#") {
 		return u, true, fmt.Errorf("%s %q: no query or fragment is understood", flag, redactURL(v))
