@@ -81,29 +81,36 @@ func (cfg Config) parseRedis() (redisOptions, error) {
 		return redisOptions{}, err
 	}
 	var ro redisOptions
-	var user *string
-	var urlPassword string
 	var err error
 	switch {
 	case cfg.RedisCluster != "":
-		if ro.cluster, err = ParseRedisCluster(cfg.RedisCluster); err == nil {
-			user, urlPassword = &ro.cluster.Username, ro.cluster.Password
-		}
+		ro.cluster, err = ParseRedisCluster(cfg.RedisCluster)
 	case cfg.RedisSentinel != "":
-		if ro.failover, err = ParseRedisSentinel(cfg.RedisSentinel); err == nil {
-			user, urlPassword = &ro.failover.Username, ro.failover.Password
-		}
+		ro.failover, err = ParseRedisSentinel(cfg.RedisSentinel)
 	case cfg.RedisURL != "":
-		if ro.plain, err = parseRedisURL(cfg.RedisURL); err == nil {
-			user, urlPassword = &ro.plain.Username, ro.plain.Password
-		}
+		ro.plain, err = parseRedisURL(cfg.RedisURL)
 	default:
 		return ro, nil
 	}
 	if err != nil {
 		return redisOptions{}, err
 	}
-	return ro, cfg.mergeUser(user, urlPassword != "")
+	user, password, _ := ro.auth()
+	return ro, cfg.mergeUser(user, *password != "")
+}
+
+// auth points at the data servers' user, password and credentials
+// provider in whichever of ro's options is set (all nil for none).
+func (ro redisOptions) auth() (user, password *string, provider *credentialsProvider) {
+	switch {
+	case ro.cluster != nil:
+		return &ro.cluster.Username, &ro.cluster.Password, &ro.cluster.CredentialsProviderContext
+	case ro.failover != nil:
+		return &ro.failover.Username, &ro.failover.Password, &ro.failover.CredentialsProviderContext
+	case ro.plain != nil:
+		return &ro.plain.Username, &ro.plain.Password, &ro.plain.CredentialsProviderContext
+	}
+	return nil, nil, nil
 }
 
 // checkCredentialSources refuses credentials without the Redis they are
@@ -209,21 +216,15 @@ func (cfg Config) redisClientOptions() (ro redisOptions, creds string, err error
 	if err != nil {
 		return ro, "", err
 	}
-	var user, password *string
-	var provider *credentialsProvider
-	switch {
-	case ro.cluster != nil:
-		user, password, provider = &ro.cluster.Username, &ro.cluster.Password, &ro.cluster.CredentialsProviderContext
-	case ro.failover != nil:
-		user, password, provider = &ro.failover.Username, &ro.failover.Password, &ro.failover.CredentialsProviderContext
+	user, password, provider := ro.auth()
+	if user == nil {
+		return ro, "", nil
+	}
+	if ro.failover != nil {
 		ro.failover.SentinelUsername = cfg.RedisSentinelUsername
 		if ro.failover.SentinelPassword, err = readPassword(cfg.RedisSentinelPassword, cfg.RedisSentinelPasswordFile, "--redis-sentinel-password-file"); err != nil {
 			return ro, "", err
 		}
-	case ro.plain != nil:
-		user, password, provider = &ro.plain.Username, &ro.plain.Password, &ro.plain.CredentialsProviderContext
-	default:
-		return ro, "", nil
 	}
 	creds = cfg.credentialsDoc(*user, *password != "")
 	source := cfg.passwordSource(*password != "")
@@ -385,13 +386,23 @@ func revealsPart(msg, pw string) bool {
 // urlPassword returns the raw (still percent-encoded) password of a URL,
 // everything between the user's : and the last @ (see redactURL).
 func urlPassword(v string) (raw string, ok bool) {
-	_, rest, isURL := strings.Cut(v, "://")
-	at := strings.LastIndex(rest, "@")
-	if !isURL || at < 0 {
+	_, userinfo, _, isURL := splitUserinfo(v)
+	if !isURL {
 		return "", false
 	}
-	_, raw, ok = strings.Cut(rest[:at], ":")
+	_, raw, ok = strings.Cut(userinfo, ":")
 	return raw, ok
+}
+
+// splitUserinfo cuts a URL with a user at its last @: ok false if v is
+// not a URL or has no @.
+func splitUserinfo(v string) (scheme, userinfo, after string, ok bool) {
+	scheme, rest, isURL := strings.Cut(v, "://")
+	at := strings.LastIndex(rest, "@")
+	if !isURL || at < 0 {
+		return "", "", "", false
+	}
+	return scheme, rest[:at], rest[at+1:], true
 }
 
 // redactURL returns v with the password of a URL in it replaced by
@@ -399,13 +410,12 @@ func urlPassword(v string) (raw string, ok bool) {
 // last @ counts as the user and password, so a password with an
 // unescaped / or @ is hidden whole.
 func redactURL(v string) string {
-	if _, ok := urlPassword(v); !ok {
+	scheme, userinfo, after, ok := splitUserinfo(v)
+	user, _, hasPassword := strings.Cut(userinfo, ":")
+	if !ok || !hasPassword {
 		return v
 	}
-	scheme, rest, _ := strings.Cut(v, "://")
-	at := strings.LastIndex(rest, "@")
-	user, _, _ := strings.Cut(rest[:at], ":")
-	return scheme + "://" + user + ":xxxxx" + rest[at:]
+	return scheme + "://" + user + ":xxxxx@" + after
 }
 
 // listURL is the URL form of --redis-sentinel and --redis-cluster,
@@ -431,8 +441,8 @@ func splitListURL(flag, v string) (u listURL, isURL bool, err error) {
 	default:
 		return u, true, fmt.Errorf("%s %q: want a redis:// URL", flag, redactURL(v))
 	}
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
-		user, password, _ := strings.Cut(rest[:at], ":")
+	if _, userinfo, after, ok := splitUserinfo(v); ok {
+		user, password, _ := strings.Cut(userinfo, ":")
 		u.user, err = url.PathUnescape(user)
 		if err == nil {
 			u.password, err = url.PathUnescape(password)
@@ -440,7 +450,7 @@ func splitListURL(flag, v string) (u listURL, isURL bool, err error) {
 		if err != nil {
 			return u, true, fmt.Errorf("%s %q: the user or password is not percent-encoded (write %% as %%25, @ as %%40, : in the user as %%3A)", flag, redactURL(v))
 		}
-		rest = rest[at+1:]
+		rest = after
 	}
 	if strings.ContainsAny(rest, "?#") {
 		return u, true, fmt.Errorf("%s %q: no query or fragment is understood", flag, redactURL(v))
