@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -123,7 +124,7 @@ func (a *Admin) requireToken(h http.Handler) http.Handler {
 
 // NewAdmin returns the admin listener of srv.
 func NewAdmin(srv *Server, o AdminOptions) *Admin {
-	o.Listen = cmpOr(o.Listen, DefaultAdminListen)
+	o.Listen = cmp.Or(o.Listen, DefaultAdminListen)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -391,7 +392,7 @@ func (c *Conn) Close(code uint16, reason string) {
 		return
 	}
 	if code == CloseInternalError {
-		code = cmpOr(c.route.InternalError, CloseInternalError)
+		code = cmp.Or(c.route.InternalError, CloseInternalError)
 	}
 	c.closeCode = code
 	if reason != "" || c.cold != nil {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -99,11 +100,11 @@ func (s *Server) SetLimits(l Limits) {
 	origins, _ := parseOrigins(l.AllowedOrigins)
 	lim := &limiter{l: l, origins: origins}
 	if l.MessageRate > 0 {
-		burst := cmpOr(l.MessageBurst, DefaultMessageBurst)
+		burst := cmp.Or(l.MessageBurst, DefaultMessageBurst)
 		lim.interval = max(int64(float64(time.Second)/l.MessageRate), 1)
 		lim.tolerance = int64(burst-1) * lim.interval
 	}
-	secs := int64(math.Ceil(cmpOr(l.RetryAfter, DefaultRetryAfter).Seconds()))
+	secs := int64(math.Ceil(cmp.Or(l.RetryAfter, DefaultRetryAfter).Seconds()))
 	retry := "Retry-After: " + strconv.FormatInt(max(secs, 1), 10)
 	lim.reject429 = fixedResponse(http.StatusTooManyRequests, "too many connections from your address", retry)
 	lim.reject503 = fixedResponse(http.StatusServiceUnavailable, "server at its connection limit", retry)

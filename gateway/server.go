@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -140,28 +141,20 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() {
-	o.Listen = cmpOr(o.Listen, DefaultListen)
-	o.EventLoops = cmpOr(o.EventLoops, runtime.NumCPU())
-	o.HandshakeTimeout = cmpOr(o.HandshakeTimeout, DefaultHandshakeTimeout)
-	o.MaxMessageSize = cmpOr(o.MaxMessageSize, DefaultMaxMessageSize)
-	o.MaxOutbound = cmpOr(o.MaxOutbound, DefaultMaxOutbound)
-	o.SocketSendBuffer = cmpOr(o.SocketSendBuffer, DefaultSocketSendBuffer)
-	o.DrainWindow = cmpOr(o.DrainWindow, DefaultDrainWindow)
-	o.MaxLoopTasks = cmpOr(o.MaxLoopTasks, DefaultMaxLoopTasks)
-	o.MaxLoopBytes = cmpOr(o.MaxLoopBytes, DefaultMaxLoopBytes)
-	o.MaxAuthorizing = cmpOr(o.MaxAuthorizing, DefaultMaxAuthorizing)
-	o.ShutdownTimeout = max(cmpOr(o.ShutdownTimeout, DefaultShutdownTimeout), o.DrainWindow+5*time.Second)
+	o.Listen = cmp.Or(o.Listen, DefaultListen)
+	o.EventLoops = cmp.Or(o.EventLoops, runtime.NumCPU())
+	o.HandshakeTimeout = cmp.Or(o.HandshakeTimeout, DefaultHandshakeTimeout)
+	o.MaxMessageSize = cmp.Or(o.MaxMessageSize, DefaultMaxMessageSize)
+	o.MaxOutbound = cmp.Or(o.MaxOutbound, DefaultMaxOutbound)
+	o.SocketSendBuffer = cmp.Or(o.SocketSendBuffer, DefaultSocketSendBuffer)
+	o.DrainWindow = cmp.Or(o.DrainWindow, DefaultDrainWindow)
+	o.MaxLoopTasks = cmp.Or(o.MaxLoopTasks, DefaultMaxLoopTasks)
+	o.MaxLoopBytes = cmp.Or(o.MaxLoopBytes, DefaultMaxLoopBytes)
+	o.MaxAuthorizing = cmp.Or(o.MaxAuthorizing, DefaultMaxAuthorizing)
+	o.ShutdownTimeout = max(cmp.Or(o.ShutdownTimeout, DefaultShutdownTimeout), o.DrainWindow+5*time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // Server is the gateway's main listener: gnet event loops that upgrade

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -38,7 +39,7 @@ type controlMessage struct {
 const opDisconnect = "disconnect"
 
 func (n *Node) controlChannel() string {
-	return controlChannel(cmpOr(n.cfg.RedisPrefix, session.DefaultRedisPrefix))
+	return controlChannel(cmp.Or(n.cfg.RedisPrefix, session.DefaultRedisPrefix))
 }
 
 func (n *Node) tag() string { return fmt.Sprintf("%08x", n.Server.Tag()) }

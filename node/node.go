@@ -5,6 +5,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -298,7 +299,7 @@ func checkAdminBind(addr, adminToken string) error {
 	if adminToken != "" {
 		return nil
 	}
-	host, _, err := net.SplitHostPort(cmpOr(addr, gateway.DefaultAdminListen))
+	host, _, err := net.SplitHostPort(cmp.Or(addr, gateway.DefaultAdminListen))
 	if err != nil {
 		return fmt.Errorf("--admin-listen: %w", err)
 	}
@@ -415,7 +416,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	}
 	if err := n.Admin.Start(); err != nil {
 		_ = n.Server.Shutdown(context.Background())
-		return fmt.Errorf("admin listener (%s %s): %w", n.flagName("--admin-listen"), cmpOr(cfg.AdminListen, gateway.DefaultAdminListen), err)
+		return fmt.Errorf("admin listener (%s %s): %w", n.flagName("--admin-listen"), cmp.Or(cfg.AdminListen, gateway.DefaultAdminListen), err)
 	}
 	return nil
 }
@@ -503,7 +504,7 @@ func (n *Node) listenError(err error) error {
 		return err
 	}
 	type port struct{ what, flag, addr string }
-	ports := []port{{"main listener", n.flagName("--listen"), cmpOr(n.cfg.Listen, gateway.DefaultListen)}}
+	ports := []port{{"main listener", n.flagName("--listen"), cmp.Or(n.cfg.Listen, gateway.DefaultListen)}}
 	if n.cfg.Only == OnlyWsify {
 		ports[0].what = "wsify listener"
 	} else if n.cfg.WsifyListen != "" {
@@ -588,7 +589,7 @@ func (n *Node) WsifyAddr() net.Addr {
 // builds the service.
 func (n *Node) newKosync(cfg Config, secrets *token.Secrets) error {
 	if n.redis != nil {
-		n.docs = kosync.NewRedisStore(n.redis, cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix))
+		n.docs = kosync.NewRedisStore(n.redis, cmp.Or(cfg.RedisPrefix, session.DefaultRedisPrefix))
 	} else {
 		bolt, err := kosync.OpenBolt(filepath.Join(cfg.DataDir, kosyncDBName))
 		if err != nil {
@@ -598,7 +599,7 @@ func (n *Node) newKosync(cfg Config, secrets *token.Secrets) error {
 	}
 	o := cfg.Kosync
 	o.Store, o.Secrets, o.Revoker, o.Hub, o.Logger = n.docs, secrets, n.Revoker, n.Hub, n.log
-	o.Version = cmpOr(o.Version, gateway.Version)
+	o.Version = cmp.Or(o.Version, gateway.Version)
 	svc, err := kosync.New(o)
 	if err != nil {
 		return err
@@ -609,13 +610,6 @@ func (n *Node) newKosync(cfg Config, secrets *token.Secrets) error {
 
 // kosyncDBName is the KOsync store's file in the data dir.
 const kosyncDBName = "kosync.db"
-
-func cmpOr(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
-}
 
 // openStores picks where revocations live and how publishes cross nodes:
 // Redis when configured, else the data dir and a standalone broker.
@@ -644,7 +638,7 @@ func (n *Node) openStores(cfg Config) (session.Broker, error) {
 		return nil, err
 	}
 	n.redis = ro.client(false)
-	prefix := cmpOr(cfg.RedisPrefix, session.DefaultRedisPrefix)
+	prefix := cmp.Or(cfg.RedisPrefix, session.DefaultRedisPrefix)
 	n.store = token.NewRedisStore(n.redis, prefix)
 	name := wsify.RedisChannelName(cfg.WsifyRedisPrefix, prefix)
 	b := session.NewRedisBroker(session.RedisBrokerOptions{

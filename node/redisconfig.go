@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -228,7 +229,7 @@ func (cfg Config) redisClientOptions() (ro redisOptions, creds string, err error
 	}
 	creds = cfg.credentialsDoc(*user, *password != "")
 	source := cfg.passwordSource(*password != "")
-	*password = cmpOr(*password, pass) // parseRedis refused a password in both
+	*password = cmp.Or(*password, pass) // parseRedis refused a password in both
 	if err := refusePlaceholder(source, *password); err != nil {
 		return ro, "", err
 	}
@@ -327,10 +328,10 @@ func isCredentialError(err error) bool {
 // credentialsDoc describes the credentials given, for errors: the users
 // and where the passwords come from, never a password.
 func (cfg Config) credentialsDoc(user string, urlHasPassword bool) string {
-	doc := fmt.Sprintf("user %q, password from %s", cmpOr(user, "default"), cfg.passwordSource(urlHasPassword))
+	doc := fmt.Sprintf("user %q, password from %s", cmp.Or(user, "default"), cfg.passwordSource(urlHasPassword))
 	if cfg.RedisSentinel != "" {
 		doc = fmt.Sprintf("master: %s; Sentinels: user %q, password from %s", doc,
-			cmpOr(cfg.RedisSentinelUsername, "default"), cfg.sentinelPasswordSource())
+			cmp.Or(cfg.RedisSentinelUsername, "default"), cfg.sentinelPasswordSource())
 	}
 	return doc
 }

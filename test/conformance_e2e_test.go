@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha1"
@@ -34,8 +35,8 @@ import (
 // echo route when none) and, if set, limits; it stops when the test ends.
 func cfStart(t testing.TB, opts gateway.Options, limits *gateway.Limits, routes ...gateway.Route) *gateway.Server {
 	t.Helper()
-	opts.Listen = cmpOr(opts.Listen, "127.0.0.1:0")
-	opts.EventLoops = cmpOr(opts.EventLoops, 2)
+	opts.Listen = cmp.Or(opts.Listen, "127.0.0.1:0")
+	opts.EventLoops = cmp.Or(opts.EventLoops, 2)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -58,14 +59,6 @@ func cfStart(t testing.TB, opts gateway.Options, limits *gateway.Limits, routes 
 		_ = srv.Shutdown(ctx)
 	})
 	return srv
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // cfDialFrom opens a TCP connection to addr from a local IP (nil: any).

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -136,7 +137,7 @@ func runNode(cfg node.Config, logLevel, logFormat string) error {
 	s := <-sig
 	cfg.Logger.Info("shutting down", "signal", s.String())
 	signal.Stop(sig) // a second signal kills at once
-	ctx, cancel := context.WithTimeout(context.Background(), cmpOr(cfg.ShutdownTimeout, gateway.DefaultShutdownTimeout)+5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(cfg.ShutdownTimeout, gateway.DefaultShutdownTimeout)+5*time.Second)
 	defer cancel()
 	return n.Shutdown(ctx)
 }
@@ -167,13 +168,6 @@ func newLogger(w io.Writer, logLevel, logFormat string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", logFormat)
-}
-
-func cmpOr(v, def time.Duration) time.Duration {
-	if v == 0 {
-		return def
-	}
-	return v
 }
 
 // parsePrefixes reads "10.0.0.0/8, 127.0.0.1"; a bare address is a /32 or /128.
