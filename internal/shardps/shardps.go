@@ -355,6 +355,12 @@ func (b *pendingBarrier) covers(ch string) bool {
 	return ok
 }
 
+// list moves ch from the channels b waits for to those it is to list.
+func (b *pendingBarrier) list(ch string) {
+	delete(b.chans, ch)
+	b.done = append(b.done, ch)
+}
+
 func (m *manager) run() {
 	defer m.wg.Done()
 	ping := time.NewTicker(pingEvery)
@@ -639,8 +645,7 @@ func (m *manager) answered(sh *shard, seq uint64) {
 		delete(b.waiting, sh)
 		for ch := range b.chans {
 			if m.where[ch] == sh {
-				delete(b.chans, ch)
-				b.done = append(b.done, ch)
+				b.list(ch)
 			}
 		}
 	}
@@ -653,8 +658,7 @@ func (m *manager) settle(chans []string) {
 	for _, b := range m.barriers {
 		for _, ch := range chans {
 			if _, ok := b.chans[ch]; ok {
-				delete(b.chans, ch)
-				b.done = append(b.done, ch)
+				b.list(ch)
 			}
 		}
 	}
