@@ -599,11 +599,11 @@ func (m *manager) barrier(name string, chans []string) {
 // no channels to confirm; it is released from the barrier.
 func (m *manager) sendBarrier(sh *shard, seq uint64, name string) {
 	s := sh.slot
-	for ch := range sh.chans {
-		if s >= 0 {
+	if s < 0 {
+		for ch := range sh.chans {
+			s = slot.Of(ch) // placed here: a slot sh owns
 			break
 		}
-		s = slot.Of(ch) // placed here: a slot sh owns
 	}
 	if s < 0 {
 		m.answered(sh, seq)
