@@ -844,10 +844,6 @@ func parseMoved(msg string) (addr string, s int, ok bool) {
 // drop closes sh's connection after a failure and dials again; its
 // channels are resubscribed on the next one (or moved by a reload).
 func (m *manager) drop(sh *shard) {
-	if sh.conn != nil {
-		_ = sh.conn.Close()
-		sh.conn = nil
-	}
 	sh.supersede()
 	sh.sent, sh.wbuf, sh.resubs = nil, sh.wbuf[:0], 0
 	if len(sh.chans) > 0 {
@@ -1045,9 +1041,14 @@ func (m *manager) deliver(sh *shard, gen int, msg *redis.Message) bool {
 	}
 }
 
-// supersede retires sh's connection: its reader delivers nothing more. It
-// waits for a delivery under way (the output channel may be full).
+// supersede retires sh's connection: it is closed, and its reader
+// delivers nothing more. It waits for a delivery under way (the output
+// channel may be full).
 func (sh *shard) supersede() {
+	if sh.conn != nil {
+		_ = sh.conn.Close()
+		sh.conn = nil
+	}
 	sh.deliverMu.Lock()
 	sh.gen++
 	sh.deliverMu.Unlock()
@@ -1183,10 +1184,6 @@ func (m *manager) rehome() {
 
 // forget closes a shard that owns no slot and holds no channel.
 func (m *manager) forget(sh *shard) {
-	if sh.conn != nil {
-		_ = sh.conn.Close()
-		sh.conn = nil
-	}
 	sh.supersede()
 	delete(m.shards, sh.addr)
 	for _, b := range m.barriers {
