@@ -587,9 +587,7 @@ func (m *manager) barrier(name string, chans []string) {
 	}
 	m.barriers = append(m.barriers, b)
 	for sh := range b.waiting {
-		if sh.conn != nil {
-			m.sendBarrier(sh, b.seq, name)
-		}
+		m.askShard(sh) // b, the newest
 	}
 	m.completeBarriers()
 }
@@ -616,8 +614,12 @@ func (m *manager) sendBarrier(sh *shard, seq uint64, name string) {
 // askShard sends sh the newest barrier waiting on it, unless a barrier
 // command at least as new is in flight there: answering it answers the
 // older ones there too. A barrier command refused (the slot moved), lost
-// with a connection or made void by place is no longer in flight.
+// with a connection or made void by place is no longer in flight. A shard
+// not connected is asked once it is (connected).
 func (m *manager) askShard(sh *shard) {
+	if sh.conn == nil {
+		return
+	}
 	var inFlight uint64
 	for _, c := range sh.sent {
 		inFlight = max(inFlight, c.barrier)
@@ -1176,9 +1178,7 @@ func (m *manager) rehome() {
 	// A barrier command refused meanwhile (it reached a master that had
 	// lost the slot it named) is asked again, in a slot the shard owns now.
 	for _, sh := range m.shards {
-		if sh.conn != nil {
-			m.askShard(sh)
-		}
+		m.askShard(sh)
 	}
 }
 
