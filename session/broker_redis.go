@@ -830,7 +830,7 @@ func (b *RedisBroker) runSubscriber() {
 			if b.sps != nil {
 				// shardps keeps a barrier until the shards of its channels
 				// answer, across reconnects: no retry.
-				b.sps.Unsubscribe(toUnsub...)
+				b.unsubscribe(toUnsub)
 				if len(awaitNames) > 0 {
 					b.sps.Barrier(b.syncName(round), awaitNames...)
 				}

@@ -355,6 +355,12 @@ func (b *pendingBarrier) covers(ch string) bool {
 	return ok
 }
 
+// list moves ch from the channels b waits for to those it is to list.
+func (b *pendingBarrier) list(ch string) {
+	delete(b.chans, ch)
+	b.done = append(b.done, ch)
+}
+
 func (m *manager) run() {
 	defer m.wg.Done()
 	ping := time.NewTicker(pingEvery)
@@ -581,9 +587,7 @@ func (m *manager) barrier(name string, chans []string) {
 	}
 	m.barriers = append(m.barriers, b)
 	for sh := range b.waiting {
-		if sh.conn != nil {
-			m.sendBarrier(sh, b.seq, name)
-		}
+		m.askShard(sh) // b, the newest
 	}
 	m.completeBarriers()
 }
@@ -593,11 +597,11 @@ func (m *manager) barrier(name string, chans []string) {
 // no channels to confirm; it is released from the barrier.
 func (m *manager) sendBarrier(sh *shard, seq uint64, name string) {
 	s := sh.slot
-	for ch := range sh.chans {
-		if s >= 0 {
+	if s < 0 {
+		for ch := range sh.chans {
+			s = slot.Of(ch) // placed here: a slot sh owns
 			break
 		}
-		s = slot.Of(ch) // placed here: a slot sh owns
 	}
 	if s < 0 {
 		m.answered(sh, seq)
@@ -610,8 +614,12 @@ func (m *manager) sendBarrier(sh *shard, seq uint64, name string) {
 // askShard sends sh the newest barrier waiting on it, unless a barrier
 // command at least as new is in flight there: answering it answers the
 // older ones there too. A barrier command refused (the slot moved), lost
-// with a connection or made void by place is no longer in flight.
+// with a connection or made void by place is no longer in flight. A shard
+// not connected is asked once it is (connected).
 func (m *manager) askShard(sh *shard) {
+	if sh.conn == nil {
+		return
+	}
 	var inFlight uint64
 	for _, c := range sh.sent {
 		inFlight = max(inFlight, c.barrier)
@@ -639,8 +647,7 @@ func (m *manager) answered(sh *shard, seq uint64) {
 		delete(b.waiting, sh)
 		for ch := range b.chans {
 			if m.where[ch] == sh {
-				delete(b.chans, ch)
-				b.done = append(b.done, ch)
+				b.list(ch)
 			}
 		}
 	}
@@ -653,8 +660,7 @@ func (m *manager) settle(chans []string) {
 	for _, b := range m.barriers {
 		for _, ch := range chans {
 			if _, ok := b.chans[ch]; ok {
-				delete(b.chans, ch)
-				b.done = append(b.done, ch)
+				b.list(ch)
 			}
 		}
 	}
@@ -840,10 +846,6 @@ func parseMoved(msg string) (addr string, s int, ok bool) {
 // drop closes sh's connection after a failure and dials again; its
 // channels are resubscribed on the next one (or moved by a reload).
 func (m *manager) drop(sh *shard) {
-	if sh.conn != nil {
-		_ = sh.conn.Close()
-		sh.conn = nil
-	}
 	sh.supersede()
 	sh.sent, sh.wbuf, sh.resubs = nil, sh.wbuf[:0], 0
 	if len(sh.chans) > 0 {
@@ -1041,9 +1043,14 @@ func (m *manager) deliver(sh *shard, gen int, msg *redis.Message) bool {
 	}
 }
 
-// supersede retires sh's connection: its reader delivers nothing more. It
-// waits for a delivery under way (the output channel may be full).
+// supersede retires sh's connection: it is closed, and its reader
+// delivers nothing more. It waits for a delivery under way (the output
+// channel may be full).
 func (sh *shard) supersede() {
+	if sh.conn != nil {
+		_ = sh.conn.Close()
+		sh.conn = nil
+	}
 	sh.deliverMu.Lock()
 	sh.gen++
 	sh.deliverMu.Unlock()
@@ -1171,18 +1178,12 @@ func (m *manager) rehome() {
 	// A barrier command refused meanwhile (it reached a master that had
 	// lost the slot it named) is asked again, in a slot the shard owns now.
 	for _, sh := range m.shards {
-		if sh.conn != nil {
-			m.askShard(sh)
-		}
+		m.askShard(sh)
 	}
 }
 
 // forget closes a shard that owns no slot and holds no channel.
 func (m *manager) forget(sh *shard) {
-	if sh.conn != nil {
-		_ = sh.conn.Close()
-		sh.conn = nil
-	}
 	sh.supersede()
 	delete(m.shards, sh.addr)
 	for _, b := range m.barriers {
